@@ -1,0 +1,146 @@
+"""Every error a faceledger caller can see, each carrying its Rekognition wire code.
+
+    FaceledgerError                       (base; never shown as a traceback)
+    ├── ClientError                       (HTTP 400: the request was at fault)
+    │   ├── InvalidParameterException
+    │   ├── InvalidImageFormatException
+    │   ├── ImageTooLargeException
+    │   ├── InvalidS3ObjectException
+    │   ├── ResourceNotFoundException
+    │   ├── ResourceAlreadyExistsException
+    │   ├── ResourceInUseException
+    │   ├── IdempotentParameterMismatchException
+    │   ├── ServiceQuotaExceededException
+    │   ├── ConflictException
+    │   ├── InvalidPaginationTokenException
+    │   ├── AccessDeniedException
+    │   ├── ValidationException
+    │   ├── PolicyRefusedException        (a collection policy refused the operation)
+    │   ├── ThrottlingException
+    │   └── ProvisionedThroughputExceededException
+    ├── AuthError                         (HTTP 403: SigV4 failures, AWS's own codes)
+    │   ├── UnrecognizedClientException
+    │   ├── InvalidSignatureException
+    │   ├── IncompleteSignatureException
+    │   ├── MissingAuthenticationTokenException
+    │   └── ExpiredTokenException (request expired, "InvalidSignatureException" on the wire)
+    └── InternalServerError               (HTTP 500: a bug of ours; the log keeps the traceback)
+
+Adapters turn these into responses in exactly one place each (HTTP: `server`, CLI: `cli`).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class FaceledgerError(Exception):
+    """Base of every faceledger error; `code` is the Rekognition `__type`."""
+
+    code: ClassVar[str] = "InternalServerError"
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_wire(self) -> dict[str, str]:
+        """The JSON body Rekognition sends for this error."""
+        return {"__type": self.code, "message": self.message}
+
+
+class ClientError(FaceledgerError):
+    status = 400
+
+
+class InvalidParameterException(ClientError):
+    code = "InvalidParameterException"
+
+
+class InvalidImageFormatException(ClientError):
+    code = "InvalidImageFormatException"
+
+
+class ImageTooLargeException(ClientError):
+    code = "ImageTooLargeException"
+
+
+class InvalidS3ObjectException(ClientError):
+    code = "InvalidS3ObjectException"
+
+
+class ResourceNotFoundException(ClientError):
+    code = "ResourceNotFoundException"
+
+
+class ResourceAlreadyExistsException(ClientError):
+    code = "ResourceAlreadyExistsException"
+
+
+class ResourceInUseException(ClientError):
+    code = "ResourceInUseException"
+
+
+class IdempotentParameterMismatchException(ClientError):
+    code = "IdempotentParameterMismatchException"
+
+
+class ServiceQuotaExceededException(ClientError):
+    code = "ServiceQuotaExceededException"
+
+
+class ConflictException(ClientError):
+    code = "ConflictException"
+
+
+class InvalidPaginationTokenException(ClientError):
+    code = "InvalidPaginationTokenException"
+
+
+class AccessDeniedException(ClientError):
+    code = "AccessDeniedException"
+
+
+class ValidationException(ClientError):
+    code = "ValidationException"
+
+
+class PolicyRefusedException(AccessDeniedException):
+    """A collection policy refused the operation; on the wire it is an AccessDeniedException."""
+
+
+class ThrottlingException(ClientError):
+    code = "ThrottlingException"
+
+
+class ProvisionedThroughputExceededException(ClientError):
+    code = "ProvisionedThroughputExceededException"
+
+
+class AuthError(FaceledgerError):
+    status = 403
+
+
+class UnrecognizedClientException(AuthError):
+    code = "UnrecognizedClientException"
+
+
+class InvalidSignatureException(AuthError):
+    code = "InvalidSignatureException"
+
+
+class IncompleteSignatureException(AuthError):
+    code = "IncompleteSignatureException"
+
+
+class MissingAuthenticationTokenException(AuthError):
+    code = "MissingAuthenticationTokenException"
+
+
+class ExpiredTokenException(InvalidSignatureException):
+    """AWS answers an expired SigV4 request with InvalidSignatureException ("Signature expired")."""
+
+
+class InternalServerError(FaceledgerError):
+    code = "InternalServerError"
+    status = 500

@@ -1,0 +1,16 @@
+"""The service layer: one method per operation, the only place where vision, calibration,
+storage and the ledger meet. Adapters (HTTP, CLI, console, Python API) call these methods.
+
+Each group of operations lives in its own module as a mixin over `ServiceCore`, so that the
+operations share one pipeline, one calibration and one store per process.
+"""
+
+from .core import ServiceCore
+from .images import ImageOperations
+
+
+class FaceService(ImageOperations, ServiceCore):
+    """Every faceledger operation, Rekognition request and response shapes."""
+
+
+__all__ = ["FaceService"]

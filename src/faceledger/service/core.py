@@ -1,0 +1,65 @@
+"""What every group of operations shares: settings, the face pipeline, calibration, sources."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+
+from ..calibration import CalibrationTable, load_calibration
+from ..errors import InvalidParameterException
+from ..imaging import DecodedImage, decode_image
+from ..settings import Settings
+from ..sources import ImageInput, NoObjectStorage, ObjectResolver, image_bytes
+from ..vision import FacePipeline
+
+# Defaults are strict and named by the false-match rate they stand for (see docs/accuracy.md).
+# CompareFaces (1:1): one false match in 10,000 comparisons of different people.
+DEFAULT_COMPARE_FMR = 1e-4
+
+
+class ServiceCore:
+    """Shared state and helpers of the service mixins."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        pipeline: FacePipeline | None = None,
+        resolver: ObjectResolver | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.pipeline = pipeline or FacePipeline(self.settings)
+        self.resolver: ObjectResolver = resolver or NoObjectStorage()
+
+    @cached_property
+    def calibration(self) -> CalibrationTable:
+        return load_calibration(self.pipeline.model_version)
+
+    def decode(self, image: ImageInput, field: str = "Image") -> DecodedImage:
+        """Resolve and decode an `Image` parameter, refusing bad input with Rekognition codes."""
+        if image is None:
+            raise InvalidParameterException(f"{field} is required.")
+        s = self.settings
+        return decode_image(
+            image_bytes(image, self.resolver, field),
+            max_bytes=s.max_image_bytes,
+            max_pixels=s.max_image_pixels,
+            min_side=s.min_image_side,
+        )
+
+
+def check_enum(value: Any, allowed: Sequence[str], field: str) -> str:
+    """`value` if it is one of `allowed`, else InvalidParameterException."""
+    if not isinstance(value, str) or value not in allowed:
+        raise InvalidParameterException(f"{field} must be one of {', '.join(allowed)}.")
+    return value
+
+
+def check_number(value: Any, low: float, high: float, field: str) -> float:
+    """A float within [low, high], else InvalidParameterException (bools are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidParameterException(f"{field} must be a number.")
+    if not (low <= float(value) <= high):
+        raise InvalidParameterException(f"{field} must be between {low:g} and {high:g}.")
+    return float(value)

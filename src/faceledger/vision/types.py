@@ -1,0 +1,121 @@
+"""The values the vision layer produces, and the Protocols each model class implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+RGBImage = NDArray[np.uint8]
+Embedding = NDArray[np.float32]
+# Five (x, y) pixel points in Rekognition's order: eyeLeft, eyeRight, nose, mouthLeft, mouthRight.
+Landmarks5 = NDArray[np.float32]
+LANDMARK_TYPES = ("eyeLeft", "eyeRight", "nose", "mouthLeft", "mouthRight")
+
+
+@dataclass(frozen=True)
+class Box:
+    """A face box in pixels of the (orientation-corrected) image."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+    @property
+    def width(self) -> float:
+        return self.right - self.left
+
+    @property
+    def height(self) -> float:
+        return self.bottom - self.top
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.width) * max(0.0, self.height)
+
+    def scaled(self, factor: float) -> Box:
+        """The same box in an image resized by `factor`."""
+        return Box(self.left * factor, self.top * factor, self.right * factor, self.bottom * factor)
+
+    def clipped(self, width: int, height: int) -> Box:
+        """The box limited to the image."""
+        return Box(
+            min(max(self.left, 0.0), float(width)),
+            min(max(self.top, 0.0), float(height)),
+            min(max(self.right, 0.0), float(width)),
+            min(max(self.bottom, 0.0), float(height)),
+        )
+
+    def iou(self, other: Box) -> float:
+        """Intersection over union."""
+        ix = max(0.0, min(self.right, other.right) - max(self.left, other.left))
+        iy = max(0.0, min(self.bottom, other.bottom) - max(self.top, other.top))
+        inter = ix * iy
+        union = self.area + other.area - inter
+        return inter / union if union > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A detector's answer: a box and how sure it is (0-100), with landmarks if it makes them."""
+
+    box: Box
+    confidence: float
+    landmarks: Landmarks5 | None = None
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Head rotation in degrees (see vision/pose.py for the sign conventions)."""
+
+    yaw: float
+    pitch: float
+    roll: float
+
+
+@dataclass(frozen=True)
+class Quality:
+    """Rekognition's ImageQuality: Brightness and Sharpness of the face region, 0-100."""
+
+    brightness: float
+    sharpness: float
+
+
+@dataclass(frozen=True)
+class FaceAnalysis:
+    """Everything faceledger knows about one face in one image."""
+
+    box: Box
+    confidence: float
+    landmarks: Landmarks5
+    pose: Pose
+    quality: Quality
+    embedding: Embedding | None = None
+
+
+class Detector(Protocol):
+    """Finds face boxes in an RGB image at the scale it is given."""
+
+    name: str
+    # Smallest face side (px) the model finds reliably at scale 1; the pipeline upsamples to it.
+    native_min_face: int
+
+    def detect(self, pixels: RGBImage) -> list[Detection]: ...
+
+
+class Landmarker(Protocol):
+    """Places Rekognition's five landmarks inside given face boxes."""
+
+    def landmarks(self, pixels: RGBImage, boxes: list[Box]) -> list[Landmarks5]: ...
+
+
+class Embedder(Protocol):
+    """Turns faces (image + box) into L2-comparable template vectors."""
+
+    model_version: str
+    dim: int
+
+    def embed(self, pixels: RGBImage, boxes: list[Box]) -> NDArray[np.float32]: ...
