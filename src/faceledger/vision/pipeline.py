@@ -10,12 +10,22 @@ from functools import cached_property
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
 from ..settings import Settings
 from .models import DlibResnetEmbedder, HogDetector, MmodDetector, MtcnnDetector, OnetLandmarker
 from .pose import estimate_pose
 from .quality import measure_quality
-from .types import Box, Detection, Detector, Embedder, FaceAnalysis, Landmarker, RGBImage
+from .types import (
+    Box,
+    Detection,
+    Detector,
+    Embedder,
+    FaceAnalysis,
+    Landmarker,
+    Landmarks5,
+    RGBImage,
+)
 
 
 def build_detector(name: str) -> Detector:
@@ -101,14 +111,14 @@ class FacePipeline:
             boxes = [d.box for d in detections]
             missing = [i for i, d in enumerate(detections) if d.landmarks is None]
             placed = self.landmarker.landmarks(pixels, [boxes[i] for i in missing])
-            landmarks = [d.landmarks for d in detections]
-            for i, lm in zip(missing, placed):
-                landmarks[i] = lm
+            landmarks: list[Landmarks5 | None] = [d.landmarks for d in detections]
+            for i, placed_lm in zip(missing, placed):
+                landmarks[i] = placed_lm
             vectors = self.embedder.embed(pixels, boxes) if embed else None
         faces = []
         for i, d in enumerate(detections):
             lm = landmarks[i]
-            assert lm is not None
+            assert lm is not None  # every box got landmarks from its detector or from ONet
             faces.append(
                 FaceAnalysis(
                     box=d.box,
@@ -121,7 +131,7 @@ class FacePipeline:
             )
         return faces
 
-    def embed_boxes(self, pixels: RGBImage, boxes: list[Box]) -> np.ndarray:
+    def embed_boxes(self, pixels: RGBImage, boxes: list[Box]) -> NDArray[np.float32]:
         """Templates for given boxes (used by evaluation to embed a known face)."""
         with self._lock:
             return self.embedder.embed(pixels, boxes)
