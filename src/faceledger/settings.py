@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACELEDGER_", frozen=True)
 
     data_dir: Path = Field(default=Path("./faceledger-data"))
+    # SQL database for catalog and ledger; default: a SQLite file in data_dir.
+    database_url: str | None = None
     detector: DetectorName = "hog"
     # Rekognition's limit for image bytes sent in the request.
     max_image_bytes: int = 5 * 1024 * 1024
@@ -30,3 +32,9 @@ class Settings(BaseSettings):
     max_faces: int = 100
     # Processes used by batch work (evaluate, bench); 0 means one per core.
     workers: int = 0
+
+    def resolved_database_url(self) -> str:
+        """`database_url`, or the SQLite file in `data_dir`."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'faceledger.db').resolve()}"

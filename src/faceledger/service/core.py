@@ -6,7 +6,10 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
+from sqlalchemy import Engine
+
 from ..calibration import CalibrationTable, load_calibration
+from ..db import make_engine
 from ..errors import InvalidParameterException
 from ..imaging import DecodedImage, decode_image
 from ..settings import Settings
@@ -31,6 +34,12 @@ class ServiceCore:
         self.settings = settings or Settings()
         self.pipeline = pipeline or FacePipeline(self.settings)
         self.resolver: ObjectResolver = resolver or NoObjectStorage()
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The SQL engine shared by catalog and ledger (created on first use)."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return make_engine(self.settings.resolved_database_url())
 
     @cached_property
     def calibration(self) -> CalibrationTable:
