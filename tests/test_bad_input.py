@@ -127,3 +127,25 @@ def test_source_without_face_is_an_invalid_parameter(service: FaceService,
     blank = {"Bytes": encoded((300, 300), "JPEG")}
     with pytest.raises(InvalidParameterException, match="No face"):
         service.compare_faces(blank, {"Bytes": astronaut_jpeg})
+
+
+def test_images_from_storage_may_be_15_mb_but_inline_bytes_only_5(tmp_path: Any) -> None:
+    """Rekognition's limits: 5 MB for Image.Bytes, 15 MB for Image.S3Object."""
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (1600, 2000, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="JPEG", quality=100)
+    big = buf.getvalue()
+    assert 5 * 1024 * 1024 < len(big) < 15 * 1024 * 1024
+
+    class OneObject:
+        def fetch(self, bucket: str, name: str, version: str | None) -> bytes:
+            return big
+
+    from faceledger.settings import Settings
+
+    svc = FaceService(Settings(data_dir=tmp_path), resolver=OneObject())
+    with pytest.raises(ImageTooLargeException):
+        svc.detect_faces({"Bytes": big})
+    assert svc.detect_faces({"S3Object": {"Bucket": "b", "Name": "noise.jpg"}}) == {
+        "FaceDetails": []}

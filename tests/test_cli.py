@@ -18,7 +18,7 @@ def test_detect_prints_faces_and_writes_annotated_png(tmp_path: Path,
     out = tmp_path / "boxes.png"
     result = CliRunner().invoke(main, ["detect", str(img), "--annotate", str(out)])
     assert result.exit_code == 0, result.output
-    assert "1 face" in result.output and "pose yaw" in result.output
+    assert "face 1: box" in result.output and "pose yaw" in result.output
     with Image.open(out) as drawn:
         assert drawn.size == (512, 512)
 
@@ -28,7 +28,7 @@ def test_detect_json(tmp_path: Path, astronaut_jpeg: bytes) -> None:
     img.write_bytes(astronaut_jpeg)
     result = CliRunner().invoke(main, ["detect", str(img), "--json"])
     assert result.exit_code == 0
-    assert len(json.loads(result.output)["FaceDetails"]) == 1
+    assert json.loads(result.output)["FaceDetails"][0]["Confidence"] > 99
 
 
 def test_bad_image_is_one_line_not_a_traceback(tmp_path: Path) -> None:
@@ -41,10 +41,23 @@ def test_bad_image_is_one_line_not_a_traceback(tmp_path: Path) -> None:
 
 
 def test_compare_same_person(tmp_path: Path, faces_dir: Path) -> None:
-    a = faces_dir / "lfw" / "Colin_Powell" / "Colin_Powell_0001.jpg"
-    b = faces_dir / "lfw" / "Colin_Powell" / "Colin_Powell_0002.jpg"
+    a = faces_dir / "lfw" / "Jennifer_Lopez" / "Jennifer_Lopez_0003.jpg"
+    b = faces_dir / "lfw" / "Jennifer_Lopez" / "Jennifer_Lopez_0004.jpg"
     out = tmp_path / "match.png"
-    result = CliRunner().invoke(main, ["compare", str(a), str(b), "--annotate", str(out)])
+    result = CliRunner().invoke(main, ["compare", str(a), str(b), "--threshold", "99.9",
+                                       "--annotate", str(out)])
     assert result.exit_code == 0, result.output
-    assert "MATCH" in result.output and "false-match rate 1.0e-04" in result.output
+    assert "MATCH" in result.output and "false-match rate 1.0e-03" in result.output
     assert out.is_file()
+
+
+def test_demo_runs_the_main_job_on_the_embedded_store(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    assert "CompareFaces with a mirrored, darker copy" in result.output
+    assert "MATCH" in result.output
+    assert "1 face(s) indexed" in result.output
+    assert "SearchFacesByImage with the copy: 1 match(es)" in result.output
+    assert "hash chain intact" in result.output
+    assert (tmp_path / "demo" / "detect.png").is_file()
+    assert (tmp_path / "demo" / "data" / "faceledger.db").is_file()

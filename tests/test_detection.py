@@ -119,3 +119,14 @@ def test_faces_come_largest_first_with_five_landmarks_inside_the_box(
         assert all((b.top + b.bottom) / 2 <= y <= b.bottom + 0.1 * b.height
                    for _, y in f.landmarks[3:])
         assert f.landmarks[0][0] < f.landmarks[1][0]  # eyeLeft is left of eyeRight in the image
+
+
+@pytest.mark.slow
+def test_mmod_cnn_detector_finds_the_labelled_faces(faces_dir: Path) -> None:
+    """dlib's MMOD CNN (opt-in: seconds per image on a CPU) on one labelled photo."""
+    folder = faces_dir / "detection"
+    truth = labelled_faces(folder)["2008_002506.jpg"]
+    img = decode_image((folder / "2008_002506.jpg").read_bytes())
+    found = [d.box for d in FacePipeline(Settings(detector="cnn")).detect(img.pixels)]
+    tp, fp, fn = match_counts(truth, found)
+    assert (tp, fp, fn) == (3, 0, 0)

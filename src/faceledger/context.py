@@ -14,6 +14,11 @@ class RequestContext:
     purpose: str | None = None
     case: str | None = None
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # Reference to the consent record an IndexFaces relies on (HTTP: X-Faceledger-Consent).
+    consent: str | None = None
+    # Admins may change collection policies; the key store says which keys are admins.
+    admin: bool = False
 
 
-LOCAL = RequestContext()
+# The local operator (CLI, in-process Python API) owns the database, so it is an admin.
+LOCAL = RequestContext(admin=True)

@@ -17,7 +17,9 @@
     │   ├── ValidationException
     │   ├── PolicyRefusedException        (a collection policy refused the operation)
     │   ├── ThrottlingException
-    │   └── ProvisionedThroughputExceededException
+    │   ├── ProvisionedThroughputExceededException
+    │   ├── UnknownOperationException     (no such operation on this server: AWS's JSON code)
+    │   └── SerializationException        (body is not JSON, or a member has the wrong JSON type)
     ├── AuthError                         (HTTP 403: SigV4 failures, AWS's own codes)
     │   ├── UnrecognizedClientException
     │   ├── InvalidSignatureException
@@ -115,6 +117,14 @@ class ThrottlingException(ClientError):
 
 class ProvisionedThroughputExceededException(ClientError):
     code = "ProvisionedThroughputExceededException"
+
+
+class UnknownOperationException(ClientError):
+    code = "UnknownOperationException"
+
+
+class SerializationException(ClientError):
+    code = "SerializationException"
 
 
 class AuthError(FaceledgerError):

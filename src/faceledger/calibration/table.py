@@ -6,15 +6,23 @@ operating false-match rate of 1 - S/100 (99.9 -> 1e-3, 99.99 -> 1e-4).
 
 Table file (JSON, `tables/<model_version>.json`), written by `calibration.build`:
   distance:   ascending grid of raw distances
-  log10_fmr:  log10 P(impostor distance <= d) on that grid (empirical where the data is dense,
-              the documented tail fit below that; never decreasing)
+  log10_fmr:  log10 of the false-match rate claimed at d: the 95% upper bound of
+              P(impostor distance <= d) that the data support, never below the tail fit and
+              never below the floor that zero observed pairs allow (`calibration.bound`);
+              never decreasing. Its first value is that floor, `lowest_credible_fmr`.
   fnmr:       P(genuine distance > d) on that grid
-  plus provenance fields (dataset, pair counts, tail fit) that `faceledger calibration` prints.
+  plus provenance fields (dataset, pair counts, bound, tail fit) that `faceledger calibration`
+  prints.
+
+A table cannot promise an FMR below its floor. Asked for one, `distance_for_fmr` answers with
+`floor_distance`, the largest distance at the floor (whose FMR is the floor, not the one asked
+for); `lowest_credible_fmr` says where that starts.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -44,7 +52,8 @@ class CalibrationTable:
             np.maximum(np.asarray(raw["log10_fmr"], dtype=np.float64), MIN_LOG10_FMR)
         )
         fn = np.asarray(raw["fnmr"], dtype=np.float64)
-        if not (d.ndim == 1 and d.shape == lf.shape == fn.shape and np.all(np.diff(d) > 0)):
+        shapes_ok = d.ndim == 1 and len(d) >= 2 and d.shape == lf.shape == fn.shape
+        if not (shapes_ok and np.all(np.diff(d) > 0)):
             raise ValueError("calibration table needs equal-length grids with ascending distance")
         prov = {k: v for k, v in raw.items() if k not in ("distance", "log10_fmr", "fnmr")}
         return cls(str(raw["model_version"]), d, lf, fn, prov)
@@ -63,15 +72,35 @@ class CalibrationTable:
         """Calibrated Similarity (0-100) for raw distances."""
         return np.asarray(100.0 * (1.0 - self.fmr(distance)), dtype=np.float64)
 
+    @property
+    def lowest_credible_fmr(self) -> float:
+        """The smallest false-match rate this table claims anywhere (its floor)."""
+        return float(10.0 ** self.log10_fmr[0])
+
+    @property
+    def floor_distance(self) -> float:
+        """The largest distance at which the curve is still at its floor."""
+        i = int(np.searchsorted(self.log10_fmr, self.log10_fmr[0], side="right")) - 1
+        return float(self.distance[i])
+
+    def is_credible(self, fmr: float) -> bool:
+        """Whether the table can promise `fmr` (it is not below the floor)."""
+        return fmr >= self.lowest_credible_fmr * (1.0 - 1e-9)
+
     def distance_for_fmr(self, fmr: float) -> float:
-        """The largest distance whose FMR does not exceed `fmr`: the match threshold."""
-        if fmr >= 1.0:
-            return float(self.distance[-1])
-        target = np.log10(max(fmr, 10.0**MIN_LOG10_FMR))
+        """The largest distance whose FMR does not exceed `fmr`: the match threshold. Below
+        `lowest_credible_fmr` no distance qualifies; the answer is then `floor_distance`."""
         lf = self.log10_fmr
-        # log10_fmr is non-decreasing; interpolate on its strictly increasing part.
-        keep = np.concatenate(([True], np.diff(lf) > 0))
-        return float(np.interp(target, lf[keep], self.distance[keep]))
+        if fmr >= 1.0 or fmr >= 10.0 ** lf[-1]:
+            return float(self.distance[-1])
+        target = math.log10(max(fmr, 10.0**MIN_LOG10_FMR))
+        # lf is non-decreasing: i is the last grid point whose FMR does not exceed the target.
+        i = int(np.searchsorted(lf, target, side="right")) - 1
+        if i < 0:
+            return self.floor_distance
+        # lf[i] <= target < lf[i + 1]: the curve crosses the target on this segment.
+        frac = (target - lf[i]) / (lf[i + 1] - lf[i])
+        return float(self.distance[i] + frac * (self.distance[i + 1] - self.distance[i]))
 
     @staticmethod
     def fmr_for_similarity(similarity: float) -> float:

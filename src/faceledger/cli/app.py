@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
+import uuid
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 import click
 
+from ..context import LOCAL, RequestContext
 from ..errors import FaceledgerError
 
 P = ParamSpec("P")
@@ -20,9 +23,25 @@ log = logging.getLogger("faceledger")
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--verbose", "-v", is_flag=True, help="Log details (and tracebacks) to stderr.")
-def main(verbose: bool) -> None:
+@click.option("--purpose", default=None, help="Purpose recorded in the ledger for this command.")
+@click.option("--case", "case", default=None, help="Case reference recorded in the ledger.")
+@click.option("--consent", default=None, help="Consent reference (IndexFaces under a policy).")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool, purpose: str | None, case: str | None,
+         consent: str | None) -> None:
     """faceledger: self-hosted face recognition with calibrated scores and an audit ledger."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
+    ctx.obj = {"purpose": purpose, "case": case, "consent": consent}
+
+
+def request_context(**overrides: Any) -> RequestContext:
+    """The local operator's context, with the global --purpose/--case/--consent and `overrides`
+    (per-command options; None means "not given")."""
+    click_ctx = click.get_current_context(silent=True)
+    given = dict(click_ctx.find_root().obj or {}) if click_ctx is not None else {}
+    given.update({k: v for k, v in overrides.items() if v is not None})
+    fields = {k: v for k, v in given.items() if v is not None}
+    return dataclasses.replace(LOCAL, request_id=str(uuid.uuid4()), **fields)
 
 
 def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:

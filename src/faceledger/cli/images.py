@@ -10,7 +10,7 @@ import click
 from ..annotate import GREEN, RED, draw_faces, save_png
 from ..api import FaceLedger
 from ..imaging import decode_image
-from .app import emit_json, main, reports_errors
+from .app import emit_json, main, reports_errors, request_context
 
 
 def _read(path: str) -> bytes:
@@ -35,7 +35,7 @@ def _describe_face(i: int, face: dict[str, Any]) -> str:
 def detect(image: str, as_json: bool, annotate: str | None) -> None:
     """Find faces in IMAGE (JPEG or PNG): boxes, landmarks, pose and quality."""
     data = _read(image)
-    result = FaceLedger().detect_faces(data)
+    result = FaceLedger(context=request_context()).detect_faces(data)
     faces = result["FaceDetails"]
     if as_json:
         emit_json(result)
@@ -64,7 +64,7 @@ def compare(source: str, target: str, threshold: float | None, quality_filter: s
             as_json: bool, annotate: str | None) -> None:
     """Compare the largest face in SOURCE with every face in TARGET."""
     tgt = _read(target)
-    client = FaceLedger()
+    client = FaceLedger(context=request_context())
     result = client.compare_faces(_read(source), tgt, similarity_threshold=threshold,
                                   quality_filter=quality_filter)
     matches, unmatched = result["FaceMatches"], result["UnmatchedFaces"]
@@ -92,38 +92,63 @@ def compare(source: str, target: str, threshold: float | None, quality_filter: s
 
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="faceledger-demo",
-              show_default=True, help="Folder for the annotated images.")
+              show_default=True, help="Folder for the demo's database and annotated image.")
 @reports_errors
 def demo(out: str) -> None:
-    """Detect and compare faces in public-domain sample images (needs scikit-image)."""
+    """Detect, compare, index and search public-domain sample faces on the embedded store."""
     import io
+    import uuid
 
     import numpy as np
     from PIL import Image
 
+    from ..settings import Settings
+
     try:
         from skimage import data
-    except ImportError as exc:  # pragma: no cover - the README installs it
+    except ImportError as exc:  # pragma: no cover - the README's install includes it
         raise click.ClickException("the demo needs scikit-image: pip install scikit-image") from exc
+
+    def jpeg(pixels: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG", quality=92)
+        return buf.getvalue()
+
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     portrait = np.asarray(data.astronaut())  # type: ignore[no-untyped-call]
-    buf = io.BytesIO()
-    Image.fromarray(portrait).save(buf, format="JPEG", quality=95)
-    first = buf.getvalue()
-    # The same person, mirrored and darkened: a different photo of the same face.
-    buf = io.BytesIO()
-    Image.fromarray((portrait[:, ::-1] * 0.8).astype(np.uint8)).save(buf, format="JPEG")
-    second = buf.getvalue()
-    client = FaceLedger()
-    found = client.detect_faces(first)["FaceDetails"]
-    click.echo(f"astronaut portrait: {len(found)} face(s)")
-    for i, f in enumerate(found):
-        click.echo(_describe_face(i, f))
-    save_png(draw_faces(decode_image(first), found), str(folder / "detect.png"))
-    result = client.compare_faces(first, second)
-    best = max((m["Similarity"] for m in result["FaceMatches"]), default=None)
-    verdict = "same person" if best is not None else "no match"
-    click.echo(f"compare with a mirrored, darker copy: {verdict}"
-               + ("" if best is None else f", similarity {best:.6g}"))
+    first = jpeg(portrait)
+    # The same face mirrored and darker: a different photo of the same person.
+    second = jpeg((portrait[:, ::-1] * 0.8).astype(np.uint8))
+    client = FaceLedger(Settings(data_dir=folder / "data"), context=request_context())
+    try:
+        found = client.detect_faces(first)["FaceDetails"]
+        click.echo(f"1. DetectFaces on the astronaut portrait: {len(found)} face(s)")
+        for i, f in enumerate(found):
+            click.echo(_describe_face(i, f))
+        save_png(draw_faces(decode_image(first), found), str(folder / "detect.png"))
+
+        result = client.compare_faces(first, second)
+        best = max((m["Similarity"] for m in result["FaceMatches"]), default=None)
+        click.echo(f"2. CompareFaces with a mirrored, darker copy at the default threshold "
+                   f"(FMR {result['FalseMatchRate']:.0e}): "
+                   + ("no match" if best is None else f"MATCH, similarity {best:.8g}"))
+
+        cid = f"demo-{uuid.uuid4().hex[:8]}"
+        client.create_collection(cid)
+        # One person per enrolment photo: keep only the largest face (MaxFaces=1).
+        indexed = client.index_faces(cid, first, external_image_id="astronaut", max_faces=1)
+        click.echo(f"3. IndexFaces into collection {cid} (embedded store in {folder / 'data'}): "
+                   f"{len(indexed['FaceRecords'])} face(s) indexed, "
+                   f"{len(indexed['UnindexedFaces'])} not indexed (MaxFaces=1, AUTO quality filter)")
+        hits = client.search_faces_by_image(cid, second)
+        click.echo(f"4. SearchFacesByImage with the copy: {len(hits['FaceMatches'])} match(es) "
+                   f"among {hits['FacesSearched']} face(s); threshold Similarity "
+                   f"{hits['FaceMatchThreshold']:.8g} = FMR {hits['FalseMatchRate']:.0e}, "
+                   f"{hits['ExpectedFalseMatches']:.1e} false matches expected")
+        check = client.service.verify_ledger()
+        click.echo(f"5. Ledger: {check['checked']} events recorded, hash chain "
+                   + ("intact" if check["ok"] else "BROKEN"))
+    finally:
+        client.close()
     click.echo(f"annotated image: {folder / 'detect.png'}")

@@ -5,11 +5,13 @@ Each group of operations lives in its own module as a mixin over `ServiceCore`, 
 operations share one pipeline, one calibration and one store per process.
 """
 
+from .collections import CollectionOperations
 from .core import ServiceCore
+from .governance import GovernanceOperations
 from .images import ImageOperations
 
 
-class FaceService(ImageOperations, ServiceCore):
+class FaceService(ImageOperations, CollectionOperations, GovernanceOperations, ServiceCore):
     """Every faceledger operation, Rekognition request and response shapes."""
 
 

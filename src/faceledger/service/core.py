@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from functools import cached_property
 from typing import Any
 
 from sqlalchemy import Engine
 
 from ..calibration import CalibrationTable, load_calibration
+from ..context import RequestContext
 from ..db import make_engine
 from ..errors import InvalidParameterException
 from ..imaging import DecodedImage, decode_image
+from ..ledger import AuditedOperation, Ledger, audited
 from ..settings import Settings
 from ..sources import ImageInput, NoObjectStorage, ObjectResolver, image_bytes
 from ..vision import FacePipeline
@@ -42,6 +45,25 @@ class ServiceCore:
         return make_engine(self.settings.resolved_database_url())
 
     @cached_property
+    def ledger(self) -> Ledger:
+        """The tamper-evident event chain, in the same database as the catalog."""
+        return Ledger(self.engine)
+
+    def audit(self, operation: str, ctx: RequestContext, *, collection: str | None = None,
+              uses_model: bool = True) -> AbstractContextManager[AuditedOperation]:
+        """The hook every operation runs inside: policy check on entry, event with the change.
+
+            with self.audit("IndexFaces", ctx, collection=collection_id) as op:
+                ...  # op.image(sha), op.threshold(...), write via op.conn, op.indexed(ids)
+
+        Refusals (`op.refuse`, threshold floor, purpose/consent rules) roll back and are logged
+        as refused; other errors roll back and log nothing; success appends the event in
+        `op.conn`'s transaction and commits. See `faceledger.ledger.audit`.
+        """
+        return audited(self.ledger, operation, ctx, collection=collection,
+                       model_version=self.pipeline.model_version if uses_model else None)
+
+    @cached_property
     def calibration(self) -> CalibrationTable:
         return load_calibration(self.pipeline.model_version)
 
@@ -50,9 +72,11 @@ class ServiceCore:
         if image is None:
             raise InvalidParameterException(f"{field} is required.")
         s = self.settings
+        # Rekognition allows 5 MB of inline Bytes but 15 MB for an image read from S3.
+        from_storage = isinstance(image, Mapping) and image.get("S3Object") is not None
         return decode_image(
             image_bytes(image, self.resolver, field),
-            max_bytes=s.max_image_bytes,
+            max_bytes=s.max_s3_image_bytes if from_storage else s.max_image_bytes,
             max_pixels=s.max_image_pixels,
             min_side=s.min_image_side,
         )

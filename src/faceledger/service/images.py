@@ -48,6 +48,9 @@ class ImageOperations(ServiceCore):
                 check_enum(a, DETECT_ATTRIBUTES, "Attributes")
         img = self.decode(image)
         faces = self.pipeline.analyze(img.pixels, embed=False)
+        with self.audit("DetectFaces", ctx) as op:  # the ledger event (nothing else changes)
+            op.image(img.sha256)
+            op.record(faces=len(faces))
         return {"FaceDetails": [face_detail(f, img.width, img.height) for f in faces]}
 
     def compare_faces(
@@ -64,7 +67,6 @@ class ImageOperations(ServiceCore):
         Similarity is calibrated (100 x (1 - false-match rate at that distance)); without a
         SimilarityThreshold only matches at FMR <= 1e-4 are returned as FaceMatches.
         """
-        cal = self.calibration
         if similarity_threshold is None:
             threshold = 100.0 * (1.0 - DEFAULT_COMPARE_FMR)
         else:
@@ -72,6 +74,7 @@ class ImageOperations(ServiceCore):
         qf = "NONE" if quality_filter is None else check_enum(
             quality_filter, QUALITY_FILTERS, "QualityFilter"
         )
+        cal = self.calibration
         src = self.decode(source_image, "SourceImage")
         tgt = self.decode(target_image, "TargetImage")
         source_faces = [f for f in self.pipeline.analyze(src.pixels, embed=False) if passes(f, qf)]
@@ -109,4 +112,12 @@ class ImageOperations(ServiceCore):
             "SimilarityThreshold": threshold,
             "FalseMatchRate": cal.fmr_for_similarity(threshold),
         }
+        with self.audit("CompareFaces", ctx) as op:  # the ledger event (nothing else changes)
+            op.image(src.sha256)
+            op.image(tgt.sha256)
+            op.note_threshold("SimilarityThreshold", threshold)
+            op.note(QualityFilter=qf)
+            op.record(similarities=[s for s, _ in matches], unmatched=len(unmatched),
+                      compared=len(targets),
+                      expected_false_matches=len(targets) * cal.fmr_for_similarity(threshold))
         return result

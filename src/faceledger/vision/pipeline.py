@@ -95,7 +95,8 @@ class FacePipeline:
                 continue
             lm = None if d.landmarks is None else (d.landmarks / scale).astype(np.float32)
             out.append(Detection(box, d.confidence, lm))
-        out.sort(key=lambda d: d.box.area, reverse=True)
+        # Largest first; HOG boxes come in quantized sizes, so break ties by confidence.
+        out.sort(key=lambda d: (d.box.area, d.confidence), reverse=True)
         return out
 
     def analyze(

@@ -4,7 +4,8 @@ quality bar behind QualityFilter NONE/AUTO/LOW/MEDIUM/HIGH and IndexFaces' Unind
 Rekognition does not publish its formulas; ours are documented here so the numbers mean something:
 - Brightness: mean luma (ITU-R BT.601) of the face box, as a percentage of full white.
 - Sharpness: the variance of the Laplacian of the face resized to 112x112 grey, mapped to 0-100 by
-  100 * (1 - exp(-var / 200)); a face blurred by a 3-px Gaussian drops well below 30.
+  100 * (1 - exp(-var / 60)). The scale puts the median face of LFW and UTKFace (variance ~80)
+  near 74 and the sharpest 5% above 95; a Gaussian blur of sigma 1.5 px brings a face to ~25.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from .types import Box, Pose, Quality, RGBImage
 
-_SHARPNESS_SCALE = 200.0
+_SHARPNESS_SCALE = 60.0
 
 
 def measure_quality(pixels: RGBImage, box: Box) -> Quality:
@@ -53,6 +54,9 @@ class QualityBar:
 # AUTO is MEDIUM, the bar IndexFaces uses by default.
 QUALITY_BARS: dict[str, QualityBar] = {
     "LOW": QualityBar(80.0, 30.0, 5.0, 98.0, 5.0, 75.0, 60.0),
+    # Confidence 90, not 95: 95 would drop more of HOG's false alarms (badges, patterns) but on
+    # UTKFace it refused 11-14% of Asian faces against 2.5-4.5% of Indian and white ones; 90
+    # refuses at most 2.5% in every sex x race group.
     "MEDIUM": QualityBar(90.0, 40.0, 12.0, 95.0, 15.0, 55.0, 45.0),
     "HIGH": QualityBar(97.0, 64.0, 20.0, 92.0, 30.0, 35.0, 30.0),
 }

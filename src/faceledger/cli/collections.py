@@ -1,0 +1,283 @@
+"""`faceledger collection ...` and `faceledger user ...`: collections, faces, users and search.
+
+The data directory and database come from FACELEDGER_DATA_DIR / FACELEDGER_DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..api import FaceLedger
+from .app import emit_json, main, reports_errors, request_context
+
+QUALITY = click.Choice(["NONE", "AUTO", "LOW", "MEDIUM", "HIGH"])
+
+
+@contextmanager
+def _client() -> Iterator[FaceLedger]:
+    client = FaceLedger(context=request_context())
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _matches(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(
+        f"threshold: Similarity {result['FaceMatchThreshold']:.10g} = false-match rate "
+        f"{result['FalseMatchRate']:.1e}; {result['FacesSearched']} faces searched, "
+        f"{result['ExpectedFalseMatches']:.2g} false matches expected")
+    if not result["FaceMatches"]:
+        click.echo("no match")
+    for m in result["FaceMatches"]:
+        f = m["Face"]
+        click.echo(f"MATCH  {f['FaceId']}  {f.get('ExternalImageId', '-')}  "
+                   f"similarity {m['Similarity']:.10g}")
+
+
+@main.group()
+def collection() -> None:
+    """Collections of faces: create, index images, search, list and delete."""
+
+
+@collection.command("create")
+@click.argument("collection_id")
+@reports_errors
+def create(collection_id: str) -> None:
+    """Create an empty collection."""
+    with _client() as c:
+        r = c.create_collection(collection_id)
+    click.echo(f"created {collection_id} ({r['FaceModelVersion']})")
+
+
+@collection.command("delete")
+@click.argument("collection_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@reports_errors
+def delete(collection_id: str, yes: bool) -> None:
+    """Delete a collection and every face, template and user it holds."""
+    if not yes:
+        click.confirm(f"Delete collection {collection_id} and all its faces?", abort=True)
+    with _client() as c:
+        c.delete_collection(collection_id)
+    click.echo(f"deleted {collection_id}")
+
+
+@collection.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@reports_errors
+def list_(as_json: bool) -> None:
+    """List collections."""
+    ids: list[str] = []
+    models: list[str] = []
+    token = None
+    with _client() as c:
+        while True:
+            r = c.list_collections(next_token=token)
+            ids += r["CollectionIds"]
+            models += r["FaceModelVersions"]
+            token = r.get("NextToken")
+            if token is None:
+                break
+    if as_json:
+        emit_json({"CollectionIds": ids, "FaceModelVersions": models})
+    for i, m in zip(ids, models):
+        if not as_json:
+            click.echo(f"{i}\t{m}")
+
+
+@collection.command("describe")
+@click.argument("collection_id")
+@reports_errors
+def describe(collection_id: str) -> None:
+    """Face count, user count, model version, creation time."""
+    with _client() as c:
+        emit_json(c.describe_collection(collection_id))
+
+
+@collection.command("index")
+@click.argument("collection_id")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--external-id", help="ExternalImageId (default: the file name without suffix).")
+@click.option("--max-faces", type=int, default=None, help="Index at most this many (largest).")
+@click.option("--quality-filter", type=QUALITY, default="AUTO", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@reports_errors
+def index(collection_id: str, images: tuple[str, ...], external_id: str | None,
+          max_faces: int | None, quality_filter: str, as_json: bool) -> None:
+    """Add the faces found in IMAGES (templates only; photos are never stored)."""
+    with _client() as c:
+        for path in images:
+            ext = external_id or "".join(
+                ch if ch.isalnum() or ch in "_.-:" else "_" for ch in Path(path).stem)
+            r = c.index_faces(collection_id, path, external_image_id=ext, max_faces=max_faces,
+                              quality_filter=quality_filter)
+            if as_json:
+                emit_json(r)
+                continue
+            for rec in r["FaceRecords"]:
+                click.echo(f"{path}: indexed {rec['Face']['FaceId']}")
+            for u in r["UnindexedFaces"]:
+                click.echo(f"{path}: not indexed ({', '.join(u['Reasons'])})")
+            if not r["FaceRecords"] and not r["UnindexedFaces"]:
+                click.echo(f"{path}: no face found")
+
+
+@collection.command("faces")
+@click.argument("collection_id")
+@click.option("--user", "user_id", default=None, help="Only the faces of this user.")
+@click.option("--json", "as_json", is_flag=True)
+@reports_errors
+def faces(collection_id: str, user_id: str | None, as_json: bool) -> None:
+    """List the faces of a collection."""
+    out: list[dict[str, Any]] = []
+    token = None
+    with _client() as c:
+        while True:
+            r = c.list_faces(collection_id, next_token=token, user_id=user_id)
+            out += r["Faces"]
+            token = r.get("NextToken")
+            if token is None:
+                break
+    if as_json:
+        emit_json({"Faces": out})
+        return
+    for f in out:
+        click.echo(f"{f['FaceId']}\t{f.get('ExternalImageId', '-')}\t{f.get('UserId', '-')}")
+
+
+@collection.command("delete-faces")
+@click.argument("collection_id")
+@click.argument("face_ids", nargs=-1, required=True)
+@reports_errors
+def delete_faces(collection_id: str, face_ids: tuple[str, ...]) -> None:
+    """Delete faces (their templates leave the catalog and the index)."""
+    with _client() as c:
+        r = c.delete_faces(collection_id, list(face_ids))
+    for f in r["DeletedFaces"]:
+        click.echo(f"deleted {f}")
+    for u in r["UnsuccessfulFaceDeletions"]:
+        click.echo(f"not deleted {u['FaceId']}: {', '.join(u['Reasons'])}")
+
+
+@collection.command("search")
+@click.argument("collection_id")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("--threshold", type=float, default=None,
+              help="FaceMatchThreshold; default: at most 0.01 false matches expected per search.")
+@click.option("--max-faces", type=int, default=None)
+@click.option("--quality-filter", type=QUALITY, default="NONE", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@reports_errors
+def search(collection_id: str, image: str, threshold: float | None, max_faces: int | None,
+           quality_filter: str, as_json: bool) -> None:
+    """Search the collection for the largest face in IMAGE."""
+    with _client() as c:
+        r = c.search_faces_by_image(collection_id, image, max_faces=max_faces,
+                                    face_match_threshold=threshold,
+                                    quality_filter=quality_filter)
+    _matches(r, as_json)
+
+
+@collection.command("search-face")
+@click.argument("collection_id")
+@click.argument("face_id")
+@click.option("--threshold", type=float, default=None)
+@click.option("--max-faces", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True)
+@reports_errors
+def search_face(collection_id: str, face_id: str, threshold: float | None,
+                max_faces: int | None, as_json: bool) -> None:
+    """Search the collection for faces like a stored face."""
+    with _client() as c:
+        r = c.search_faces(collection_id, face_id, max_faces=max_faces,
+                           face_match_threshold=threshold)
+    _matches(r, as_json)
+
+
+@main.group()
+def user() -> None:
+    """Users: named groups of faces in a collection."""
+
+
+@user.command("create")
+@click.argument("collection_id")
+@click.argument("user_id")
+@reports_errors
+def user_create(collection_id: str, user_id: str) -> None:
+    """Create a user."""
+    with _client() as c:
+        c.create_user(collection_id, user_id)
+    click.echo(f"created user {user_id}")
+
+
+@user.command("delete")
+@click.argument("collection_id")
+@click.argument("user_id")
+@reports_errors
+def user_delete(collection_id: str, user_id: str) -> None:
+    """Delete a user (its faces stay, disassociated)."""
+    with _client() as c:
+        c.delete_user(collection_id, user_id)
+    click.echo(f"deleted user {user_id}")
+
+
+@user.command("list")
+@click.argument("collection_id")
+@reports_errors
+def user_list(collection_id: str) -> None:
+    """List users and their status."""
+    token = None
+    with _client() as c:
+        while True:
+            r = c.list_users(collection_id, next_token=token)
+            for u in r["Users"]:
+                click.echo(f"{u['UserId']}\t{u['UserStatus']}")
+            token = r.get("NextToken")
+            if token is None:
+                break
+
+
+@user.command("associate")
+@click.argument("collection_id")
+@click.argument("user_id")
+@click.argument("face_ids", nargs=-1, required=True)
+@click.option("--threshold", type=float, default=None,
+              help="UserMatchThreshold (default 99.99: false-match rate 1e-4).")
+@reports_errors
+def user_associate(collection_id: str, user_id: str, face_ids: tuple[str, ...],
+                   threshold: float | None) -> None:
+    """Associate faces with a user (each must match the user's faces)."""
+    with _client() as c:
+        emit_json(c.associate_faces(collection_id, user_id, list(face_ids),
+                                    user_match_threshold=threshold))
+
+
+@user.command("disassociate")
+@click.argument("collection_id")
+@click.argument("user_id")
+@click.argument("face_ids", nargs=-1, required=True)
+@reports_errors
+def user_disassociate(collection_id: str, user_id: str, face_ids: tuple[str, ...]) -> None:
+    """Remove faces from a user (they stay in the collection)."""
+    with _client() as c:
+        emit_json(c.disassociate_faces(collection_id, user_id, list(face_ids)))
+
+
+@user.command("search")
+@click.argument("collection_id")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("--threshold", type=float, default=None)
+@reports_errors
+def user_search(collection_id: str, image: str, threshold: float | None) -> None:
+    """Search users by the largest face in IMAGE."""
+    with _client() as c:
+        emit_json(c.search_users_by_image(collection_id, image, user_match_threshold=threshold))

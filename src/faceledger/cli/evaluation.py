@@ -1,0 +1,471 @@
+"""`faceledger calibration` (the shipped distance <-> FMR <-> FNMR table, and rebuilding it) and
+`faceledger evaluate` (accuracy and fairness reports on your own data)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..calibration import CalibrationTable, load_calibration
+from ..errors import ResourceNotFoundException
+from ..settings import Settings
+from ..vision import FacePipeline
+from .app import emit_json, main, reports_errors
+
+TABLE_FMRS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+
+
+def _command_line() -> str:
+    return "faceledger " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _table(model: str | None) -> CalibrationTable:
+    version = model or FacePipeline(Settings()).model_version
+    try:
+        return load_calibration(version)
+    except LookupError as exc:
+        raise ResourceNotFoundException(str(exc)) from exc
+
+
+def calibration_rows(table: CalibrationTable) -> list[dict[str, Any]]:
+    """Similarity threshold <-> FMR <-> distance <-> FNMR for FMR 1e-1 ... 1e-6."""
+    summary = {r["fmr"]: r for r in table.provenance.get("summary", [])}
+    tail_u = (table.provenance.get("tail") or {}).get("u")
+    rows = []
+    for fmr in TABLE_FMRS:
+        d = table.distance_for_fmr(fmr)
+        s = summary.get(fmr, {})
+        ci = s.get("fnmr") or {}
+        rows.append({
+            "similarity": round(100.0 * (1.0 - fmr), 6),
+            "fmr": fmr,
+            "distance": round(d, 4),
+            "fnmr": float(table.fnmr_at(d)),
+            "fnmr_low": ci.get("low"),
+            "fnmr_high": ci.get("high"),
+            "source": s.get("source") or ("tail fit" if tail_u and d < tail_u else "empirical"),
+        })  # fmt: skip
+    return rows
+
+
+@main.group(invoke_without_command=True)
+@click.option("--model", default=None, help="Model version (default: the configured pipeline's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows and provenance as JSON.")
+@click.pass_context
+@reports_errors
+def calibration(ctx: click.Context, model: str | None, as_json: bool) -> None:
+    """Print the calibration: Similarity threshold <-> FMR <-> distance <-> FNMR."""
+    if ctx.invoked_subcommand is not None:
+        return
+    table = _table(model)
+    rows = calibration_rows(table)
+    prov = table.provenance
+    if as_json:
+        brief = {k: v for k, v in prov.items() if k not in ("summary",)}
+        if "dataset" in brief:
+            brief["dataset"] = {k: v for k, v in brief["dataset"].items() if k != "failed_images"}
+        emit_json({"model_version": table.model_version, "rows": rows, "provenance": brief})
+        return
+    ds, pairs, tail = prov.get("dataset", {}), prov.get("pairs", {}), prov.get("tail", {})
+    click.echo(
+        f"Calibration of {table.model_version}: Similarity = 100 x (1 - FMR at that distance)"
+    )
+    if ds:
+        click.echo(
+            f"measured on {ds.get('name')}: {ds.get('images'):,} images of "
+            f"{ds.get('identities'):,} people, {ds.get('failures_to_enrol')} failed to enrol; "
+            f"{pairs.get('impostor', 0):,} impostor and {pairs.get('genuine', 0):,} genuine pairs"
+        )
+    click.echo("")
+    click.echo(
+        f"{'Similarity':>12}  {'FMR':>7}  {'distance':>8}  {'FNMR':>8}  {'FNMR 95% CI':>17}  source"
+    )
+    for r in rows:
+        ci = (
+            f"{r['fnmr_low']:.4f}-{r['fnmr_high']:.4f}"
+            if r["fnmr_low"] is not None and r["fnmr_high"] is not None
+            else "-"
+        )
+        click.echo(
+            f"{r['similarity']:>12.6g}  {r['fmr']:>7.0e}  {r['distance']:>8.4f}  "
+            f"{r['fnmr']:>8.4f}  {ci:>17}  {r['source']}"
+        )
+    bound = prov.get("bound")
+    if bound:
+        lowest = table.lowest_credible_fmr
+        click.echo(
+            f"\nFMR is the 95% upper bound LFW supports (identity bootstrap; Wilson with "
+            f"n_eff = n / {bound.get('design_effect_tail')} in the tail), never below the tail fit."
+            f"\nLowest credible FMR {lowest:.2e} (Similarity {100 * (1 - lowest):.5f}): no "
+            f"distance is claimed lower; stricter thresholds use the floor distance "
+            f"{table.floor_distance:.4f} and cannot keep their nominal rate."
+        )
+    if tail:
+        xi = tail.get("xi")
+        click.echo(
+            f"Tail fit below distance {tail.get('u'):.4f} (FMR {tail.get('fmr_at_u', 0):.1e}): "
+            f"{tail.get('model')} on the {tail.get('k'):,} smallest impostor distances "
+            f"(xi={xi:.3f}, sigma={tail.get('sigma'):.4f})"
+            + (
+                "; the bound is above it everywhere."
+                if bound and bound.get("grid_points_set_by_tail_fit") == 0
+                else "."
+            )
+        )
+    if prov.get("created"):
+        click.echo(f"built {prov.get('created')} by: {prov.get('command') or '?'}")
+
+
+@calibration.command("build")
+@click.option(
+    "--lfw",
+    "lfw",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="LFW root: one folder of images per person.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Where to write the table (default: the package's table for this model).",
+)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Embedding cache directory (default: ~/.cache/faceledger/embeddings).",
+)
+@click.option("--workers", type=int, default=None, help="Processes (default: one per core).")
+@click.option(
+    "--tail-model",
+    type=click.Choice(["gpd", "exponential"]),
+    default=None,
+    help="Model for FMR beyond the data (default: exponential, see docs/accuracy.md).",
+)
+@click.option(
+    "--replicates",
+    type=int,
+    default=200,
+    show_default=True,
+    help="Bootstrap replicates for the confidence intervals.",
+)
+@reports_errors
+def calibration_build(
+    lfw: str,
+    out: str | None,
+    cache: str | None,
+    workers: int | None,
+    tail_model: str | None,
+    replicates: int,
+) -> None:
+    """Rebuild the calibration table from a folder-per-identity dataset (LFW)."""
+    from ..calibration.build import DEFAULT_TAIL_MODEL, build_calibration, table_path, write_table
+
+    raw = build_calibration(
+        Path(lfw), cache_dir=Path(cache) if cache else None, workers=workers,
+        tail_model=tail_model or DEFAULT_TAIL_MODEL, replicates=replicates,
+        command=_command_line(),
+    )  # fmt: skip
+    path = Path(out) if out else table_path(raw["model_version"])
+    write_table(raw, path)
+    load_calibration.cache_clear()
+    ds = raw["dataset"]
+    click.echo(
+        f"wrote {path}: {ds['enrolled']:,} of {ds['images']:,} images enrolled "
+        f"({ds['failures_to_enrol']} failures to enrol), {raw['pairs']['impostor']:,} impostor pairs"
+    )
+
+
+# ---- faceledger evaluate ----------------------------------------------------------------------
+
+
+def _common(fn: Any) -> Any:
+    """Options every evaluation takes."""
+    opts = [
+        click.option(
+            "--out",
+            type=click.Path(file_okay=False),
+            default="faceledger-report",
+            show_default=True,
+            help="Directory for report.json and report.html.",
+        ),
+        click.option(
+            "--similarity",
+            "similarities",
+            type=float,
+            multiple=True,
+            help="Operating SimilarityThreshold(s) (repeatable; default 99.9 99.99 99.999).",
+        ),
+        click.option(
+            "--cache",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Embedding cache directory (default: ~/.cache/faceledger/embeddings).",
+        ),
+        click.option(
+            "--workers", type=int, default=None, help="Processes (default: one per core)."
+        ),
+        click.option(
+            "--replicates",
+            type=int,
+            default=200,
+            show_default=True,
+            help="Bootstrap replicates for the 95% intervals.",
+        ),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def _evaluation(
+    similarities: tuple[float, ...],
+    cache: str | None,
+    workers: int | None,
+    replicates: int,
+    quiet: bool,
+) -> Any:
+    from ..evaluation.runner import DEFAULT_SIMILARITIES, Evaluation
+
+    if replicates < 0:
+        raise click.BadParameter("must be 0 or more", param_hint="--replicates")
+    return Evaluation(
+        cache_dir=Path(cache) if cache else None, workers=workers,
+        similarities=similarities or DEFAULT_SIMILARITIES, replicates=replicates,
+        progress=not quiet, command=_command_line(),
+    )  # fmt: skip
+
+
+def _finish(result: dict[str, Any], out: str) -> None:
+    from ..evaluation.report import write_report
+
+    jp, hp = write_report(result, Path(out))
+    click.echo(summary_text(result))
+    click.echo(f"\nreport: {jp} and {hp}")
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * float(v):.3g}%"
+
+
+def summary_text(result: dict[str, Any]) -> str:
+    """A few lines for the terminal; the report files hold everything."""
+    lines = []
+    enr = result.get("enrolment")
+    if enr:
+        lines.append(
+            f"images: {enr['images']:,}, failures to enrol: {enr['failures_to_enrol']} "
+            f"({_pct(enr['failure_rate'])})"
+        )
+    ver = result.get("verification")
+    if ver:
+        acc = ver.get("accuracy")
+        if acc:
+            se = f" +/- {_pct(acc['standard_error'])}" if "standard_error" in acc else ""
+            lines.append(f"accuracy: {_pct(acc['accuracy'])}{se} ({acc['protocol']})")
+        lines.append(
+            f"AUC: {ver['auc']:.6f}  ({ver['pairs']['genuine']:,} genuine, "
+            f"{ver['pairs']['impostor']:,} impostor pairs)"
+        )
+        for r in ver["tar_at_fmr"]:
+            t = r["tar"]
+            if r["estimable"]:
+                lines.append(
+                    f"TAR at FMR {r['fmr']:g}: {t['value']:.4f} [{t['low']:.4f}, {t['high']:.4f}]"
+                )
+            else:
+                lines.append(f"TAR at FMR {r['fmr']:g}: not measurable on this many impostor pairs")
+        for r in ver["at_thresholds"]:
+            lines.append(
+                f"{r['name']} (d={r['threshold']:.4f}): FMR {r['fmr']['value']:.3g} "
+                f"[{r['fmr']['low']:.3g}, {r['fmr']['high']:.3g}], FNMR "
+                f"{r['fnmr']['value']:.3g} [{r['fnmr']['low']:.3g}, {r['fnmr']['high']:.3g}]"
+            )
+    gr = result.get("groups")
+    if gr:
+        for c in gr["comparisons"]:
+            ratio = "-" if c["max_over_min"] is None else f"{c['max_over_min']:.2f}"
+            lines.append(
+                f"{c['threshold']} {c['rate'].upper()}: highest {c['highest']}, lowest "
+                f"{c['lowest']}, ratio {ratio}" + ("  FLAGGED" if c["flagged"] else "")
+            )
+    ident = result.get("identification")
+    if ident:
+        for r in ident["rows"]:
+            if r["gallery_size"] == ident["gallery"]["entries"]:
+                lines.append(
+                    f"N={r['gallery_size']:,} {r['threshold']}: FPIR {_pct(r['fpir'])}, "
+                    f"FNIR {_pct(r['fnir'])}, false matches {r['false_matches_observed']:.4g} "
+                    f"(expected {r['false_matches_expected']:.4g})"
+                )
+    det = result.get("detection")
+    if det:
+        cells = {"all": det["overall"]} | det.get("groups", {})
+        for g, c in cells.items():
+            q = c["quality_filter"]
+            lines.append(
+                f"{g}: no face {_pct(c['failure_to_detect']['value'])}, refused by "
+                f"LOW {_pct(q['LOW']['refused']['value'])}, MEDIUM "
+                f"{_pct(q['MEDIUM']['refused']['value'])}, HIGH {_pct(q['HIGH']['refused']['value'])}"
+            )
+        for c in det.get("comparisons", []):
+            ratio = "-" if c["max_over_min"] is None else f"{c['max_over_min']:.2f}"
+            lines.append(
+                f"{c['rate']}: highest {c['highest']}, lowest {c['lowest']}, ratio {ratio}"
+                + ("  FLAGGED" if c["flagged"] else "")
+            )
+    return "\n".join(lines)
+
+
+@main.group()
+def evaluate() -> None:
+    """Accuracy and fairness on your data: verification, groups, identification, detection."""
+
+
+@evaluate.command("pairs")
+@click.argument("pairs_file", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Image root (default: the pair list's folder).",
+)
+@click.option(
+    "--train",
+    "train_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Training pair list (LFW View 1: pairsDevTrain.txt) to choose the threshold.",
+)
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="TSV/CSV: image or identity, then attributes (e.g. sex.tsv).",
+)
+@click.option("--by", "attributes", multiple=True, help="Label attribute(s) to group by.")
+@_common
+@reports_errors
+def evaluate_pairs(
+    pairs_file: str,
+    root: str | None,
+    train_file: str | None,
+    labels_file: str | None,
+    attributes: tuple[str, ...],
+    out: str,
+    similarities: tuple[float, ...],
+    cache: str | None,
+    workers: int | None,
+    replicates: int,
+    quiet: bool,
+) -> None:
+    """Verification on an LFW-format pair list (View 1, or View 2's 10 folds)."""
+    ev = _evaluation(similarities, cache, workers, replicates, quiet)
+    result = ev.pairs(
+        Path(pairs_file), root=Path(root) if root else None,
+        train_file=Path(train_file) if train_file else None,
+        labels_file=Path(labels_file) if labels_file else None, attributes=attributes,
+    )  # fmt: skip
+    _finish(result, out)
+
+
+@evaluate.command("folders")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="TSV/CSV: image or identity, then attributes.",
+)
+@click.option("--by", "attributes", multiple=True, help="Label attribute(s) to group by.")
+@_common
+@reports_errors
+def evaluate_folders(
+    root: str,
+    labels_file: str | None,
+    attributes: tuple[str, ...],
+    out: str,
+    similarities: tuple[float, ...],
+    cache: str | None,
+    workers: int | None,
+    replicates: int,
+    quiet: bool,
+) -> None:
+    """Verification over every pair of a folder-per-identity dataset, per group with --labels."""
+    ev = _evaluation(similarities, cache, workers, replicates, quiet)
+    result = ev.folders(
+        Path(root), labels_file=Path(labels_file) if labels_file else None, attributes=attributes
+    )
+    _finish(result, out)
+
+
+@evaluate.command("identify")
+@click.argument("gallery", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--probes",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Folder-per-identity probes (default: split GALLERY into gallery and probes).",
+)
+@_common
+@reports_errors
+def evaluate_identify(
+    gallery: str,
+    probes: str | None,
+    out: str,
+    similarities: tuple[float, ...],
+    cache: str | None,
+    workers: int | None,
+    replicates: int,
+    quiet: bool,
+) -> None:
+    """Identification (1:N): FPIR and FNIR against gallery size and threshold."""
+    ev = _evaluation(similarities, cache, workers, replicates, quiet)
+    result = ev.identify(Path(gallery), probes_root=Path(probes) if probes else None)
+    _finish(result, out)
+
+
+@evaluate.command("detection")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="TSV/CSV: image path (relative to ROOT), then attributes.",
+)
+@click.option(
+    "--utkface", is_flag=True, help="Read sex, race and age band from UTKFace file names."
+)
+@click.option("--by", "attributes", multiple=True, help="Attribute(s) to group by.")
+@_common
+@reports_errors
+def evaluate_detection(
+    root: str,
+    labels_file: str | None,
+    utkface: bool,
+    attributes: tuple[str, ...],
+    out: str,
+    similarities: tuple[float, ...],
+    cache: str | None,
+    workers: int | None,
+    replicates: int,
+    quiet: bool,
+) -> None:
+    """Failure-to-detect and QualityFilter refusal rates, per group."""
+    ev = _evaluation(similarities, cache, workers, replicates, quiet)
+    result = ev.detection(
+        Path(root),
+        labels_file=Path(labels_file) if labels_file else None,
+        attributes=attributes,
+        utkface=utkface,
+    )
+    _finish(result, out)

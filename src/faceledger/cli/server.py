@@ -1,0 +1,150 @@
+"""`faceledger serve` and `faceledger keys create/list/revoke`."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from ..db import make_engine
+from ..server.app import DEV_BANNER
+from ..server.keys import KeyStore, KeyStoreError
+from ..server.protocol import model_operations
+from ..server.run import build_app, is_loopback
+from ..server.run import serve as run_server
+from ..settings import Settings
+from .app import emit_json, main, reports_errors
+
+
+def _settings(**overrides: object) -> Settings:
+    base = Settings()
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return base.model_copy(update=given) if given else base
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on [default: FACELEDGER_SERVER_HOST "
+              "or 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="[default: FACELEDGER_SERVER_PORT or 8080]")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Inference threads [default: FACELEDGER_SERVER_WORKERS or 2].")
+@click.option("--queue", type=click.IntRange(0, 10_000), default=None,
+              help="Requests that may wait for a worker before ThrottlingException [default 32].")
+@click.option("--dev", is_flag=True,
+              help="Development mode: NO authentication, loopback only. Never in production.")
+@click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), default=None)
+@reports_errors
+def serve(host: str | None, port: int | None, workers: int | None, queue: int | None, dev: bool,
+          ssl_certfile: str | None, ssl_keyfile: str | None) -> None:
+    """Serve Amazon Rekognition's API (boto3: endpoint_url=http://HOST:PORT), SigV4-signed."""
+    settings = _settings(server_host=host, server_port=port, server_workers=workers,
+                         server_queue=queue)
+    if dev and not is_loopback(settings.server_host):
+        raise click.UsageError(
+            f"--dev serves anyone without authentication; it only binds to loopback, "
+            f"not {settings.server_host}"
+        )
+    # one line per request (principal, operation, status, time) and the startup banner
+    logging.getLogger("faceledger").setLevel(
+        min(logging.getLogger("faceledger").getEffectiveLevel(), logging.INFO)
+    )
+    if dev:
+        click.secho(DEV_BANNER, fg="red", bold=True, err=True)
+    try:
+        app = build_app(settings, dev_mode=dev)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    scheme = "https" if ssl_certfile else "http"
+    click.echo(f"faceledger: Rekognition API at {scheme}://{settings.server_host}:"
+               f"{settings.server_port} (region {settings.region}); "
+               f"{len(app.operations)} operations", err=True)
+    extra: dict[str, object] = {}
+    if ssl_certfile:
+        extra = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
+    run_server(app, settings.server_host, settings.server_port, **extra)
+
+
+@main.group()
+def keys() -> None:
+    """API keys for the HTTP server (access key id + secret, SigV4)."""
+
+
+def _store(create_kek: bool = False) -> KeyStore:
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return KeyStore.open(settings, make_engine(settings.resolved_database_url()),
+                             create_kek=create_kek)
+    except KeyStoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [part for v in values for part in v.split(",")]
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--operations", "-o", multiple=True, required=True,
+              help="Operations this key may call: names or globs, comma-separated "
+                   "(e.g. 'CompareFaces,Search*' or '*').")
+@click.option("--collections", "-c", multiple=True, required=True,
+              help="Collections this key may name: ids or globs (e.g. 'staff-*' or '*').")
+@click.option("--rate", type=float, default=None,
+              help="Requests per second allowed (ProvisionedThroughputExceededException beyond).")
+@click.option("--admin", is_flag=True, help="May change collection policies.")
+@click.option("--json", "as_json", is_flag=True)
+@reports_errors
+def keys_create(name: str, operations: tuple[str, ...], collections: tuple[str, ...],
+                rate: float | None, admin: bool, as_json: bool) -> None:
+    """Issue a key named NAME; its secret is printed once and cannot be shown again."""
+    issued = _store(create_kek=True).create(
+        name, _split(operations), _split(collections), rate, admin=admin,
+        known_operations=model_operations(),
+    )
+    info = issued.info
+    if as_json:
+        emit_json({"AccessKeyId": info.access_key_id, "SecretAccessKey": issued.secret_access_key,
+                   "Name": info.name, "Operations": list(info.operations),
+                   "Collections": list(info.collections), "RateLimit": info.rate_limit,
+                   "Admin": info.admin})
+        return
+    click.echo(f"access key id:     {info.access_key_id}")
+    click.echo(f"secret access key: {issued.secret_access_key}")
+    click.echo("The secret is shown only now: store it (e.g. `aws configure`); "
+               "it cannot be recovered, only revoked and replaced.", err=True)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@reports_errors
+def keys_list(as_json: bool) -> None:
+    """Every key with its permissions and state (never a secret)."""
+    rows = _store().list()
+    if as_json:
+        emit_json([{"AccessKeyId": k.access_key_id, "Name": k.name, "Active": k.active,
+                    "Operations": list(k.operations), "Collections": list(k.collections),
+                    "RateLimit": k.rate_limit, "Admin": k.admin,
+                    "CreatedAt": k.created_at.isoformat(),
+                    "RevokedAt": k.revoked_at.isoformat() if k.revoked_at else None}
+                   for k in rows])
+        return
+    if not rows:
+        click.echo("no API keys; create one with `faceledger keys create`")
+    for k in rows:
+        state = "active" if k.active else f"revoked {k.revoked_at:%Y-%m-%d %H:%M}"
+        rate = "" if k.rate_limit is None else f"  rate {k.rate_limit:g}/s"
+        rate += "  admin" if k.admin else ""
+        click.echo(f"{k.access_key_id}  {k.name:<20} {state:<24} "
+                   f"operations {','.join(k.operations)}  collections "
+                   f"{','.join(k.collections)}{rate}")
+
+
+@keys.command("revoke")
+@click.argument("access_key_id")
+@reports_errors
+def keys_revoke(access_key_id: str) -> None:
+    """Revoke a key: requests signed with it are refused from now on."""
+    info = _store().revoke(access_key_id.strip())
+    click.echo(f"revoked {info.access_key_id} ({info.name})")

@@ -1,0 +1,342 @@
+"""Bulk enrolment for evaluation: image files -> one face each (the one nearest the image
+centre, LFW's labelling convention) -> template, through the full pipeline, cached on disk.
+
+The cache holds one small `.npz` per (model version, detector configuration, image SHA-256),
+so a rerun reads templates instead of recomputing them and any number of runs can share it.
+Never pickle: `np.load(..., allow_pickle=False)` reads only plain arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from multiprocessing import get_context
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import FaceledgerError
+from ..imaging import decode_image
+from ..settings import Settings
+from ..vision import FacePipeline
+from ..vision.quality import measure_quality, quality_reasons
+from ..vision.types import Box, FaceAnalysis, Pose, Quality
+
+# Bump when what is stored (or how the face is chosen) changes: old entries are then ignored.
+CACHE_FORMAT = 1
+_FACE_FIELDS = 10  # left, top, right, bottom, confidence, yaw, pitch, roll, brightness, sharpness
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """What the pipeline made of one image: the chosen face (or none) and its template."""
+
+    sha256: str
+    n_faces: int
+    width: int
+    height: int
+    face: NDArray[np.float64] | None  # _FACE_FIELDS values, see above
+    embedding: NDArray[np.float32] | None
+    error: str = ""  # decoding error (Rekognition code: message), counted as a failure
+    # False when read from a cache entry whose Brightness/Sharpness were measured with another
+    # quality formula than the current one (`quality_stamp`): enrol_files re-measures them.
+    quality_current: bool = True
+
+    @property
+    def enrolled(self) -> bool:
+        """A face was found (and embedded, when embedding was asked for)."""
+        return self.face is not None
+
+    @property
+    def box(self) -> Box | None:
+        if self.face is None:
+            return None
+        left, top, right, bottom = (float(v) for v in self.face[:4])
+        return Box(left, top, right, bottom)
+
+    def reasons(self, level: str) -> list[str]:
+        """Rekognition `Reason` codes why the chosen face fails QualityFilter `level`."""
+        if self.face is None:
+            return ["NO_FACE"]
+        f = [float(v) for v in self.face]
+        box = Box(f[0], f[1], f[2], f[3])
+        return quality_reasons(level, f[4], box, Pose(f[5], f[6], f[7]), Quality(f[8], f[9]))
+
+
+def central_face(faces: Sequence[FaceAnalysis], width: int, height: int) -> int:
+    """Index of the face whose box centre is nearest the image centre."""
+    cx, cy = width / 2.0, height / 2.0
+
+    def off(f: FaceAnalysis) -> float:
+        b = f.box
+        return ((b.left + b.right) / 2.0 - cx) ** 2 + ((b.top + b.bottom) / 2.0 - cy) ** 2
+
+    return min(range(len(faces)), key=lambda i: off(faces[i]))
+
+
+@lru_cache(maxsize=1)
+def quality_stamp() -> tuple[float, ...]:
+    """What `measure_quality` makes of three fixed synthetic patches of increasing contrast.
+
+    Stored with every cache entry: an entry whose stamp differs was measured with another
+    Brightness/Sharpness formula (the Sharpness scale has changed before), so its quality
+    values are re-measured from the image and its stored box, while its detection and template,
+    which do not depend on that formula, are kept."""
+    y, x = np.mgrid[0:112, 0:112]
+    wave = np.sin(2 * np.pi * x / 7.0) * np.cos(2 * np.pi * y / 11.0)
+    values: list[float] = []
+    for amplitude in (4.0, 8.0, 16.0):  # Sharpness ~10, ~30, ~73 at the time of writing
+        grey = np.clip(128.0 + amplitude * wave, 0, 255).astype(np.uint8)
+        q = measure_quality(np.repeat(grey[:, :, None], 3, axis=2), Box(0.0, 0.0, 112.0, 112.0))
+        values += [q.brightness, q.sharpness]
+    return tuple(values)
+
+
+def cache_key(settings: Settings, model_version: str) -> str:
+    """The directory name that identifies a pipeline configuration's results."""
+    return (
+        f"{model_version}/{settings.detector}-min{settings.min_face_px}"
+        f"-max{settings.detect_max_side}-v{CACHE_FORMAT}"
+    )
+
+
+class EmbeddingCache:
+    """Enrolments on disk, one `.npz` per image digest under `root/<cache_key>/`."""
+
+    def __init__(self, root: Path, key: str) -> None:
+        self.dir = Path(root) / key
+
+    def _path(self, sha256: str) -> Path:
+        return self.dir / sha256[:2] / f"{sha256}.npz"
+
+    def get(self, sha256: str, *, need_embedding: bool) -> Enrolment | None:
+        """The stored enrolment, or None when absent (or stored without a needed template)."""
+        path = self._path(sha256)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = z["meta"]
+                face = z["face"]
+                emb = z["embedding"]
+                error = str(z["error"]) if "error" in z.files else ""
+                stamp = z["quality_stamp"] if "quality_stamp" in z.files else np.zeros(0)
+        except (OSError, ValueError, KeyError):
+            return None  # a torn or foreign file: recompute it
+        n_faces, width, height, embedded = (int(v) for v in meta)
+        if need_embedding and n_faces > 0 and not embedded:
+            return None
+        return Enrolment(
+            sha256=sha256,
+            n_faces=n_faces,
+            width=width,
+            height=height,
+            face=face.astype(np.float64) if face.size else None,
+            embedding=emb.astype(np.float32) if emb.size else None,
+            error=error,
+            quality_current=bool(
+                stamp.shape == (len(quality_stamp()),)
+                and np.allclose(stamp, quality_stamp(), rtol=0.0, atol=1e-6)
+            ),
+        )
+
+    def put(self, e: Enrolment) -> None:
+        """Store an enrolment atomically (write a temporary file, then rename)."""
+        path = self._path(e.sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(
+            tmp,
+            meta=np.array([e.n_faces, e.width, e.height, e.embedding is not None], dtype=np.int64),
+            face=np.zeros(0) if e.face is None else e.face,
+            embedding=np.zeros(0, np.float32) if e.embedding is None else e.embedding,
+            error=np.array(e.error),
+            quality_stamp=np.array(quality_stamp(), dtype=np.float64),
+        )
+        os.replace(tmp, path)
+
+
+def enrol_pixels(
+    pipeline: FacePipeline, pixels: NDArray[np.uint8], sha256: str, *, embed: bool
+) -> Enrolment:
+    """Detect every face, keep the one nearest the centre, and embed it if asked."""
+    h, w = pixels.shape[:2]
+    faces = pipeline.analyze(pixels, embed=False)
+    if not faces:
+        return Enrolment(sha256, 0, w, h, None, None)
+    f = faces[central_face(faces, w, h)]
+    row = np.array(
+        [f.box.left, f.box.top, f.box.right, f.box.bottom, f.confidence, f.pose.yaw,
+         f.pose.pitch, f.pose.roll, f.quality.brightness, f.quality.sharpness],
+        dtype=np.float64,
+    )  # fmt: skip
+    vec = pipeline.embed_boxes(pixels, [f.box])[0] if embed else None
+    return Enrolment(sha256, len(faces), w, h, row, vec)
+
+
+def enrol_bytes(pipeline: FacePipeline, data: bytes, *, embed: bool) -> Enrolment:
+    """Enrol encoded image bytes; an undecodable image is a failure with its error code."""
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        pixels = _decode(pipeline.settings, data)
+    except FaceledgerError as exc:
+        return Enrolment(digest, 0, 0, 0, None, None, error=f"{exc.code}: {exc.message}")
+    return enrol_pixels(pipeline, pixels, digest, embed=embed)
+
+
+def _decode(s: Settings, data: bytes) -> NDArray[np.uint8]:
+    # Evaluation reads local files: no byte limit below the file's size, any side length.
+    img = decode_image(
+        data, max_bytes=max(s.max_image_bytes, len(data)), max_pixels=s.max_image_pixels, min_side=1
+    )
+    return img.pixels
+
+
+def remeasure_quality(e: Enrolment, data: bytes, settings: Settings) -> Enrolment:
+    """`e` with Brightness and Sharpness measured again (current formula) in its stored box."""
+    if e.face is None or e.box is None:
+        return replace(e, quality_current=True)
+    q = measure_quality(_decode(settings, data), e.box)
+    face = e.face.copy()
+    face[8], face[9] = q.brightness, q.sharpness
+    return replace(e, face=face, quality_current=True)
+
+
+# One pipeline per worker process, created by the pool initializer (models load once there).
+_worker: dict[str, FacePipeline] = {}
+
+
+def _init_worker(settings_json: str) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already; nested threads only contend
+    _worker["pipeline"] = FacePipeline(Settings.model_validate_json(settings_json))
+
+
+def _enrol_in_worker(task: tuple[str, bool]) -> tuple[str, Enrolment]:
+    path, embed = task
+    return path, enrol_bytes(_worker["pipeline"], Path(path).read_bytes(), embed=embed)
+
+
+class Progress:
+    """A one-line progress bar on stderr (a line per 10% when stderr is not a terminal)."""
+
+    def __init__(self, total: int, label: str, stream: TextIO | None = None) -> None:
+        self.total, self.label, self.done = total, label, 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
+        self.start = time.monotonic()
+        self._last_decile = -1
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self.total <= 0:
+            return
+        frac = self.done / self.total
+        rate = self.done / max(time.monotonic() - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        text = f"{self.label}: {self.done}/{self.total} ({rate:.1f}/s, {eta:.0f} s left)"
+        if self.tty:
+            bar = "#" * int(30 * frac)
+            self.stream.write(f"\r[{bar:<30}] {text}")
+            if self.done >= self.total:
+                self.stream.write("\n")
+            self.stream.flush()
+        elif int(frac * 10) > self._last_decile:
+            self._last_decile = int(frac * 10)
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+
+def _digests(paths: Sequence[Path]) -> list[str]:
+    return [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+
+
+def enrol_files(
+    paths: Sequence[Path],
+    *,
+    settings: Settings | None = None,
+    cache_dir: Path | None = None,
+    embed: bool = True,
+    workers: int | None = None,
+    progress: bool = True,
+    label: str = "enrolling",
+) -> list[Enrolment]:
+    """Enrol every file (in order), reading the cache first and using a process pool for the rest."""
+    settings = settings or Settings()
+    model_version = FacePipeline(settings).model_version
+    cache = (
+        None if cache_dir is None else EmbeddingCache(cache_dir, cache_key(settings, model_version))
+    )
+    digests = _digests(paths)
+    out: list[Enrolment | None] = [
+        None if cache is None else cache.get(d, need_embedding=embed) for d in digests
+    ]
+    for i, e in enumerate(out):
+        if e is not None and cache is not None and not e.quality_current:
+            try:
+                fresh = remeasure_quality(e, paths[i].read_bytes(), settings)
+            except FaceledgerError:
+                out[i] = None  # no longer decodes as it did: enrol it again
+                continue
+            cache.put(fresh)
+            out[i] = fresh
+    todo = [i for i, e in enumerate(out) if e is None]
+    n_workers = workers if workers is not None else (settings.workers or os.cpu_count() or 1)
+    n_workers = max(1, min(n_workers, len(todo)))
+    bar = Progress(len(todo), label) if progress and todo else None
+    for i, e in _run(paths, todo, settings, n_workers, embed):
+        out[i] = e
+        if cache is not None:
+            cache.put(e)
+        if bar is not None:
+            bar.advance()
+    result = [e for e in out if e is not None]
+    assert len(result) == len(paths)
+    return result
+
+
+def _run(
+    paths: Sequence[Path], todo: list[int], settings: Settings, n_workers: int, embed: bool
+) -> Iterator[tuple[int, Enrolment]]:
+    if not todo:
+        return
+    if n_workers == 1:
+        pipeline = FacePipeline(settings)
+        for i in todo:
+            yield i, enrol_bytes(pipeline, paths[i].read_bytes(), embed=embed)
+        return
+    # spawn, not fork: the parent may hold loaded models and threads (a test session, a server).
+    with ProcessPoolExecutor(
+        n_workers,
+        mp_context=get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(settings.model_dump_json(),),
+    ) as pool:
+        tasks: Iterable[tuple[str, bool]] = ((str(paths[i]), embed) for i in todo)
+        # map() keeps the order of its input: the i-th result belongs to todo[i].
+        for i, (_, e) in zip(todo, pool.map(_enrol_in_worker, tasks, chunksize=8)):
+            yield i, e
+
+
+def template_matrix(enrolments: Sequence[Enrolment], dim: int = 128) -> NDArray[np.float64]:
+    """Templates as rows; a row of NaN where the image failed to enrol."""
+    out = np.full((len(enrolments), dim), np.nan)
+    for i, e in enumerate(enrolments):
+        if e.embedding is not None:
+            out[i] = e.embedding
+    return out
+
+
+def default_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/faceledger/embeddings` (or `~/.cache/...`): outside any repository."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "faceledger" / "embeddings"

@@ -1,0 +1,44 @@
+"""Refusals: errors that a rule caused, carrying the rule's name so the ledger can log them.
+
+Each is an ordinary faceledger error (its wire code is its base class's), plus `rule`.
+"""
+
+from __future__ import annotations
+
+from ..errors import AccessDeniedException, ConflictException, PolicyRefusedException
+
+
+class Refusal:
+    """Mixin: the named rule that refused the operation."""
+
+    rule: str = "policy"
+
+
+class PolicyRefusal(Refusal, PolicyRefusedException):
+    """A collection policy refused the operation (AccessDeniedException on the wire)."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+class AdminRequired(Refusal, AccessDeniedException):
+    """Only an admin principal may do this."""
+
+    rule = "admin_required"
+
+
+class ReviewConflict(Refusal, ConflictException):
+    """A review decision that the review rules do not allow (duplicate, already decided)."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+class ReviewRefusal(Refusal, AccessDeniedException):
+    """A reviewer who may not review this candidate (e.g. the one who ran the search)."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule

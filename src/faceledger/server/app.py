@@ -1,0 +1,333 @@
+"""The ASGI application: Rekognition's JSON protocol over HTTP, SigV4-authenticated.
+
+One request: admit it (bounded, else ThrottlingException) -> read the body (bounded) -> verify
+the signature -> resolve the operation from X-Amz-Target -> check the key's permission and
+rate -> in a worker thread (a bounded pool): parse and validate the body against botocore's
+model, check collection permissions, call the FaceService method, render JSON. Errors become
+responses in exactly one place, `_error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..context import RequestContext
+from ..errors import (
+    AccessDeniedException,
+    FaceledgerError,
+    ImageTooLargeException,
+    InternalServerError,
+    InvalidParameterException,
+    UnknownOperationException,
+    UnrecognizedClientException,
+)
+from ..service import FaceService
+from ..settings import Settings
+from . import protocol, sigv4
+from .keys import KeyInfo, KeyStore, KeyStoreError
+from .limits import Admission, RateLimiter
+
+log = logging.getLogger("faceledger.server")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+PURPOSE_HEADER = "x-faceledger-purpose"
+CASE_HEADER = "x-faceledger-case"
+CONSENT_HEADER = "x-faceledger-consent"
+CONTEXT_HEADERS = (PURPOSE_HEADER, CASE_HEADER, CONSENT_HEADER)
+MAX_CONTEXT_CHARS = 256
+DEV_PRINCIPAL = "anonymous-dev"
+DEV_BANNER = """
+  ************************************************************************
+  *  faceledger DEVELOPMENT MODE: NO AUTHENTICATION.                     *
+  *  Every request is served, signed or not, as principal "anonymous-dev" *
+  *  with every permission. Never expose this server to a network.       *
+  ************************************************************************
+"""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a verified request came from: their key's record (None in development mode)."""
+
+    principal: str
+    key: KeyInfo | None
+
+
+class RekognitionApp:
+    """ASGI app serving every FaceService operation that Rekognition's model names."""
+
+    def __init__(
+        self,
+        service: FaceService,
+        keys: KeyStore | None,
+        settings: Settings | None = None,
+        *,
+        dev_mode: bool = False,
+        warm_up: bool = True,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        if keys is None and not dev_mode:
+            raise ValueError("a key store is required unless dev_mode is on")
+        self.service = service
+        self.keys = keys
+        self.settings = settings or service.settings
+        self.dev_mode = dev_mode
+        self.warm_up = warm_up
+        self.clock = clock
+        s = self.settings
+        self.admission = Admission(s.server_workers, s.server_queue)
+        self.rates = RateLimiter()
+        self.pool = ThreadPoolExecutor(max_workers=s.server_workers,
+                                       thread_name_prefix="faceledger-worker")
+        self.max_skew = timedelta(seconds=s.clock_skew_seconds)
+        self.operations = frozenset(protocol.implemented_operations(service))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.announce()
+                try:
+                    if self.warm_up:
+                        await asyncio.get_running_loop().run_in_executor(
+                            self.pool, self.service.pipeline.warm_up
+                        )
+                except Exception as exc:
+                    log.error("models could not be loaded", exc_info=exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.close()
+                log.info("faceledger server stopped")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def announce(self) -> None:
+        """Log what this server serves; shout if it is in development mode."""
+        if self.dev_mode:
+            log.warning(DEV_BANNER)
+        log.info("serving %d operations: %s", len(self.operations),
+                 ", ".join(sorted(self.operations)))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = str(uuid.uuid4())
+        started = time.perf_counter()
+        headers = [(k.decode("latin-1").lower(), v.decode("latin-1"))
+                   for k, v in scope.get("headers", [])]
+        operation = "-"
+        principal = "-"
+        entered = handed_off = False
+        try:
+            if scope.get("method") != "POST" or scope.get("path") != "/":
+                raise UnknownOperationException(
+                    "faceledger speaks Rekognition's JSON protocol: POST / with X-Amz-Target."
+                )
+            # Admitted before the body is read: memory for bodies is bounded too.
+            self.admission.enter()
+            entered = True
+            body = await self._read_body(headers, receive)
+            request = sigv4.HttpRequest(
+                method=scope["method"],
+                raw_path=(scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
+                query=scope.get("query_string", b"").decode("latin-1"),
+                headers=headers,
+                body=body,
+            )
+            # off the loop: hashing a 14 MB body and the key lookup would stall other requests
+            caller = await asyncio.to_thread(self._authenticate, request)
+            principal = caller.principal
+            operation = protocol.operation_from_target(request.header("x-amz-target"))
+            if operation not in self.operations:
+                raise UnknownOperationException(
+                    f"Operation {operation} is not implemented by this faceledger server."
+                )
+            if caller.key is not None:
+                self._authorize_operation(caller.key, operation)
+                if caller.key.rate_limit is not None:
+                    self.rates.take(caller.key.access_key_id, caller.key.rate_limit,
+                                    time.monotonic())
+            protocol.check_content_type(request.header("content-type"))
+            ctx = RequestContext(
+                principal=principal,
+                purpose=_context_header(request, PURPOSE_HEADER),
+                case=_context_header(request, CASE_HEADER),
+                consent=_context_header(request, CONSENT_HEADER),
+                request_id=request_id,
+                # development mode grants every permission; otherwise the key says
+                admin=caller.key.admin if caller.key is not None else self.dev_mode,
+            )
+            future = asyncio.get_running_loop().run_in_executor(
+                self.pool, self._invoke, operation, body, ctx, caller
+            )
+            # Leave when the work is really done, even if this coroutine is cancelled.
+            future.add_done_callback(lambda _: self.admission.leave())
+            handed_off = True
+            payload = await future
+            status, error_code = 200, None
+        except Exception as exc:  # noqa: BLE001 - the one place errors become responses
+            status, error_code, payload = self._error(exc, request_id)
+        finally:
+            if entered and not handed_off:
+                self.admission.leave()
+        await self._respond(send, status, payload, request_id, error_code)
+        log.info("%s %s %s %d %.1fms", request_id, principal, operation, status,
+                 (time.perf_counter() - started) * 1000)
+
+    async def _read_body(self, headers: list[tuple[str, str]], receive: Receive) -> bytes:
+        limit = self.settings.max_request_bytes
+        declared = next((v for k, v in headers if k == "content-length"), None)
+        if declared is not None:
+            if not declared.strip().isdigit():
+                raise InvalidParameterException("Content-Length is not a number.")
+            if int(declared) > limit:
+                raise ImageTooLargeException(
+                    f"Request body is {int(declared)} bytes; the limit is {limit} bytes."
+                )
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidParameterException("The client disconnected before the body ended.")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ImageTooLargeException(f"Request body exceeds the limit of {limit} bytes.")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _authenticate(self, request: sigv4.HttpRequest) -> Caller:
+        if self.dev_mode:
+            return Caller(DEV_PRINCIPAL, None)
+        assert self.keys is not None
+        found: dict[str, KeyInfo] = {}
+        keys = self.keys
+
+        def signing_key_for(key_id: str, date: str, region: str, service: str) -> bytes | None:
+            try:
+                creds = keys.credentials(key_id, date, region, service)
+            except KeyStoreError as exc:
+                log.error("API key %s cannot be used: %s", key_id, exc)
+                return None
+            if creds is None:
+                log.info("unknown or revoked API key %s", key_id)
+                return None
+            found["key"] = creds[0]
+            return creds[1]
+
+        auth = sigv4.verify(
+            request,
+            signing_key_for=signing_key_for,
+            region=self.settings.region,
+            service=protocol.SERVICE,
+            now=self.clock(),
+            max_skew=self.max_skew,
+            must_sign=("x-amz-target", *CONTEXT_HEADERS),
+        )
+        key = found.get("key")
+        if key is None:  # pragma: no cover - verify() succeeds only with a signing key
+            raise UnrecognizedClientException(sigv4.UNKNOWN_KEY)
+        return Caller(auth.access_key_id, key)
+
+    @staticmethod
+    def _authorize_operation(key: KeyInfo, operation: str) -> None:
+        if not key.allows_operation(operation):
+            raise AccessDeniedException(
+                f"Key {key.access_key_id} is not allowed to call {operation}."
+            )
+
+    def _invoke(self, operation: str, body: bytes, ctx: RequestContext, caller: Caller) -> bytes:
+        """Runs in a worker thread: validate, authorize collections, call, render."""
+        parsed = protocol.parse_input(operation, body)
+        key = caller.key
+        if key is not None:
+            for collection_id in parsed.collection_ids:
+                if not key.allows_collection(collection_id):
+                    raise AccessDeniedException(
+                        f"Key {key.access_key_id} is not allowed to use collection "
+                        f"{collection_id}."
+                    )
+        method = getattr(self.service, protocol.snake_case(operation))
+        kwargs = protocol.call_arguments(operation, method, parsed.members)
+        result = method(**kwargs, ctx=ctx)
+        if key is not None and not key.all_collections and operation == "ListCollections":
+            result = _visible_collections(result, key)
+        return protocol.render_output(result)
+
+    @staticmethod
+    def _error(exc: Exception, request_id: str) -> tuple[int, str, bytes]:
+        """The one mapping from an exception to (HTTP status, error code, Rekognition body).
+
+        FaceledgerErrors carry their code and status; anything else is a bug of ours: a
+        generic InternalServerError goes out, the traceback only to the log.
+        """
+        if isinstance(exc, FaceledgerError):
+            log.info("%s %s: %s", request_id, exc.code, exc.message, exc_info=exc.status >= 500)
+            err: FaceledgerError = exc
+        else:
+            log.error("%s internal error", request_id, exc_info=exc)
+            err = InternalServerError(
+                f"An internal error occurred (request {request_id}); the server log has details."
+            )
+        return err.status, err.code, protocol.render_output(err.to_wire())
+
+    async def _respond(self, send: Send, status: int, payload: bytes, request_id: str,
+                       error_code: str | None) -> None:
+        headers = [
+            (b"content-type", protocol.CONTENT_TYPE.encode()),
+            (b"content-length", str(len(payload)).encode()),
+            (b"x-amzn-requestid", request_id.encode()),
+        ]
+        if error_code is not None:
+            headers.append((b"x-amzn-errortype", error_code.encode()))
+        if self.dev_mode:
+            headers.append((b"x-faceledger-dev-mode", b"unauthenticated"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _context_header(request: sigv4.HttpRequest, name: str) -> str | None:
+    value = request.header(name)
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or len(value) > MAX_CONTEXT_CHARS or not value.isprintable():
+        raise InvalidParameterException(
+            f"{name} must be 1 to {MAX_CONTEXT_CHARS} printable characters."
+        )
+    return value
+
+
+def _visible_collections(result: dict[str, Any], key: KeyInfo) -> dict[str, Any]:
+    """ListCollections as seen by a key limited to some collections."""
+    ids = result.get("CollectionIds", [])
+    versions = result.get("FaceModelVersions")
+    keep = [i for i, cid in enumerate(ids) if key.allows_collection(cid)]
+    out = dict(result)
+    out["CollectionIds"] = [ids[i] for i in keep]
+    if isinstance(versions, list) and len(versions) == len(ids):
+        out["FaceModelVersions"] = [versions[i] for i in keep]
+    return out

@@ -1,0 +1,306 @@
+"""API keys: access key id + secret for SigV4, with per-key permissions, in the shared database.
+
+Why the database: keys sit next to the catalog and ledger they guard (one backup, one place to
+audit), and every server process sees a new or revoked key on its next request, without a
+reload. Why encrypted, not hashed: SigV4 is an HMAC, so the server must be able to recompute
+the client's signature from the secret; a one-way hash (bcrypt, argon2) cannot be used. So each
+secret is sealed with AES-256-GCM under a key-encryption key (KEK) that lives *outside* the
+database (a 0600 file in a 0700 directory, or the FACELEDGER_KEY_ENCRYPTION_KEY variable, e.g.
+from a secrets manager). The access key id is bound in as associated data, so a sealed secret
+cannot be moved to another row. A database dump, backup or replica alone reveals no secret; the
+plaintext exists only in the CLI's one-time output and, per request, in the server's memory
+while the signing key is derived. Secrets are 240 random bits, so they need no key stretching.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import secrets
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    LargeBinary,
+    MetaData,
+    RowMapping,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+    update,
+)
+
+from ..errors import InvalidParameterException, ResourceNotFoundException
+from ..settings import Settings
+from .sigv4 import signing_key
+
+KEY_ID_PREFIX = "FLK"
+_BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+
+metadata = MetaData()
+
+api_keys = Table(
+    "fl_api_keys",
+    metadata,
+    Column("access_key_id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False),
+    # nonce (12 bytes) + AES-256-GCM ciphertext and tag of the secret
+    Column("sealed_secret", LargeBinary, nullable=False),
+    # which KEK sealed it: a fingerprint, so a wrong KEK is reported rather than mistaken
+    Column("kek_id", String(16), nullable=False),
+    Column("operations", Text, nullable=False),  # JSON list of operation names or globs
+    Column("collections", Text, nullable=False),  # JSON list of collection ids or globs
+    Column("rate_limit", Float, nullable=True),  # requests per second, None: unlimited
+    # admins may change collection policies (RequestContext.admin)
+    Column("admin", Boolean, nullable=False, default=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+
+class KeyStoreError(Exception):
+    """The key store cannot work as configured (missing or unsafe KEK): an operator problem."""
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A key's public record: never the secret."""
+
+    access_key_id: str
+    name: str
+    operations: tuple[str, ...]
+    collections: tuple[str, ...]
+    rate_limit: float | None
+    created_at: datetime
+    revoked_at: datetime | None
+    admin: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def allows_operation(self, operation: str) -> bool:
+        """Whether this key may call `operation` (exact name or glob, e.g. `Detect*`, `*`)."""
+        return any(fnmatchcase(operation, p) for p in self.operations)
+
+    def allows_collection(self, collection_id: str) -> bool:
+        """Whether this key may name `collection_id` in a request."""
+        return any(fnmatchcase(collection_id, p) for p in self.collections)
+
+    @property
+    def all_collections(self) -> bool:
+        return "*" in self.collections
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A new key: the secret appears here once and is never shown again."""
+
+    info: KeyInfo
+    secret_access_key: str
+
+
+def kek_fingerprint(kek: bytes) -> str:
+    return hashlib.sha256(b"faceledger-kek-id:" + kek).hexdigest()[:16]
+
+
+def default_kek_path(settings: Settings) -> Path:
+    return settings.key_encryption_key_file or settings.data_dir / "secrets" / "key-encryption-key"
+
+
+def load_kek(settings: Settings, *, create: bool) -> bytes | None:
+    """The key-encryption key from settings or its file; with `create`, make the file if absent.
+
+    A KEK file readable by group or others is refused: it must be as private as the secrets.
+    """
+    if settings.key_encryption_key is not None:
+        return _decode_kek(settings.key_encryption_key.get_secret_value(),
+                           "FACELEDGER_KEY_ENCRYPTION_KEY")
+    path = default_kek_path(settings)
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise KeyStoreError(
+                f"{path} is readable by others (mode {mode:o}); run: chmod 600 {path}"
+            )
+        return _decode_kek(path.read_text().strip(), str(path))
+    if not create:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    kek = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(base64.b64encode(kek).decode() + "\n")
+    return kek
+
+
+def _decode_kek(text: str, where: str) -> bytes:
+    try:
+        kek = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        kek = b""
+    if len(kek) != 32:
+        raise KeyStoreError(f"{where} must hold a base64-encoded 32-byte key")
+    return kek
+
+
+def _new_key_id() -> str:
+    return KEY_ID_PREFIX + "".join(secrets.choice(_BASE32) for _ in range(17))
+
+
+def _aad(access_key_id: str) -> bytes:
+    return b"faceledger-api-key:" + access_key_id.encode()
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    # SQLite returns naive datetimes; they were written as UTC.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def check_patterns(values: Iterable[str], known: Sequence[str] | None,
+                   what: str) -> tuple[str, ...]:
+    """Validate permission patterns; with `known`, each must match at least one known name."""
+    out = tuple(v.strip() for v in values if v.strip())
+    if not out:
+        raise InvalidParameterException(f"give at least one {what} (or '*' for all)")
+    for v in out:
+        if len(v) > 255 or not all(c.isalnum() or c in "_.-:*?[]" for c in v):
+            raise InvalidParameterException(f"{what} {v!r} has characters a name cannot have")
+        if known is not None and not any(fnmatchcase(k, v) for k in known):
+            raise InvalidParameterException(f"{what} {v!r} matches no Rekognition operation")
+    return out
+
+
+class KeyStore:
+    """Issue, list, revoke and look up API keys in the `fl_api_keys` table."""
+
+    def __init__(self, engine: Engine, kek: bytes | None) -> None:
+        self.engine = engine
+        self._kek = kek
+        metadata.create_all(engine, checkfirst=True)
+
+    @classmethod
+    def open(cls, settings: Settings, engine: Engine, *, create_kek: bool = False) -> KeyStore:
+        return cls(engine, load_kek(settings, create=create_kek))
+
+    def create(
+        self,
+        name: str,
+        operations: Iterable[str],
+        collections: Iterable[str],
+        rate_limit: float | None = None,
+        *,
+        admin: bool = False,
+        known_operations: Sequence[str] | None = None,
+    ) -> IssuedKey:
+        """A new key with these permissions; the returned secret is shown once."""
+        if self._kek is None:
+            raise KeyStoreError("no key-encryption key: open the store with create_kek=True")
+        name = name.strip()
+        if not name or len(name) > 128:
+            raise InvalidParameterException("a key name of 1 to 128 characters is required")
+        ops = check_patterns(operations, known_operations, "operation")
+        cols = check_patterns(collections, None, "collection")
+        if rate_limit is not None and not rate_limit > 0:
+            raise InvalidParameterException("rate limit must be a positive number of requests/s")
+        key_id = _new_key_id()
+        secret = secrets.token_urlsafe(30)  # 40 characters, like an AWS secret access key
+        nonce = secrets.token_bytes(12)
+        sealed = nonce + AESGCM(self._kek).encrypt(nonce, secret.encode(), _aad(key_id))
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(api_keys).values(
+                    access_key_id=key_id, name=name, sealed_secret=sealed,
+                    kek_id=kek_fingerprint(self._kek), operations=json.dumps(ops),
+                    collections=json.dumps(cols), rate_limit=rate_limit, admin=admin,
+                    created_at=now,
+                )
+            )
+        info = KeyInfo(key_id, name, ops, cols, rate_limit, now, None, admin)
+        return IssuedKey(info, secret)
+
+    def list(self) -> list[KeyInfo]:
+        """Every key, oldest first, revoked ones included."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(api_keys).order_by(api_keys.c.created_at)).mappings().all()
+        return [self._info(r) for r in rows]
+
+    def get(self, access_key_id: str) -> KeyInfo | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(api_keys).where(api_keys.c.access_key_id == access_key_id)
+            ).mappings().first()
+        return None if row is None else self._info(row)
+
+    def revoke(self, access_key_id: str) -> KeyInfo:
+        """Revoke a key: every later request signed with it is refused."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(api_keys)
+                .where(api_keys.c.access_key_id == access_key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=datetime.now(UTC))
+            )
+        info = self.get(access_key_id)
+        if info is None:
+            raise ResourceNotFoundException(f"no API key {access_key_id}")
+        if done.rowcount == 0 and info.revoked_at is None:  # pragma: no cover - a race only
+            raise ResourceNotFoundException(f"API key {access_key_id} could not be revoked")
+        return info
+
+    def credentials(
+        self, access_key_id: str, date: str, region: str, service: str
+    ) -> tuple[KeyInfo, bytes] | None:
+        """An active key's record and SigV4 signing key for that scope, or None.
+
+        None covers unknown, revoked and unreadable (other KEK) keys alike: a caller learns
+        nothing about which; the server log says.
+        """
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(api_keys).where(api_keys.c.access_key_id == access_key_id)
+            ).mappings().first()
+        if row is None or row["revoked_at"] is not None or self._kek is None:
+            return None
+        if row["kek_id"] != kek_fingerprint(self._kek):
+            raise KeyStoreError(
+                f"API key {access_key_id} was sealed with key-encryption key {row['kek_id']}, "
+                f"but this server has {kek_fingerprint(self._kek)}"
+            )
+        sealed = bytes(row["sealed_secret"])
+        try:
+            secret = AESGCM(self._kek).decrypt(sealed[:12], sealed[12:], _aad(access_key_id))
+        except InvalidTag as exc:
+            raise KeyStoreError(f"API key {access_key_id}: sealed secret fails its check") from exc
+        return self._info(row), signing_key(secret.decode(), date, region, service)
+
+    @staticmethod
+    def _info(r: RowMapping) -> KeyInfo:
+        return KeyInfo(
+            access_key_id=r["access_key_id"],
+            name=r["name"],
+            operations=tuple(json.loads(r["operations"])),
+            collections=tuple(json.loads(r["collections"])),
+            rate_limit=r["rate_limit"],
+            created_at=_as_utc(r["created_at"]) or datetime.now(UTC),
+            revoked_at=_as_utc(r["revoked_at"]),
+            admin=bool(r["admin"]),
+        )

@@ -1,0 +1,101 @@
+"""Putting the server together from settings, and running it with uvicorn (in the foreground
+for `faceledger serve`, or in a thread on a free 127.0.0.1 port for tests and benchmarks)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+from ..service import FaceService
+from ..settings import Settings
+from .app import RekognitionApp
+from .keys import KeyStore
+from .storage import build_resolver
+
+log = logging.getLogger("faceledger.server")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_app(
+    settings: Settings,
+    *,
+    dev_mode: bool = False,
+    service: FaceService | None = None,
+    warm_up: bool = True,
+) -> RekognitionApp:
+    """The app for `settings`: a FaceService reading configured buckets, keys in its database."""
+    if service is None:
+        service = FaceService(settings, resolver=build_resolver(settings))
+    keys = KeyStore.open(settings, service.engine)
+    if not dev_mode and not any(k.active for k in keys.list()):
+        log.warning("no active API keys: every request will be refused; "
+                    "create one with `faceledger keys create`")
+    return RekognitionApp(service, keys, settings, dev_mode=dev_mode, warm_up=warm_up)
+
+
+def uvicorn_config(app: RekognitionApp, host: str, port: int, **extra: object) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        access_log=False,  # the app logs each request with its principal and operation
+        log_config=None,
+        server_header=False,
+        # ~16 MB bodies of 16 concurrent clients are fine; headers stay small
+        h11_max_incomplete_event_size=64 * 1024,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def serve(app: RekognitionApp, host: str, port: int, **extra: object) -> None:
+    """Run until interrupted (Ctrl-C / SIGTERM)."""
+    if app.dev_mode and not is_loopback(host):
+        raise ValueError(f"development mode serves anyone unauthenticated: refusing host {host}; "
+                         "bind it to 127.0.0.1")
+    try:
+        uvicorn.Server(uvicorn_config(app, host, port, **extra)).run()
+    finally:
+        app.close()
+        app.service.close()
+
+
+@contextmanager
+def running(app: RekognitionApp, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve `app` from a thread on a free port of `host`; yields the endpoint URL."""
+    if not is_loopback(host):
+        raise ValueError("test servers listen on loopback only")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn_config(app, host, port))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
+                              name=f"faceledger-server-{port}")
+    thread.start()
+    try:
+        for _ in range(600):
+            if server.started or not thread.is_alive():
+                break
+            threading.Event().wait(0.05)
+        if not server.started:
+            raise RuntimeError("the server did not start")
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

@@ -1,0 +1,156 @@
+"""Image.S3Object resolution: configured buckets only, read from local directories or from an
+S3-compatible endpoint with boto3. Callers name a bucket and an object, never a path or a URL.
+
+Every failure is InvalidS3ObjectException (what Rekognition answers), except an object over the
+S3 image limit (15 MB), which is ImageTooLargeException and is refused before it is downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import ImageTooLargeException, InvalidS3ObjectException
+from ..settings import Settings
+from ..sources import NoObjectStorage, ObjectResolver
+
+log = logging.getLogger("faceledger.server")
+
+NOT_READABLE = ("Unable to get object metadata from S3. "
+                "Check object key, region and/or access permissions.")
+
+
+def _too_large(bucket: str, name: str, size: int, limit: int) -> ImageTooLargeException:
+    return ImageTooLargeException(
+        f"S3Object {bucket}/{name} is {size} bytes; the limit for images in S3 is {limit} bytes."
+    )
+
+
+class LocalBuckets:
+    """Buckets that are directories on this machine; object names must stay inside them."""
+
+    def __init__(self, buckets: Mapping[str, Path], max_bytes: int) -> None:
+        self.roots = {name: Path(root).resolve() for name, root in buckets.items()}
+        self.max_bytes = max_bytes
+        for name, root in self.roots.items():
+            if not root.is_dir():
+                raise ValueError(f"local bucket {name!r}: {root} is not a directory")
+
+    def fetch(self, bucket: str, name: str, version: str | None) -> bytes:
+        root = self.roots.get(bucket)
+        if root is None:
+            raise InvalidS3ObjectException(f"Bucket {bucket!r} is not configured on this server.")
+        if version is not None:
+            raise InvalidS3ObjectException(
+                f"Bucket {bucket!r} is a local directory: objects have no versions."
+            )
+        parts = name.split("/")
+        if not name or name.startswith("/") or "\\" in name or "\x00" in name or any(
+            p in ("", ".", "..") for p in parts
+        ):
+            raise InvalidS3ObjectException(
+                f"Object name {name[:200]!r} is not a plain relative name inside bucket {bucket!r}."
+            )
+        path = (root / name).resolve()
+        # A symlink inside the bucket may still point outside it: check where it lands.
+        if not path.is_relative_to(root) or not path.is_file():
+            raise InvalidS3ObjectException(NOT_READABLE)
+        size = path.stat().st_size
+        if size > self.max_bytes:
+            raise _too_large(bucket, name, size, self.max_bytes)
+        with path.open("rb") as f:
+            data = f.read(self.max_bytes + 1)
+        if len(data) > self.max_bytes:  # grew since stat
+            raise _too_large(bucket, name, len(data), self.max_bytes)
+        return data
+
+
+class S3Buckets:
+    """Allow-listed buckets read through boto3 (AWS S3, MinIO, Ceph, moto ...)."""
+
+    def __init__(self, buckets: Iterable[str], client: Any, max_bytes: int) -> None:
+        self.buckets = frozenset(buckets)
+        self.client = client
+        self.max_bytes = max_bytes
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3Buckets:
+        import boto3
+        from botocore.config import Config
+
+        secret = settings.s3_secret_access_key
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            aws_access_key_id=settings.s3_access_key_id,
+            aws_secret_access_key=None if secret is None else secret.get_secret_value(),
+            config=Config(
+                s3={"addressing_style": "path"},
+                connect_timeout=5,
+                read_timeout=30,
+                retries={"max_attempts": 2, "mode": "standard"},
+            ),
+        )
+        return cls(settings.s3_buckets, client, settings.max_s3_image_bytes)
+
+    def fetch(self, bucket: str, name: str, version: str | None) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if bucket not in self.buckets:
+            raise InvalidS3ObjectException(f"Bucket {bucket!r} is not configured on this server.")
+        ref: dict[str, str] = {"Bucket": bucket, "Key": name}
+        if version is not None:
+            ref["VersionId"] = version
+        try:
+            head = self.client.head_object(**ref)
+            size = int(head.get("ContentLength", 0))
+            if size > self.max_bytes:
+                raise _too_large(bucket, name, size, self.max_bytes)
+            body = self.client.get_object(**ref)["Body"]
+            try:
+                data: bytes = body.read(self.max_bytes + 1)
+            finally:
+                body.close()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            log.info("S3 %s/%s (version %s): %s", bucket, name, version, code)
+            raise InvalidS3ObjectException(NOT_READABLE) from exc
+        except BotoCoreError as exc:
+            log.warning("S3 endpoint failed for %s/%s: %s", bucket, name, exc)
+            raise InvalidS3ObjectException(
+                "The object storage endpoint could not be reached; try again later."
+            ) from exc
+        if len(data) > self.max_bytes:
+            raise _too_large(bucket, name, len(data), self.max_bytes)
+        return data
+
+
+class BucketRouter:
+    """Sends each bucket name to the resolver configured for it."""
+
+    def __init__(self, routes: Mapping[str, ObjectResolver]) -> None:
+        self.routes = dict(routes)
+
+    def fetch(self, bucket: str, name: str, version: str | None) -> bytes:
+        resolver = self.routes.get(bucket)
+        if resolver is None:
+            raise InvalidS3ObjectException(f"Bucket {bucket!r} is not configured on this server.")
+        return resolver.fetch(bucket, name, version)
+
+
+def build_resolver(settings: Settings) -> ObjectResolver:
+    """The resolver for the buckets in settings: local directories and/or S3 buckets."""
+    both = set(settings.local_buckets) & set(settings.s3_buckets)
+    if both:
+        raise ValueError(f"buckets configured both as local and S3: {', '.join(sorted(both))}")
+    routes: dict[str, ObjectResolver] = {}
+    if settings.local_buckets:
+        local = LocalBuckets(settings.local_buckets, settings.max_s3_image_bytes)
+        routes.update({name: local for name in local.roots})
+    if settings.s3_buckets:
+        s3 = S3Buckets.from_settings(settings)
+        routes.update({name: s3 for name in s3.buckets})
+    return BucketRouter(routes) if routes else NoObjectStorage()

@@ -1,0 +1,185 @@
+"""Request members and response shapes of the collection operations (botocore's rekognition
+model: patterns, ranges, NextToken, Face, search annotations)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import InvalidPaginationTokenException, InvalidParameterException
+from ..shapes import Shape
+from ..sources import ImageInput
+from ..store import FaceRow
+from ..store.thresholds import expected_false_matches
+from ..vision.types import FaceAnalysis
+from .core import check_enum, check_number
+from .images import DETECT_ATTRIBUTES
+
+COLLECTION_ID = re.compile(r"[a-zA-Z0-9_.\-]{1,255}")
+USER_ID = re.compile(r"[a-zA-Z0-9_.\-:]{1,128}")
+EXTERNAL_IMAGE_ID = re.compile(r"[a-zA-Z0-9_.\-:]{1,255}")
+FACE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+REQUEST_TOKEN = re.compile(r"[a-zA-Z0-9\-_]{1,64}")
+
+
+# --- request members ---------------------------------------------------------------------------
+
+
+def match(value: Any, pattern: re.Pattern[str], field: str) -> str:
+    if value is None:
+        raise InvalidParameterException(f"{field} is required.")
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise InvalidParameterException(
+            f"{field} must be a string matching {pattern.pattern}; got {str(value)[:80]!r}.")
+    return value
+
+
+def image(value: ImageInput | None) -> ImageInput:
+    if value is None:
+        raise InvalidParameterException("Image is required.")
+    return value
+
+
+def collection_id(value: Any) -> str:
+    return match(value, COLLECTION_ID, "CollectionId")
+
+
+def face_id(value: Any, field: str) -> str:
+    return match(value, FACE_ID, field)
+
+
+def face_ids(value: Any, field: str, low: int, high: int) -> list[str]:
+    if value is None:
+        raise InvalidParameterException(f"{field} is required.")
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise InvalidParameterException(f"{field} must be a list of face ids.")
+    if not (low <= len(value) <= high):
+        raise InvalidParameterException(f"{field} must hold {low} to {high} face ids.")
+    return [face_id(v, field) for v in value]
+
+
+def integer(value: Any, low: int, high: int, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidParameterException(f"{field} must be an integer.")
+    if not (low <= value <= high):
+        raise InvalidParameterException(f"{field} must be between {low} and {high}.")
+    return value
+
+
+def page_size(value: Any, default: int, high: int, field: str, low: int = 0) -> int:
+    if value is None:
+        return default
+    n = integer(value, low, high, field)
+    return n or default
+
+
+def threshold(value: Any, field: str) -> float | None:
+    return None if value is None else check_number(value, 0.0, 100.0, field)
+
+
+def request_token(value: Any) -> str | None:
+    return None if value is None else match(value, REQUEST_TOKEN, "ClientRequestToken")
+
+
+def attributes(value: Any, field: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise InvalidParameterException(f"{field} must be a list of strings.")
+    for a in value:
+        check_enum(a, DETECT_ATTRIBUTES, field)
+
+
+def tags(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or len(value) > 200 or not all(
+        isinstance(k, str) and isinstance(v, str) and 1 <= len(k) <= 128 and len(v) <= 256
+        for k, v in value.items()
+    ):
+        raise InvalidParameterException(
+            "Tags must map at most 200 keys (1-128 chars) to string values (up to 256 chars).")
+    return dict(value)
+
+
+def make_token(kind: str, coll_pk: int, after: int | str) -> str:
+    raw = json.dumps({"t": kind, "c": coll_pk, "a": after}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def read_token(token: Any, kind: str, coll_pk: int) -> int | str:
+    """The position a NextToken stands for, or InvalidPaginationTokenException."""
+    bad = InvalidPaginationTokenException(
+        "NextToken is not a token this operation returned for this collection.")
+    if not isinstance(token, str) or not token or len(token) > 255:
+        raise bad
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise bad from None
+    if not isinstance(data, dict) or data.get("t") != kind or data.get("c") != coll_pk:
+        raise bad
+    after = data.get("a")
+    valid = (isinstance(after, str) if kind == "collections" else
+             isinstance(after, int) and not isinstance(after, bool) and after >= 0)
+    if not valid:
+        raise bad
+    return after if isinstance(after, (int, str)) else 0
+
+
+# --- response shapes ---------------------------------------------------------------------------
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def template(face: FaceAnalysis) -> NDArray[np.float32]:
+    assert face.embedding is not None  # analyze(embed=True)
+    return np.asarray(face.embedding, dtype=np.float32)
+
+
+def box(bb: Shape) -> tuple[float, float, float, float]:
+    return (float(bb["Width"]), float(bb["Height"]), float(bb["Left"]), float(bb["Top"]))
+
+
+def face_shape(row: FaceRow, model: str) -> Shape:
+    """Rekognition's Face."""
+    w, h, left, top = row.box
+    out: dict[str, Any] = {
+        "FaceId": row.face_id,
+        "BoundingBox": {"Width": w, "Height": h, "Left": left, "Top": top},
+        "ImageId": row.image_id,
+        "Confidence": row.confidence,
+        "IndexFacesModelVersion": model,
+    }
+    if row.external_image_id is not None:
+        out["ExternalImageId"] = row.external_image_id
+    if row.user_id is not None:
+        out["UserId"] = row.user_id
+    return out
+
+
+def status(face_count: int) -> str:
+    return "ACTIVE" if face_count > 0 else "CREATED"
+
+
+def search_info(threshold_name: str, similarity: float, fmr: float, searched: int,
+                 fnmr: float) -> Shape:
+    """Extra response members (boto3 ignores them): what the threshold means for this search."""
+    return {
+        threshold_name: similarity,
+        "FalseMatchRate": fmr,
+        "FacesSearched": searched,
+        "ExpectedFalseMatches": expected_false_matches(fmr, searched),
+        # share of a person's other photos that this threshold misses, as measured (calibration)
+        "FalseNonMatchRate": fnmr,
+    }

@@ -1,0 +1,661 @@
+"""Collections, faces, users and search: Rekognition's collection operations over the store.
+
+Every write happens in one catalog transaction (`_transaction`), which the audit ledger can join.
+Searches re-score the index's candidates exactly from the catalog's templates, report calibrated
+Similarity, and state how many faces were searched and how many false matches the threshold
+lets through on average (see store/thresholds.py for the default threshold).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import Connection
+
+from ..context import LOCAL, RequestContext
+from ..errors import (
+    InvalidParameterException,
+    ResourceNotFoundException,
+    ServiceQuotaExceededException,
+)
+from ..shapes import Shape, bounding_box, face_detail
+from ..sources import ImageInput
+from ..store import Catalog, CollectionRow, FaceRow, NewFace, VectorIndex, open_store
+from ..store.catalog import request_hash
+from ..store.thresholds import (
+    MAX_DEFAULT_FMR,
+    default_search_fmr,
+    fmr_for_similarity,
+    similarity_for_fmr,
+)
+from ..vision.quality import QUALITY_FILTERS, quality_reasons
+from ..vision.types import FaceAnalysis
+from . import collection_members as m
+from .core import ServiceCore, check_enum
+
+ARN_PREFIX = "arn:faceledger:rekognition:local:000000000000:collection/"
+
+MAX_SEARCH_FACES = 4096
+DEFAULT_SEARCH_FACES = 100
+DEFAULT_LIST_RESULTS = 1000
+MAX_LIST_RESULTS = 4096
+MAX_USERS = 500
+DEFAULT_USERS = 100
+USER_FACE_LIMIT = 100
+# Candidates read from the index per probe when searching users (faces of users are a subset).
+USER_CANDIDATES = 1024
+# AssociateFaces: a face joins a user only if it matches the user's faces at FMR <= 1e-4
+# (Similarity 99.99), not Rekognition's 75, which on a calibrated scale means FMR 0.25.
+DEFAULT_USER_ASSOCIATION_SIMILARITY = similarity_for_fmr(MAX_DEFAULT_FMR)
+
+
+_STORE_LOCK = threading.Lock()
+
+
+class CollectionOperations(ServiceCore):
+    """CreateCollection ... SearchUsersByImage (Rekognition request and response shapes)."""
+
+    @property
+    def _store(self) -> tuple[Catalog, VectorIndex]:
+        store: tuple[Catalog, VectorIndex] | None = self.__dict__.get("_opened_store")
+        if store is None:
+            with _STORE_LOCK:  # two first requests at once must not open two indexes
+                store = self.__dict__.get("_opened_store")
+                if store is None:
+                    store = open_store(self.settings, self.engine)
+                    self.__dict__["_opened_store"] = store
+        return store
+
+    @property
+    def catalog(self) -> Catalog:
+        """The SQL catalog (collections, faces with templates, users)."""
+        return self._store[0]
+
+    @property
+    def index(self) -> VectorIndex:
+        """The vector index configured in settings."""
+        return self._store[1]
+
+    def close(self) -> None:
+        """Snapshot what the vector index keeps in memory (a clean shutdown reopens fast)."""
+        if "_opened_store" in self.__dict__:
+            self.index.close()
+
+    @contextmanager
+    def _transaction(self, ctx: RequestContext) -> Iterator[Connection]:
+        """The one write transaction of an operation (the ledger appends its event here)."""
+        with self.catalog.begin() as conn:
+            yield conn
+
+    # --- collections -------------------------------------------------------------------------
+
+    def create_collection(self, collection_id: str | None = None,
+                          tags: Mapping[str, str] | None = None, *,
+                          ctx: RequestContext = LOCAL) -> Shape:
+        """CreateCollection: an empty collection bound to this server's face model."""
+        cid = m.collection_id(collection_id)
+        tag_map = m.tags(tags)
+        model = self.pipeline.model_version
+        dim = int(self.pipeline.embedder.dim)
+        with self._transaction(ctx) as conn:
+            coll = self.catalog.create_collection(conn, cid, model, dim, tag_map)
+            self.index.create_collection(conn, coll.pk, dim)
+        return {"StatusCode": 200, "CollectionArn": ARN_PREFIX + cid, "FaceModelVersion": model}
+
+    def delete_collection(self, collection_id: str | None = None, *,
+                          ctx: RequestContext = LOCAL) -> Shape:
+        """DeleteCollection: the collection and every face, template and user it held."""
+        cid = m.collection_id(collection_id)
+        with self._transaction(ctx) as conn:
+            coll = self.catalog.lock_collection(conn, cid)
+            self.index.drop_collection(conn, coll.pk)
+            self.catalog.delete_collection(conn, cid)
+        self.index.forget(coll.pk)
+        return {"StatusCode": 200}
+
+    def list_collections(self, next_token: str | None = None, max_results: int | None = None,
+                         *, ctx: RequestContext = LOCAL) -> Shape:
+        """ListCollections, in collection id order, NextToken paging."""
+        limit = m.page_size(max_results, DEFAULT_LIST_RESULTS, MAX_LIST_RESULTS, "MaxResults")
+        after = None if next_token is None else str(m.read_token(next_token, "collections", 0))
+        with self.catalog.read() as conn:
+            rows = self.catalog.list_collections(conn, after, limit + 1)
+        page = rows[:limit]
+        out: dict[str, Any] = {
+            "CollectionIds": [c.collection_id for c in page],
+            "FaceModelVersions": [c.face_model_version for c in page],
+        }
+        if len(rows) > limit:
+            out["NextToken"] = m.make_token("collections", 0, page[-1].collection_id)
+        return out
+
+    def describe_collection(self, collection_id: str | None = None, *,
+                            ctx: RequestContext = LOCAL) -> Shape:
+        """DescribeCollection: face and user counts, model version, ARN, creation time."""
+        cid = m.collection_id(collection_id)
+        with self.catalog.read() as conn:
+            coll = self.catalog.collection(conn, cid)
+            users = self.catalog.user_count(conn, coll.pk)
+        return {
+            "FaceCount": coll.face_count,
+            "FaceModelVersion": coll.face_model_version,
+            "CollectionARN": ARN_PREFIX + cid,
+            # epoch seconds: the JSON protocol's timestamp form (boto3 makes it a datetime)
+            "CreationTimestamp": coll.created_at,
+            "UserCount": users,
+        }
+
+    # --- faces -------------------------------------------------------------------------------
+
+    def index_faces(self, collection_id: str | None = None, image: ImageInput | None = None,
+                    external_image_id: str | None = None,
+                    detection_attributes: Sequence[str] | None = None,
+                    max_faces: int | None = None, quality_filter: str | None = None, *,
+                    ctx: RequestContext = LOCAL) -> Shape:
+        """IndexFaces: detect, filter by quality (default AUTO), keep the MaxFaces largest, store
+        their templates (never the photo)."""
+        cid = m.collection_id(collection_id)
+        ext = None if external_image_id is None else m.match(
+            external_image_id, m.EXTERNAL_IMAGE_ID, "ExternalImageId")
+        m.attributes(detection_attributes, "DetectionAttributes")
+        limit = None if max_faces is None else m.integer(max_faces, 1, 1 << 31, "MaxFaces")
+        qf = "AUTO" if quality_filter is None else check_enum(
+            quality_filter, QUALITY_FILTERS, "QualityFilter")
+        with self.catalog.read() as conn:
+            self._usable(self.catalog.collection(conn, cid))
+        img = self.decode(m.image(image))
+        found = self.pipeline.analyze(img.pixels, embed=True)
+        chosen: list[FaceAnalysis] = []
+        unindexed: list[Shape] = []
+        for face in found:
+            reasons = quality_reasons(qf, face.confidence, face.box, face.pose, face.quality)
+            if not reasons and limit is not None and len(chosen) >= limit:
+                reasons = ["EXCEEDS_MAX_FACES"]
+            if reasons:
+                unindexed.append({"Reasons": reasons,
+                                  "FaceDetail": face_detail(face, img.width, img.height)})
+            else:
+                chosen.append(face)
+        model = self.pipeline.model_version
+        image_id = m.new_id()
+        new = [
+            NewFace(
+                face_id=m.new_id(), image_id=image_id, external_image_id=ext,
+                box=m.box(bounding_box(f.box, img.width, img.height)),
+                confidence=f.confidence, embedding=m.template(f),
+            )
+            for f in chosen
+        ]
+        if new:
+            with self._transaction(ctx) as conn:
+                coll = self._usable(self.catalog.lock_collection(conn, cid))
+                keys = self.catalog.add_faces(conn, coll, new)
+                self.index.add(conn, coll.pk, keys,
+                               np.stack([n.embedding for n in new]).astype(np.float32))
+        records = []
+        for n, f in zip(new, chosen):
+            shape: dict[str, Any] = {
+                "FaceId": n.face_id,
+                "BoundingBox": bounding_box(f.box, img.width, img.height),
+                "ImageId": n.image_id,
+                "Confidence": f.confidence,
+                "IndexFacesModelVersion": model,
+            }
+            if ext is not None:
+                shape["ExternalImageId"] = ext
+            records.append({"Face": shape, "FaceDetail": face_detail(f, img.width, img.height)})
+        return {"FaceRecords": records, "FaceModelVersion": model, "UnindexedFaces": unindexed}
+
+    def list_faces(self, collection_id: str | None = None, next_token: str | None = None,
+                   max_results: int | None = None, user_id: str | None = None,
+                   face_ids: Sequence[str] | None = None, *,
+                   ctx: RequestContext = LOCAL) -> Shape:
+        """ListFaces: faces in index order, optionally of one user or among FaceIds."""
+        cid = m.collection_id(collection_id)
+        limit = m.page_size(max_results, DEFAULT_LIST_RESULTS, MAX_LIST_RESULTS, "MaxResults")
+        uid = None if user_id is None else m.match(user_id, m.USER_ID, "UserId")
+        fids = None if face_ids is None else m.face_ids(face_ids, "FaceIds", 1, 4096)
+        with self.catalog.read() as conn:
+            coll = self.catalog.collection(conn, cid)
+            after = 0 if next_token is None else int(m.read_token(next_token, "faces", coll.pk))
+            user_pk: int | None = None
+            rows: list[FaceRow] = []
+            if uid is not None:
+                user = self.catalog.user(conn, coll.pk, uid)
+                user_pk = -1 if user is None else user.pk
+            rows = self.catalog.list_faces(conn, coll.pk, after, limit + 1, user_pk, fids)
+        page = rows[:limit]
+        out: dict[str, Any] = {
+            "Faces": [m.face_shape(r, coll.face_model_version) for r in page],
+            "FaceModelVersion": coll.face_model_version,
+        }
+        if len(rows) > limit:
+            out["NextToken"] = m.make_token("faces", coll.pk, page[-1].pk)
+        return out
+
+    def delete_faces(self, collection_id: str | None = None,
+                     face_ids: Sequence[str] | None = None, *,
+                     ctx: RequestContext = LOCAL) -> Shape:
+        """DeleteFaces: templates leave catalog and index together; faces of a user stay."""
+        cid = m.collection_id(collection_id)
+        fids = m.face_ids(face_ids, "FaceIds", 1, 4096)
+        with self._transaction(ctx) as conn:
+            deleted, failed = self._delete_faces(conn, cid, fids)
+        return {"DeletedFaces": deleted, "UnsuccessfulFaceDeletions": failed}
+
+    def remove_faces(self, conn: Connection, collection_id: str,
+                     face_ids: Sequence[str]) -> list[str]:
+        """Delete faces inside the caller's transaction (retention sweeps), faces of users
+        included (retention outranks association); the ids that existed and were deleted."""
+        return self._delete_faces(conn, collection_id, list(face_ids), force=True)[0]
+
+    def _delete_faces(self, conn: Connection, cid: str, fids: list[str], force: bool = False
+                      ) -> tuple[list[str], list[Shape]]:
+        deleted: list[str] = []
+        failed: list[Shape] = []
+        coll = self.catalog.lock_collection(conn, cid)
+        found = self.catalog.faces_by_id(conn, coll.pk, fids)
+        keys = []
+        for fid in dict.fromkeys(fids):
+            row = found.get(fid)
+            if row is None:
+                failed.append({"FaceId": fid, "Reasons": ["FACE_NOT_FOUND"]})
+            elif row.user_id is not None and not force:
+                failed.append({"FaceId": fid, "UserId": row.user_id,
+                               "Reasons": ["ASSOCIATED_TO_AN_EXISTING_USER"]})
+            else:
+                deleted.append(fid)
+                keys.append(row.pk)
+        self.catalog.delete_faces(conn, coll, keys)
+        self.index.remove(conn, coll.pk, keys)
+        return deleted, failed
+
+    # --- search ------------------------------------------------------------------------------
+
+    def search_faces(self, collection_id: str | None = None, face_id: str | None = None,
+                     max_faces: int | None = None, face_match_threshold: float | None = None,
+                     *, ctx: RequestContext = LOCAL) -> Shape:
+        """SearchFaces: faces like a stored face (the face itself excluded)."""
+        cid = m.collection_id(collection_id)
+        fid = m.face_id(face_id, "FaceId")
+        k = m.page_size(max_faces, DEFAULT_SEARCH_FACES, MAX_SEARCH_FACES, "MaxFaces", low=1)
+        threshold = m.threshold(face_match_threshold, "FaceMatchThreshold")
+        with self.catalog.read() as conn:
+            coll = self._usable(self.catalog.collection(conn, cid))
+            probe = self.catalog.faces_by_id(conn, coll.pk, [fid], with_embedding=True).get(fid)
+        if probe is None or probe.embedding is None:
+            raise InvalidParameterException(f"faceId {fid} was not found in the collection.")
+        matches, info = self._search(coll, probe.embedding, k, threshold, exclude={probe.pk})
+        return {"SearchedFaceId": fid, "FaceMatches": matches,
+                "FaceModelVersion": coll.face_model_version, **info}
+
+    def search_faces_by_image(self, collection_id: str | None = None,
+                              image: ImageInput | None = None, max_faces: int | None = None,
+                              face_match_threshold: float | None = None,
+                              quality_filter: str | None = None, *,
+                              ctx: RequestContext = LOCAL) -> Shape:
+        """SearchFacesByImage: faces like the largest face in the image."""
+        cid = m.collection_id(collection_id)
+        k = m.page_size(max_faces, DEFAULT_SEARCH_FACES, MAX_SEARCH_FACES, "MaxFaces", low=1)
+        threshold = m.threshold(face_match_threshold, "FaceMatchThreshold")
+        qf = "NONE" if quality_filter is None else check_enum(
+            quality_filter, QUALITY_FILTERS, "QualityFilter")
+        with self.catalog.read() as conn:
+            self._usable(self.catalog.collection(conn, cid))
+        img = self.decode(m.image(image))
+        faces = self.pipeline.analyze(img.pixels, embed=False)
+        usable = [f for f in faces
+                  if not quality_reasons(qf, f.confidence, f.box, f.pose, f.quality)]
+        if not usable:
+            raise InvalidParameterException(
+                "No face was found in Image"
+                + ("" if qf == "NONE" or not faces else f" that meets QualityFilter {qf}") + ".")
+        face = usable[0]
+        vec = self.pipeline.embed_boxes(img.pixels, [face.box])[0]
+        with self.catalog.read() as conn:
+            coll = self._usable(self.catalog.collection(conn, cid))
+        matches, info = self._search(coll, vec, k, threshold, exclude=set())
+        return {
+            "SearchedFaceBoundingBox": bounding_box(face.box, img.width, img.height),
+            "SearchedFaceConfidence": face.confidence,
+            "FaceMatches": matches,
+            "FaceModelVersion": coll.face_model_version,
+            **info,
+        }
+
+    def _search(self, coll: CollectionRow, probe: NDArray[np.float32], k: int,
+                threshold: float | None, exclude: set[int]) -> tuple[list[Shape], Shape]:
+        searched = max(coll.face_count - len(exclude), 0)
+        fmr, sim_threshold = self._operating_point(threshold, searched)
+        rows, dist = self._nearest(coll, [probe], k + len(exclude), exclude,
+                                   min_similarity=sim_threshold)
+        sims = self.calibration.similarity(dist)
+        order = [i for i in np.lexsort((np.arange(len(rows)), dist)) if sims[i] >= sim_threshold]
+        matches = [{"Similarity": float(sims[i]),
+                    "Face": m.face_shape(rows[i], coll.face_model_version)}
+                   for i in order[:k]]
+        return matches, self._info("FaceMatchThreshold", sim_threshold, fmr, searched)
+
+    def _operating_point(self, threshold: float | None, searched: int) -> tuple[float, float]:
+        """(FMR, Similarity threshold): the caller's, or the default for `searched` faces."""
+        if threshold is None:
+            fmr = default_search_fmr(searched, self.settings.search_expected_false_matches)
+            return fmr, similarity_for_fmr(fmr)
+        return fmr_for_similarity(threshold), threshold
+
+    def _nearest(self, coll: CollectionRow, probes: Sequence[NDArray[np.float32]], k: int,
+                 exclude: set[int], with_user: bool = False,
+                 min_similarity: float | None = None
+                 ) -> tuple[list[FaceRow], NDArray[np.float64]]:
+        """Candidate faces from the index, re-scored exactly: rows and their distance to the
+        nearest probe (float64, from the catalog's templates). Candidates that cannot reach
+        `min_similarity` are dropped before the catalog is read."""
+        k = min(k, max(coll.face_count, 1))
+        keys: dict[int, None] = {}
+        for p in probes:
+            near, approx = self.index.nearest(coll.pk, coll.version, p, k)
+            if min_similarity is not None and len(near):
+                # The engine's float32 distances, shrunk by far more than their rounding error:
+                # an optimistic similarity, so that no face that really passes is dropped.
+                shrunk = np.maximum(approx.astype(np.float64) * (1 - 1e-4) - 1e-5, 0.0)
+                near = near[self.calibration.similarity(shrunk) >= min_similarity]
+            for key in near.tolist():
+                if key not in exclude:
+                    keys[key] = None
+        with self.catalog.read() as conn:
+            found = self.catalog.faces_by_key(conn, coll.pk, list(keys), with_embedding=True)
+        rows = [found[key] for key in keys if key in found
+                and (not with_user or found[key].user_pk is not None)]
+        if not rows:
+            return [], np.zeros(0, dtype=np.float64)
+        mat = np.stack([r.embedding for r in rows if r.embedding is not None]).astype(np.float64)
+        pro = np.stack(probes).astype(np.float64)
+        dist = np.sqrt(((mat[:, None, :] - pro[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
+        return rows, dist
+
+    # --- users -------------------------------------------------------------------------------
+
+    def create_user(self, collection_id: str | None = None, user_id: str | None = None,
+                    client_request_token: str | None = None, *,
+                    ctx: RequestContext = LOCAL) -> Shape:
+        """CreateUser: a user id unique in the collection (ConflictException if taken)."""
+        cid = m.collection_id(collection_id)
+        uid = m.match(user_id, m.USER_ID, "UserId")
+        token = m.request_token(client_request_token)
+        params = {"CollectionId": cid, "UserId": uid}
+        with self._transaction(ctx) as conn:
+            coll = self.catalog.lock_collection(conn, cid)
+            earlier = self._recall(conn, coll, "CreateUser", token, params)
+            if earlier is not None:
+                return earlier
+            self.catalog.create_user(conn, coll, uid)
+            return self._remember(conn, coll, "CreateUser", token, params, {})
+
+    def delete_user(self, collection_id: str | None = None, user_id: str | None = None,
+                    client_request_token: str | None = None, *,
+                    ctx: RequestContext = LOCAL) -> Shape:
+        """DeleteUser: its faces stay in the collection, disassociated."""
+        cid = m.collection_id(collection_id)
+        uid = m.match(user_id, m.USER_ID, "UserId")
+        token = m.request_token(client_request_token)
+        params = {"CollectionId": cid, "UserId": uid}
+        with self._transaction(ctx) as conn:
+            coll = self.catalog.lock_collection(conn, cid)
+            earlier = self._recall(conn, coll, "DeleteUser", token, params)
+            if earlier is not None:
+                return earlier
+            user = self.catalog.user(conn, coll.pk, uid)
+            if user is None:
+                raise ResourceNotFoundException(f"The user id: {uid} does not exist.")
+            self.catalog.delete_user(conn, user)
+            return self._remember(conn, coll, "DeleteUser", token, params, {})
+
+    def list_users(self, collection_id: str | None = None, max_results: int | None = None,
+                   next_token: str | None = None, *, ctx: RequestContext = LOCAL) -> Shape:
+        """ListUsers, in creation order, NextToken paging."""
+        cid = m.collection_id(collection_id)
+        limit = m.page_size(max_results, DEFAULT_USERS, MAX_USERS, "MaxResults", low=1)
+        with self.catalog.read() as conn:
+            coll = self.catalog.collection(conn, cid)
+            after = 0 if next_token is None else int(m.read_token(next_token, "users", coll.pk))
+            rows = self.catalog.list_users(conn, coll.pk, after, limit + 1)
+        page = rows[:limit]
+        out: dict[str, Any] = {"Users": [{"UserId": u.user_id, "UserStatus": m.status(u.face_count)}
+                                         for u in page]}
+        if len(rows) > limit:
+            out["NextToken"] = m.make_token("users", coll.pk, page[-1].pk)
+        return out
+
+    def associate_faces(self, collection_id: str | None = None, user_id: str | None = None,
+                        face_ids: Sequence[str] | None = None,
+                        user_match_threshold: float | None = None,
+                        client_request_token: str | None = None, *,
+                        ctx: RequestContext = LOCAL) -> Shape:
+        """AssociateFaces: a face joins the user only if it matches the user's faces at
+        UserMatchThreshold (default 99.99, FMR 1e-4); a user holds at most 100 faces."""
+        cid = m.collection_id(collection_id)
+        uid = m.match(user_id, m.USER_ID, "UserId")
+        fids = m.face_ids(face_ids, "FaceIds", 1, 100)
+        threshold = m.threshold(user_match_threshold, "UserMatchThreshold")
+        if threshold is None:
+            threshold = DEFAULT_USER_ASSOCIATION_SIMILARITY
+        token = m.request_token(client_request_token)
+        params = {"CollectionId": cid, "UserId": uid, "FaceIds": fids,
+                  "UserMatchThreshold": threshold}
+        with self._transaction(ctx) as conn:
+            coll = self._usable(self.catalog.lock_collection(conn, cid))
+            earlier = self._recall(conn, coll, "AssociateFaces", token, params)
+            if earlier is not None:
+                return earlier
+            user = self.catalog.user(conn, coll.pk, uid)
+            if user is None:
+                raise ResourceNotFoundException(f"The user id: {uid} does not exist.")
+            members = [r.embedding for r in self.catalog.user_faces(conn, coll.pk, user.pk)
+                       if r.embedding is not None]
+            found = self.catalog.faces_by_id(conn, coll.pk, fids, with_embedding=True)
+            joined: list[FaceRow] = []
+            failed: list[Shape] = []
+            for fid in dict.fromkeys(fids):
+                row = found.get(fid)
+                if row is None:
+                    failed.append({"FaceId": fid, "Reasons": ["FACE_NOT_FOUND"]})
+                    continue
+                if row.user_pk == user.pk:
+                    continue  # already this user's: ignored, as Rekognition does
+                if row.user_pk is not None:
+                    failed.append({"FaceId": fid, "UserId": row.user_id,
+                                   "Reasons": ["ASSOCIATED_TO_A_DIFFERENT_USER"]})
+                    continue
+                assert row.embedding is not None
+                if members:
+                    d = float(np.min(np.linalg.norm(
+                        np.stack(members).astype(np.float64) - row.embedding.astype(np.float64),
+                        axis=1)))
+                    sim = float(self.calibration.similarity(d))
+                    if sim < threshold:
+                        failed.append({"FaceId": fid, "UserId": uid, "Confidence": sim,
+                                       "Reasons": ["LOW_MATCH_CONFIDENCE"]})
+                        continue
+                # faces joining together must also match each other
+                members.append(row.embedding)
+                joined.append(row)
+            if user.face_count + len(joined) > USER_FACE_LIMIT:
+                raise ServiceQuotaExceededException(
+                    f"User {uid} would hold {user.face_count + len(joined)} faces; "
+                    f"the limit is {USER_FACE_LIMIT}.")
+            self.catalog.set_user(conn, coll.pk, [r.pk for r in joined], user.pk)
+            out = {"AssociatedFaces": [{"FaceId": r.face_id} for r in joined],
+                   "UnsuccessfulFaceAssociations": failed,
+                   "UserStatus": m.status(user.face_count + len(joined))}
+            return self._remember(conn, coll, "AssociateFaces", token, params, out)
+
+    def disassociate_faces(self, collection_id: str | None = None, user_id: str | None = None,
+                           client_request_token: str | None = None,
+                           face_ids: Sequence[str] | None = None, *,
+                           ctx: RequestContext = LOCAL) -> Shape:
+        """DisassociateFaces: the faces stay in the collection, without the user."""
+        cid = m.collection_id(collection_id)
+        uid = m.match(user_id, m.USER_ID, "UserId")
+        fids = m.face_ids(face_ids, "FaceIds", 1, 100)
+        token = m.request_token(client_request_token)
+        params = {"CollectionId": cid, "UserId": uid, "FaceIds": fids}
+        with self._transaction(ctx) as conn:
+            coll = self.catalog.lock_collection(conn, cid)
+            earlier = self._recall(conn, coll, "DisassociateFaces", token, params)
+            if earlier is not None:
+                return earlier
+            user = self.catalog.user(conn, coll.pk, uid)
+            if user is None:
+                raise ResourceNotFoundException(f"The user id: {uid} does not exist.")
+            found = self.catalog.faces_by_id(conn, coll.pk, fids)
+            left: list[FaceRow] = []
+            failed: list[Shape] = []
+            for fid in dict.fromkeys(fids):
+                row = found.get(fid)
+                if row is None:
+                    failed.append({"FaceId": fid, "Reasons": ["FACE_NOT_FOUND"]})
+                elif row.user_pk is not None and row.user_pk != user.pk:
+                    failed.append({"FaceId": fid, "UserId": row.user_id,
+                                   "Reasons": ["ASSOCIATED_TO_A_DIFFERENT_USER"]})
+                elif row.user_pk == user.pk:
+                    left.append(row)
+            self.catalog.set_user(conn, coll.pk, [r.pk for r in left], None)
+            out = {"DisassociatedFaces": [{"FaceId": r.face_id} for r in left],
+                   "UnsuccessfulFaceDisassociations": failed,
+                   "UserStatus": m.status(user.face_count - len(left))}
+            return self._remember(conn, coll, "DisassociateFaces", token, params, out)
+
+    def search_users(self, collection_id: str | None = None, user_id: str | None = None,
+                     face_id: str | None = None, user_match_threshold: float | None = None,
+                     max_users: int | None = None, *, ctx: RequestContext = LOCAL) -> Shape:
+        """SearchUsers by FaceId or UserId: users whose faces match (a user's similarity is its
+        best face's); the searched user itself is not returned."""
+        cid = m.collection_id(collection_id)
+        if (user_id is None) == (face_id is None):
+            raise InvalidParameterException("Give exactly one of UserId or FaceId.")
+        threshold = m.threshold(user_match_threshold, "UserMatchThreshold")
+        k = m.page_size(max_users, DEFAULT_USERS, MAX_USERS, "MaxUsers", low=1)
+        out: dict[str, Any] = {}
+        with self.catalog.read() as conn:
+            coll = self._usable(self.catalog.collection(conn, cid))
+            if face_id is not None:
+                fid = m.face_id(face_id, "FaceId")
+                row = self.catalog.faces_by_id(conn, coll.pk, [fid], with_embedding=True).get(fid)
+                if row is None:
+                    raise InvalidParameterException(f"faceId {fid} was not found in the collection.")
+                probes, exclude_faces, exclude_user = [row], {row.pk}, None
+                out["SearchedFace"] = {"FaceId": fid}
+            else:
+                uid = m.match(user_id, m.USER_ID, "UserId")
+                user = self.catalog.user(conn, coll.pk, uid)
+                if user is None:
+                    raise ResourceNotFoundException(f"The user id: {uid} does not exist.")
+                probes = self.catalog.user_faces(conn, coll.pk, user.pk)
+                exclude_faces, exclude_user = {r.pk for r in probes}, user.pk
+                out["SearchedUser"] = {"UserId": uid}
+            searched = self.catalog.associated_face_count(conn, coll.pk) - sum(
+                1 for r in probes if r.user_pk is not None)
+        vecs = [r.embedding for r in probes if r.embedding is not None]
+        matches, info = self._search_users(coll, vecs, k, threshold, exclude_faces,
+                                           exclude_user, searched)
+        return {"UserMatches": matches, "FaceModelVersion": coll.face_model_version,
+                **out, **info}
+
+    def search_users_by_image(self, collection_id: str | None = None,
+                              image: ImageInput | None = None,
+                              user_match_threshold: float | None = None,
+                              max_users: int | None = None, quality_filter: str | None = None,
+                              *, ctx: RequestContext = LOCAL) -> Shape:
+        """SearchUsersByImage: users matching the largest usable face; other faces are listed
+        in UnsearchedFaces. No usable face gives no matches, not an error (as Rekognition)."""
+        cid = m.collection_id(collection_id)
+        threshold = m.threshold(user_match_threshold, "UserMatchThreshold")
+        k = m.page_size(max_users, DEFAULT_USERS, MAX_USERS, "MaxUsers", low=1)
+        qf = "NONE" if quality_filter is None else check_enum(
+            quality_filter, QUALITY_FILTERS, "QualityFilter")
+        with self.catalog.read() as conn:
+            self._usable(self.catalog.collection(conn, cid))
+        img = self.decode(m.image(image))
+        searched_face: FaceAnalysis | None = None
+        unsearched: list[Shape] = []
+        for f in self.pipeline.analyze(img.pixels, embed=False):
+            reasons = quality_reasons(qf, f.confidence, f.box, f.pose, f.quality)
+            if not reasons and searched_face is None:
+                searched_face = f
+                continue
+            if not reasons:
+                reasons = ["FACE_NOT_LARGEST"]
+            unsearched.append({"FaceDetails": face_detail(f, img.width, img.height),
+                               "Reasons": reasons})
+        with self.catalog.read() as conn:
+            coll = self._usable(self.catalog.collection(conn, cid))
+            searched = self.catalog.associated_face_count(conn, coll.pk)
+        out: dict[str, Any] = {"FaceModelVersion": coll.face_model_version,
+                               "UnsearchedFaces": unsearched}
+        if searched_face is None:
+            fmr, sim = self._operating_point(threshold, searched)
+            return {"UserMatches": [], **out,
+                    **self._info("UserMatchThreshold", sim, fmr, searched)}
+        vec = self.pipeline.embed_boxes(img.pixels, [searched_face.box])[0]
+        matches, info = self._search_users(coll, [vec], k, threshold, set(), None, searched)
+        out["SearchedFace"] = {"FaceDetail": face_detail(searched_face, img.width, img.height)}
+        return {"UserMatches": matches, **out, **info}
+
+    def _search_users(self, coll: CollectionRow, probes: list[NDArray[np.float32]], k: int,
+                      threshold: float | None, exclude_faces: set[int],
+                      exclude_user: int | None, searched: int) -> tuple[list[Shape], Shape]:
+        searched = max(searched, 0)
+        fmr, sim_threshold = self._operating_point(threshold, searched)
+        if not probes:
+            return [], self._info("UserMatchThreshold", sim_threshold, fmr, searched)
+        rows, dist = self._nearest(coll, probes, USER_CANDIDATES, exclude_faces, with_user=True,
+                                   min_similarity=sim_threshold)
+        best: dict[int, float] = {}
+        for r, d in zip(rows, dist.tolist()):
+            if r.user_pk is not None and r.user_pk != exclude_user:
+                best[r.user_pk] = min(d, best.get(r.user_pk, np.inf))
+        ranked = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))
+        with self.catalog.read() as conn:
+            users = self.catalog.users_by_pk(conn, [pk for pk, _ in ranked])
+        matches: list[Shape] = []
+        for pk, d in ranked:
+            sim = float(self.calibration.similarity(d))
+            if sim >= sim_threshold and pk in users and len(matches) < k:
+                u = users[pk]
+                matches.append({"Similarity": sim, "User": {
+                    "UserId": u.user_id, "UserStatus": m.status(u.face_count)}})
+        return matches, self._info("UserMatchThreshold", sim_threshold, fmr, searched)
+
+    def _info(self, name: str, similarity: float, fmr: float, searched: int) -> Shape:
+        cal = self.calibration
+        fnmr = float(cal.fnmr_at(cal.distance_for_fmr(fmr))) if fmr < 1.0 else 0.0
+        return m.search_info(name, similarity, fmr, searched, fnmr)
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _usable(self, coll: CollectionRow) -> CollectionRow:
+        """The collection, if its templates come from this server's model (never mixed)."""
+        model = self.pipeline.model_version
+        if coll.face_model_version != model:
+            raise InvalidParameterException(
+                f"Collection {coll.collection_id} holds templates of face model "
+                f"{coll.face_model_version}; this server uses {model}, and templates of "
+                "different models cannot be compared. Index the faces into a new collection.")
+        return coll
+
+    def _recall(self, conn: Connection, coll: CollectionRow, op: str, token: str | None,
+                params: dict[str, Any]) -> Shape | None:
+        if token is None:
+            return None
+        return self.catalog.recall(conn, coll.pk, op, token, request_hash(params))
+
+    def _remember(self, conn: Connection, coll: CollectionRow, op: str, token: str | None,
+                  params: dict[str, Any], response: Shape) -> Shape:
+        if token is not None:
+            self.catalog.remember(conn, coll.pk, op, token, request_hash(params), response)
+        return response

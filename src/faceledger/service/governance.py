@@ -1,0 +1,269 @@
+"""Governance operations (faceledger extensions, not Rekognition operations): collection
+policies, the human review queue, retention renewals and sweeps, ledger anchors and
+verification, transparency reports and per-case exports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from ..context import LOCAL, RequestContext
+from ..errors import (
+    InvalidPaginationTokenException,
+    InvalidParameterException,
+    ResourceNotFoundException,
+)
+from ..ledger import Anchor, CollectionPolicy, FaceRemover, retention, review, verify
+from ..ledger import export as case_export
+from ..ledger.events import format_time, parse_time, utc_now
+from ..ledger.policy import check_collection_id, load_policy, policies_with_retention, store_policy
+from ..ledger.refusals import AdminRequired
+from ..ledger.report import build as build_report
+from ..shapes import Shape
+from .core import ServiceCore, check_enum
+
+MAX_FACE_IDS = 4096
+
+
+def _optional_str(value: Any, field: str, max_len: int = 255) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise InvalidParameterException(f"{field} must be a string of 1-{max_len} characters.")
+    return value
+
+
+def _face_ids(value: Any) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+        raise InvalidParameterException("FaceIds must be a non-empty list of face ids.")
+    if len(value) > MAX_FACE_IDS:
+        raise InvalidParameterException(f"FaceIds may hold at most {MAX_FACE_IDS} ids.")
+    ids = [_optional_str(v, "FaceIds[]") for v in value]
+    return [i for i in ids if i is not None]
+
+
+class _CallableRemover:
+    """Adapts a service's `remove_faces(conn, collection_id, face_ids)` method to FaceRemover."""
+
+    def __init__(self, fn: Callable[[Connection, str, Sequence[str]], Sequence[str]]) -> None:
+        self.fn = fn
+
+    def remove_faces(self, conn: Connection, collection_id: str,
+                     face_ids: Sequence[str]) -> Sequence[str]:
+        return self.fn(conn, collection_id, face_ids)
+
+
+class GovernanceOperations(ServiceCore):
+    """Policies, review, retention, anchors, verification, reports and case exports."""
+
+    def _require_admin(self, operation: str, ctx: RequestContext,
+                       collection: str | None = None) -> None:
+        if ctx.admin:
+            return
+        with self.audit(operation, ctx, collection=collection, uses_model=False):
+            raise AdminRequired(f"{operation} needs an admin key; {ctx.principal} is not one.")
+
+    # -- policies ----------------------------------------------------------------------
+
+    def put_collection_policy(self, collection_id: str, policy: Any, *,
+                              ctx: RequestContext = LOCAL) -> Shape:
+        """Set a collection's policy (admins only; logged with the old and the new policy)."""
+        cid = check_collection_id(collection_id)
+        new = CollectionPolicy.from_wire(policy)
+        self._require_admin("PutCollectionPolicy", ctx, cid)
+        with self.audit("PutCollectionPolicy", ctx, collection=cid, uses_model=False) as op:
+            old = load_policy(op.conn, cid)
+            store_policy(op.conn, cid, new, ctx.principal)
+            op.note(policy=new.to_wire(), previous=old.to_wire())
+        return {"CollectionId": cid, "Policy": new.to_wire(), "PreviousPolicy": old.to_wire()}
+
+    def get_collection_policy(self, collection_id: str, *,
+                              ctx: RequestContext = LOCAL) -> Shape:
+        """A collection's policy (the default one if none was set)."""
+        cid = check_collection_id(collection_id)
+        with self.ledger.engine.connect() as conn:
+            policy = load_policy(conn, cid)
+        return {"CollectionId": cid, "Policy": policy.to_wire()}
+
+    # -- review queue ------------------------------------------------------------------
+
+    def list_review_candidates(self, collection_id: str | None = None,
+                               status: str | None = review.PENDING,
+                               request_id: str | None = None, case: str | None = None,
+                               max_results: int = 100, next_token: str | None = None, *,
+                               ctx: RequestContext = LOCAL) -> Shape:
+        """Candidates awaiting (or past) review, oldest first; status None lists all."""
+        cid = None if collection_id is None else check_collection_id(collection_id)
+        st = None if status is None else check_enum(status, review.STATUSES, "Status")
+        if isinstance(max_results, bool) or not isinstance(max_results, int) or not (
+            1 <= max_results <= 4096
+        ):
+            raise InvalidParameterException("MaxResults must be an integer from 1 to 4096.")
+        after: tuple[str, str] | None = None
+        if next_token is not None:
+            parts = next_token.split("|") if isinstance(next_token, str) else []
+            if len(parts) != 2:
+                raise InvalidPaginationTokenException("NextToken is not one this service gave.")
+            after = (parts[0], parts[1])
+        with self.ledger.engine.connect() as conn:
+            found = review.query(
+                conn, collection=cid, status=st,
+                request_id=_optional_str(request_id, "RequestId"),
+                case=_optional_str(case, "CaseReference"), after=after, limit=max_results + 1,
+            )
+        result: Shape = {"Candidates": found[:max_results]}
+        if len(found) > max_results:
+            last = found[max_results - 1]
+            result["NextToken"] = f"{last['CreatedAt']}|{last['CandidateId']}"
+        return result
+
+    def get_review_candidate(self, candidate_id: str, *, ctx: RequestContext = LOCAL) -> Shape:
+        """One candidate with every review decision so far."""
+        cand = _optional_str(candidate_id, "CandidateId", 64)
+        if cand is None:
+            raise InvalidParameterException("CandidateId is required.")
+        with self.ledger.engine.connect() as conn:
+            return review.get(conn, cand)
+
+    def review_candidate(self, candidate_id: str, decision: str, reason: str, *,
+                         ctx: RequestContext = LOCAL) -> Shape:
+        """Confirm or reject a candidate as reviewer `ctx.principal`, with a reason (logged)."""
+        current = self.get_review_candidate(candidate_id, ctx=ctx)
+        check_enum(decision, review.DECISIONS, "Decision")
+        # The decision belongs to the search's case, so the case export carries it.
+        rctx = dataclasses.replace(ctx, case=ctx.case or current["CaseReference"],
+                                   purpose=ctx.purpose or current["Purpose"])
+        with self.audit("ReviewCandidate", rctx, collection=current["CollectionId"],
+                        uses_model=False) as op:
+            op.note(candidate_id=current["CandidateId"], decision=decision, reason=reason)
+            decided = review.decide(op.conn, current["CandidateId"], ctx.principal, decision,
+                                    reason, utc_now())
+            op.record(candidate_id=decided["CandidateId"], status=decided["Status"],
+                      confirmations=decided["Confirmations"],
+                      reviewers_required=decided["ReviewersRequired"],
+                      face_ids=[decided["FaceId"]] if decided["FaceId"] else [],
+                      user_ids=[decided["UserId"]] if decided["UserId"] else [],
+                      similarities=[decided["Similarity"]],
+                      search_request_id=decided["RequestId"])
+        return decided
+
+    # -- retention ---------------------------------------------------------------------
+
+    def renew_faces(self, collection_id: str, face_ids: Sequence[str], *,
+                    ctx: RequestContext = LOCAL) -> Shape:
+        """Restart the retention period of these faces (logged)."""
+        cid = check_collection_id(collection_id)
+        ids = _face_ids(face_ids)
+        with self.audit("RenewFaces", ctx, collection=cid, uses_model=False) as op:
+            renewed = retention.renew(op.conn, cid, ids, utc_now())
+            unknown = [i for i in ids if i not in set(renewed)]
+            op.record(face_ids=renewed, unknown_face_ids=unknown)
+        return {"RenewedFaces": renewed, "UnknownFaces": unknown}
+
+    def face_remover(self) -> FaceRemover | None:
+        """How the retention sweep deletes faces: the face store's `remove_faces`, if present."""
+        fn = getattr(self, "remove_faces", None)
+        return _CallableRemover(fn) if callable(fn) else None
+
+    def sweep_retention(self, *, now: datetime | None = None, remover: FaceRemover | None = None,
+                        ctx: RequestContext = LOCAL) -> Shape:
+        """Delete every face past its collection's RetentionDays; one ExpireFaces event each."""
+        remover = remover or self.face_remover()
+        if remover is None:
+            raise InvalidParameterException(
+                "No face store is wired for deletion, so expired faces cannot be removed."
+            )
+        at = now or utc_now()
+        with self.ledger.engine.connect() as conn:
+            targets = policies_with_retention(conn)
+        expired: dict[str, list[str]] = {}
+        for cid, policy in sorted(targets.items()):
+            removed = self._expire_collection(cid, int(policy.retention_days or 0), at,
+                                              remover, ctx)
+            if removed:
+                expired[cid] = removed
+        return {"ExpiredFaces": expired, "SweptAt": format_time(at)}
+
+    def _expire_collection(self, cid: str, days: int, at: datetime, remover: FaceRemover,
+                           ctx: RequestContext) -> list[str]:
+        """Expire one collection's due faces, a batch per transaction and event."""
+        removed_all: list[str] = []
+        after: tuple[str, str] | None = None
+        while True:
+            with self.audit("ExpireFaces", ctx, collection=cid, uses_model=False) as op:
+                due = retention.expired(op.conn, cid, days, at, after=after)
+                if not due:
+                    op.record(face_ids=[], expired=0, retention_days=days)
+                    return removed_all
+                ids = [face_id for _, face_id in due]
+                op.note(retention_days=days, cutoff=format_time(at))
+                try:
+                    removed = list(remover.remove_faces(op.conn, cid, ids))
+                except ResourceNotFoundException:
+                    # The collection itself is gone: its faces with it.
+                    retention.forget(op.conn, cid)
+                    op.record(face_ids=[], expired=0, collection_missing=True)
+                    return removed_all
+                retention.forget(op.conn, cid, removed)
+                # Faces the store kept (e.g. associated to a user) stay due for the next sweep.
+                op.record(face_ids=removed, expired=len(removed),
+                          not_removed=[f for f in ids if f not in set(removed)])
+            removed_all.extend(removed)
+            after = due[-1]
+
+    # -- the chain ---------------------------------------------------------------------
+
+    def anchor_ledger(self, *, ctx: RequestContext = LOCAL) -> Shape:
+        """Record and return the chain head, for an outside party to hold."""
+        return self.ledger.anchor(ctx.principal).to_dict()
+
+    def verify_ledger(self, anchors: Iterable[str | Anchor] = (), *,
+                      ctx: RequestContext = LOCAL) -> Shape:
+        """Walk the whole chain; name the first event that is not as written."""
+        parsed = [a if isinstance(a, Anchor) else Anchor.parse(a) for a in anchors]
+        return verify(self.ledger, parsed).to_dict()
+
+    # -- reports and exports -----------------------------------------------------------
+
+    def transparency_report(self, time_from: str | datetime, time_to: str | datetime, *,
+                            ctx: RequestContext = LOCAL) -> Shape:
+        """Aggregates over [from, to): searches, candidates, refusals, deletions, models."""
+        start, end = _time(time_from, "From"), _time(time_to, "To")
+        if end <= start:
+            raise InvalidParameterException("To must be later than From.")
+        return build_report(self.ledger, start, end, generated_by=ctx.principal,
+                             chain=verify(self.ledger).to_dict())
+
+    def export_case(self, case: str, *, ctx: RequestContext = LOCAL) -> Shape:
+        """A case's events with the chain segment that proves them (admins only; logged)."""
+        ref = _optional_str(case, "CaseReference")
+        if ref is None:
+            raise InvalidParameterException("CaseReference is required.")
+        with self.ledger.engine.connect() as conn:
+            count = case_export.count_case_events(conn, ref)
+        if count == 0:
+            raise ResourceNotFoundException(f"No ledger event carries case reference {ref!r}.")
+        self._require_admin("ExportCase", ctx)
+        with self.audit("ExportCase", dataclasses.replace(ctx, case=ref),
+                        uses_model=False) as op:
+            op.record(events=count)
+        # The export event is chained now: the bundle's segment ends with it.
+        return case_export.build_bundle(self.ledger, ref, exported_by=ctx.principal)
+
+
+def _time(value: Any, field: str) -> datetime:
+    if isinstance(value, datetime):
+        return parse_time(format_time(value)) if value.tzinfo else parse_time(value.isoformat())
+    if not isinstance(value, str):
+        raise InvalidParameterException(f"{field} must be a date or time (ISO 8601).")
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise InvalidParameterException(
+            f"{field} {value!r} is not an ISO 8601 date or time (e.g. 2025-01-31)."
+        ) from exc

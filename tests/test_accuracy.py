@@ -1,0 +1,135 @@
+"""Accuracy on real LFW through the full pipeline (detection included): View 1 accuracy with the
+threshold chosen on pairsDevTrain, TAR at FMR 1e-3 and 1e-4 over every cross-identity pair,
+per-sex rates, and agreement with the shipped calibration table.
+
+Slow (marked, not skipped; CI runs it): a fresh clone embeds all 4,992 LFW images once (about
+6 minutes on two free cores); the templates are cached in pytest's cache directory, so reruns
+take seconds. Measured numbers are printed (`pytest -s`) and documented in docs/accuracy.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from faceledger.calibration import CalibrationTable, load_calibration
+from faceledger.evaluation.runner import Evaluation
+from faceledger.service.core import DEFAULT_COMPARE_FMR
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def evaluation(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Evaluation:
+    # Templates in pytest's cache dir (git-ignored), shared with test_evaluation.py.
+    store = getattr(request.config, "cache", None)
+    cache = (
+        Path(store.mkdir("faceledger-embeddings"))
+        if store is not None
+        else tmp_path_factory.mktemp("faceledger-embeddings")
+    )
+    return Evaluation(cache_dir=cache, progress=False, replicates=100)
+
+
+@pytest.fixture(scope="module")
+def view1(faces_dir: Path, evaluation: Evaluation) -> dict[str, Any]:
+    lfw = faces_dir / "lfw"
+    return evaluation.pairs(
+        lfw / "pairsDevTest.txt", train_file=lfw / "pairsDevTrain.txt",
+        labels_file=lfw / "sex.tsv", attributes=["sex"],
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def all_pairs(faces_dir: Path, evaluation: Evaluation) -> dict[str, Any]:
+    lfw = faces_dir / "lfw"
+    return evaluation.folders(lfw, labels_file=lfw / "sex.tsv", attributes=["sex"])
+
+
+def test_pairs_dev_test_accuracy_with_threshold_from_dev_train(view1: dict[str, Any]) -> None:
+    acc = view1["verification"]["accuracy"]
+    print(
+        f"\npairsDevTest accuracy {acc['accuracy']:.4f} +/- {acc['standard_error']:.4f} at "
+        f"distance {acc['threshold']:.4f} (train accuracy {acc['train_accuracy']:.4f}); "
+        f"failures to enrol {view1['enrolment']['failures_to_enrol']}"
+    )
+    assert "training list" in acc["protocol"]
+    # dlib reports 99.38% on View 2 (original LFW images, its own pipeline); on these
+    # deep-funneled View 1 images through our pipeline we measured 98.2%.
+    assert acc["accuracy"] >= 0.975
+    assert 0.5 < acc["threshold"] < 0.7  # dlib's customary 0.6 is in this neighbourhood
+    assert view1["verification"]["auc"] > 0.985
+    # Failures to enrol are counted, and their pairs scored as non-matches.
+    assert view1["verification"]["pairs"]["with_failure_to_enrol"] >= 0
+    assert view1["enrolment"]["failures_to_enrol"] == len(view1["enrolment"]["failed_images"])
+
+
+def test_tar_at_low_fmr_over_all_lfw_pairs(all_pairs: dict[str, Any]) -> None:
+    tar = {r["fmr"]: r for r in all_pairs["verification"]["tar_at_fmr"]}
+    for f in (1e-3, 1e-4):
+        t = tar[f]["tar"]
+        print(
+            f"\nTAR at FMR {f:g}: {t['value']:.4f} [{t['low']:.4f}, {t['high']:.4f}] at distance "
+            f"{tar[f]['threshold']['value']:.4f}"
+        )
+        assert t["low"] <= t["value"] <= t["high"]
+    assert tar[1e-3]["tar"]["value"] > 0.88
+    assert tar[1e-4]["tar"]["value"] > 0.65
+    assert tar[1e-3]["tar"]["value"] > tar[1e-4]["tar"]["value"] > tar[1e-5]["tar"]["value"]
+    enr = all_pairs["enrolment"]
+    print(f"failures to enrol: {enr['failures_to_enrol']} of {enr['images']}")
+    assert enr["failure_rate"] < 0.02
+
+
+def test_calibrated_default_threshold_means_its_false_match_rate(all_pairs: dict[str, Any]) -> None:
+    # The CompareFaces default (Similarity 99.99) promises FMR at most 1e-4. The table is the
+    # 95% upper bound, so on the data it was calibrated on the measured FMR at that distance is
+    # below the nominal one, and the upper end of its 95% interval close to it (a bound, not a
+    # needlessly strict threshold).
+    assert DEFAULT_COMPARE_FMR == pytest.approx(1e-4)
+    row = next(
+        r for r in all_pairs["verification"]["at_thresholds"] if r["name"] == "Similarity 99.99"
+    )
+    print(
+        f"\nSimilarity 99.99 (d={row['threshold']:.4f}): FMR {row['fmr']['value']:.3g} "
+        f"[{row['fmr']['low']:.3g}, {row['fmr']['high']:.3g}]"
+    )
+    assert row["fmr"]["value"] <= DEFAULT_COMPARE_FMR
+    assert 0.7 * DEFAULT_COMPARE_FMR <= row["fmr"]["high"] <= 1.3 * DEFAULT_COMPARE_FMR
+    table = load_calibration("dlib-resnet-v1")
+    assert row["threshold"] == pytest.approx(table.distance_for_fmr(DEFAULT_COMPARE_FMR))
+
+
+def test_shipped_table_is_reproduced_by_the_build(faces_dir: Path, evaluation: Evaluation) -> None:
+    # Rebuilding from the same images gives the shipped curve: same floor, same thresholds.
+    from faceledger.calibration.build import build_calibration
+
+    raw = build_calibration(
+        faces_dir / "lfw", cache_dir=evaluation.cache_dir, progress=False, validation_splits=0
+    )
+    rebuilt = CalibrationTable.from_dict(raw)
+    shipped = load_calibration("dlib-resnet-v1")
+    print(f"\nlowest credible FMR: rebuilt {rebuilt.lowest_credible_fmr:.4g}, shipped "
+          f"{shipped.lowest_credible_fmr:.4g}")  # fmt: skip
+    assert rebuilt.lowest_credible_fmr == pytest.approx(shipped.lowest_credible_fmr, rel=0.05)
+    for f in (1e-2, 1e-3, 1e-4, 1e-5):
+        assert rebuilt.distance_for_fmr(f) == pytest.approx(shipped.distance_for_fmr(f), abs=3e-3)
+
+
+def test_per_sex_rates_use_within_sex_impostors(all_pairs: dict[str, Any]) -> None:
+    groups = all_pairs["groups"]["groups"]
+    assert set(groups) == {"F", "M"}
+    for g, r in groups.items():
+        at = {t["name"]: t for t in r["at_thresholds"]}["Similarity 99.9"]
+        print(
+            f"\n{g}: FMR {at['fmr']['value']:.3g} [{at['fmr']['low']:.3g}, {at['fmr']['high']:.3g}]"
+            f" FNMR {at['fnmr']['value']:.3g} [{at['fnmr']['low']:.3g}, {at['fnmr']['high']:.3g}]"
+        )
+        assert r["pairs"]["impostor"] > 500_000 and r["pairs"]["genuine"] > 500
+    comps = all_pairs["groups"]["comparisons"]
+    assert {c["rate"] for c in comps} == {"fmr", "fnmr"}
+    assert all(c["max_over_min"] is None or c["max_over_min"] >= 1.0 for c in comps)

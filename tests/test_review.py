@@ -1,0 +1,184 @@
+"""The human review queue: identification-mode search results are held as candidates until
+N independent reviewers confirm them (one rejection settles it), every decision is logged.
+
+The collections engineer's SearchFacesByImage is not wired to the hook yet, so these tests drive
+the hook the way it will: `op.release(response)` with a Rekognition-shaped SearchFaces response.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from faceledger.cli import main
+from faceledger.context import RequestContext
+from faceledger.errors import (
+    AccessDeniedException,
+    ConflictException,
+    InvalidPaginationTokenException,
+    InvalidParameterException,
+    ResourceNotFoundException,
+)
+from faceledger.service import FaceService
+from faceledger.settings import Settings
+
+ADMIN = RequestContext(principal="admin", admin=True)
+SEARCHER = RequestContext(principal="officer-1", purpose="missing person", case="MP-12")
+PROBE = "c0" * 32
+
+
+def _search(svc: FaceService, ctx: RequestContext = SEARCHER) -> dict[str, Any]:
+    response = {
+        "SearchedFaceBoundingBox": {"Width": 0.2, "Height": 0.2, "Left": 0.1, "Top": 0.1},
+        "SearchedFaceConfidence": 99.9,
+        "FaceMatches": [
+            {"Similarity": 99.995, "Face": {"FaceId": "face-a", "ExternalImageId": "enrol-a"}},
+            {"Similarity": 99.95, "Face": {"FaceId": "face-b", "UserId": "user-b"}},
+        ],
+        "FaceModelVersion": "dlib-resnet-v1",
+    }
+    with svc.audit("SearchFacesByImage", ctx, collection="wanted") as op:
+        op.threshold(None, default=99.9)
+        op.image(PROBE)
+        return op.release(response, "FaceMatches", compared=5000)
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> FaceService:
+    s = FaceService(Settings(data_dir=tmp_path))
+    s.put_collection_policy("wanted", {"IdentificationMode": True}, ctx=ADMIN)
+    return s
+
+
+def _events(svc: FaceService, operation: str) -> list[dict[str, Any]]:
+    bodies = [json.loads(e.body) for e in svc.ledger.scan()]
+    return [b for b in bodies if b["operation"] == operation]
+
+
+def test_identification_mode_holds_matches_as_candidates(svc: FaceService) -> None:
+    out = _search(svc)
+    assert out["FaceMatches"] == [] and out["ReviewRequired"] is True
+    assert [c["Status"] for c in out["ReviewCandidates"]] == ["PENDING", "PENDING"]
+    listed = svc.list_review_candidates("wanted")["Candidates"]
+    assert {c["FaceId"] for c in listed} == {"face-a", "face-b"}
+    a = next(c for c in listed if c["FaceId"] == "face-a")
+    assert a["ExternalImageId"] == "enrol-a" and a["ProbeImageSha256"] == PROBE
+    assert a["ReviewersRequired"] == 2 and a["Confirmations"] == 0
+    assert a["FalseMatchRate"] == pytest.approx(5e-5)
+    assert (a["RequestedBy"], a["Purpose"], a["CaseReference"]) == (
+        "officer-1", "missing person", "MP-12")
+    (search,) = _events(svc, "SearchFacesByImage")
+    assert search["result"]["held_for_review"] == [c["CandidateId"]
+                                                   for c in out["ReviewCandidates"]]
+    assert search["result"]["similarities"] == [99.995, 99.95]
+    assert search["result"]["expected_false_matches"] == pytest.approx(5000 * 1e-3)
+
+
+def test_two_independent_reviewers_confirm_and_nobody_confirms_twice(svc: FaceService) -> None:
+    cid = _search(svc)["ReviewCandidates"][0]["CandidateId"]
+    with pytest.raises(AccessDeniedException, match="ran the search"):
+        svc.review_candidate(cid, "CONFIRM", "looks like him", ctx=SEARCHER)
+    r1 = RequestContext(principal="reviewer-1")
+    r2 = RequestContext(principal="reviewer-2")
+    first = svc.review_candidate(cid, "CONFIRM", "ear shape and scar match", ctx=r1)
+    assert (first["Status"], first["Confirmations"]) == ("PENDING", 1)
+    with pytest.raises(ConflictException, match="already reviewed"):
+        svc.review_candidate(cid, "CONFIRM", "still sure", ctx=r1)
+    second = svc.review_candidate(cid, "CONFIRM", "independent check: same person", ctx=r2)
+    assert (second["Status"], second["Confirmations"]) == ("CONFIRMED", 2)
+    assert second["DecidedAt"] is not None
+    assert [r["Reviewer"] for r in second["Reviews"]] == ["reviewer-1", "reviewer-2"]
+    with pytest.raises(ConflictException, match="already CONFIRMED"):
+        svc.review_candidate(cid, "REJECT", "late", ctx=RequestContext(principal="reviewer-3"))
+    decisions = _events(svc, "ReviewCandidate")
+    assert [(d["outcome"], d["rule"]) for d in decisions] == [
+        ("refused", "reviewer_not_independent"), ("done", None), ("refused", "duplicate_review"),
+        ("done", None), ("refused", "not_pending")]
+    # Decisions carry the search's case, so the case export discloses them.
+    assert {d["case"] for d in decisions} == {"MP-12"}
+    assert decisions[3]["result"]["status"] == "CONFIRMED"
+    assert decisions[3]["params"]["reason"] == "independent check: same person"
+    confirmed = svc.list_review_candidates("wanted", "CONFIRMED")["Candidates"]
+    assert [c["CandidateId"] for c in confirmed] == [cid]
+    assert svc.verify_ledger()["ok"]
+
+
+def test_one_rejection_settles_a_candidate(svc: FaceService) -> None:
+    cid = _search(svc)["ReviewCandidates"][1]["CandidateId"]
+    out = svc.review_candidate(cid, "REJECT", "different person: eye distance",
+                               ctx=RequestContext(principal="reviewer-1"))
+    assert out["Status"] == "REJECTED"
+    assert svc.get_review_candidate(cid)["Status"] == "REJECTED"
+
+
+def test_without_identification_mode_results_are_returned(svc: FaceService) -> None:
+    svc.put_collection_policy("wanted", {}, ctx=ADMIN)
+    out = _search(svc)
+    assert len(out["FaceMatches"]) == 2 and "ReviewRequired" not in out
+    assert svc.list_review_candidates(status=None)["Candidates"] == []
+
+
+def test_reviewers_required_follows_the_policy(svc: FaceService) -> None:
+    svc.put_collection_policy("wanted", {"IdentificationMode": True, "ReviewersRequired": 1},
+                              ctx=ADMIN)
+    cid = _search(svc)["ReviewCandidates"][0]["CandidateId"]
+    out = svc.review_candidate(cid, "CONFIRM", "sure", ctx=RequestContext(principal="r1"))
+    assert out["Status"] == "CONFIRMED"
+
+
+def test_bad_review_input_gets_rekognition_codes(svc: FaceService) -> None:
+    cid = _search(svc)["ReviewCandidates"][0]["CandidateId"]
+    r1 = RequestContext(principal="r1")
+    with pytest.raises(ResourceNotFoundException):
+        svc.review_candidate("no-such-candidate", "CONFIRM", "x", ctx=r1)
+    for decision, reason in (("MAYBE", "x"), ("CONFIRM", ""), ("CONFIRM", "   "),
+                             ("CONFIRM", "x" * 2001), (None, "x")):
+        with pytest.raises(InvalidParameterException):
+            svc.review_candidate(cid, decision, reason, ctx=r1)  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterException):
+        svc.list_review_candidates(status="DONE")
+    with pytest.raises(InvalidParameterException):
+        svc.list_review_candidates(max_results=0)
+    with pytest.raises(InvalidPaginationTokenException):
+        svc.list_review_candidates(next_token="garbage")
+    assert svc.get_review_candidate(cid)["Reviews"] == []  # nothing was recorded
+
+
+def test_pagination_walks_every_candidate_once(svc: FaceService) -> None:
+    for _ in range(3):
+        _search(svc)
+    seen: list[str] = []
+    token = None
+    while True:
+        page = svc.list_review_candidates("wanted", max_results=4, next_token=token)
+        seen += [c["CandidateId"] for c in page["Candidates"]]
+        token = page.get("NextToken")
+        if token is None:
+            break
+    assert len(seen) == 6 == len(set(seen))
+
+
+def test_cli_review_list_confirm_reject(tmp_path: Path) -> None:
+    svc = FaceService(Settings(data_dir=tmp_path))
+    svc.put_collection_policy("wanted", {"IdentificationMode": True}, ctx=ADMIN)
+    ids = [c["CandidateId"] for c in _search(svc)["ReviewCandidates"]]
+    env = {"FACELEDGER_DATA_DIR": str(tmp_path)}
+    runner = CliRunner()
+    listed = json.loads(runner.invoke(main, ["review", "list"], env=env).output)
+    assert {c["CandidateId"] for c in listed["Candidates"]} == set(ids)
+    for reviewer in ("ana", "ben"):
+        out = runner.invoke(main, ["review", "confirm", ids[0], "--reason", "match",
+                                   "--reviewer", reviewer], env=env)
+        assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["Status"] == "CONFIRMED"
+    again = runner.invoke(main, ["review", "confirm", ids[0], "--reason", "x", "--reviewer",
+                                 "ana"], env=env)
+    assert again.exit_code == 2 and "ConflictException" in again.output
+    rej = runner.invoke(main, ["review", "reject", ids[1], "--reason", "no"], env=env)
+    assert rej.exit_code == 0 and json.loads(rej.output)["Status"] == "REJECTED"
+    pending = json.loads(runner.invoke(main, ["review", "list"], env=env).output)
+    assert pending["Candidates"] == []
