@@ -1,9 +1,10 @@
 """Retention: faces expire RetentionDays after indexing unless renewed; the sweep deletes them
 through the face store and logs each expiry.
 
-The face store (collections engineer) is not wired to the sweep yet; `TableFaces` stands in for
-it with a real table in the same database and the same `remove_faces(conn, collection, ids)`
-signature, so the deletion and its ledger event still share one real transaction.
+`TableFaces` stands in for the face store with a real table in the same database and the same
+`remove_faces(conn, collection, ids)` signature, so the sweep's rules are tested in isolation
+while the deletion and its ledger event still share one real transaction; the sweep removing a
+real indexed face from catalog and index is in tests/test_ledger_collections.py.
 """
 
 from __future__ import annotations

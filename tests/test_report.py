@@ -1,6 +1,6 @@
 """Transparency reports and per-case exports, computed from a real ledger: detections run the
-real model on a real photo; collection searches drive the audit hook the way the collections
-operations will (they are not wired to it yet)."""
+real model on a real photo; collection searches drive the audit hook directly, the way the
+collection operations do (tests/test_ledger_collections.py covers those end to end)."""
 
 from __future__ import annotations
 

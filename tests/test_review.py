@@ -1,8 +1,9 @@
 """The human review queue: identification-mode search results are held as candidates until
 N independent reviewers confirm them (one rejection settles it), every decision is logged.
 
-The collections engineer's SearchFacesByImage is not wired to the hook yet, so these tests drive
-the hook the way it will: `op.release(response)` with a Rekognition-shaped SearchFaces response.
+These tests drive the hook directly (`op.release(response)` with a Rekognition-shaped
+SearchFaces response) to cover the queue's rules without the model; the real search operations
+in identification mode are covered end to end in tests/test_ledger_collections.py.
 """
 
 from __future__ import annotations

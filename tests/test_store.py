@@ -293,11 +293,22 @@ def test_templates_are_stored_bit_exact(tmp_path: Path) -> None:
 
 
 def test_default_threshold_keeps_expected_false_matches_under_the_bound() -> None:
-    for n in (1, 10, 100, 1_000, 100_000, 10_000_000):
+    for n in (1, 10, 100, 1_000, 10_000):
         fmr = default_search_fmr(n)
         assert MIN_DEFAULT_FMR <= fmr <= MAX_DEFAULT_FMR
         assert expected_false_matches(fmr, n) <= 0.01 + 1e-12
     # past the floor the bound cannot hold, and the number says so
-    assert default_search_fmr(10**9) == MIN_DEFAULT_FMR
-    assert expected_false_matches(MIN_DEFAULT_FMR, 10**9) == pytest.approx(1.0)
+    for n in (100_000, 10**9):
+        assert default_search_fmr(n) == MIN_DEFAULT_FMR
+        assert expected_false_matches(MIN_DEFAULT_FMR, n) == pytest.approx(n * 1e-6)
     assert default_search_fmr(0) == MAX_DEFAULT_FMR
+
+
+def test_default_search_threshold_never_claims_below_the_calibration_floor() -> None:
+    from faceledger.calibration import load_calibration
+
+    floor = load_calibration("dlib-resnet-v1").lowest_credible_fmr
+    assert 1e-7 < floor < 1e-5
+    assert default_search_fmr(1000, 0.01, floor) == pytest.approx(1e-5)
+    assert default_search_fmr(10_000_000, 0.01, floor) == floor
+    assert default_search_fmr(10, 0.01, floor) == MAX_DEFAULT_FMR

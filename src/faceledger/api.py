@@ -11,6 +11,8 @@ Responses are Rekognition's shapes, as dicts.
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -38,35 +40,39 @@ class FaceLedger:
         self.service = service or FaceService(settings or Settings())
         self.context = context
 
+    def _ctx(self) -> RequestContext:
+        """This client's context with a request id of its own: one ledger event, one id."""
+        return dataclasses.replace(self.context, request_id=str(uuid.uuid4()))
+
     def detect_faces(self, image: ImageArg, attributes: list[str] | None = None) -> Shape:
         """DetectFaces."""
-        return self.service.detect_faces(_image(image), attributes, ctx=self.context)
+        return self.service.detect_faces(_image(image), attributes, ctx=self._ctx())
 
     def compare_faces(self, source: ImageArg, target: ImageArg,
                       similarity_threshold: float | None = None,
                       quality_filter: str | None = None) -> Shape:
         """CompareFaces."""
         return self.service.compare_faces(_image(source), _image(target), similarity_threshold,
-                                          quality_filter, ctx=self.context)
+                                          quality_filter, ctx=self._ctx())
 
     # --- collections, faces, users and search (faceledger.service.collections) --------------
 
     def create_collection(self, collection_id: str, tags: dict[str, str] | None = None) -> Shape:
         """CreateCollection."""
-        return self.service.create_collection(collection_id, tags, ctx=self.context)
+        return self.service.create_collection(collection_id, tags, ctx=self._ctx())
 
     def delete_collection(self, collection_id: str) -> Shape:
         """DeleteCollection: the collection and everything it holds."""
-        return self.service.delete_collection(collection_id, ctx=self.context)
+        return self.service.delete_collection(collection_id, ctx=self._ctx())
 
     def list_collections(self, next_token: str | None = None,
                          max_results: int | None = None) -> Shape:
         """ListCollections."""
-        return self.service.list_collections(next_token, max_results, ctx=self.context)
+        return self.service.list_collections(next_token, max_results, ctx=self._ctx())
 
     def describe_collection(self, collection_id: str) -> Shape:
         """DescribeCollection."""
-        return self.service.describe_collection(collection_id, ctx=self.context)
+        return self.service.describe_collection(collection_id, ctx=self._ctx())
 
     def index_faces(self, collection_id: str, image: ImageArg,
                     external_image_id: str | None = None, max_faces: int | None = None,
@@ -76,24 +82,24 @@ class FaceLedger:
         return self.service.index_faces(
             collection_id=collection_id, image=_image(image), external_image_id=external_image_id,
             detection_attributes=detection_attributes, max_faces=max_faces,
-            quality_filter=quality_filter, ctx=self.context)
+            quality_filter=quality_filter, ctx=self._ctx())
 
     def list_faces(self, collection_id: str, next_token: str | None = None,
                    max_results: int | None = None, user_id: str | None = None,
                    face_ids: list[str] | None = None) -> Shape:
         """ListFaces."""
         return self.service.list_faces(collection_id, next_token, max_results, user_id, face_ids,
-                                       ctx=self.context)
+                                       ctx=self._ctx())
 
     def delete_faces(self, collection_id: str, face_ids: list[str]) -> Shape:
         """DeleteFaces."""
-        return self.service.delete_faces(collection_id, face_ids, ctx=self.context)
+        return self.service.delete_faces(collection_id, face_ids, ctx=self._ctx())
 
     def search_faces(self, collection_id: str, face_id: str, max_faces: int | None = None,
                      face_match_threshold: float | None = None) -> Shape:
         """SearchFaces (by a stored FaceId)."""
         return self.service.search_faces(collection_id, face_id, max_faces, face_match_threshold,
-                                         ctx=self.context)
+                                         ctx=self._ctx())
 
     def search_faces_by_image(self, collection_id: str, image: ImageArg,
                               max_faces: int | None = None,
@@ -102,24 +108,24 @@ class FaceLedger:
         """SearchFacesByImage (the largest face in the image)."""
         return self.service.search_faces_by_image(
             collection_id, _image(image), max_faces, face_match_threshold, quality_filter,
-            ctx=self.context)
+            ctx=self._ctx())
 
     def create_user(self, collection_id: str, user_id: str,
                     client_request_token: str | None = None) -> Shape:
         """CreateUser."""
         return self.service.create_user(collection_id, user_id, client_request_token,
-                                        ctx=self.context)
+                                        ctx=self._ctx())
 
     def delete_user(self, collection_id: str, user_id: str,
                     client_request_token: str | None = None) -> Shape:
         """DeleteUser."""
         return self.service.delete_user(collection_id, user_id, client_request_token,
-                                        ctx=self.context)
+                                        ctx=self._ctx())
 
     def list_users(self, collection_id: str, max_results: int | None = None,
                    next_token: str | None = None) -> Shape:
         """ListUsers."""
-        return self.service.list_users(collection_id, max_results, next_token, ctx=self.context)
+        return self.service.list_users(collection_id, max_results, next_token, ctx=self._ctx())
 
     def associate_faces(self, collection_id: str, user_id: str, face_ids: list[str],
                         user_match_threshold: float | None = None,
@@ -127,20 +133,20 @@ class FaceLedger:
         """AssociateFaces."""
         return self.service.associate_faces(collection_id, user_id, face_ids,
                                             user_match_threshold, client_request_token,
-                                            ctx=self.context)
+                                            ctx=self._ctx())
 
     def disassociate_faces(self, collection_id: str, user_id: str, face_ids: list[str],
                            client_request_token: str | None = None) -> Shape:
         """DisassociateFaces."""
         return self.service.disassociate_faces(collection_id, user_id, client_request_token,
-                                               face_ids, ctx=self.context)
+                                               face_ids, ctx=self._ctx())
 
     def search_users(self, collection_id: str, user_id: str | None = None,
                      face_id: str | None = None, user_match_threshold: float | None = None,
                      max_users: int | None = None) -> Shape:
         """SearchUsers (by UserId or FaceId)."""
         return self.service.search_users(collection_id, user_id, face_id, user_match_threshold,
-                                         max_users, ctx=self.context)
+                                         max_users, ctx=self._ctx())
 
     def search_users_by_image(self, collection_id: str, image: ImageArg,
                               user_match_threshold: float | None = None,
@@ -149,7 +155,7 @@ class FaceLedger:
         """SearchUsersByImage."""
         return self.service.search_users_by_image(collection_id, _image(image),
                                                   user_match_threshold, max_users,
-                                                  quality_filter, ctx=self.context)
+                                                  quality_filter, ctx=self._ctx())
 
     def close(self) -> None:
         """Persist the vector index's in-memory state (fast reopen)."""
@@ -157,5 +163,5 @@ class FaceLedger:
 
     def with_context(self, **fields: Any) -> FaceLedger:
         """A client whose operations carry this purpose/case/principal."""
-        ctx = RequestContext(**{**self.context.__dict__, **fields})
-        return FaceLedger(service=self.service, context=ctx)
+        return FaceLedger(service=self.service,
+                          context=dataclasses.replace(self.context, **fields))

@@ -12,8 +12,9 @@ from ..server.keys import KeyStore, KeyStoreError
 from ..server.protocol import model_operations
 from ..server.run import build_app, is_loopback
 from ..server.run import serve as run_server
+from ..service import FaceService
 from ..settings import Settings
-from .app import emit_json, main, reports_errors
+from .app import emit_json, main, reports_errors, request_context
 
 
 def _settings(**overrides: object) -> Settings:
@@ -70,12 +71,12 @@ def keys() -> None:
     """API keys for the HTTP server (access key id + secret, SigV4)."""
 
 
-def _store(create_kek: bool = False) -> KeyStore:
-    settings = Settings()
+def _store(create_kek: bool = False, service: FaceService | None = None) -> KeyStore:
+    settings = Settings() if service is None else service.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url()) if service is None else service.engine
     try:
-        return KeyStore.open(settings, make_engine(settings.resolved_database_url()),
-                             create_kek=create_kek)
+        return KeyStore.open(settings, engine, create_kek=create_kek)
     except KeyStoreError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -99,11 +100,18 @@ def _split(values: tuple[str, ...]) -> list[str]:
 def keys_create(name: str, operations: tuple[str, ...], collections: tuple[str, ...],
                 rate: float | None, admin: bool, as_json: bool) -> None:
     """Issue a key named NAME; its secret is printed once and cannot be shown again."""
-    issued = _store(create_kek=True).create(
-        name, _split(operations), _split(collections), rate, admin=admin,
-        known_operations=model_operations(),
-    )
-    info = issued.info
+    service = FaceService(Settings())  # for its audit hook: no model is loaded
+    store = _store(create_kek=True, service=service)
+    # logged in the ledger in the same transaction as the key (never the secret)
+    with service.audit("CreateAccessKey", request_context(), uses_model=False) as op:
+        issued = store.create(
+            name, _split(operations), _split(collections), rate, admin=admin,
+            known_operations=model_operations(), conn=op.conn,
+        )
+        info = issued.info
+        op.record(access_key_id=info.access_key_id, name=info.name,
+                  operations=list(info.operations), collections=list(info.collections),
+                  rate_limit=info.rate_limit, admin=info.admin)
     if as_json:
         emit_json({"AccessKeyId": info.access_key_id, "SecretAccessKey": issued.secret_access_key,
                    "Name": info.name, "Operations": list(info.operations),
@@ -146,5 +154,9 @@ def keys_list(as_json: bool) -> None:
 @reports_errors
 def keys_revoke(access_key_id: str) -> None:
     """Revoke a key: requests signed with it are refused from now on."""
-    info = _store().revoke(access_key_id.strip())
+    service = FaceService(Settings())  # for its audit hook: no model is loaded
+    store = _store(service=service)
+    with service.audit("RevokeAccessKey", request_context(), uses_model=False) as op:
+        info = store.revoke(access_key_id.strip(), conn=op.conn)
+        op.record(access_key_id=info.access_key_id, name=info.name)
     click.echo(f"revoked {info.access_key_id} ({info.name})")

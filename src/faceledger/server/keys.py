@@ -21,7 +21,8 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
@@ -32,6 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import (
     Boolean,
     Column,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -210,8 +212,10 @@ class KeyStore:
         *,
         admin: bool = False,
         known_operations: Sequence[str] | None = None,
+        conn: Connection | None = None,
     ) -> IssuedKey:
-        """A new key with these permissions; the returned secret is shown once."""
+        """A new key with these permissions; the returned secret is shown once. With `conn`,
+        inside that open transaction (the ledger logs the change in it)."""
         if self._kek is None:
             raise KeyStoreError("no key-encryption key: open the store with create_kek=True")
         name = name.strip()
@@ -226,8 +230,8 @@ class KeyStore:
         nonce = secrets.token_bytes(12)
         sealed = nonce + AESGCM(self._kek).encrypt(nonce, secret.encode(), _aad(key_id))
         now = datetime.now(UTC)
-        with self.engine.begin() as conn:
-            conn.execute(
+        with self._writing(conn) as c:
+            c.execute(
                 insert(api_keys).values(
                     access_key_id=key_id, name=name, sealed_secret=sealed,
                     kek_id=kek_fingerprint(self._kek), operations=json.dumps(ops),
@@ -251,20 +255,33 @@ class KeyStore:
             ).mappings().first()
         return None if row is None else self._info(row)
 
-    def revoke(self, access_key_id: str) -> KeyInfo:
-        """Revoke a key: every later request signed with it is refused."""
-        with self.engine.begin() as conn:
-            done = conn.execute(
+    def revoke(self, access_key_id: str, *, conn: Connection | None = None) -> KeyInfo:
+        """Revoke a key: every later request signed with it is refused. With `conn`, inside
+        that open transaction (the ledger logs the change in it)."""
+        with self._writing(conn) as c:
+            done = c.execute(
                 update(api_keys)
                 .where(api_keys.c.access_key_id == access_key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=datetime.now(UTC))
             )
-        info = self.get(access_key_id)
-        if info is None:
+            row = c.execute(
+                select(api_keys).where(api_keys.c.access_key_id == access_key_id)
+            ).mappings().first()
+        if row is None:
             raise ResourceNotFoundException(f"no API key {access_key_id}")
+        info = self._info(row)
         if done.rowcount == 0 and info.revoked_at is None:  # pragma: no cover - a race only
             raise ResourceNotFoundException(f"API key {access_key_id} could not be revoked")
         return info
+
+    @contextmanager
+    def _writing(self, conn: Connection | None) -> Iterator[Connection]:
+        """The caller's open transaction, or one of our own that commits at the end."""
+        if conn is not None:
+            yield conn
+            return
+        with self.engine.begin() as own:
+            yield own
 
     def credentials(
         self, access_key_id: str, date: str, region: str, service: str

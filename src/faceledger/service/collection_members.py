@@ -183,3 +183,20 @@ def search_info(threshold_name: str, similarity: float, fmr: float, searched: in
         # share of a person's other photos that this threshold misses, as measured (calibration)
         "FalseNonMatchRate": fnmr,
     }
+
+
+# --- ledger summaries ------------------------------------------------------------------------
+
+
+def unsuccessful(failed: Sequence[Shape]) -> list[Shape]:
+    """What the ledger keeps of Unsuccessful* lists: each face id and its reasons."""
+    return [{"FaceId": f["FaceId"], "Reasons": list(f["Reasons"])} for f in failed]
+
+
+def membership(user_id: str, out: Shape) -> dict[str, Any]:
+    """The ledger's summary of an AssociateFaces / DisassociateFaces response."""
+    done = out.get("AssociatedFaces", out.get("DisassociatedFaces")) or []
+    failed = out.get("UnsuccessfulFaceAssociations",
+                     out.get("UnsuccessfulFaceDisassociations")) or []
+    return {"user_ids": [user_id], "face_ids": [f["FaceId"] for f in done],
+            "unsuccessful": unsuccessful(failed), "user_status": out.get("UserStatus")}

@@ -1,16 +1,21 @@
 """Collections, faces, users and search: Rekognition's collection operations over the store.
 
-Every write happens in one catalog transaction (`_transaction`), which the audit ledger can join.
+Every operation runs inside the audit hook (`self.audit`, see ledger/audit.py): the collection's
+policy is checked on entry, each write happens in the hook's one transaction (`op.conn`, taken
+right after the collection's row lock, so locks go collection first, ledger head second) and the
+ledger event is appended in it, so a change and its event commit together or not at all.
+Validation errors leave no event; policy refusals are logged as refused and change nothing.
+
 Searches re-score the index's candidates exactly from the catalog's templates, report calibrated
 Similarity, and state how many faces were searched and how many false matches the threshold
-lets through on average (see store/thresholds.py for the default threshold).
+lets through on average (see store/thresholds.py for the default threshold); the threshold goes
+through the policy's floor first, and in identification mode matches are held for review.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +28,7 @@ from ..errors import (
     ResourceNotFoundException,
     ServiceQuotaExceededException,
 )
+from ..ledger import AuditedOperation
 from ..shapes import Shape, bounding_box, face_detail
 from ..sources import ImageInput
 from ..store import Catalog, CollectionRow, FaceRow, NewFace, VectorIndex, open_store
@@ -86,12 +92,6 @@ class CollectionOperations(ServiceCore):
         if "_opened_store" in self.__dict__:
             self.index.close()
 
-    @contextmanager
-    def _transaction(self, ctx: RequestContext) -> Iterator[Connection]:
-        """The one write transaction of an operation (the ledger appends its event here)."""
-        with self.catalog.begin() as conn:
-            yield conn
-
     # --- collections -------------------------------------------------------------------------
 
     def create_collection(self, collection_id: str | None = None,
@@ -102,20 +102,27 @@ class CollectionOperations(ServiceCore):
         tag_map = m.tags(tags)
         model = self.pipeline.model_version
         dim = int(self.pipeline.embedder.dim)
-        with self._transaction(ctx) as conn:
+        with self.audit("CreateCollection", ctx, collection=cid) as op:
+            op.note(TagKeys=sorted(tag_map) if tag_map else None)
+            conn = op.conn  # the insert takes the write lock before the ledger head
             coll = self.catalog.create_collection(conn, cid, model, dim, tag_map)
             self.index.create_collection(conn, coll.pk, dim)
+            op.record(collection_arn=ARN_PREFIX + cid, face_model_version=model)
         return {"StatusCode": 200, "CollectionArn": ARN_PREFIX + cid, "FaceModelVersion": model}
 
     def delete_collection(self, collection_id: str | None = None, *,
                           ctx: RequestContext = LOCAL) -> Shape:
         """DeleteCollection: the collection and every face, template and user it held."""
         cid = m.collection_id(collection_id)
-        with self._transaction(ctx) as conn:
+        with self.audit("DeleteCollection", ctx, collection=cid, uses_model=False) as op:
+            conn = op.conn
             coll = self.catalog.lock_collection(conn, cid)
+            users = self.catalog.user_count(conn, coll.pk)
             self.index.drop_collection(conn, coll.pk)
             self.catalog.delete_collection(conn, cid)
-        self.index.forget(coll.pk)
+            op.collection_deleted(coll.face_count)
+            op.record(users=users)
+        self.index.forget(coll.pk)  # only once the deletion (and its event) committed
         return {"StatusCode": 200}
 
     def list_collections(self, next_token: str | None = None, max_results: int | None = None,
@@ -123,8 +130,11 @@ class CollectionOperations(ServiceCore):
         """ListCollections, in collection id order, NextToken paging."""
         limit = m.page_size(max_results, DEFAULT_LIST_RESULTS, MAX_LIST_RESULTS, "MaxResults")
         after = None if next_token is None else str(m.read_token(next_token, "collections", 0))
-        with self.catalog.read() as conn:
-            rows = self.catalog.list_collections(conn, after, limit + 1)
+        with self.audit("ListCollections", ctx, uses_model=False) as op:
+            with self.catalog.read() as conn:
+                rows = self.catalog.list_collections(conn, after, limit + 1)
+            # a count only: the HTTP adapter hides collections a key may not name
+            op.record(collections=min(len(rows), limit))
         page = rows[:limit]
         out: dict[str, Any] = {
             "CollectionIds": [c.collection_id for c in page],
@@ -138,9 +148,11 @@ class CollectionOperations(ServiceCore):
                             ctx: RequestContext = LOCAL) -> Shape:
         """DescribeCollection: face and user counts, model version, ARN, creation time."""
         cid = m.collection_id(collection_id)
-        with self.catalog.read() as conn:
-            coll = self.catalog.collection(conn, cid)
-            users = self.catalog.user_count(conn, coll.pk)
+        with self.audit("DescribeCollection", ctx, collection=cid, uses_model=False) as op:
+            with self.catalog.read() as conn:
+                coll = self.catalog.collection(conn, cid)
+                users = self.catalog.user_count(conn, coll.pk)
+            op.record(face_count=coll.face_count, user_count=users)
         return {
             "FaceCount": coll.face_count,
             "FaceModelVersion": coll.face_model_version,
@@ -166,37 +178,46 @@ class CollectionOperations(ServiceCore):
         limit = None if max_faces is None else m.integer(max_faces, 1, 1 << 31, "MaxFaces")
         qf = "AUTO" if quality_filter is None else check_enum(
             quality_filter, QUALITY_FILTERS, "QualityFilter")
-        with self.catalog.read() as conn:
-            self._usable(self.catalog.collection(conn, cid))
-        img = self.decode(m.image(image))
-        found = self.pipeline.analyze(img.pixels, embed=True)
-        chosen: list[FaceAnalysis] = []
-        unindexed: list[Shape] = []
-        for face in found:
-            reasons = quality_reasons(qf, face.confidence, face.box, face.pose, face.quality)
-            if not reasons and limit is not None and len(chosen) >= limit:
-                reasons = ["EXCEEDS_MAX_FACES"]
-            if reasons:
-                unindexed.append({"Reasons": reasons,
-                                  "FaceDetail": face_detail(face, img.width, img.height)})
-            else:
-                chosen.append(face)
         model = self.pipeline.model_version
-        image_id = m.new_id()
-        new = [
-            NewFace(
-                face_id=m.new_id(), image_id=image_id, external_image_id=ext,
-                box=m.box(bounding_box(f.box, img.width, img.height)),
-                confidence=f.confidence, embedding=m.template(f),
-            )
-            for f in chosen
-        ]
-        if new:
-            with self._transaction(ctx) as conn:
+        # consent and purpose are checked on entry, before the photo is even decoded
+        with self.audit("IndexFaces", ctx, collection=cid) as op:
+            with self.catalog.read() as conn:
+                self._usable(self.catalog.collection(conn, cid))
+            img = self.decode(m.image(image))
+            op.image(img.sha256)
+            op.note(MaxFaces=limit, QualityFilter=qf, ExternalImageId=ext,
+                    DetectionAttributes=list(detection_attributes or []) or None)
+            found = self.pipeline.analyze(img.pixels, embed=True)
+            chosen: list[FaceAnalysis] = []
+            unindexed: list[Shape] = []
+            for face in found:
+                reasons = quality_reasons(qf, face.confidence, face.box, face.pose, face.quality)
+                if not reasons and limit is not None and len(chosen) >= limit:
+                    reasons = ["EXCEEDS_MAX_FACES"]
+                if reasons:
+                    unindexed.append({"Reasons": reasons,
+                                      "FaceDetail": face_detail(face, img.width, img.height)})
+                else:
+                    chosen.append(face)
+            image_id = m.new_id()
+            new = [
+                NewFace(
+                    face_id=m.new_id(), image_id=image_id, external_image_id=ext,
+                    box=m.box(bounding_box(f.box, img.width, img.height)),
+                    confidence=f.confidence, embedding=m.template(f),
+                )
+                for f in chosen
+            ]
+            if new:
+                conn = op.conn  # the write transaction: collection lock first
                 coll = self._usable(self.catalog.lock_collection(conn, cid))
                 keys = self.catalog.add_faces(conn, coll, new)
                 self.index.add(conn, coll.pk, keys,
                                np.stack([n.embedding for n in new]).astype(np.float32))
+            op.indexed([n.face_id for n in new])
+            op.record(faces_detected=len(found), unindexed=[u["Reasons"] for u in unindexed])
+            if new:
+                op.record(image_id=image_id)
         records = []
         for n, f in zip(new, chosen):
             shape: dict[str, Any] = {
@@ -220,16 +241,20 @@ class CollectionOperations(ServiceCore):
         limit = m.page_size(max_results, DEFAULT_LIST_RESULTS, MAX_LIST_RESULTS, "MaxResults")
         uid = None if user_id is None else m.match(user_id, m.USER_ID, "UserId")
         fids = None if face_ids is None else m.face_ids(face_ids, "FaceIds", 1, 4096)
-        with self.catalog.read() as conn:
-            coll = self.catalog.collection(conn, cid)
-            after = 0 if next_token is None else int(m.read_token(next_token, "faces", coll.pk))
-            user_pk: int | None = None
-            rows: list[FaceRow] = []
-            if uid is not None:
-                user = self.catalog.user(conn, coll.pk, uid)
-                user_pk = -1 if user is None else user.pk
-            rows = self.catalog.list_faces(conn, coll.pk, after, limit + 1, user_pk, fids)
-        page = rows[:limit]
+        with self.audit("ListFaces", ctx, collection=cid, uses_model=False) as op:
+            op.note(UserId=uid, FaceIds=fids, MaxResults=limit)
+            with self.catalog.read() as conn:
+                coll = self.catalog.collection(conn, cid)
+                after = 0 if next_token is None else int(
+                    m.read_token(next_token, "faces", coll.pk))
+                user_pk: int | None = None
+                rows: list[FaceRow] = []
+                if uid is not None:
+                    user = self.catalog.user(conn, coll.pk, uid)
+                    user_pk = -1 if user is None else user.pk
+                rows = self.catalog.list_faces(conn, coll.pk, after, limit + 1, user_pk, fids)
+            page = rows[:limit]
+            op.record(face_ids=[r.face_id for r in page], more=len(rows) > limit)
         out: dict[str, Any] = {
             "Faces": [m.face_shape(r, coll.face_model_version) for r in page],
             "FaceModelVersion": coll.face_model_version,
@@ -244,8 +269,10 @@ class CollectionOperations(ServiceCore):
         """DeleteFaces: templates leave catalog and index together; faces of a user stay."""
         cid = m.collection_id(collection_id)
         fids = m.face_ids(face_ids, "FaceIds", 1, 4096)
-        with self._transaction(ctx) as conn:
-            deleted, failed = self._delete_faces(conn, cid, fids)
+        with self.audit("DeleteFaces", ctx, collection=cid, uses_model=False) as op:
+            deleted, failed = self._delete_faces(op.conn, cid, fids)  # locks the collection
+            op.deleted(deleted)
+            op.record(unsuccessful=m.unsuccessful(failed))
         return {"DeletedFaces": deleted, "UnsuccessfulFaceDeletions": failed}
 
     def remove_faces(self, conn: Connection, collection_id: str,
@@ -285,14 +312,21 @@ class CollectionOperations(ServiceCore):
         fid = m.face_id(face_id, "FaceId")
         k = m.page_size(max_faces, DEFAULT_SEARCH_FACES, MAX_SEARCH_FACES, "MaxFaces", low=1)
         threshold = m.threshold(face_match_threshold, "FaceMatchThreshold")
-        with self.catalog.read() as conn:
-            coll = self._usable(self.catalog.collection(conn, cid))
-            probe = self.catalog.faces_by_id(conn, coll.pk, [fid], with_embedding=True).get(fid)
-        if probe is None or probe.embedding is None:
-            raise InvalidParameterException(f"faceId {fid} was not found in the collection.")
-        matches, info = self._search(coll, probe.embedding, k, threshold, exclude={probe.pk})
-        return {"SearchedFaceId": fid, "FaceMatches": matches,
-                "FaceModelVersion": coll.face_model_version, **info}
+        with self.audit("SearchFaces", ctx, collection=cid) as op:
+            op.note(FaceId=fid, MaxFaces=k)
+            with self.catalog.read() as conn:
+                coll = self._usable(self.catalog.collection(conn, cid))
+                probe = self.catalog.faces_by_id(conn, coll.pk, [fid],
+                                                 with_embedding=True).get(fid)
+            if probe is None or probe.embedding is None:
+                raise InvalidParameterException(f"faceId {fid} was not found in the collection.")
+            searched = max(coll.face_count - 1, 0)  # the searched face itself is excluded
+            point = self._threshold(op, threshold, searched, "FaceMatchThreshold")
+            matches, info = self._search(coll, probe.embedding, k, point, searched,
+                                         exclude={probe.pk})
+            response = {"SearchedFaceId": fid, "FaceMatches": matches,
+                        "FaceModelVersion": coll.face_model_version, **info}
+            return op.release(response, "FaceMatches", compared=searched)
 
     def search_faces_by_image(self, collection_id: str | None = None,
                               image: ImageInput | None = None, max_faces: int | None = None,
@@ -305,33 +339,41 @@ class CollectionOperations(ServiceCore):
         threshold = m.threshold(face_match_threshold, "FaceMatchThreshold")
         qf = "NONE" if quality_filter is None else check_enum(
             quality_filter, QUALITY_FILTERS, "QualityFilter")
-        with self.catalog.read() as conn:
-            self._usable(self.catalog.collection(conn, cid))
-        img = self.decode(m.image(image))
-        faces = self.pipeline.analyze(img.pixels, embed=False)
-        usable = [f for f in faces
-                  if not quality_reasons(qf, f.confidence, f.box, f.pose, f.quality)]
-        if not usable:
-            raise InvalidParameterException(
-                "No face was found in Image"
-                + ("" if qf == "NONE" or not faces else f" that meets QualityFilter {qf}") + ".")
-        face = usable[0]
-        vec = self.pipeline.embed_boxes(img.pixels, [face.box])[0]
-        with self.catalog.read() as conn:
-            coll = self._usable(self.catalog.collection(conn, cid))
-        matches, info = self._search(coll, vec, k, threshold, exclude=set())
-        return {
-            "SearchedFaceBoundingBox": bounding_box(face.box, img.width, img.height),
-            "SearchedFaceConfidence": face.confidence,
-            "FaceMatches": matches,
-            "FaceModelVersion": coll.face_model_version,
-            **info,
-        }
+        with self.audit("SearchFacesByImage", ctx, collection=cid) as op:
+            op.note(MaxFaces=k, QualityFilter=qf)
+            with self.catalog.read() as conn:
+                coll = self._usable(self.catalog.collection(conn, cid))
+            # the floor is checked before the photo is processed (a refusal analyses nothing)
+            point = self._threshold(op, threshold, coll.face_count, "FaceMatchThreshold")
+            img = self.decode(m.image(image))
+            op.image(img.sha256)
+            faces = self.pipeline.analyze(img.pixels, embed=False)
+            usable = [f for f in faces
+                      if not quality_reasons(qf, f.confidence, f.box, f.pose, f.quality)]
+            if not usable:
+                raise InvalidParameterException(
+                    "No face was found in Image"
+                    + ("" if qf == "NONE" or not faces else f" that meets QualityFilter {qf}")
+                    + ".")
+            face = usable[0]
+            vec = self.pipeline.embed_boxes(img.pixels, [face.box])[0]
+            with self.catalog.read() as conn:  # faces may have come and gone meanwhile
+                coll = self._usable(self.catalog.collection(conn, cid))
+            searched = coll.face_count
+            matches, info = self._search(coll, vec, k, point, searched, exclude=set())
+            response = {
+                "SearchedFaceBoundingBox": bounding_box(face.box, img.width, img.height),
+                "SearchedFaceConfidence": face.confidence,
+                "FaceMatches": matches,
+                "FaceModelVersion": coll.face_model_version,
+                **info,
+            }
+            return op.release(response, "FaceMatches", compared=searched)
 
     def _search(self, coll: CollectionRow, probe: NDArray[np.float32], k: int,
-                threshold: float | None, exclude: set[int]) -> tuple[list[Shape], Shape]:
-        searched = max(coll.face_count - len(exclude), 0)
-        fmr, sim_threshold = self._operating_point(threshold, searched)
+                point: tuple[float, float], searched: int, exclude: set[int]
+                ) -> tuple[list[Shape], Shape]:
+        fmr, sim_threshold = point
         rows, dist = self._nearest(coll, [probe], k + len(exclude), exclude,
                                    min_similarity=sim_threshold)
         sims = self.calibration.similarity(dist)
@@ -344,9 +386,22 @@ class CollectionOperations(ServiceCore):
     def _operating_point(self, threshold: float | None, searched: int) -> tuple[float, float]:
         """(FMR, Similarity threshold): the caller's, or the default for `searched` faces."""
         if threshold is None:
-            fmr = default_search_fmr(searched, self.settings.search_expected_false_matches)
+            fmr = default_search_fmr(searched, self.settings.search_expected_false_matches,
+                                     self.calibration.lowest_credible_fmr)
             return fmr, similarity_for_fmr(fmr)
         return fmr_for_similarity(threshold), threshold
+
+    def _threshold(self, op: AuditedOperation, requested: float | None, searched: int,
+                   name: str) -> tuple[float, float]:
+        """The (FMR, Similarity) a search uses: the caller's threshold or the default for
+        `searched` faces, after the collection policy's floor (a lower request is refused);
+        recorded in the event with the exact FMR the response states."""
+        fmr, default = self._operating_point(None, searched)
+        similarity = op.threshold(requested, default=default, name=name)
+        if requested is not None or similarity != default:
+            fmr = fmr_for_similarity(similarity)
+        op.thresholds["FalseMatchRate"] = fmr
+        return fmr, similarity
 
     def _nearest(self, coll: CollectionRow, probes: Sequence[NDArray[np.float32]], k: int,
                  exclude: set[int], with_user: bool = False,
@@ -388,9 +443,12 @@ class CollectionOperations(ServiceCore):
         uid = m.match(user_id, m.USER_ID, "UserId")
         token = m.request_token(client_request_token)
         params = {"CollectionId": cid, "UserId": uid}
-        with self._transaction(ctx) as conn:
+        with self.audit("CreateUser", ctx, collection=cid, uses_model=False) as op:
+            op.note(UserId=uid, ClientRequestToken=token)
+            conn = op.conn
             coll = self.catalog.lock_collection(conn, cid)
-            earlier = self._recall(conn, coll, "CreateUser", token, params)
+            op.record(user_ids=[uid])
+            earlier = self._recall(op, coll, "CreateUser", token, params)
             if earlier is not None:
                 return earlier
             self.catalog.create_user(conn, coll, uid)
@@ -404,15 +462,19 @@ class CollectionOperations(ServiceCore):
         uid = m.match(user_id, m.USER_ID, "UserId")
         token = m.request_token(client_request_token)
         params = {"CollectionId": cid, "UserId": uid}
-        with self._transaction(ctx) as conn:
+        with self.audit("DeleteUser", ctx, collection=cid, uses_model=False) as op:
+            op.note(UserId=uid, ClientRequestToken=token)
+            conn = op.conn
             coll = self.catalog.lock_collection(conn, cid)
-            earlier = self._recall(conn, coll, "DeleteUser", token, params)
+            op.record(user_ids=[uid])
+            earlier = self._recall(op, coll, "DeleteUser", token, params)
             if earlier is not None:
                 return earlier
             user = self.catalog.user(conn, coll.pk, uid)
             if user is None:
                 raise ResourceNotFoundException(f"The user id: {uid} does not exist.")
             self.catalog.delete_user(conn, user)
+            op.record(disassociated=user.face_count)
             return self._remember(conn, coll, "DeleteUser", token, params, {})
 
     def list_users(self, collection_id: str | None = None, max_results: int | None = None,
@@ -420,11 +482,15 @@ class CollectionOperations(ServiceCore):
         """ListUsers, in creation order, NextToken paging."""
         cid = m.collection_id(collection_id)
         limit = m.page_size(max_results, DEFAULT_USERS, MAX_USERS, "MaxResults", low=1)
-        with self.catalog.read() as conn:
-            coll = self.catalog.collection(conn, cid)
-            after = 0 if next_token is None else int(m.read_token(next_token, "users", coll.pk))
-            rows = self.catalog.list_users(conn, coll.pk, after, limit + 1)
-        page = rows[:limit]
+        with self.audit("ListUsers", ctx, collection=cid, uses_model=False) as op:
+            op.note(MaxResults=limit)
+            with self.catalog.read() as conn:
+                coll = self.catalog.collection(conn, cid)
+                after = 0 if next_token is None else int(
+                    m.read_token(next_token, "users", coll.pk))
+                rows = self.catalog.list_users(conn, coll.pk, after, limit + 1)
+            page = rows[:limit]
+            op.record(user_ids=[u.user_id for u in page], more=len(rows) > limit)
         out: dict[str, Any] = {"Users": [{"UserId": u.user_id, "UserStatus": m.status(u.face_count)}
                                          for u in page]}
         if len(rows) > limit:
@@ -447,9 +513,12 @@ class CollectionOperations(ServiceCore):
         token = m.request_token(client_request_token)
         params = {"CollectionId": cid, "UserId": uid, "FaceIds": fids,
                   "UserMatchThreshold": threshold}
-        with self._transaction(ctx) as conn:
+        with self.audit("AssociateFaces", ctx, collection=cid) as op:
+            op.note(UserId=uid, FaceIds=fids, ClientRequestToken=token)
+            op.note_threshold("UserMatchThreshold", threshold)
+            conn = op.conn
             coll = self._usable(self.catalog.lock_collection(conn, cid))
-            earlier = self._recall(conn, coll, "AssociateFaces", token, params)
+            earlier = self._recall(op, coll, "AssociateFaces", token, params)
             if earlier is not None:
                 return earlier
             user = self.catalog.user(conn, coll.pk, uid)
@@ -492,6 +561,7 @@ class CollectionOperations(ServiceCore):
             out = {"AssociatedFaces": [{"FaceId": r.face_id} for r in joined],
                    "UnsuccessfulFaceAssociations": failed,
                    "UserStatus": m.status(user.face_count + len(joined))}
+            op.record(**m.membership(uid, out))
             return self._remember(conn, coll, "AssociateFaces", token, params, out)
 
     def disassociate_faces(self, collection_id: str | None = None, user_id: str | None = None,
@@ -504,9 +574,11 @@ class CollectionOperations(ServiceCore):
         fids = m.face_ids(face_ids, "FaceIds", 1, 100)
         token = m.request_token(client_request_token)
         params = {"CollectionId": cid, "UserId": uid, "FaceIds": fids}
-        with self._transaction(ctx) as conn:
+        with self.audit("DisassociateFaces", ctx, collection=cid, uses_model=False) as op:
+            op.note(UserId=uid, FaceIds=fids, ClientRequestToken=token)
+            conn = op.conn
             coll = self.catalog.lock_collection(conn, cid)
-            earlier = self._recall(conn, coll, "DisassociateFaces", token, params)
+            earlier = self._recall(op, coll, "DisassociateFaces", token, params)
             if earlier is not None:
                 return earlier
             user = self.catalog.user(conn, coll.pk, uid)
@@ -528,6 +600,7 @@ class CollectionOperations(ServiceCore):
             out = {"DisassociatedFaces": [{"FaceId": r.face_id} for r in left],
                    "UnsuccessfulFaceDisassociations": failed,
                    "UserStatus": m.status(user.face_count - len(left))}
+            op.record(**m.membership(uid, out))
             return self._remember(conn, coll, "DisassociateFaces", token, params, out)
 
     def search_users(self, collection_id: str | None = None, user_id: str | None = None,
@@ -540,31 +613,38 @@ class CollectionOperations(ServiceCore):
             raise InvalidParameterException("Give exactly one of UserId or FaceId.")
         threshold = m.threshold(user_match_threshold, "UserMatchThreshold")
         k = m.page_size(max_users, DEFAULT_USERS, MAX_USERS, "MaxUsers", low=1)
+        fid = None if face_id is None else m.face_id(face_id, "FaceId")
+        uid = None if user_id is None else m.match(user_id, m.USER_ID, "UserId")
         out: dict[str, Any] = {}
-        with self.catalog.read() as conn:
-            coll = self._usable(self.catalog.collection(conn, cid))
-            if face_id is not None:
-                fid = m.face_id(face_id, "FaceId")
-                row = self.catalog.faces_by_id(conn, coll.pk, [fid], with_embedding=True).get(fid)
-                if row is None:
-                    raise InvalidParameterException(f"faceId {fid} was not found in the collection.")
-                probes, exclude_faces, exclude_user = [row], {row.pk}, None
-                out["SearchedFace"] = {"FaceId": fid}
-            else:
-                uid = m.match(user_id, m.USER_ID, "UserId")
-                user = self.catalog.user(conn, coll.pk, uid)
-                if user is None:
-                    raise ResourceNotFoundException(f"The user id: {uid} does not exist.")
-                probes = self.catalog.user_faces(conn, coll.pk, user.pk)
-                exclude_faces, exclude_user = {r.pk for r in probes}, user.pk
-                out["SearchedUser"] = {"UserId": uid}
-            searched = self.catalog.associated_face_count(conn, coll.pk) - sum(
-                1 for r in probes if r.user_pk is not None)
-        vecs = [r.embedding for r in probes if r.embedding is not None]
-        matches, info = self._search_users(coll, vecs, k, threshold, exclude_faces,
-                                           exclude_user, searched)
-        return {"UserMatches": matches, "FaceModelVersion": coll.face_model_version,
-                **out, **info}
+        with self.audit("SearchUsers", ctx, collection=cid) as op:
+            op.note(FaceId=fid, UserId=uid, MaxUsers=k)
+            with self.catalog.read() as conn:
+                coll = self._usable(self.catalog.collection(conn, cid))
+                if fid is not None:
+                    row = self.catalog.faces_by_id(conn, coll.pk, [fid],
+                                                   with_embedding=True).get(fid)
+                    if row is None:
+                        raise InvalidParameterException(
+                            f"faceId {fid} was not found in the collection.")
+                    probes, exclude_faces, exclude_user = [row], {row.pk}, None
+                    out["SearchedFace"] = {"FaceId": fid}
+                else:
+                    assert uid is not None
+                    user = self.catalog.user(conn, coll.pk, uid)
+                    if user is None:
+                        raise ResourceNotFoundException(f"The user id: {uid} does not exist.")
+                    probes = self.catalog.user_faces(conn, coll.pk, user.pk)
+                    exclude_faces, exclude_user = {r.pk for r in probes}, user.pk
+                    out["SearchedUser"] = {"UserId": uid}
+                searched = max(self.catalog.associated_face_count(conn, coll.pk) - sum(
+                    1 for r in probes if r.user_pk is not None), 0)
+            point = self._threshold(op, threshold, searched, "UserMatchThreshold")
+            vecs = [r.embedding for r in probes if r.embedding is not None]
+            matches, info = self._search_users(coll, vecs, k, point, exclude_faces,
+                                               exclude_user, searched)
+            response = {"UserMatches": matches, "FaceModelVersion": coll.face_model_version,
+                        **out, **info}
+            return op.release(response, "UserMatches", compared=info["FacesSearched"])
 
     def search_users_by_image(self, collection_id: str | None = None,
                               image: ImageInput | None = None,
@@ -578,41 +658,46 @@ class CollectionOperations(ServiceCore):
         k = m.page_size(max_users, DEFAULT_USERS, MAX_USERS, "MaxUsers", low=1)
         qf = "NONE" if quality_filter is None else check_enum(
             quality_filter, QUALITY_FILTERS, "QualityFilter")
-        with self.catalog.read() as conn:
-            self._usable(self.catalog.collection(conn, cid))
-        img = self.decode(m.image(image))
-        searched_face: FaceAnalysis | None = None
-        unsearched: list[Shape] = []
-        for f in self.pipeline.analyze(img.pixels, embed=False):
-            reasons = quality_reasons(qf, f.confidence, f.box, f.pose, f.quality)
-            if not reasons and searched_face is None:
-                searched_face = f
-                continue
-            if not reasons:
-                reasons = ["FACE_NOT_LARGEST"]
-            unsearched.append({"FaceDetails": face_detail(f, img.width, img.height),
-                               "Reasons": reasons})
-        with self.catalog.read() as conn:
-            coll = self._usable(self.catalog.collection(conn, cid))
-            searched = self.catalog.associated_face_count(conn, coll.pk)
-        out: dict[str, Any] = {"FaceModelVersion": coll.face_model_version,
-                               "UnsearchedFaces": unsearched}
-        if searched_face is None:
-            fmr, sim = self._operating_point(threshold, searched)
-            return {"UserMatches": [], **out,
-                    **self._info("UserMatchThreshold", sim, fmr, searched)}
-        vec = self.pipeline.embed_boxes(img.pixels, [searched_face.box])[0]
-        matches, info = self._search_users(coll, [vec], k, threshold, set(), None, searched)
-        out["SearchedFace"] = {"FaceDetail": face_detail(searched_face, img.width, img.height)}
-        return {"UserMatches": matches, **out, **info}
+        with self.audit("SearchUsersByImage", ctx, collection=cid) as op:
+            op.note(MaxUsers=k, QualityFilter=qf)
+            with self.catalog.read() as conn:
+                coll = self._usable(self.catalog.collection(conn, cid))
+                searched = self.catalog.associated_face_count(conn, coll.pk)
+            # the floor is checked before the photo is processed (a refusal analyses nothing)
+            point = self._threshold(op, threshold, searched, "UserMatchThreshold")
+            img = self.decode(m.image(image))
+            op.image(img.sha256)
+            searched_face: FaceAnalysis | None = None
+            unsearched: list[Shape] = []
+            for f in self.pipeline.analyze(img.pixels, embed=False):
+                reasons = quality_reasons(qf, f.confidence, f.box, f.pose, f.quality)
+                if not reasons and searched_face is None:
+                    searched_face = f
+                    continue
+                if not reasons:
+                    reasons = ["FACE_NOT_LARGEST"]
+                unsearched.append({"FaceDetails": face_detail(f, img.width, img.height),
+                                   "Reasons": reasons})
+            with self.catalog.read() as conn:  # faces may have come and gone meanwhile
+                coll = self._usable(self.catalog.collection(conn, cid))
+                searched = self.catalog.associated_face_count(conn, coll.pk)
+            response: dict[str, Any] = {"FaceModelVersion": coll.face_model_version,
+                                        "UnsearchedFaces": unsearched}
+            vecs: list[NDArray[np.float32]] = []
+            if searched_face is not None:
+                vecs = [self.pipeline.embed_boxes(img.pixels, [searched_face.box])[0]]
+                response["SearchedFace"] = {
+                    "FaceDetail": face_detail(searched_face, img.width, img.height)}
+            matches, info = self._search_users(coll, vecs, k, point, set(), None, searched)
+            response.update({"UserMatches": matches, **info})
+            return op.release(response, "UserMatches", compared=info["FacesSearched"])
 
     def _search_users(self, coll: CollectionRow, probes: list[NDArray[np.float32]], k: int,
-                      threshold: float | None, exclude_faces: set[int],
+                      point: tuple[float, float], exclude_faces: set[int],
                       exclude_user: int | None, searched: int) -> tuple[list[Shape], Shape]:
-        searched = max(searched, 0)
-        fmr, sim_threshold = self._operating_point(threshold, searched)
-        if not probes:
-            return [], self._info("UserMatchThreshold", sim_threshold, fmr, searched)
+        fmr, sim_threshold = point
+        if not probes:  # no face to search with: nothing was compared
+            return [], self._info("UserMatchThreshold", sim_threshold, fmr, 0)
         rows, dist = self._nearest(coll, probes, USER_CANDIDATES, exclude_faces, with_user=True,
                                    min_similarity=sim_threshold)
         best: dict[int, float] = {}
@@ -648,14 +733,22 @@ class CollectionOperations(ServiceCore):
                 "different models cannot be compared. Index the faces into a new collection.")
         return coll
 
-    def _recall(self, conn: Connection, coll: CollectionRow, op: str, token: str | None,
+    def _recall(self, op: AuditedOperation, coll: CollectionRow, name: str, token: str | None,
                 params: dict[str, Any]) -> Shape | None:
+        """The stored response of an earlier request with this ClientRequestToken, if any; the
+        retry is still an event (marked as a replay: nothing changed this time)."""
         if token is None:
             return None
-        return self.catalog.recall(conn, coll.pk, op, token, request_hash(params))
+        earlier = self.catalog.recall(op.conn, coll.pk, name, token, request_hash(params))
+        if earlier is not None:
+            op.record(replay=True)
+            if name in ("AssociateFaces", "DisassociateFaces"):
+                op.record(**m.membership(str(params["UserId"]), earlier))
+        return earlier
 
     def _remember(self, conn: Connection, coll: CollectionRow, op: str, token: str | None,
                   params: dict[str, Any], response: Shape) -> Shape:
         if token is not None:
             self.catalog.remember(conn, coll.pk, op, token, request_hash(params), response)
         return response
+

@@ -9,9 +9,12 @@ DEFAULT_EXPECTED_FALSE_MATCHES per search (one false match in a hundred searches
 
 - MAX_DEFAULT_FMR (1e-4, CompareFaces' default): a tiny collection is never searched more
   loosely than a 1:1 comparison.
-- MIN_DEFAULT_FMR (1e-9): below this the calibration's tail fit is not credible; a collection of
-  more than 10 million faces therefore gets FMR 1e-9, and its answers state expected false
-  matches above the bound rather than pretend otherwise.
+- the floor: the calibration table's `lowest_credible_fmr` (1.9e-6 for dlib-resnet-v1), the
+  smallest false-match rate LFW's data can demonstrate. A default never claims more than that,
+  so a collection larger than bound / floor (about 5,200 faces for dlib-resnet-v1 at the default
+  bound) is searched at the floor, and its answers state the larger ExpectedFalseMatches (and
+  FalseNonMatchRate, the share of true matches such a strict threshold misses) rather than
+  pretend to a rate nobody measured. MIN_DEFAULT_FMR is the floor used without a table.
 
 A threshold the caller gives is honoured as it is; the answer still reports FacesSearched,
 FalseMatchRate and ExpectedFalseMatches for it.
@@ -21,16 +24,18 @@ from __future__ import annotations
 
 DEFAULT_EXPECTED_FALSE_MATCHES = 0.01
 MAX_DEFAULT_FMR = 1e-4
-MIN_DEFAULT_FMR = 1e-9
+MIN_DEFAULT_FMR = 1e-6
 
 
 def default_search_fmr(
-    faces_searched: int, bound: float = DEFAULT_EXPECTED_FALSE_MATCHES
+    faces_searched: int, bound: float = DEFAULT_EXPECTED_FALSE_MATCHES,
+    floor: float = MIN_DEFAULT_FMR,
 ) -> float:
-    """The false-match rate of the default threshold for a search over `faces_searched` faces."""
+    """The false-match rate of the default threshold for a search over `faces_searched` faces,
+    never below `floor` (the calibration's lowest credible FMR)."""
     if faces_searched <= 0:
         return MAX_DEFAULT_FMR
-    return min(MAX_DEFAULT_FMR, max(MIN_DEFAULT_FMR, bound / faces_searched))
+    return min(MAX_DEFAULT_FMR, max(floor, bound / faces_searched))
 
 
 def similarity_for_fmr(fmr: float) -> float:
