@@ -9,9 +9,11 @@ from .collections import CollectionOperations
 from .core import ServiceCore
 from .governance import GovernanceOperations
 from .images import ImageOperations
+from .users import UserOperations
 
 
-class FaceService(ImageOperations, CollectionOperations, GovernanceOperations, ServiceCore):
+class FaceService(ImageOperations, UserOperations, CollectionOperations, GovernanceOperations,
+                  ServiceCore):
     """Every faceledger operation, Rekognition request and response shapes."""
 
 
