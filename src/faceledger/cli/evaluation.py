@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -15,6 +16,8 @@ from ..errors import ResourceNotFoundException
 from ..settings import Settings
 from ..vision import FacePipeline
 from .app import emit_json, main, reports_errors
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 TABLE_FMRS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 
@@ -184,6 +187,28 @@ def calibration_build(
 # ---- faceledger evaluate ----------------------------------------------------------------------
 
 
+def _labels(what: str) -> Callable[[_F], _F]:
+    """The --labels option: a TSV/CSV of `what`, then attributes."""
+
+    def add(fn: _F) -> _F:
+        return click.option(
+            "--labels",
+            "labels_file",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help=f"TSV/CSV: {what}, then attributes.",
+        )(fn)
+
+    return add
+
+
+def _group_by(fn: _F) -> _F:
+    """The --by option: which label attributes to group by."""
+    return click.option(
+        "--by", "attributes", multiple=True, help="Label attribute(s) to group by."
+    )(fn)
+
+
 def _common(fn: Any) -> Any:
     """Options every evaluation takes."""
     opts = [
@@ -343,14 +368,8 @@ def evaluate() -> None:
     default=None,
     help="Training pair list (LFW View 1: pairsDevTrain.txt) to choose the threshold.",
 )
-@click.option(
-    "--labels",
-    "labels_file",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="TSV/CSV: image or identity, then attributes (e.g. sex.tsv).",
-)
-@click.option("--by", "attributes", multiple=True, help="Label attribute(s) to group by.")
+@_labels("image or identity (e.g. sex.tsv)")
+@_group_by
 @_common
 @reports_errors
 def evaluate_pairs(
@@ -378,14 +397,8 @@ def evaluate_pairs(
 
 @evaluate.command("folders")
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
-@click.option(
-    "--labels",
-    "labels_file",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="TSV/CSV: image or identity, then attributes.",
-)
-@click.option("--by", "attributes", multiple=True, help="Label attribute(s) to group by.")
+@_labels("image or identity")
+@_group_by
 @_common
 @reports_errors
 def evaluate_folders(
@@ -435,17 +448,11 @@ def evaluate_identify(
 
 @evaluate.command("detection")
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
-@click.option(
-    "--labels",
-    "labels_file",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="TSV/CSV: image path (relative to ROOT), then attributes.",
-)
+@_labels("image path (relative to ROOT)")
 @click.option(
     "--utkface", is_flag=True, help="Read sex, race and age band from UTKFace file names."
 )
-@click.option("--by", "attributes", multiple=True, help="Attribute(s) to group by.")
+@_group_by
 @_common
 @reports_errors
 def evaluate_detection(
