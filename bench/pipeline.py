@@ -31,16 +31,13 @@ DEFAULT_LFW = REPO.parent / "shared" / "faces" / "lfw"
 
 
 def read_pairs(path: Path) -> list[tuple[str, str, bool]]:
-    """LFW pairs file -> (image path a, image path b, same person)."""
-    rows = path.read_text().split("\n")[1:]
-    out = []
-    for row in rows:
-        f = row.split()
-        if len(f) == 3:
-            out.append((f"{f[0]}/{f[0]}_{int(f[1]):04d}.jpg", f"{f[0]}/{f[0]}_{int(f[2]):04d}.jpg", True))
-        elif len(f) == 4:
-            out.append((f"{f[0]}/{f[0]}_{int(f[1]):04d}.jpg", f"{f[2]}/{f[2]}_{int(f[3]):04d}.jpg", False))
-    return out
+    """LFW pairs file -> (image path a, image path b, same person), parsed by faceledger's
+    evaluation code so the benchmark reads pair lists exactly as `faceledger evaluate` does."""
+    from faceledger.evaluation.datasets import load_pairs
+
+    pl = load_pairs(path)
+    keys = pl.images.keys
+    return [(keys[a], keys[b], same) for a, b, same in zip(pl.a, pl.b, pl.same)]
 
 
 def peak_rss_mb() -> float:

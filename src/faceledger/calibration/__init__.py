@@ -1,5 +1,5 @@
 """Raw distance <-> calibrated Similarity <-> measured false-match rate, per embedding model."""
 
-from .table import CalibrationTable, load_calibration
+from .table import CalibrationTable, fmr_for_similarity, load_calibration, similarity_for_fmr
 
-__all__ = ["CalibrationTable", "load_calibration"]
+__all__ = ["CalibrationTable", "fmr_for_similarity", "load_calibration", "similarity_for_fmr"]

@@ -33,7 +33,7 @@ from ..evaluation.metrics import ClusteredPairs, cross_identity_distances
 from ..settings import Settings
 from ..vision import FacePipeline
 from .bound import bound_provenance, conservative_log10_fmr, empirical_upper_bound
-from .table import MIN_LOG10_FMR, CalibrationTable
+from .table import MIN_LOG10_FMR, CalibrationTable, similarity_for_fmr
 from .tail import TailFit, extrapolation_check, fit_tail
 
 FORMAT = 2  # 2: the curve is the 95% upper bound with a floor (lowest_credible_fmr)
@@ -240,7 +240,7 @@ def build_calibration(
     for f, t, at_t, at_f in zip(targets, thresholds, rates["at_thresholds"], rates["at_fmr"]):
         summary.append({
             "fmr": f,
-            "similarity": round(100.0 * (1.0 - f), 7),
+            "similarity": round(similarity_for_fmr(f), 7),
             "distance": round(t, 5),
             "table_fmr": float(table.fmr(t)),
             "credible": table.is_credible(f),

@@ -31,6 +31,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+
+def similarity_for_fmr(fmr: float) -> float:
+    """The Similarity threshold that stands for a false-match rate: 100 x (1 - FMR)."""
+    return 100.0 * (1.0 - fmr)
+
+
+def fmr_for_similarity(similarity: float) -> float:
+    """The false-match rate a Similarity threshold stands for: 1 - S/100."""
+    return max(0.0, 1.0 - similarity / 100.0)
+
+
 # FMR below this is reported as this: beyond any fit's credibility.
 MIN_LOG10_FMR = -12.0
 
@@ -102,10 +113,7 @@ class CalibrationTable:
         frac = (target - lf[i]) / (lf[i + 1] - lf[i])
         return float(self.distance[i] + frac * (self.distance[i + 1] - self.distance[i]))
 
-    @staticmethod
-    def fmr_for_similarity(similarity: float) -> float:
-        """The false-match rate a SimilarityThreshold stands for."""
-        return max(0.0, 1.0 - similarity / 100.0)
+    fmr_for_similarity = staticmethod(fmr_for_similarity)
 
     def distance_for_similarity(self, similarity: float) -> float:
         """The distance threshold that a SimilarityThreshold means."""

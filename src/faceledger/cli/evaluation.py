@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ..calibration import CalibrationTable, load_calibration
+from ..calibration import CalibrationTable, load_calibration, similarity_for_fmr
 from ..errors import ResourceNotFoundException
 from ..settings import Settings
 from ..vision import FacePipeline
@@ -44,7 +44,7 @@ def calibration_rows(table: CalibrationTable) -> list[dict[str, Any]]:
         s = summary.get(fmr, {})
         ci = s.get("fnmr") or {}
         rows.append({
-            "similarity": round(100.0 * (1.0 - fmr), 6),
+            "similarity": round(similarity_for_fmr(fmr), 6),
             "fmr": fmr,
             "distance": round(d, 4),
             "fnmr": float(table.fnmr_at(d)),

@@ -8,7 +8,6 @@ Never pickle: `np.load(..., allow_pickle=False)` reads only plain arrays.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -24,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import FaceledgerError
-from ..imaging import decode_image
+from ..imaging import decode_image, sha256_hex
 from ..settings import Settings
 from ..vision import FacePipeline
 from ..vision.quality import measure_quality, quality_reasons
@@ -184,7 +183,7 @@ def enrol_pixels(
 
 def enrol_bytes(pipeline: FacePipeline, data: bytes, *, embed: bool) -> Enrolment:
     """Enrol encoded image bytes; an undecodable image is a failure with its error code."""
-    digest = hashlib.sha256(data).hexdigest()
+    digest = sha256_hex(data)
     try:
         pixels = _decode(pipeline.settings, data)
     except FaceledgerError as exc:
@@ -257,7 +256,7 @@ class Progress:
 
 
 def _digests(paths: Sequence[Path]) -> list[str]:
-    return [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    return [sha256_hex(p.read_bytes()) for p in paths]
 
 
 def enrol_files(

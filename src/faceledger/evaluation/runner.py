@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..calibration import CalibrationTable, load_calibration
+from ..calibration import CalibrationTable, load_calibration, similarity_for_fmr
 from ..errors import InvalidParameterException, ResourceNotFoundException
 from ..service.core import DEFAULT_COMPARE_FMR
 from ..settings import Settings
@@ -22,7 +22,7 @@ from .verification import TAR_FMRS, evaluate_all_pairs, evaluate_pair_list, pair
 
 # The service's CompareFaces default (FMR 1e-4, Similarity 99.99) and the decades either side.
 DEFAULT_SIMILARITIES = tuple(
-    round(100.0 * (1.0 - f), 10)
+    round(similarity_for_fmr(f), 10)
     for f in (10 * DEFAULT_COMPARE_FMR, DEFAULT_COMPARE_FMR, DEFAULT_COMPARE_FMR / 10)
 )
 
@@ -76,7 +76,7 @@ class Evaluation:
         """Each threshold's nominal FMR, distance, and the FMR the table claims there (the
         table's floor when the nominal rate is below what the calibration can promise)."""
         t = self.table
-        default = 100.0 * (1.0 - DEFAULT_COMPARE_FMR)
+        default = similarity_for_fmr(DEFAULT_COMPARE_FMR)
         out: dict[str, dict[str, float | bool]] = {}
         for s in self.similarities:
             d = t.distance_for_similarity(s)

@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 from sqlalchemy import Connection, RootTransaction
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..calibration.table import fmr_for_similarity
 from ..context import RequestContext
 from ..errors import FaceledgerError, InternalServerError, PolicyRefusedException
 from ..shapes import Shape
@@ -125,7 +126,7 @@ class AuditedOperation:
     def note_threshold(self, name: str, similarity: float) -> None:
         """Record a similarity threshold and the false-match rate it stands for."""
         self.thresholds[name] = similarity
-        self.thresholds["FalseMatchRate"] = max(0.0, 1.0 - similarity / 100.0)
+        self.thresholds["FalseMatchRate"] = fmr_for_similarity(similarity)
 
     # -- what went in, what came out -------------------------------------------------------
 
@@ -248,8 +249,7 @@ def _match(item: Mapping[str, Any]) -> review.Match:
         face_id=face.get("FaceId"),
         user_id=user.get("UserId") or face.get("UserId"),
         external_image_id=face.get("ExternalImageId"),
-        # Calibrated similarity: S means a false-match rate of 1 - S/100 at that distance.
-        false_match_rate=max(0.0, 1.0 - similarity / 100.0),
+        false_match_rate=fmr_for_similarity(similarity),
     )
 
 

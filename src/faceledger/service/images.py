@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..calibration import fmr_for_similarity, similarity_for_fmr
 from ..context import LOCAL, RequestContext
 from ..errors import InvalidParameterException
 from ..shapes import Shape, bounding_box, compared_face, face_detail
@@ -68,7 +69,7 @@ class ImageOperations(ServiceCore):
         SimilarityThreshold only matches at FMR <= 1e-4 are returned as FaceMatches.
         """
         if similarity_threshold is None:
-            threshold = 100.0 * (1.0 - DEFAULT_COMPARE_FMR)
+            threshold = similarity_for_fmr(DEFAULT_COMPARE_FMR)
         else:
             threshold = check_number(similarity_threshold, 0.0, 100.0, "SimilarityThreshold")
         qf = "NONE" if quality_filter is None else check_enum(
@@ -110,7 +111,7 @@ class ImageOperations(ServiceCore):
             # Not in Rekognition's model (boto3 ignores them); what the threshold means here.
             "FaceModelVersion": cal.model_version,
             "SimilarityThreshold": threshold,
-            "FalseMatchRate": cal.fmr_for_similarity(threshold),
+            "FalseMatchRate": fmr_for_similarity(threshold),
         }
         with self.audit("CompareFaces", ctx) as op:  # the ledger event (nothing else changes)
             op.image(src.sha256)
@@ -119,5 +120,5 @@ class ImageOperations(ServiceCore):
             op.note(QualityFilter=qf)
             op.record(similarities=[s for s, _ in matches], unmatched=len(unmatched),
                       compared=len(targets),
-                      expected_false_matches=len(targets) * cal.fmr_for_similarity(threshold))
+                      expected_false_matches=len(targets) * fmr_for_similarity(threshold))
         return result

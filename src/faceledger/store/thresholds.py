@@ -22,6 +22,14 @@ FalseMatchRate and ExpectedFalseMatches for it.
 
 from __future__ import annotations
 
+# The conversions live with the calibration that defines them; re-exported for the service.
+from ..calibration.table import fmr_for_similarity, similarity_for_fmr
+
+__all__ = [
+    "DEFAULT_EXPECTED_FALSE_MATCHES", "MAX_DEFAULT_FMR", "MIN_DEFAULT_FMR", "default_search_fmr",
+    "expected_false_matches", "fmr_for_similarity", "similarity_for_fmr",
+]  # fmt: skip
+
 DEFAULT_EXPECTED_FALSE_MATCHES = 0.01
 MAX_DEFAULT_FMR = 1e-4
 MIN_DEFAULT_FMR = 1e-6
@@ -36,16 +44,6 @@ def default_search_fmr(
     if faces_searched <= 0:
         return MAX_DEFAULT_FMR
     return min(MAX_DEFAULT_FMR, max(floor, bound / faces_searched))
-
-
-def similarity_for_fmr(fmr: float) -> float:
-    """The calibrated Similarity threshold that stands for a false-match rate."""
-    return 100.0 * (1.0 - fmr)
-
-
-def fmr_for_similarity(similarity: float) -> float:
-    """The false-match rate a Similarity threshold stands for."""
-    return max(0.0, 1.0 - similarity / 100.0)
 
 
 def expected_false_matches(fmr: float, faces_searched: int) -> float:
