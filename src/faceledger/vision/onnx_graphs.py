@@ -1,8 +1,10 @@
 """dlib networks -> ONNX graphs, built on first use and cached by the source file's SHA-256.
 
-The graph takes float32 RGB pixels (N, 3, H, W) in 0-255 and applies dlib's input
-normalisation itself, (pixel - mean) / 256, so callers pass images as they are. Generated
-weights live in the data directory (`models/`), never in the repository.
+For a fixed-size input (input_rgb_image_sized) the graph takes float32 RGB pixels
+(N, 3, H, W) in 0-255 and applies dlib's input normalisation itself, (pixel - mean) / 256.
+For an image pyramid input the caller builds the normalised tiled pyramid (vision/mmod.py:
+its padding is zero *after* normalisation) and the graph starts at the first layer.
+Generated weights live in the data directory (`models/`), never in the repository.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .dlibnet import (
 )
 
 # Bump when the builder changes what it emits, so cached graphs are rebuilt.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 OPSET = 17
 
 Shape = tuple[int | None, int | None, int | None]  # (channels, rows, cols); None = dynamic
@@ -72,9 +74,11 @@ def build_graph(net: DlibNetwork, name: str, dynamic_size: bool) -> onnx.ModelPr
     """The ONNX model computing `net`'s output tensor (the loss layer's input)."""
     b = _Builder()
     rows, cols = (None, None) if dynamic_size or net.input.size is None else net.input.size
-    mean = np.array(net.input.mean_rgb, dtype=np.float32).reshape(1, 3, 1, 1)
-    x = b.op("Sub", ["pixels", b.const("mean", mean)], "centred")
-    x = b.op("Mul", [x, b.const("scale", np.array(1.0 / 256.0, dtype=np.float32))], "input")
+    x = "pixels"
+    if not net.input.pyramid:
+        mean = np.array(net.input.mean_rgb, dtype=np.float32).reshape(1, 3, 1, 1)
+        x = b.op("Sub", [x, b.const("mean", mean)], "centred")
+        x = b.op("Mul", [x, b.const("scale", np.array(1.0 / 256.0, dtype=np.float32))], "input")
     shape: Shape = (3, rows, cols)
     tags: dict[int, tuple[str, Shape]] = {}
     for node in net.nodes:
