@@ -11,6 +11,7 @@
     │   ├── ResourceInUseException
     │   ├── IdempotentParameterMismatchException
     │   ├── ServiceQuotaExceededException
+    │   ├── ResourceNotReadyException     (the face model has no calibration table yet)
     │   ├── ConflictException
     │   ├── InvalidPaginationTokenException
     │   ├── AccessDeniedException
@@ -89,6 +90,13 @@ class IdempotentParameterMismatchException(ClientError):
 
 class ServiceQuotaExceededException(ClientError):
     code = "ServiceQuotaExceededException"
+
+
+class ResourceNotReadyException(ClientError):
+    """Rekognition's code for a model version that is not ready to serve (e.g. not deployed):
+    here, a configured face model without a calibration table, whose scores would mean nothing."""
+
+    code = "ResourceNotReadyException"
 
 
 class ConflictException(ClientError):

@@ -32,6 +32,20 @@ class Settings(BaseSettings):
     max_faces: int = 100
     # Processes used by batch work (evaluate, bench); 0 means one per core.
     workers: int = 0
+    # The face embedder: "dlib" (dlib's ResNet run on ONNX Runtime, the default), "dlib-native"
+    # (the same model through dlib's own runtime, the reference; same templates, ~10x slower),
+    # or "onnx:PATH" (an operator-supplied ONNX model with a model card beside it, see
+    # vision/operator_model.py; its model version comes from the weights' SHA-256).
+    embedder: str = "dlib"
+    # Test-time augmentation for the dlib embedder: "none", "flip" (average with the mirrored
+    # chip) or "jitter" (mirror + fixed small shifts/scales/rotations). Any other than "none"
+    # is a different template, hence a different model version ("dlib-resnet-v1-flip", ...).
+    embedder_tta: Literal["none", "flip", "jitter"] = "none"
+    # ONNX Runtime intra-op threads per model (one session per model per process). 1 measured
+    # best on a 2-core machine with one worker process per core (bench/onnx_threads.py).
+    inference_threads: int = 1
+    # Where ONNX graphs built from dlib's model files are cached (default: data_dir/models).
+    model_cache_dir: Path | None = None
 
     # --- HTTP server (`faceledger serve`, faceledger.server) ---
     server_host: str = "127.0.0.1"
@@ -77,6 +91,10 @@ class Settings(BaseSettings):
     index_ef_search: int = 512
     # Default search threshold: expected false matches per search at most this (store/thresholds).
     search_expected_false_matches: float = 0.01
+
+    def resolved_model_cache_dir(self) -> Path:
+        """`model_cache_dir`, or `data_dir/models`."""
+        return self.model_cache_dir or self.data_dir / "models"
 
     def resolved_database_url(self) -> str:
         """`database_url`, or the SQLite file in `data_dir`."""

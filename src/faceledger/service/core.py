@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -12,7 +13,7 @@ from sqlalchemy import Engine
 from ..calibration import CalibrationTable, load_calibration
 from ..context import RequestContext
 from ..db import make_engine
-from ..errors import InvalidParameterException
+from ..errors import InvalidParameterException, ResourceNotReadyException
 from ..imaging import DecodedImage, decode_image
 from ..ledger import AuditedOperation, Ledger, audited
 from ..settings import Settings
@@ -22,6 +23,11 @@ from ..vision import FacePipeline
 # Defaults are strict and named by the false-match rate they stand for (see docs/accuracy.md).
 # CompareFaces (1:1): one false match in 10,000 comparisons of different people.
 DEFAULT_COMPARE_FMR = 1e-4
+
+
+def calibration_path(settings: Settings, model_version: str) -> Path:
+    """Where an operator-built calibration table for `model_version` is kept."""
+    return settings.data_dir / "calibration" / f"{model_version}.json"
 
 
 class ServiceCore:
@@ -65,7 +71,24 @@ class ServiceCore:
 
     @cached_property
     def calibration(self) -> CalibrationTable:
-        return load_calibration(self.pipeline.model_version)
+        """The model's table: shipped in the package, or built by the operator into
+        data_dir/calibration (`faceledger calibration build`). Without one, comparisons and
+        searches are refused: a Similarity without a measured FMR behind it would mislead."""
+        version = self.pipeline.model_version
+        try:
+            return load_calibration(version)
+        except LookupError:
+            pass
+        path = calibration_path(self.settings, version)
+        if path.is_file():
+            import json
+
+            return CalibrationTable.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        raise ResourceNotReadyException(
+            f"Face model {version} has no calibration table, so its distances cannot be turned "
+            f"into a Similarity with a known false-match rate. Build one with `faceledger "
+            f"calibration build` (it writes {path}) before comparing or searching faces."
+        )
 
     def decode(self, image: ImageInput, field: str = "Image") -> DecodedImage:
         """Resolve and decode an `Image` parameter, refusing bad input with Rekognition codes."""

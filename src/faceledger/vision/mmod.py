@@ -94,7 +94,7 @@ def resize_bilinear(src: NDArray[np.float32], rows: int, cols: int) -> NDArray[n
     tr = src[:, top][:, :, right]
     bl = src[:, bottom][:, :, left]
     br = src[:, bottom][:, :, right]
-    out = (1 - fy) * ((1 - fx) * tl + fx * tr) + fy * ((1 - fx) * bl + fx * br)
+    out: NDArray[np.float32] = (1 - fy) * ((1 - fx) * tl + fx * tr) + fy * ((1 - fx) * bl + fx * br)
     return out.astype(np.float32)
 
 

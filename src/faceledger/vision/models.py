@@ -77,7 +77,8 @@ class HogDetector:
 
 
 class MmodDetector:
-    """dlib's MMOD CNN detector: best dlib recall, ~2 s per image on a CPU. Opt-in."""
+    """dlib's MMOD CNN detector through dlib's own runtime (~2 s per image on a CPU): the
+    reference that OnnxMmodDetector (what `detector=cnn` runs) is tested against."""
 
     name = "cnn"
     native_min_face = 80
@@ -176,10 +177,12 @@ class OnetLandmarker:
 
 
 class DlibResnetEmbedder:
-    """dlib's ResNet face descriptor (128-d), on chips aligned with dlib's 5-point predictor."""
+    """dlib's ResNet face descriptor (128-d), on chips aligned with dlib's 5-point predictor,
+    through dlib's own runtime (`embedder=dlib-native`): the reference for OnnxResnetEmbedder."""
 
     model_version = DLIB_EMBEDDER_VERSION
     dim = 128
+    needs_landmarks = False
 
     def __init__(self) -> None:
         self._shapes = dlib.shape_predictor(_dlib_model_path("shape_predictor_5_face_landmarks.dat"))
@@ -187,7 +190,9 @@ class DlibResnetEmbedder:
             _dlib_model_path("dlib_face_recognition_resnet_model_v1.dat")
         )
 
-    def embed(self, pixels: RGBImage, boxes: list[Box]) -> NDArray[np.float32]:
+    def embed(
+        self, pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None = None
+    ) -> NDArray[np.float32]:
         if not boxes:
             return np.zeros((0, self.dim), dtype=np.float32)
         shapes = dlib.full_object_detections()

@@ -13,6 +13,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -56,9 +57,9 @@ class _Builder:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), n))
         return n
 
-    def op(self, op_type: str, inputs: list[str], stem: str, **attrs: object) -> str:
+    def op(self, op_type: str, inputs: list[str], stem: str, **attrs: Any) -> str:
         out = self.name(stem)
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        self.nodes.append(helper.make_node(op_type, inputs, [out], out, None, None, **attrs))
         return out
 
     def pad_to(self, x: str, have: Shape, want: Shape) -> str:

@@ -44,18 +44,18 @@ class DlibChipper:
     def __init__(self) -> None:
         self._shapes = dlib.shape_predictor(_dlib_model_path("shape_predictor_5_face_landmarks.dat"))
 
-    def chips(self, pixels: RGBImage, boxes: list[Box]) -> NDArray[np.uint8]:
-        """(n, 150, 150, 3) RGB chips, one per box."""
+    def chips(self, pixels: RGBImage, boxes: list[Box], size: int = CHIP_SIZE) -> NDArray[np.uint8]:
+        """(n, size, size, 3) RGB chips, one per box."""
         if not boxes:
-            return np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)
+            return np.zeros((0, size, size, 3), dtype=np.uint8)
         shapes = dlib.full_object_detections()
         for b in boxes:
             rect = dlib.rectangle(
                 int(round(b.left)), int(round(b.top)), int(round(b.right)) - 1, int(round(b.bottom)) - 1
             )
             shapes.append(self._shapes(pixels, rect))
-        chips = dlib.get_face_chips(pixels, shapes, size=CHIP_SIZE, padding=CHIP_PADDING)
-        return np.asarray(chips, dtype=np.uint8).reshape(len(boxes), CHIP_SIZE, CHIP_SIZE, 3)
+        chips = dlib.get_face_chips(pixels, shapes, size=size, padding=CHIP_PADDING)
+        return np.asarray(chips, dtype=np.uint8).reshape(len(boxes), size, size, 3)
 
 
 class OnnxResnetEmbedder:
@@ -64,6 +64,7 @@ class OnnxResnetEmbedder:
 
     model_version = DLIB_EMBEDDER_VERSION
     dim = 128
+    needs_landmarks = False
 
     def __init__(self, cache_dir: Path, threads: int = 1) -> None:
         path, _ = cached_graph(

@@ -13,7 +13,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..settings import Settings
-from .models import DlibResnetEmbedder, HogDetector, MmodDetector, MtcnnDetector, OnetLandmarker
+from .embedders import build_embedder, embedder_version
+from .models import HogDetector, MtcnnDetector, OnetLandmarker
+from .onnx_models import OnnxMmodDetector
 from .pose import estimate_pose
 from .quality import measure_quality
 from .types import (
@@ -28,13 +30,14 @@ from .types import (
 )
 
 
-def build_detector(name: str) -> Detector:
+def build_detector(name: str, settings: Settings | None = None) -> Detector:
     """The detector class for a configured name."""
     match name:
         case "hog":
             return HogDetector()
         case "cnn":
-            return MmodDetector()
+            s = settings or Settings()
+            return OnnxMmodDetector(s.resolved_model_cache_dir(), s.inference_threads)
         case "mtcnn":
             return MtcnnDetector()
         case _:
@@ -51,7 +54,7 @@ class FacePipeline:
 
     @cached_property
     def detector(self) -> Detector:
-        return build_detector(self.settings.detector)
+        return build_detector(self.settings.detector, self.settings)
 
     @cached_property
     def landmarker(self) -> Landmarker:
@@ -59,12 +62,12 @@ class FacePipeline:
 
     @cached_property
     def embedder(self) -> Embedder:
-        return DlibResnetEmbedder()
+        return build_embedder(self.settings)
 
-    @property
+    @cached_property
     def model_version(self) -> str:
         """The embedding model's version: what collections and calibration tables are keyed by."""
-        return DlibResnetEmbedder.model_version
+        return embedder_version(self.settings)
 
     def warm_up(self) -> None:
         """Load every model now rather than on the first request."""
@@ -115,7 +118,7 @@ class FacePipeline:
             landmarks: list[Landmarks5 | None] = [d.landmarks for d in detections]
             for i, placed_lm in zip(missing, placed):
                 landmarks[i] = placed_lm
-            vectors = self.embedder.embed(pixels, boxes) if embed else None
+            vectors = self.embedder.embed(pixels, boxes, landmarks) if embed else None  # type: ignore[arg-type]
         faces = []
         for i, d in enumerate(detections):
             lm = landmarks[i]
@@ -132,7 +135,12 @@ class FacePipeline:
             )
         return faces
 
-    def embed_boxes(self, pixels: RGBImage, boxes: list[Box]) -> NDArray[np.float32]:
-        """Templates for given boxes (used by evaluation to embed a known face)."""
+    def embed_boxes(
+        self, pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None = None
+    ) -> NDArray[np.float32]:
+        """Templates for given boxes (used by evaluation to embed a known face); an embedder
+        that aligns by landmarks gets ONet's unless they are given."""
         with self._lock:
-            return self.embedder.embed(pixels, boxes)
+            if landmarks is None and self.embedder.needs_landmarks:
+                landmarks = self.landmarker.landmarks(pixels, boxes)
+            return self.embedder.embed(pixels, boxes, landmarks)

@@ -113,9 +113,14 @@ class Landmarker(Protocol):
 
 
 class Embedder(Protocol):
-    """Turns faces (image + box) into L2-comparable template vectors."""
+    """Turns faces (image + box, and the five landmarks if it aligns by them) into
+    L2-comparable template vectors."""
 
     model_version: str
     dim: int
+    # True when `embed` aligns faces by the five landmarks (they must then be passed).
+    needs_landmarks: bool
 
-    def embed(self, pixels: RGBImage, boxes: list[Box]) -> NDArray[np.float32]: ...
+    def embed(
+        self, pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None = None
+    ) -> NDArray[np.float32]: ...
