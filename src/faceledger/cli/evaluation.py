@@ -174,7 +174,16 @@ def calibration_build(
         tail_model=tail_model or DEFAULT_TAIL_MODEL, replicates=replicates,
         command=_command_line(),
     )  # fmt: skip
-    path = Path(out) if out else table_path(raw["model_version"])
+    version = str(raw["model_version"])
+    if out:
+        path = Path(out)
+    elif version.startswith("onnx-"):
+        # an operator model's table lives with the operator's data, not in the package
+        from ..service.core import calibration_path
+
+        path = calibration_path(Settings(), version)
+    else:
+        path = table_path(version)
     write_table(raw, path)
     load_calibration.cache_clear()
     ds = raw["dataset"]

@@ -177,7 +177,7 @@ def enrol_pixels(
          f.pose.pitch, f.pose.roll, f.quality.brightness, f.quality.sharpness],
         dtype=np.float64,
     )  # fmt: skip
-    vec = pipeline.embed_boxes(pixels, [f.box])[0] if embed else None
+    vec = pipeline.embed_boxes(pixels, [f.box], [f.landmarks])[0] if embed else None
     return Enrolment(sha256, len(faces), w, h, row, vec)
 
 

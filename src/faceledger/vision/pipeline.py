@@ -118,7 +118,9 @@ class FacePipeline:
             landmarks: list[Landmarks5 | None] = [d.landmarks for d in detections]
             for i, placed_lm in zip(missing, placed):
                 landmarks[i] = placed_lm
-            vectors = self.embedder.embed(pixels, boxes, landmarks) if embed else None  # type: ignore[arg-type]
+            # every box has landmarks now: from its detector or from ONet
+            placed_all = [lm for lm in landmarks if lm is not None]
+            vectors = self.embedder.embed(pixels, boxes, placed_all) if embed else None
         faces = []
         for i, d in enumerate(detections):
             lm = landmarks[i]
