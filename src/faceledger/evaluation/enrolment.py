@@ -326,8 +326,11 @@ def _run(
             yield i, e
 
 
-def template_matrix(enrolments: Sequence[Enrolment], dim: int = 128) -> NDArray[np.float64]:
-    """Templates as rows; a row of NaN where the image failed to enrol."""
+def template_matrix(enrolments: Sequence[Enrolment], dim: int | None = None) -> NDArray[np.float64]:
+    """Templates as rows; a row of NaN where the image failed to enrol. `dim` defaults to the
+    templates' own length (operator models need not be 128-d)."""
+    if dim is None:
+        dim = next((len(e.embedding) for e in enrolments if e.embedding is not None), 128)
     out = np.full((len(enrolments), dim), np.nan)
     for i, e in enumerate(enrolments):
         if e.embedding is not None:

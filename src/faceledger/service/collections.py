@@ -345,7 +345,7 @@ class CollectionOperations(ServiceCore):
                     + ("" if qf == "NONE" or not faces else f" that meets QualityFilter {qf}")
                     + ".")
             face = usable[0]
-            vec = self.pipeline.embed_boxes(img.pixels, [face.box])[0]
+            vec = self.pipeline.embed_boxes(img.pixels, [face.box], [face.landmarks])[0]
             with self.catalog.read() as conn:  # faces may have come and gone meanwhile
                 coll = self._usable(self.catalog.collection(conn, cid))
             searched = coll.face_count

@@ -86,7 +86,7 @@ class ImageOperations(ServiceCore):
                 + "."
             )
         source = source_faces[0]
-        source_vec = self.pipeline.embed_boxes(src.pixels, [source.box])[0]
+        source_vec = self.pipeline.embed_boxes(src.pixels, [source.box], [source.landmarks])[0]
         targets = [f for f in self.pipeline.analyze(tgt.pixels, embed=True) if passes(f, qf)]
         matches: list[tuple[float, Shape]] = []
         unmatched: list[Shape] = []

@@ -291,7 +291,8 @@ class UserOperations(CollectionOperations):
                                         "UnsearchedFaces": unsearched}
             vecs: list[NDArray[np.float32]] = []
             if searched_face is not None:
-                vecs = [self.pipeline.embed_boxes(img.pixels, [searched_face.box])[0]]
+                vecs = [self.pipeline.embed_boxes(img.pixels, [searched_face.box],
+                                                  [searched_face.landmarks])[0]]
                 response["SearchedFace"] = {
                     "FaceDetail": face_detail(searched_face, img.width, img.height)}
             matches, info = self._search_users(coll, vecs, k, point, set(), None, searched)
