@@ -32,6 +32,9 @@ from faceledger.vision.onnx_models import OnnxMmodDetector
 
 from test_detection import labelled_faces
 
+Both = dict[str, tuple[Path, list[object]]]  # embedder -> (cache dir, enrolments)
+Sample = tuple[Path, Both]  # LFW-format folder, and its images enrolled both ways
+
 RESNET_DAT = Path(_dlib_model_path("dlib_face_recognition_resnet_model_v1.dat"))
 MMOD_DAT = Path(_dlib_model_path("mmod_human_face_detector.dat"))
 
@@ -90,14 +93,14 @@ def lfw_subset(lfw: Path, images: int, tmp: Path) -> Path:
     return out
 
 
-def enrol_both_ways(root: Path, tmp: Path) -> dict[str, tuple[Path, list[object]]]:
+def enrol_both_ways(root: Path, tmp: Path) -> Both:
     """Enrol every image of `root` with the ONNX embedder and with dlib's own runtime, each
     into its own cache directory (both carry model version dlib-resnet-v1)."""
     from faceledger.evaluation.datasets import load_folders
     from faceledger.evaluation.enrolment import enrol_files
 
     paths = load_folders(root).paths
-    out: dict[str, tuple[Path, list[object]]] = {}
+    out: Both = {}
     for name in ("dlib", "dlib-native"):
         cache = tmp / f"cache-{name}"
         settings = Settings(embedder=name, data_dir=tmp / "data")
@@ -108,20 +111,20 @@ def enrol_both_ways(root: Path, tmp: Path) -> dict[str, tuple[Path, list[object]
 
 
 @pytest.fixture(scope="session")
-def small_sample(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, tuple[Path, list[object]]]]]:
+def small_sample(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sample]:
     tmp = tmp_path_factory.mktemp("onnx-small")
     root = lfw_subset(faces_dir / "lfw", 24, tmp)
     yield root, enrol_both_ways(root, tmp)
 
 
 @pytest.fixture(scope="session")
-def large_sample(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, tuple[Path, list[object]]]]]:
+def large_sample(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sample]:
     tmp = tmp_path_factory.mktemp("onnx-large")
     root = lfw_subset(faces_dir / "lfw", 400, tmp)
     yield root, enrol_both_ways(root, tmp)
 
 
-def _max_distance(both: dict[str, tuple[Path, list[object]]]) -> tuple[float, int]:
+def _max_distance(both: Both) -> tuple[float, int]:
     onnx_e, dlib_e = both["dlib"][1], both["dlib-native"][1]
     worst, compared = 0.0, 0
     for a, b in zip(onnx_e, dlib_e):
@@ -133,14 +136,14 @@ def _max_distance(both: dict[str, tuple[Path, list[object]]]) -> tuple[float, in
     return worst, compared
 
 
-def test_onnx_descriptors_equal_dlibs_on_lfw_chips(small_sample: tuple[Path, dict[str, tuple[Path, list[object]]]]) -> None:
+def test_onnx_descriptors_equal_dlibs_on_lfw_chips(small_sample: Sample) -> None:
     worst, compared = _max_distance(small_sample[1])
     assert compared >= 20
     assert worst <= 1e-5, f"largest distance between the two runtimes' descriptors: {worst:.2e}"
 
 
 @pytest.mark.slow
-def test_onnx_descriptors_equal_dlibs_on_400_lfw_images(large_sample: tuple[Path, dict[str, tuple[Path, list[object]]]]) -> None:
+def test_onnx_descriptors_equal_dlibs_on_400_lfw_images(large_sample: Sample) -> None:
     worst, compared = _max_distance(large_sample[1])
     assert compared >= 380
     assert worst <= 1e-5, f"largest distance between the two runtimes' descriptors: {worst:.2e}"
@@ -148,7 +151,7 @@ def test_onnx_descriptors_equal_dlibs_on_400_lfw_images(large_sample: tuple[Path
 
 @pytest.mark.slow
 def test_calibration_built_with_onnx_equals_dlibs(
-    large_sample: tuple[Path, dict[str, tuple[Path, list[object]]]], tmp_path: Path
+    large_sample: Sample, tmp_path: Path
 ) -> None:
     """The same table from both runtimes' templates (400 LFW images, ~80k impostor pairs):
     every summary threshold and the whole FMR curve to 4 decimals."""
