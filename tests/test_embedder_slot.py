@@ -115,6 +115,17 @@ def test_model_card_is_required_and_checked(tmp_path: Path) -> None:
         FacePipeline(Settings(embedder=f"onnx:{model}", data_dir=tmp_path)).embedder
 
 
+def test_cli_refuses_to_compare_with_an_uncalibrated_model(
+    tiny: Path, astronaut_jpeg: bytes, tmp_path: Path
+) -> None:
+    img = tmp_path / "face.jpg"
+    img.write_bytes(astronaut_jpeg)
+    result = CliRunner().invoke(main, ["compare", str(img), str(img)], env={
+        "FACELEDGER_EMBEDDER": f"onnx:{tiny}", "FACELEDGER_DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 2, result.output
+    assert "ResourceNotReadyException" in result.output and "Traceback" not in result.output
+
+
 def test_dlib_resnet_graph_through_the_slot_gives_the_default_templates(
     tmp_path: Path, astronaut_pixels: np.ndarray
 ) -> None:

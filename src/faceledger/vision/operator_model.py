@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from ..errors import ResourceNotReadyException
 from .onnx_graphs import file_sha256
 from .onnx_models import DlibChipper, ort_session
 from .types import Box, Landmarks5, RGBImage
@@ -42,8 +43,9 @@ ARCFACE_TEMPLATE = np.array(
 ALIGNMENTS = ("arcface-112", "dlib-5point-chip")
 
 
-class ModelCardError(ValueError):
-    """The operator model or its card is missing or inconsistent (the message says what)."""
+class ModelCardError(ResourceNotReadyException, ValueError):
+    """The operator model or its card is missing or inconsistent (the message says what):
+    the configured model cannot serve, so callers get ResourceNotReadyException, not a 500."""
 
 
 @dataclass(frozen=True)
