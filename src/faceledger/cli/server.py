@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import webbrowser
 
 import click
 
@@ -60,10 +62,37 @@ def serve(host: str | None, port: int | None, workers: int | None, queue: int | 
     click.echo(f"faceledger: Rekognition API at {scheme}://{settings.server_host}:"
                f"{settings.server_port} (region {settings.region}); "
                f"{len(app.operations)} operations", err=True)
+    click.echo(f"faceledger: review console at {scheme}://{settings.server_host}:"
+               f"{settings.server_port}/console/", err=True)
     extra: dict[str, object] = {}
     if ssl_certfile:
         extra = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
     run_server(app, settings.server_host, settings.server_port, **extra)
+
+
+@main.command("console")
+@click.option("--port", type=int, default=None, help="[default: FACELEDGER_SERVER_PORT or 8080]")
+@click.option("--no-browser", is_flag=True, help="Only print the address; do not open a browser.")
+@reports_errors
+def console(port: int | None, no_browser: bool) -> None:
+    """Serve the review console for the local data directory on 127.0.0.1 and open it.
+
+    Sign in with an access key that has a console role (`faceledger keys create ... --role
+    reviewer`). The Rekognition API is served on the same port.
+    """
+    settings = _settings(server_host="127.0.0.1", server_port=port)
+    logging.getLogger("faceledger").setLevel(
+        min(logging.getLogger("faceledger").getEffectiveLevel(), logging.INFO)
+    )
+    app = build_app(settings)
+    url = f"http://127.0.0.1:{settings.server_port}/console/"
+    click.echo(f"faceledger: review console for {settings.data_dir} at {url}", err=True)
+    if not any(k.active and k.console_roles for k in _store(service=app.service).list()):
+        click.echo("no active key has a console role: create one with "
+                   "`faceledger keys create NAME -o '*' -c '*' --role reviewer`", err=True)
+    if not no_browser:
+        threading.Timer(1.5, webbrowser.open, [url]).start()
+    run_server(app, settings.server_host, settings.server_port)
 
 
 @main.group()

@@ -204,7 +204,22 @@ class OversightOperations(UserOperations, GovernanceOperations):
         result["latest_anchor"] = anchors[-1].to_dict() if anchors else None
         return result
 
+    def report_as(self, time_from: str, time_to: str, *,
+                  ctx: RequestContext = LOCAL) -> Shape:
+        """`transparency_report` for an auditor (aggregates only: no biometric data)."""
+        self._need_role("TransparencyReport", ctx, LEDGER_READERS)
+        return self.transparency_report(time_from, time_to, ctx=ctx)
+
     # -- collections -------------------------------------------------------------------
+
+    def visible_collections(self, *, ctx: RequestContext = LOCAL) -> list[Shape]:
+        """The collections the caller may see, with face counts and model versions."""
+        self._need_role("ListCollections", ctx, ("reviewer", "auditor", "admin"))
+        with self.catalog.read() as conn:
+            rows = self.catalog.list_collections(conn, None, 10_000)
+        return [{"CollectionId": r.collection_id, "FaceCount": r.face_count,
+                 "FaceModelVersion": r.face_model_version}
+                for r in rows if ctx.sees_collection(r.collection_id)]
 
     def collection_overview(self, collection_id: str, *, ctx: RequestContext = LOCAL) -> Shape:
         """A collection's faces, users, policy, retention and model (ListFaces is logged)."""
