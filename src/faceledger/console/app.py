@@ -378,13 +378,15 @@ class Console:
 
     async def collection(self, request: Request) -> Response:
         session = self.require(request)
+        purpose = (request.query_params.get("purpose") or "").strip()[:255] or None
         data = await self.call(self.service.collection_overview,
-                               request.path_params["collection_id"], ctx=self.ctx(session))
+                               request.path_params["collection_id"],
+                               ctx=self.ctx(session, purpose=purpose))
         curve = await self.call(self.service.calibration_curve)
         rates = await self.call(self.service.published_error_rates)
         return self.render(request, "collection.html", {
             "c": data, "chart": calibration_chart(curve), "rates": rates,
-            "nav": "collections"})
+            "purpose": purpose or "", "nav": "collections"})
 
 
 class _SignInNeeded(AccessDeniedException):

@@ -240,6 +240,7 @@ class KeyStore:
         if unknown:
             raise InvalidParameterException(
                 f"unknown role {unknown[0]!r}: roles are {', '.join(ROLES)}")
+        admin = admin or "admin" in role_list  # the admin role is the admin flag
         if rate_limit is not None and not rate_limit > 0:
             raise InvalidParameterException("rate limit must be a positive number of requests/s")
         key_id = _new_key_id()

@@ -17,7 +17,11 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from ..context import LOCAL, RequestContext
-from ..errors import InvalidParameterException, ResourceNotFoundException
+from ..errors import (
+    InvalidParameterException,
+    PolicyRefusedException,
+    ResourceNotFoundException,
+)
 from ..ledger import review, schema
 from ..ledger.events import SEARCH_OPERATIONS, parse_time
 from ..ledger.policy import check_collection_id, load_policy
@@ -226,12 +230,16 @@ class OversightOperations(UserOperations, GovernanceOperations):
         cid = check_collection_id(collection_id)
         self._need_role("ViewCollection", ctx, ("reviewer", "auditor", "admin"), cid)
         described = self.describe_collection(cid, ctx=ctx)
-        faces = self.list_faces(cid, max_results=100, ctx=ctx)
-        users = self.list_users(cid, max_results=100, ctx=ctx)
+        out: Shape = {"CollectionId": cid, "Description": described, "Faces": [], "Users": []}
+        try:
+            out["Faces"] = self.list_faces(cid, max_results=100, ctx=ctx).get("Faces", [])
+            out["Users"] = self.list_users(cid, max_results=100, ctx=ctx).get("Users", [])
+        except PolicyRefusedException as exc:
+            # the collection's policy (e.g. RequirePurpose) refused the listing; it is logged
+            out["ListingRefused"] = exc.message
         with self.ledger.engine.connect() as conn:
-            policy = load_policy(conn, cid).to_wire()
-        return {"CollectionId": cid, "Description": described, "Faces": faces.get("Faces", []),
-                "Users": users.get("Users", []), "Policy": policy}
+            out["Policy"] = load_policy(conn, cid).to_wire()
+        return out
 
 
 def _search_facts(conn: Connection, request_id: str | None) -> Shape:

@@ -1,0 +1,358 @@
+"""The review console in a real browser: Playwright driving Debian's Chromium against a real
+server (`faceledger serve`'s app on 127.0.0.1), on a real collection and ledger.
+
+Photos: scikit-image's public-domain astronaut portrait is enrolled; its mirror image is the
+probe (a different file of the same person), so identification-mode searches hold candidates.
+Screenshots of every page go to FACELEDGER_SCREENSHOTS or a pytest temp folder, printed at the
+start of the run. Skips, with the reason, when Chromium is not installed
+(`apt-get install -y chromium`); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image, ImageOps
+from sqlalchemy import text
+
+from faceledger.context import RequestContext
+from faceledger.server.keys import IssuedKey, KeyStore
+from faceledger.server.run import build_app, running
+from faceledger.service import FaceService
+from faceledger.settings import Settings
+
+CHROMIUM = os.environ.get("FACELEDGER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists(),
+    reason=f"needs Chromium at {CHROMIUM} for the console's browser tests "
+           "(apt-get install -y chromium; FACELEDGER_CHROMIUM points elsewhere)",
+)
+
+
+@dataclass
+class World:
+    """The server, its service, keys and the photos a reviewer holds."""
+
+    url: str
+    service: FaceService
+    keys: dict[str, IssuedKey]
+    files: dict[str, Path]
+    candidates: dict[str, str]  # purpose -> candidate id
+    shots: Path
+
+
+def _key(store: KeyStore, name: str, roles: tuple[str, ...]) -> IssuedKey:
+    return store.create(name, ["*"], ["*"], roles=roles)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, service: FaceService,
+          astronaut_jpeg: bytes, request: pytest.FixtureRequest) -> Iterator[World]:
+    data = tmp_path_factory.mktemp("console-data")
+    settings = Settings(data_dir=data)
+    svc = FaceService(settings, pipeline=service.pipeline)  # models loaded once per session
+    store = KeyStore.open(settings, svc.engine, create_kek=True)
+    keys = {name: _key(store, name, roles) for name, roles in {
+        "searcher": ("reviewer",), "reviewer-1": ("reviewer",), "reviewer-2": ("reviewer",),
+        "auditor": ("auditor",), "admin": ("admin",), "leaver": ("reviewer",),
+        "api-only": (),
+    }.items()}
+    files_dir = tmp_path_factory.mktemp("reviewer-files")
+    enrolled = files_dir / "eileen-enrolled.jpg"
+    enrolled.write_bytes(astronaut_jpeg)
+    mirrored = io.BytesIO()
+    ImageOps.mirror(Image.open(io.BytesIO(astronaut_jpeg))).save(mirrored, "JPEG", quality=92)
+    probe = files_dir / "case-probe.jpg"
+    probe.write_bytes(mirrored.getvalue())
+    wrong = files_dir / "some-other-photo.jpg"
+    Image.new("RGB", (200, 200), (120, 90, 60)).save(wrong, "JPEG")
+
+    svc.create_collection("staff")
+    svc.index_faces("staff", {"Bytes": astronaut_jpeg}, external_image_id="eileen-enrolled")
+    svc.put_collection_policy("staff", {"IdentificationMode": True, "ReviewersRequired": 2,
+                                        "RequirePurpose": True, "RetentionDays": 365})
+    searcher = keys["searcher"].info.access_key_id
+    candidates = {}
+    for purpose, case in (("confirm", "INC-1"), ("reject", "INC-2"), ("own", "INC-3")):
+        ctx = RequestContext(principal=searcher, purpose=f"door access ({purpose})", case=case)
+        found = svc.search_faces_by_image("staff", {"Bytes": probe.read_bytes()}, ctx=ctx)
+        assert found["ReviewRequired"], found
+        candidates[purpose] = found["ReviewCandidates"][0]["CandidateId"]
+
+    shots = Path(os.environ.get("FACELEDGER_SCREENSHOTS") or
+                 tmp_path_factory.mktemp("console-screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"console screenshots: {shots}")
+    app = build_app(settings, service=svc, warm_up=False)
+    with running(app) as url:
+        yield World(url, svc, keys, {"enrolled": enrolled, "probe": probe, "wrong": wrong},
+                    candidates, shots)
+    svc.close()
+
+
+@pytest.fixture(scope="module")
+def browser(world: World) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _page(browser: Any, viewport: dict[str, int] = DESKTOP, scale: float = 1) -> Any:
+    context = browser.new_context(viewport=viewport, device_scale_factor=scale)
+    return context.new_page()
+
+
+def _sign_in(page: Any, world: World, who: str) -> None:
+    key = world.keys[who]
+    page.goto(f"{world.url}/console/")
+    page.get_by_label("Access key id").fill(key.info.access_key_id)
+    page.get_by_label("Secret access key").fill(key.secret_access_key)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_load_state()
+
+
+def _shot(page: Any, world: World, name: str) -> None:
+    page.screenshot(path=str(world.shots / f"{name}.png"), full_page=True)
+
+
+def _no_horizontal_scroll(page: Any) -> bool:
+    return bool(page.evaluate(
+        "document.documentElement.scrollWidth <= document.documentElement.clientWidth + 1"))
+
+
+def _open_photos(page: Any, world: World) -> None:
+    page.get_by_label("Probe photo file").set_input_files(str(world.files["probe"]))
+    page.get_by_label("Enrolled photo file").set_input_files(str(world.files["enrolled"]))
+    for which in ("probe", "enrolled"):
+        page.locator(f'section.face[data-which="{which}"].good').wait_for()
+
+
+def _decide(page: Any, decision: str, reason: str) -> None:
+    page.get_by_label(decision).check()
+    page.get_by_label("Reason (required, recorded in the ledger)").fill(reason)
+    page.get_by_role("button", name="Record decision").click()
+    page.wait_for_load_state()
+
+
+def test_sign_in_refuses_a_wrong_secret_and_keys_without_a_role(browser: Any,
+                                                                world: World) -> None:
+    page = _page(browser)
+    page.goto(f"{world.url}/console/")
+    assert page.url.endswith("/console/signin")
+    # keyboard only: Tab from the key id to the secret, Enter submits
+    page.get_by_label("Access key id").focus()
+    page.keyboard.type(world.keys["reviewer-1"].info.access_key_id)
+    page.keyboard.press("Tab")
+    page.keyboard.type("not-the-secret")
+    page.keyboard.press("Enter")
+    page.wait_for_load_state()
+    assert page.get_by_role("alert").inner_text().startswith("Unknown or revoked key")
+    _shot(page, world, "01-signin-refused")
+    _sign_in(page, world, "api-only")
+    assert "has no console role" in page.get_by_role("alert").inner_text()
+    page.context.close()
+
+
+def test_confirm_needs_two_reviewers_and_a_wrong_file_is_refused(browser: Any,
+                                                                world: World) -> None:
+    cand = world.candidates["confirm"]
+    page = _page(browser)
+    _sign_in(page, world, "reviewer-1")
+    assert page.url.endswith("/console/queue")
+    row = page.get_by_role("row").filter(has_text="INC-1")
+    assert "door access (confirm)" in row.inner_text()
+    assert "2 of 2" in row.inner_text()  # confirmations still needed
+    _shot(page, world, "02-queue")
+    page.goto(f"{world.url}/console/candidates/{cand}")
+    # the wrong file is refused by its hash and the face is not drawn
+    page.get_by_label("Probe photo file").set_input_files(str(world.files["wrong"]))
+    refused = page.locator('section.face[data-which="probe"].refused .check')
+    refused.wait_for()
+    assert "Refused: this file's SHA-256 is" in refused.inner_text()
+    assert page.get_by_label("Confirm: same person").is_disabled()
+    _shot(page, world, "03-wrong-file-refused")
+    _open_photos(page, world)
+    assert page.get_by_label("Confirm: same person").is_enabled()
+    _shot(page, world, "04-candidate-faces-side-by-side")
+    _decide(page, "Confirm: same person", "Same person: face shape, hairline and ears agree.")
+    assert "now PENDING (1 of 2 confirmations)" in page.locator("#message").inner_text()
+    page.context.close()
+
+    page = _page(browser)
+    _sign_in(page, world, "reviewer-2")
+    page.goto(f"{world.url}/console/candidates/{cand}")
+    _open_photos(page, world)
+    _decide(page, "Confirm: same person", "Agree: same person, badge log matches.")
+    assert "now CONFIRMED (2 of 2 confirmations)" in page.locator("#message").inner_text()
+    assert page.locator(".status").inner_text().startswith("Status: CONFIRMED")
+    _shot(page, world, "05-confirmed")
+    page.context.close()
+    assert world.service.get_review_candidate(cand)["Status"] == "CONFIRMED"
+
+
+def test_one_rejection_settles_a_candidate(browser: Any, world: World) -> None:
+    cand = world.candidates["reject"]
+    page = _page(browser, PHONE)  # a reviewer on a phone-width screen
+    _sign_in(page, world, "reviewer-1")
+    page.goto(f"{world.url}/console/candidates/{cand}")
+    assert _no_horizontal_scroll(page)
+    _open_photos(page, world)
+    _decide(page, "Reject: not the same person, or cannot tell", "Ears differ; cannot confirm.")
+    assert page.locator(".status").inner_text().startswith("Status: REJECTED")
+    assert page.get_by_role("button", name="Record decision").count() == 0
+    _shot(page, world, "06-rejected-phone")
+    page.context.close()
+    assert world.service.get_review_candidate(cand)["Status"] == "REJECTED"
+
+
+def test_the_searcher_cannot_review_their_own_search(browser: Any, world: World) -> None:
+    cand = world.candidates["own"]
+    page = _page(browser)
+    _sign_in(page, world, "searcher")
+    page.goto(f"{world.url}/console/candidates/{cand}")
+    _decide(page, "Reject: not the same person, or cannot tell", "Trying to review my own.")
+    message = page.locator("#message").inner_text()
+    assert message.startswith("AccessDeniedException:") and "cannot review" in message
+    _shot(page, world, "07-own-search-refused")
+    page.context.close()
+    assert world.service.get_review_candidate(cand)["Status"] == "PENDING"
+    refused = world.service.ledger_events({"operation": "ReviewCandidate",
+                                           "outcome": "refused"})["Events"]
+    assert any(e["Principal"] == world.keys["searcher"].info.access_key_id for e in refused)
+
+
+def test_a_form_without_the_csrf_token_is_refused(browser: Any, world: World) -> None:
+    cand = world.candidates["own"]
+    page = _page(browser)
+    _sign_in(page, world, "reviewer-2")
+    # the browser context's cookies (the session) go with the forged posts
+    for form in ({"decision": "REJECT", "reason": "forged"},
+                 {"decision": "REJECT", "reason": "forged", "csrf": "guessed"}):
+        answer = page.context.request.post(f"{world.url}/console/candidates/{cand}", form=form,
+                                           max_redirects=0)
+        assert answer.status == 400  # Rekognition's status for AccessDeniedException
+        assert "AccessDeniedException" in answer.text()
+        assert "CSRF token is missing or wrong" in answer.text()
+        assert answer.headers["cache-control"] == "no-store"
+    page.context.close()
+    assert world.service.get_review_candidate(cand)["Reviews"] == []
+
+
+def test_revoking_the_key_ends_its_session(browser: Any, world: World) -> None:
+    page = _page(browser)
+    _sign_in(page, world, "leaver")
+    assert page.url.endswith("/console/queue")
+    store = KeyStore.open(world.service.settings, world.service.engine)
+    store.revoke(world.keys["leaver"].info.access_key_id)
+    page.goto(f"{world.url}/console/queue")
+    assert page.url.endswith("/console/signin")
+    page.context.close()
+
+
+def test_pages_at_phone_width_and_200_percent_zoom_and_never_cached(browser: Any,
+                                                                   world: World) -> None:
+    cand = world.candidates["own"]
+    for label, viewport, scale in (("phone", PHONE, 1), ("zoom200", {"width": 640,
+                                                                      "height": 400}, 2)):
+        page = _page(browser, viewport, scale)
+        _sign_in(page, world, "admin")
+        for path, name in (("queue", "queue"), ("report", "report"), (f"candidates/{cand}", "candidate"),
+                           ("ledger", "ledger"), ("collections/staff", "collection")):
+            answer = page.goto(f"{world.url}/console/{path}")
+            assert answer.status == 200, page.content()
+            assert answer.headers["cache-control"] == "no-store"
+            _shot(page, world, f"10-{name}-{label}")
+            assert _no_horizontal_scroll(page), f"{path} scrolls sideways at {label}"
+        style = page.goto(f"{world.url}/console/static/review.js")
+        assert style.headers["cache-control"] == "no-store"
+        page.context.close()
+
+
+def test_auditor_browses_the_ledger_and_sees_verify_fail_after_tampering(
+        browser: Any, world: World) -> None:
+    page = _page(browser)
+    _sign_in(page, world, "auditor")
+    assert page.url.endswith("/console/ledger")
+    page.get_by_label("Operation").fill("SearchFacesByImage")
+    page.get_by_label("Case", exact=True).fill("INC-2")
+    page.get_by_role("button", name="Filter").click()
+    rows = page.locator("tbody tr")
+    assert rows.count() == 1 and "INC-2" in rows.first.inner_text()
+    _shot(page, world, "20-ledger-filtered")
+    rows.first.get_by_role("link").click()
+    seq = int(page.url.rsplit("/", 1)[1])
+    assert page.get_by_role("heading", level=1).inner_text() == f"Ledger event #{seq}"
+    assert "door access (reject)" in page.locator("pre").inner_text()
+    _shot(page, world, "21-event")
+    world.service.anchor_ledger()
+    page.goto(f"{world.url}/console/ledger")
+    page.get_by_role("button", name="Verify the whole chain").click()
+    assert "Chain intact." in page.get_by_role("status").inner_text()
+    assert "faceledger-anchor:" in page.locator("dl.facts").inner_text()
+    _shot(page, world, "22-verify-ok")
+    # an insider edits the search's purpose in the database
+    with world.service.engine.begin() as conn:
+        body = conn.execute(text("SELECT body FROM ledger_events WHERE seq = :s"),
+                            {"s": seq}).scalar_one()
+        conn.execute(text("UPDATE ledger_events SET body = :b WHERE seq = :s"),
+                     {"b": body.replace("door access (reject)", "door access (routine)"),
+                      "s": seq})
+    try:
+        page.goto(f"{world.url}/console/ledger/verify")
+        alert = page.get_by_role("alert").inner_text()
+        assert "Verification FAILED." in alert and f"#{seq}" in alert
+        _shot(page, world, "23-verify-failed")
+    finally:
+        with world.service.engine.begin() as conn:
+            conn.execute(text("UPDATE ledger_events SET body = :b WHERE seq = :s"),
+                         {"b": body, "s": seq})
+    # reviewers have no ledger role: the service refuses
+    page.context.close()
+
+
+def test_report_collections_and_export(browser: Any, world: World) -> None:
+    page = _page(browser)
+    _sign_in(page, world, "admin")
+    page.goto(f"{world.url}/console/report")
+    assert page.get_by_role("heading", name="Transparency report").count() == 1
+    assert page.locator(".chart svg").count() >= 4
+    _shot(page, world, "30-report")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="JSON report").click()
+    assert Path(download.value.path()).read_text().lstrip().startswith("{")
+    page.goto(f"{world.url}/console/collections")
+    assert page.get_by_role("img", name="Calibration of model").count() == 1
+    _shot(page, world, "31-collections")
+    page.get_by_role("link", name="staff").click()
+    # the policy requires a purpose to list faces: refused (and logged) until one is given
+    assert "RequirePurpose" in page.get_by_role("alert").inner_text() or \
+        "purpose" in page.get_by_role("alert").inner_text()
+    page.get_by_label("Purpose of viewing (recorded)").fill("quarterly audit")
+    page.get_by_role("button", name="List faces").click()
+    assert "eileen-enrolled" in page.get_by_role("region", name="Faces").inner_text()
+    _shot(page, world, "32-collection-staff")
+    page.goto(f"{world.url}/console/ledger")
+    page.get_by_label("Case reference").fill("INC-1")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export case bundle (admins)").click()
+    bundle = Path(download.value.path()).read_text()
+    assert '"case": "INC-1"' in bundle
+    page.context.close()
