@@ -4,8 +4,9 @@ server (`faceledger serve`'s app on 127.0.0.1), on a real collection and ledger.
 Photos: scikit-image's public-domain astronaut portrait is enrolled; its mirror image is the
 probe (a different file of the same person), so identification-mode searches hold candidates.
 Screenshots of every page go to FACELEDGER_SCREENSHOTS or a pytest temp folder, printed at the
-start of the run. Skips, with the reason, when Chromium is not installed
-(`apt-get install -y chromium`); nothing is downloaded.
+start of the run. The browser tests skip, with the reason, when Chromium is not installed
+(`apt-get install -y chromium`); nothing is downloaded. The service-level tests at the end
+(roles, recorded hashes, sessions) run without a browser on the same data.
 """
 
 from __future__ import annotations
@@ -35,11 +36,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
-pytestmark = pytest.mark.skipif(
-    shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists(),
-    reason=f"needs Chromium at {CHROMIUM} for the console's browser tests "
-           "(apt-get install -y chromium; FACELEDGER_CHROMIUM points elsewhere)",
-)
 
 
 @dataclass
@@ -107,6 +103,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, service: FaceService,
 
 @pytest.fixture(scope="module")
 def browser(world: World) -> Iterator[Any]:
+    if shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists():
+        pytest.skip(f"needs Chromium at {CHROMIUM} for the console's browser tests "
+                    "(apt-get install -y chromium; FACELEDGER_CHROMIUM points elsewhere)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -356,3 +355,95 @@ def test_report_collections_and_export(browser: Any, world: World) -> None:
     bundle = Path(download.value.path()).read_text()
     assert '"case": "INC-1"' in bundle
     page.context.close()
+
+
+# -- without a browser: the rules live in the service, sessions in the console ----------------
+
+
+def _ctx(world: World, who: str, **extra: Any) -> RequestContext:
+    info = world.keys[who].info
+    return RequestContext(principal=info.access_key_id, roles=info.console_roles,
+                          admin=info.admin, **extra)
+
+
+def test_index_faces_keeps_the_image_hash_and_landmarks_with_the_face(world: World) -> None:
+    import hashlib
+
+    expected = hashlib.sha256(world.files["enrolled"].read_bytes()).hexdigest()
+    cand = world.service.get_review_candidate(world.candidates["own"])
+    case_file = world.service.review_case_file(cand["CandidateId"],
+                                               ctx=_ctx(world, "reviewer-1"))
+    face = case_file["EnrolledFace"]
+    assert face["InCatalog"] and face["ExternalImageId"] == "eileen-enrolled"
+    assert face["ImageSha256"] == face["IndexFacesImageSha256"] == expected
+    assert [lm["Type"] for lm in face["Landmarks"]] == [
+        "eyeLeft", "eyeRight", "nose", "mouthLeft", "mouthRight"]
+    probe = hashlib.sha256(world.files["probe"].read_bytes()).hexdigest()
+    assert cand["ProbeImageSha256"] == case_file["Search"]["ProbeImageSha256"] == probe
+    assert len(cand["ProbeFace"]["Landmarks"]) == 5
+    # the mirrored probe's left eye is where the enrolled photo's right eye was
+    assert cand["ProbeFace"]["Landmarks"][0]["X"] == pytest.approx(
+        1 - face["Landmarks"][1]["X"], abs=0.03)
+    assert case_file["Search"]["FacesSearched"] >= 1
+    views = world.service.ledger_events({"operation": "ViewCandidate"})["Events"]
+    assert views and views[0]["Principal"] == world.keys["reviewer-1"].info.access_key_id
+
+
+def test_roles_are_enforced_by_the_service_and_refusals_logged(world: World) -> None:
+    from faceledger.errors import AccessDeniedException
+
+    cand = world.candidates["own"]
+    with pytest.raises(AccessDeniedException, match="reviewer role"):
+        world.service.review_candidate(cand, "CONFIRM", "auditors may not decide",
+                                       ctx=_ctx(world, "auditor"))
+    with pytest.raises(AccessDeniedException, match="auditor role"):
+        world.service.ledger_events(ctx=_ctx(world, "reviewer-1"))
+    with pytest.raises(AccessDeniedException, match="may not see collection"):
+        world.service.review_case_file(cand, ctx=_ctx(world, "reviewer-1",
+                                                      collections=("other-*",)))
+    refused = world.service.ledger_events({"outcome": "refused"})["Events"]
+    assert {"ReviewCandidate", "ListLedgerEvents", "ViewCandidate"} <= {
+        e["Operation"] for e in refused}
+    assert world.service.get_review_candidate(cand)["Reviews"] == []
+    with pytest.raises(Exception, match="unknown role"):
+        KeyStore.open(world.service.settings, world.service.engine).create(
+            "x", ["*"], ["*"], roles=["superuser"])
+
+
+def test_session_cookie_flags_expiry_and_no_store(world: World) -> None:
+    import asyncio
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    import httpx
+
+    from faceledger.console import build_console
+
+    now = [datetime.now(UTC)]
+    store = KeyStore.open(world.service.settings, world.service.engine)
+    app = build_console(world.service, store, clock=lambda: now[0], session_hours=1)
+    key = world.keys["reviewer-2"]
+
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            form = await c.get("/console/signin")
+            assert form.headers["cache-control"] == "no-store"
+            token = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            assert token is not None
+            signed = await c.post("/console/signin", data={
+                "csrf": token.group(1), "access_key_id": key.info.access_key_id,
+                "secret": key.secret_access_key})
+            assert signed.status_code == 303
+            cookie = signed.headers["set-cookie"].lower()
+            for flag in ("httponly", "samesite=strict", "path=/console", "max-age=3600"):
+                assert flag in cookie
+            queue = await c.get("/console/queue")
+            assert queue.status_code == 200 and "Review queue" in queue.text
+            assert queue.headers["cache-control"] == "no-store"
+            now[0] += timedelta(hours=1, seconds=1)  # the session has expired
+            expired = await c.get("/console/queue")
+            assert expired.status_code == 303
+            assert expired.headers["location"] == "/console/signin"
+
+    asyncio.run(run())

@@ -143,7 +143,9 @@ def keys_create(name: str, operations: tuple[str, ...], collections: tuple[str, 
         info = issued.info
         op.record(access_key_id=info.access_key_id, name=info.name,
                   operations=list(info.operations), collections=list(info.collections),
-                  rate_limit=info.rate_limit, admin=info.admin, roles=list(info.roles))
+                  rate_limit=info.rate_limit, admin=info.admin)
+        if info.roles:
+            op.record(roles=list(info.roles))
     if as_json:
         emit_json({"AccessKeyId": info.access_key_id, "SecretAccessKey": issued.secret_access_key,
                    "Name": info.name, "Operations": list(info.operations),

@@ -69,6 +69,7 @@ class OversightOperations(UserOperations, GovernanceOperations):
         """One candidate with what a reviewer checks: the probe's recorded SHA-256 and face
         geometry, the enrolled face's SHA-256 (from its IndexFaces) and geometry, the search's
         facts and the model's error rates. Logged as a ViewCandidate event."""
+        self._need_role("ViewCandidate", ctx, REVIEW_READERS)
         cand = self.get_review_candidate(candidate_id, ctx=ctx)
         cid = cand["CollectionId"]
         self._need_role("ViewCandidate", ctx, REVIEW_READERS, cid)
