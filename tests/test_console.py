@@ -446,4 +446,39 @@ def test_session_cookie_flags_expiry_and_no_store(world: World) -> None:
             assert expired.status_code == 303
             assert expired.headers["location"] == "/console/signin"
 
-    asyncio.run(run())
+    # in a thread of its own: Playwright's sync API may hold this thread's event loop
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
+
+
+def test_keys_create_with_roles_and_the_console_command(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from faceledger.cli import main
+
+    monkeypatch.setenv("FACELEDGER_DATA_DIR", str(tmp_path))
+    made = CliRunner().invoke(main, ["keys", "create", "rita", "-o", "*", "-c", "staff",
+                                     "--role", "reviewer", "--role", "auditor", "--json"])
+    assert made.exit_code == 0, made.output
+    assert json.loads(made.output)["Roles"] == ["auditor", "reviewer"]
+    wrong = CliRunner().invoke(main, ["keys", "create", "x", "-o", "*", "-c", "*",
+                                      "--role", "boss"])
+    assert wrong.exit_code == 2 and "boss" in wrong.output
+    helped = CliRunner().invoke(main, ["console", "--help"])
+    assert helped.exit_code == 0 and "review console" in helped.output
+
+
+def test_published_group_rates_are_read_from_whatever_the_table_gives() -> None:
+    from faceledger.service.oversight import _group_rows
+
+    assert _group_rows(None) == []
+    as_dict = _group_rows({"female": {"FalseMatchRate": 2e-4, "FalseNonMatchRate": 0.3,
+                                      "curve": [1, 2]}})
+    assert as_dict == [{"Group": "female", "FalseMatchRate": 2e-4, "FalseNonMatchRate": 0.3}]
+    as_list = _group_rows([{"group": "male", "fmr": 1e-4}, "not a row"])
+    assert as_list == [{"group": "male", "fmr": 1e-4}]

@@ -91,6 +91,7 @@ class Console:
                           autoescape=select_autoescape(default=True, default_for_string=True))
         env.filters["fmr"] = _fmr
         env.filters["pct"] = lambda v: "–" if v is None else f"{float(v):.4g}%"
+        env.filters["when"] = _when
         env.filters["num"] = lambda v: "–" if v is None else f"{float(v):.3g}"
         self.templates = Jinja2Templates(env=env)
 
@@ -408,6 +409,15 @@ def _same(a: str, b: str) -> bool:
 
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def _when(value: Any) -> str:
+    """A Unix timestamp or datetime as UTC text."""
+    if isinstance(value, (int, float)):
+        value = datetime.fromtimestamp(value, UTC)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "–" if value is None else str(value)
 
 
 def _fmr(value: Any) -> str:

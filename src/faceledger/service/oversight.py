@@ -11,6 +11,7 @@ the ledger and reports, admin changes policies (and holds every role). A context
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +24,7 @@ from ..errors import (
     ResourceNotFoundException,
 )
 from ..ledger import review, schema
-from ..ledger.events import SEARCH_OPERATIONS, parse_time
+from ..ledger.events import SEARCH_OPERATIONS, format_time, parse_time
 from ..ledger.policy import check_collection_id, load_policy
 from ..ledger.refusals import RoleRequired
 from ..shapes import Shape
@@ -239,7 +240,18 @@ class OversightOperations(UserOperations, GovernanceOperations):
             # the collection's policy (e.g. RequirePurpose) refused the listing; it is logged
             out["ListingRefused"] = exc.message
         with self.ledger.engine.connect() as conn:
-            out["Policy"] = load_policy(conn, cid).to_wire()
+            policy = load_policy(conn, cid)
+            r = schema.retention
+            ids = [f["FaceId"] for f in out["Faces"]]
+            since = dict(conn.execute(select(r.c.face_id, r.c.since).where(
+                r.c.collection == cid, r.c.face_id.in_(ids))).all()) if ids else {}
+        out["Policy"] = policy.to_wire()
+        for face in out["Faces"]:
+            started = since.get(face["FaceId"])
+            face["RetainedSince"] = started
+            if started and policy.retention_days:
+                face["ExpiresAt"] = format_time(
+                    parse_time(started) + timedelta(days=policy.retention_days))
         return out
 
 
