@@ -156,6 +156,8 @@ def test_sign_in_refuses_a_wrong_secret_and_keys_without_a_role(browser: Any,
     page = _page(browser)
     page.goto(f"{world.url}/console/")
     assert page.url.endswith("/console/signin")
+    page.keyboard.press("Tab")  # the first stop is the skip link
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
     # keyboard only: Tab from the key id to the secret, Enter submits
     page.get_by_label("Access key id").focus()
     page.keyboard.type(world.keys["reviewer-1"].info.access_key_id)
@@ -167,6 +169,13 @@ def test_sign_in_refuses_a_wrong_secret_and_keys_without_a_role(browser: Any,
     _shot(page, world, "01-signin-refused")
     _sign_in(page, world, "api-only")
     assert "has no console role" in page.get_by_role("alert").inner_text()
+    _sign_in(page, world, "auditor")
+    assert page.url.endswith("/console/ledger")
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_load_state()
+    assert page.url.endswith("/console/signin")
+    page.goto(f"{world.url}/console/ledger")  # the session is gone
+    assert page.url.endswith("/console/signin")
     page.context.close()
 
 
@@ -214,7 +223,15 @@ def test_one_rejection_settles_a_candidate(browser: Any, world: World) -> None:
     page.goto(f"{world.url}/console/candidates/{cand}")
     assert _no_horizontal_scroll(page)
     _open_photos(page, world)
-    _decide(page, "Reject: not the same person, or cannot tell", "Ears differ; cannot confirm.")
+    # by keyboard: Space picks the radio, Tab moves to the reason, then to the button
+    page.get_by_label("Reject: not the same person, or cannot tell").focus()
+    page.keyboard.press("Space")
+    page.keyboard.press("Tab")
+    page.keyboard.type("Ears differ; cannot confirm.")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Record decision"
+    page.keyboard.press("Enter")
+    page.wait_for_load_state()
     assert page.locator(".status").inner_text().startswith("Status: REJECTED")
     assert page.get_by_role("button", name="Record decision").count() == 0
     _shot(page, world, "06-rejected-phone")
@@ -387,6 +404,7 @@ def test_index_faces_keeps_the_image_hash_and_landmarks_with_the_face(world: Wor
     assert case_file["Search"]["FacesSearched"] >= 1
     views = world.service.ledger_events({"operation": "ViewCandidate"})["Events"]
     assert views and views[0]["Principal"] == world.keys["reviewer-1"].info.access_key_id
+    assert views[0]["CaseReference"] == "INC-3"  # the view is part of the case's record
 
 
 def test_roles_are_enforced_by_the_service_and_refusals_logged(world: World) -> None:

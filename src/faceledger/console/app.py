@@ -21,6 +21,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -132,6 +133,10 @@ class Console:
                     return RedirectResponse(f"{PREFIX}/signin", 303)
                 return self.render(request, "error.html", {"code": exc.code,
                                                             "message": exc.message}, status=401)
+            except HTTPException as exc:  # Starlette's own (e.g. a malformed form body)
+                return self.render(request, "error.html", {
+                    "code": "InvalidParameterException", "message": str(exc.detail)},
+                    status=exc.status_code)
             except FaceledgerError as exc:
                 log.info("console %s: %s", exc.code, exc.message)
                 return self.render(request, "error.html", {"code": exc.code,

@@ -10,6 +10,7 @@ the ledger and reports, admin changes policies (and holds every role). A context
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import timedelta
 from collections.abc import Mapping
@@ -79,7 +80,10 @@ class OversightOperations(UserOperations, GovernanceOperations):
             search = _search_facts(conn, cand["RequestId"])
             if cand["FaceId"]:
                 enrolled = self._enrolled_face(conn, cid, cand["FaceId"])
-        with self.audit("ViewCandidate", ctx, collection=cid, uses_model=False) as op:
+        # the view belongs to the search's case, so the case export shows who saw it
+        vctx = dataclasses.replace(ctx, case=ctx.case or cand["CaseReference"],
+                                   purpose=ctx.purpose or cand["Purpose"])
+        with self.audit("ViewCandidate", vctx, collection=cid, uses_model=False) as op:
             op.record(candidate_id=cand["CandidateId"],
                       face_ids=[cand["FaceId"]] if cand["FaceId"] else [],
                       search_request_id=cand["RequestId"])
