@@ -12,8 +12,10 @@ start of the run. The browser tests skip, with the reason, when Chromium is not 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,9 +93,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, service: FaceService,
     shots = Path(os.environ.get("FACELEDGER_SCREENSHOTS") or
                  tmp_path_factory.mktemp("console-screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"console screenshots: {shots}")
+    if capture is not None and reporter is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\nconsole screenshots: {shots}")
     app = build_app(settings, service=svc, warm_up=False)
     with running(app) as url:
         yield World(url, svc, keys, {"enrolled": enrolled, "probe": probe, "wrong": wrong},
@@ -290,8 +294,9 @@ def test_pages_at_phone_width_and_200_percent_zoom_and_never_cached(browser: Any
                                                                       "height": 400}, 2)):
         page = _page(browser, viewport, scale)
         _sign_in(page, world, "admin")
-        for path, name in (("queue", "queue"), ("report", "report"), (f"candidates/{cand}", "candidate"),
-                           ("ledger", "ledger"), ("collections/staff", "collection")):
+        for path, name in (("queue", "queue"), ("report", "report"),
+                           (f"candidates/{cand}", "candidate"), ("ledger", "ledger"),
+                           ("collections/staff", "collection")):
             answer = page.goto(f"{world.url}/console/{path}")
             assert answer.status == 200, page.content()
             assert answer.headers["cache-control"] == "no-store"
@@ -365,12 +370,18 @@ def test_report_collections_and_export(browser: Any, world: World) -> None:
     page.get_by_role("button", name="List faces").click()
     assert "eileen-enrolled" in page.get_by_role("region", name="Faces").inner_text()
     _shot(page, world, "32-collection-staff")
+    page.goto(f"{world.url}/console/candidates/{world.candidates['confirm']}")  # a case view
     page.goto(f"{world.url}/console/ledger")
     page.get_by_label("Case reference").fill("INC-1")
     with page.expect_download() as download:
         page.get_by_role("button", name="Export case bundle (admins)").click()
-    bundle = Path(download.value.path()).read_text()
-    assert '"case": "INC-1"' in bundle
+    assert download.value.suggested_filename == "case-INC-1.zip"
+    with zipfile.ZipFile(download.value.path()) as bundle:
+        assert sorted(bundle.namelist()) == ["README.txt", "case-INC-1.json", "verify.py"]
+        events = json.loads(bundle.read("case-INC-1.json"))["events"]
+    # the search, the views of the case file and the export itself are in the case's record
+    assert {"SearchFacesByImage", "ViewCandidate", "ExportCase"} <= {
+        e["operation"] for e in events}
     page.context.close()
 
 
@@ -473,8 +484,6 @@ def test_session_cookie_flags_expiry_and_no_store(world: World) -> None:
 
 def test_keys_create_with_roles_and_the_console_command(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import json
-
     from click.testing import CliRunner
 
     from faceledger.cli import main

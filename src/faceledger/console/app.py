@@ -8,13 +8,17 @@ data. This module only parses forms, renders templates and keeps sessions. See d
 from __future__ import annotations
 
 import hmac
+import io
 import json
 import logging
 import secrets
+import tempfile
 import uuid
+import zipfile
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -31,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..context import RequestContext
 from ..errors import AccessDeniedException, FaceledgerError, InvalidParameterException
+from ..ledger.export import write_bundle
 from ..ledger.report import bar_chart, day_chart, render_html
 from ..server.keys import KeyStore
 from ..service import FaceService
@@ -323,10 +328,10 @@ class Console:
         form = await self.form(request, session)
         case = str(form.get("case") or "").strip()
         bundle = await self.call(self.service.export_case, case, ctx=self.ctx(session))
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in case)
-        return Response(json.dumps(bundle, indent=1, ensure_ascii=False),
-                        media_type="application/json",
-                        headers={"content-disposition": f'attachment; filename="case-{safe}.json"'})
+        # the same three files as `faceledger export`: bundle, standalone verifier, README
+        data = await self.call(_zip_bundle, bundle)
+        return Response(data, media_type="application/zip", headers={
+            "content-disposition": f'attachment; filename="case-{_safe(case)}.zip"'})
 
     # -- reports and collections -------------------------------------------------------
 
@@ -406,6 +411,17 @@ class _SignInNeeded(AccessDeniedException):
 def build_console(service: FaceService, keys: KeyStore, **options: Any) -> ASGIApp:
     """The console's ASGI app (all paths under /console)."""
     return Console(service, keys, **options).app()
+
+
+def _zip_bundle(bundle: Mapping[str, Any]) -> bytes:
+    """A case bundle as a zip of what `faceledger export` writes."""
+    with tempfile.TemporaryDirectory(prefix="faceledger-export-") as tmp:
+        paths = write_bundle(dict(bundle), Path(tmp))
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in paths:
+                zf.write(path, path.name)
+    return buf.getvalue()
 
 
 def _same(a: str, b: str) -> bool:
