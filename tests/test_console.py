@@ -509,3 +509,26 @@ def test_published_group_rates_are_read_from_whatever_the_table_gives() -> None:
     assert as_dict == [{"Group": "female", "FalseMatchRate": 2e-4, "FalseNonMatchRate": 0.3}]
     as_list = _group_rows([{"group": "male", "fmr": 1e-4}, "not a row"])
     assert as_list == [{"group": "male", "fmr": 1e-4}]
+
+
+def test_older_databases_gain_the_new_nullable_columns(tmp_path: Path) -> None:
+    from faceledger.db import make_engine
+    from faceledger.ledger import Ledger
+    from faceledger.store.catalog import Catalog
+
+    settings = Settings(data_dir=tmp_path)
+    engine = make_engine(settings.resolved_database_url())
+    Catalog(engine), Ledger(engine), KeyStore.open(settings, engine, create_kek=True)
+    dropped = [("fl_faces", "image_sha256"), ("fl_faces", "landmarks"),
+               ("ledger_candidates", "probe_face"), ("fl_api_keys", "roles")]
+    with engine.begin() as conn:  # as a database made before these columns existed
+        for table, column in dropped:
+            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+    Catalog(engine), Ledger(engine)
+    store = KeyStore.open(settings, engine)
+    from sqlalchemy import inspect
+
+    for table, column in dropped:
+        assert column in {c["name"] for c in inspect(engine).get_columns(table)}
+    assert store.create("old-db", ["*"], ["*"], roles=["auditor"]).info.roles == ("auditor",)
+    engine.dispose()

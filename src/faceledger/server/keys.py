@@ -48,6 +48,7 @@ from sqlalchemy import (
     update,
 )
 
+from ..db import add_missing_columns
 from ..errors import InvalidParameterException, ResourceNotFoundException
 from ..settings import Settings
 from .sigv4 import signing_key
@@ -209,6 +210,7 @@ class KeyStore:
         self.engine = engine
         self._kek = kek
         metadata.create_all(engine, checkfirst=True)
+        add_missing_columns(engine, metadata)  # roles, on databases made before it
 
     @classmethod
     def open(cls, settings: Settings, engine: Engine, *, create_kek: bool = False) -> KeyStore:

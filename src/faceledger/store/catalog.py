@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from numpy.typing import NDArray
 from sqlalchemy import Connection, Engine
 
+from ..db import add_missing_columns
 from ..errors import (
     ConflictException,
     IdempotentParameterMismatchException,
@@ -272,6 +273,7 @@ class Catalog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         metadata.create_all(engine)
+        add_missing_columns(engine, metadata)  # image_sha256, landmarks on older databases
 
     @property
     def dialect(self) -> str:
