@@ -227,6 +227,7 @@ def test_one_rejection_settles_a_candidate(browser: Any, world: World) -> None:
     page.goto(f"{world.url}/console/candidates/{cand}")
     assert _no_horizontal_scroll(page)
     _open_photos(page, world)
+    _shot(page, world, "06-candidate-phone-faces")
     # by keyboard: Space picks the radio, Tab moves to the reason, then to the button
     page.get_by_label("Reject: not the same person, or cannot tell").focus()
     page.keyboard.press("Space")
@@ -238,7 +239,7 @@ def test_one_rejection_settles_a_candidate(browser: Any, world: World) -> None:
     page.wait_for_load_state()
     assert page.locator(".status").inner_text().startswith("Status: REJECTED")
     assert page.get_by_role("button", name="Record decision").count() == 0
-    _shot(page, world, "06-rejected-phone")
+    _shot(page, world, "06-rejected-phone-settled")
     page.context.close()
     assert world.service.get_review_candidate(cand)["Status"] == "REJECTED"
 

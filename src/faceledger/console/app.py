@@ -233,6 +233,9 @@ class Console:
             return await self.signin_form(
                 request, f"Key {key.access_key_id} has no console role (reviewer, auditor or "
                          "admin); ask an admin for one.", 403)
+        previous = request.cookies.get(SESSION_COOKIE)
+        if previous:  # signing in again ends the session this browser had
+            await self.call(self.sessions.close, previous)
         session_id, _ = await self.call(self.sessions.open, key, now)
         log.info("console sign-in %s (%s)", key.access_key_id, ",".join(sorted(key.roles)))
         response = RedirectResponse(f"{PREFIX}/", 303)
