@@ -27,7 +27,7 @@ from ..errors import (
     InvalidParameterException,
 )
 from ..ledger import AuditedOperation
-from ..shapes import Shape, bounding_box, face_detail
+from ..shapes import Shape, bounding_box, face_detail, landmarks
 from ..sources import ImageInput
 from ..store import Catalog, CollectionRow, FaceRow, NewFace, VectorIndex, open_store
 from ..store.catalog import request_hash
@@ -198,6 +198,9 @@ class CollectionOperations(ServiceCore):
                     face_id=m.new_id(), image_id=image_id, external_image_id=ext,
                     box=m.box(bounding_box(f.box, img.width, img.height)),
                     confidence=f.confidence, embedding=m.template(f),
+                    image_sha256=img.sha256,
+                    landmarks=tuple((lm["Type"], lm["X"], lm["Y"])
+                                    for lm in landmarks(f, img.width, img.height)),
                 )
                 for f in chosen
             ]
@@ -349,6 +352,9 @@ class CollectionOperations(ServiceCore):
                     + ("" if qf == "NONE" or not faces else f" that meets QualityFilter {qf}")
                     + ".")
             face = usable[0]
+            # where the probe's face is, kept with any review candidate (never the photo)
+            op.probe_face = {"BoundingBox": bounding_box(face.box, img.width, img.height),
+                             "Landmarks": landmarks(face, img.width, img.height)}
             vec = self.pipeline.embed_boxes(img.pixels, [face.box])[0]
             with self.catalog.read() as conn:  # faces may have come and gone meanwhile
                 coll = self._usable(self.catalog.collection(conn, cid))
