@@ -501,15 +501,14 @@ def test_keys_create_with_roles_and_the_console_command(tmp_path: Path,
     assert helped.exit_code == 0 and "review console" in helped.output
 
 
-def test_published_group_rates_are_read_from_whatever_the_table_gives() -> None:
+def test_published_group_rates_come_from_the_tables_coverage() -> None:
+    from faceledger.calibration import load_calibration
     from faceledger.service.oversight import _group_rows
 
     assert _group_rows(None) == []
-    as_dict = _group_rows({"female": {"FalseMatchRate": 2e-4, "FalseNonMatchRate": 0.3,
-                                      "curve": [1, 2]}})
-    assert as_dict == [{"Group": "female", "FalseMatchRate": 2e-4, "FalseNonMatchRate": 0.3}]
-    as_list = _group_rows([{"group": "male", "fmr": 1e-4}, "not a row"])
-    assert as_list == [{"group": "male", "fmr": 1e-4}]
+    rows = _group_rows(load_calibration("dlib-resnet-v1").provenance["coverage"])
+    assert len(rows) == 20 and {r["Covered"][:3] for r in rows} == {"yes"}
+    assert {"Group", "People", "Impostor pairs", "FMR at 99.99"} <= set(rows[0])
 
 
 def test_older_databases_gain_the_new_nullable_columns(tmp_path: Path) -> None:

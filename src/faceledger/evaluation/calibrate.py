@@ -34,7 +34,9 @@ from ..rates import ClusteredPairs, cross_identity_distances
 from ..settings import Settings
 from ..vision import FacePipeline
 from ..calibration.bound import bound_provenance, conservative_log10_fmr, empirical_upper_bound
-from ..calibration.coverage import MAX_FMR, MIN_COUNT, GroupShift, group_shift, shifted_curve
+from ..calibration.coverage import (
+    MAX_FMR, MIN_COUNT, GroupShift, group_shift, inverse_curve, shifted_curve,
+)  # fmt: skip
 from ..calibration.normalise import ScoreNormaliser, fit_normaliser
 from ..calibration.table import MIN_LOG10_FMR, CalibrationTable, similarity_for_fmr
 from ..calibration.tail import TailFit, extrapolation_check, fit_tail
@@ -399,10 +401,13 @@ def _cover_groups(
     cells = np.array(reference.groups, dtype=object)
     pooled = np.array([g.split("/", 1)[1] + " (both sexes)" for g in reference.groups], dtype=object)
 
+    measured: dict[str, ClusteredPairs] = {}
+
     def shift_of(members: NDArray[np.bool_], name: str) -> GroupShift:
         t = reference.cohort[members]
         off = None if normaliser is None else normaliser.half_offsets(t)
         cp = ClusteredPairs.from_embeddings(t, np.arange(len(t)), max_fmr=0.2, offsets=off)
+        measured[name] = cp
         bound = empirical_upper_bound(cp, distance, replicates=replicates, seed=seed)
         return group_shift(name, len(t), bound, distance, log10_fmr)
 
@@ -427,7 +432,19 @@ def _cover_groups(
             binding.append(pool)
     worst = max(binding, key=lambda s: s.shift) if binding else None
     shift = 0.0 if worst is None else worst.shift
-    return shifted_curve(distance, log10_fmr, shift), {
+    curve = shifted_curve(distance, log10_fmr, shift)
+    # Each group's own FMR at the shipped thresholds (these reference people, point estimates
+    # and counts): the per-group error rates the table publishes.
+    fmrs = (1e-3, 1e-4, 1e-5)
+    at = inverse_curve(distance, curve, np.log10(np.asarray(fmrs)))
+    rates = {
+        g: [{"similarity": round(similarity_for_fmr(f), 6), "promised_fmr": f,
+             "distance": round(float(d), 5), "fmr": float(cp.fmr([d])[0]),
+             "impostor_matches": int(round(float(cp.fmr([d])[0]) * cp.n_impostor))}
+            for f, d in zip(fmrs, at)]
+        for g, cp in measured.items()
+    }  # fmt: skip
+    return curve, {
         "rule": "FMR_table(d) = FMR_LFW(d + max_g Delta_g): LFW's 95% bound moved by the "
                 "largest shift any covered group needs for the bound to sit above its own 95% "
                 f"upper bound wherever it has >= {MIN_COUNT} impostor pairs and FMR <= {MAX_FMR} "
@@ -436,8 +453,10 @@ def _cover_groups(
         "shift": round(shift, 5),
         "set_by": None if worst is None else worst.group,
         "groups": [s.as_dict() | {"covered": s.group in covered,
-                                  "covered_through": stand_ins.get(s.group)} for s in shifts],
-        "pooled_groups": [s.as_dict() for s in by_pool.values()],
+                                  "covered_through": stand_ins.get(s.group),
+                                  "at_thresholds": rates[s.group]} for s in shifts],
+        "pooled_groups": [s.as_dict() | {"at_thresholds": rates[s.group]}
+                          for s in by_pool.values()],
         "covered": covered,
         "not_covered": [s.group for s in shifts if s.group not in covered],
         "children": "covered (measured with their own rows; the model separates children's faces "

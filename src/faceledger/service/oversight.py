@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from ..calibration.coverage import coverage_lines
 from ..context import LOCAL, RequestContext
 from ..errors import (
     InvalidParameterException,
@@ -130,11 +131,11 @@ class OversightOperations(UserOperations, GovernanceOperations):
                            "FalseNonMatchRate": float(table.fnmr_at(d)),
                            "Credible": table.is_credible(fmr)})
         prov = table.provenance
-        groups = prov.get("groups") or prov.get("per_group") or prov.get("by_group")
         return {"ModelVersion": table.model_version, "Available": True,
                 "Dataset": (prov.get("dataset") or {}).get("name"),
                 "LowestCredibleFalseMatchRate": table.lowest_credible_fmr,
-                "OperatingPoints": points, "Groups": _group_rows(groups)}
+                "OperatingPoints": points, "Populations": coverage_lines(table),
+                "Groups": _group_rows(prov.get("coverage"))}
 
     def calibration_curve(self, points: int = 60) -> Shape:
         """The calibration as (distance, Similarity, FMR, FNMR) points for a chart."""
@@ -302,21 +303,19 @@ def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _group_rows(groups: Any) -> list[Shape]:
-    """Per-group rows from whatever shape the calibration table gives (dict or list)."""
-    if not groups:
+def _group_rows(coverage: Any) -> list[Shape]:
+    """One row per group the calibration measured: people, pairs, whether the promise covers
+    it, and the group's own FMR at the shipped 99.9 / 99.99 / 99.999 thresholds."""
+    if not isinstance(coverage, Mapping):
         return []
-    if isinstance(groups, Mapping):
-        rows = []
-        for name, value in groups.items():
-            row: Shape = {"Group": str(name)}
-            if isinstance(value, Mapping):
-                row.update({str(k): v for k, v in value.items() if not isinstance(v, (list, dict))})
-            else:
-                row["Value"] = value
-            rows.append(row)
-        return rows
-    if isinstance(groups, list):
-        return [{str(k): v for k, v in g.items() if not isinstance(v, (list, dict))}
-                for g in groups if isinstance(g, Mapping)]
-    return []
+    rows: list[Shape] = []
+    for g in coverage.get("groups", []):
+        row: Shape = {"Group": g["group"], "People": g["images"],
+                      "Impostor pairs": g["impostor_pairs"],
+                      "Covered": ("yes" if g["covered"] else "no")
+                      + (f" (through {g['covered_through']})" if g.get("covered_through") else "")}
+        for t in g.get("at_thresholds", []):
+            row[f"FMR at {t['similarity']:g}"] = (f"{t['fmr']:.1e} ({t['impostor_matches']} of "
+                                                   f"{g['impostor_pairs']:,})")
+        rows.append(row)
+    return rows
