@@ -157,15 +157,24 @@ def main() -> None:
     print("\n| setting | model version | pairsDevTest accuracy (+-SE) | TAR @ FMR 1e-3 [95% CI] | "
           "TAR @ FMR 1e-4 [95% CI] | embed ms/face |")
     print("|---|---|---|---|---|---|")
+    boots = []
     for m, mode in enumerate(MODES[:2]):
         tmpl = templates[m]
         acc = lfw_protocol(test_pairs, pair_d(tmpl, test_pairs), (train_pairs, pair_d(tmpl, train_pairs)))
         pairs = ClusteredPairs.from_embeddings(tmpl, ident, max_fmr=1e-3)
         rows = pairs.verification_rates(fmr_targets=[1e-3, 1e-4], replicates=args.replicates)["at_fmr"]
+        # the same seed resamples the same identities for both settings: paired replicates
+        boots.append(pairs.bootstrap(fmr_targets=[1e-3, 1e-4], replicates=args.replicates)["tar"])
         version = "dlib-resnet-v1" if mode == "none" else f"dlib-resnet-v1-{mode}"
         print(f"| {mode} | {version} | {acc['accuracy']:.4f} +- {acc['standard_error']:.4f} | "
               f"{_cell(rows[0])} | {_cell(rows[1])} | {ms[mode]:.1f} |")
     print(f"({pairs.n_genuine:,} genuine, {pairs.n_impostor:,} impostor pairs)")
+    diff = boots[1] - boots[0]
+    for c, fmr in enumerate((1e-3, 1e-4)):
+        col = diff[:, c][np.isfinite(diff[:, c])]
+        lo, hi = np.percentile(col, [2.5, 97.5])
+        print(f"flip - none, TAR @ FMR {fmr:g}: {np.median(col):+.4f} [{lo:+.4f}, {hi:+.4f}] "
+              f"(paired bootstrap over identities, {len(col)} replicates)")
 
     sub = np.array(sorted(test_images))
     print(f"\nThe {len(sub):,} images of pairsDevTest only (jitter costs 8 runs per face, so it "

@@ -155,7 +155,7 @@ def test_calibration_built_with_onnx_equals_dlibs(
 ) -> None:
     """The same table from both runtimes' templates (400 LFW images, ~80k impostor pairs):
     every summary threshold and the whole FMR curve to 4 decimals."""
-    from faceledger.calibration.build import build_calibration
+    from faceledger.evaluation.calibrate import build_calibration
 
     root, both = large_sample
     tables = {}
