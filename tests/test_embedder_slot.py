@@ -188,3 +188,31 @@ def test_collections_stay_bound_to_their_model(tiny: Path, astronaut_jpeg: bytes
     operator = FaceService(Settings(embedder=f"onnx:{tiny}", data_dir=data))
     with pytest.raises(InvalidParameterException, match="different models cannot be compared"):
         operator.index_faces("staff", {"Bytes": astronaut_jpeg})
+
+
+def test_boto3_gets_resource_not_ready_from_an_uncalibrated_model(
+    tiny: Path, astronaut_jpeg: bytes, tmp_path: Path
+) -> None:
+    """Through the HTTP server, as a boto3 user sees it: Rekognition's own code for a model
+    version that is not ready to serve, HTTP 400, no traceback."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    from faceledger.server import RekognitionApp, running
+
+    settings = Settings(embedder=f"onnx:{tiny}", data_dir=tmp_path)
+    app = RekognitionApp(FaceService(settings), None, settings, dev_mode=True, warm_up=False)
+    with running(app) as url:
+        client = boto3.session.Session().client(
+            "rekognition", endpoint_url=url, region_name=settings.region,
+            aws_access_key_id="anything", aws_secret_access_key="anything",
+            config=Config(retries={"max_attempts": 1}))  # fmt: skip
+        with pytest.raises(ClientError) as exc:
+            client.compare_faces(SourceImage={"Bytes": astronaut_jpeg},
+                                 TargetImage={"Bytes": astronaut_jpeg})  # fmt: skip
+    app.close()
+    err = exc.value.response
+    assert err["Error"]["Code"] == "ResourceNotReadyException"
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert "calibration build" in err["Error"]["Message"]
