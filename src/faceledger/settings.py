@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DetectorName = Literal["hog", "cnn", "mtcnn"]
@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     index_ef_search: int = 512
     # Default search threshold: expected false matches per search at most this (store/thresholds).
     search_expected_false_matches: float = 0.01
+
+    @field_validator("embedder")
+    @classmethod
+    def _known_embedder(cls, value: str) -> str:
+        if value in ("dlib", "dlib-native") or (value.startswith("onnx:") and len(value) > 5):
+            return value
+        raise ValueError("embedder must be dlib, dlib-native or onnx:PATH")
 
     def resolved_model_cache_dir(self) -> Path:
         """`model_cache_dir`, or `data_dir/models`."""
