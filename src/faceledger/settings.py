@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     # Pixels beyond this are refused as a likely decompression bomb (Rekognition: ImageTooLarge).
     max_image_pixels: int = 50_000_000
     # Pixels decoded for one image: larger JPEGs decode at 1/2, 1/4 or 1/8 scale, larger PNGs
-    # are refused (ImageTooLarge). A decoded pixel costs about 10 bytes at the peak of decoding.
+    # are refused (ImageTooLarge). A decoded pixel costs about 13 bytes at the peak of decoding
+    # (bench/decode_memory.py: 322 MB for a 24-megapixel JPEG).
     max_decoded_pixels: int = 25_000_000
     # Pixels being decoded at once across all requests; beyond it a decode waits (then
     # ThrottlingException), so concurrent large images cannot add up.
