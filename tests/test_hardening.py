@@ -434,3 +434,23 @@ def test_rotate_kek_reseals_every_secret_and_retires_the_old_key(tmp_path: Path)
     assert again.returncode == 0, again.stderr
     assert "re-sealed 1 API key(s)" in again.stdout
     assert len(list((tmp_path / "config").glob("key-encryption-key.retired-*"))) == 2
+
+
+def test_a_legacy_kek_in_the_data_directory_still_works_and_can_be_moved_out(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from faceledger.server.keys import write_kek_file
+
+    settings = Settings(data_dir=tmp_path / "data", config_dir=tmp_path / "config")
+    legacy = tmp_path / "data" / "secrets" / "key-encryption-key"
+    kek = secrets.token_bytes(32)
+    write_kek_file(legacy, kek)
+    with caplog.at_level(logging.WARNING, logger="faceledger.server"):
+        assert load_kek(settings, create=False) == kek
+    assert "inside the data directory" in caplog.text
+    env = {**os.environ, "FACELEDGER_DATA_DIR": str(tmp_path / "data"),
+           "FACELEDGER_CONFIG_DIR": str(tmp_path / "config")}
+    target = tmp_path / "config" / "key-encryption-key"
+    moved = _cli(env, "keys", "rotate-kek", "--to-file", str(target))
+    assert moved.returncode == 0, moved.stderr
+    new = load_kek(settings, create=False)
+    assert new is not None and new != kek and target.is_file()

@@ -59,7 +59,7 @@ log = logging.getLogger("faceledger.server")
 
 KEY_ID_PREFIX = "FLK"
 KEK_FILE_NAME = "key-encryption-key"
-# Where versions before 0.2 kept the KEK (inside the data directory); still read, with a warning.
+# Where earlier versions kept the KEK (inside the data directory); still read, with a warning.
 LEGACY_KEK = Path("secrets") / KEK_FILE_NAME
 _BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
