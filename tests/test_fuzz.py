@@ -446,3 +446,28 @@ def test_unique_request_ids_are_uuids(world: World) -> None:
     response = check(world, "DescribeCollection", json.dumps({"CollectionId": SEED}).encode())
     assert response.status_code == 200, response.text
     assert uuid.UUID(response.headers["x-amzn-requestid"])
+
+
+# --- what the long fuzzing run found (kept as fixed examples) -------------------------------
+
+# A 1x1 CMYK JPEG whose MPF index is malformed: Pillow warns and reads it as a plain JPEG; the
+# warning (an error under pytest's filterwarnings) used to escape as a 500.
+MALFORMED_MPO = (
+    "/9j/7gAOQWRvYmUAZAAAAAAA/+IAaE1QRgAgIElJKgAIAAAAAwAAsAcABAAAADAxMDABsAQAAQAAAAIAAAACsAcAIA"
+    "AAADIAAAAAAAAAAAADAMYBAAAAAAAAAAAAAAAAAABcAQAAqgEAAAAAAAAgICAgICAgICAgICAgIP/bAEMA////////"
+    "///////////////////////////////////////////////////////////////////////////////AABQIAAEAAQ"
+    "RDEQBNEQBZEQBLEQD/xAAfAAABBQEBAQEBAQAAAAAAAAAAAQIDBAUGBwgJCgv/xAC1EAACAQMDAgQDBQUEBAAAAX0B"
+    "AgMABBEFEiExQQYTUWEHInEUMoGRoQgjQrHBFVLR8CQzYnKCCQoWFxgZGiUmJygpKjQ1Njc4OTpDREVGR0hJSlNUVV"
+    "ZXWFlaY2RlZmdoaWpzdHV2d3h5eoOEhYaHiImKkpOUlZaXmJmaoqOkpaanqKmqsrO0tba3uLm6wsPExcbHyMnK0tPU"
+    "1dbX2Nna4eLj5OXm5+jp6vHy8/T19vf4+fr/2gAOBEMATQBZAEsAAD8ASinVJX//2Q=="
+)
+
+
+@pytest.mark.parametrize(("operation", "body"), [
+    ("DetectFaces", json.dumps({"Image": {"Bytes": MALFORMED_MPO}})),
+    # a map key with a control character used to be echoed raw in the error message
+    ("CreateCollection", '{"CollectionId": "fuzz", "Tags": {"\\u001f": null}}'),
+])
+def test_fuzz_findings(world: World, operation: str, body: str) -> None:
+    response = check(world, operation, body.encode())
+    assert response.status_code == 400

@@ -134,8 +134,11 @@ def decode_image(
             f"Image is {len(data)} bytes; the limit for image bytes is {max_bytes}."
         )
     try:
-        with warnings.catch_warnings():
-            # Pillow warns (then errors) on decompression bombs; treat both as too large.
+        with warnings.catch_warnings(record=True) as noticed:
+            # Pillow warns about malformed metadata (an MPO index, EXIF) and reads on: so do
+            # we, noting it in the log. It warns (then errors) on decompression bombs: both are
+            # too large.
+            warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             opened = Image.open(io.BytesIO(data))
             fmt = opened.format or ""
@@ -156,6 +159,8 @@ def decode_image(
                 rgb = to_rgb(oriented)
                 pixels = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
                 del opened, oriented, rgb
+            for warning in noticed:
+                log.debug("while decoding an image: %s", warning.message)
     except (InvalidImageFormatException, ImageTooLargeException, ThrottlingException):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

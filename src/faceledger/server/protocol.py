@@ -247,8 +247,9 @@ class _Validator:
             if not isinstance(raw, dict):
                 raise _wrong_type(path, "an object", raw)
             self.bounds(shape, len(raw), path, raw, "have length")
+            # a map key is the caller's text: escaped before it becomes part of a message
             return {self.value(shape.key, k, f"{path}.key"): self.value(shape.value, v,
-                                                                        f"{path}.{k}")
+                                                                        f"{path}.{shown(k)}")
                     for k, v in raw.items()}
         if kind == "string":
             if not isinstance(raw, str):
