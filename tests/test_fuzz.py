@@ -280,9 +280,11 @@ JSON_JUNK = st.one_of(
 class Shapes:
     """Strategies for botocore shapes, aimed at the world's seed data where names matter."""
 
-    def __init__(self, world: World, faces: bytes) -> None:
+    def __init__(self, world: World, faces: bytes, *, valid_images: bool = False) -> None:
         self.world = world
         self.faces = faces
+        # valid bodies carry decodable images, so they reach the models and the store
+        self.images = images(faces) if valid_images else image_bytes(faces)
 
     def value(self, shape: Any, name: str, operation: str) -> st.SearchStrategy[Any]:
         kind = shape.type_name
@@ -310,7 +312,7 @@ class Shapes:
         if kind == "boolean":
             return st.booleans()
         if kind == "blob":
-            return image_bytes(self.faces).map(lambda b: base64.b64encode(b).decode())
+            return self.images.map(lambda b: base64.b64encode(b).decode())
         if kind == "timestamp":
             return st.integers(0, 2 ** 31)
         return st.none()  # pragma: no cover - no other kinds in the model
@@ -369,11 +371,13 @@ def mutate(draw: st.DrawFn, body: dict[str, Any]) -> Any:
 
 
 def request_bodies(shapes: Shapes, operation: str) -> st.SearchStrategy[bytes]:
+    """Bodies for `operation`: valid by the model (with decodable images), or one mutation of
+    a valid body (whose images may be mutated too)."""
     shape = protocol.service_model().operation_model(operation).input_shape
-    valid = shapes.value(shape, operation, operation)
-    mutated = valid.flatmap(mutate)
-    return st.one_of(valid, mutated, mutated).map(
-        lambda v: json.dumps(v).encode())
+    valid = Shapes(shapes.world, shapes.faces, valid_images=True).value(shape, operation,
+                                                                        operation)
+    mutated = shapes.value(shape, operation, operation).flatmap(mutate)
+    return st.one_of(valid, mutated).map(lambda v: json.dumps(v).encode())
 
 
 # --- the properties ------------------------------------------------------------------------
