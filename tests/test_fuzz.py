@@ -471,6 +471,8 @@ MALFORMED_MPO = (
     ("DetectFaces", json.dumps({"Image": {"Bytes": MALFORMED_MPO}})),
     # a map key with a control character used to be echoed raw in the error message
     ("CreateCollection", '{"CollectionId": "fuzz", "Tags": {"\\u001f": null}}'),
+    # a no-break space is not printable either: it was echoed raw
+    ("DeleteCollection", '{"CollectionId": "\\u00a0"}'),
 ])
 def test_fuzz_findings(world: World, operation: str, body: str) -> None:
     response = check(world, operation, body.encode())

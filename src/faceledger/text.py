@@ -2,9 +2,11 @@
 
 A value a caller chose (a collection id that failed validation, a header, an object name) must
 never reach a log as a line break, a terminal escape or a bidi override: `shown` escapes every
-control, format and separator character the way Python's string literals do (`\\n`, `\\x1b`,
-`\\u2028`) and clips long values, so one request is always one log line and a message shows
-what was sent without acting on the reader. `EscapingFilter` applies the same rendering to
+character Python does not call printable - controls, format characters (bidi overrides,
+zero-width), line and paragraph separators, spaces other than ' ' (NBSP), unassigned and
+surrogate code points - the way string literals do (`\\n`, `\\x1b`, `\\u2028`), and clips
+long values, so one request is always one log line and a message shows what was sent without
+acting on the reader. `EscapingFilter` applies the same rendering to
 every record of a logger (the server installs it on `faceledger.server`), for the values a
 message forgot to pass through `shown`.
 """
@@ -12,12 +14,8 @@ message forgot to pass through `shown`.
 from __future__ import annotations
 
 import logging
-import unicodedata
 from typing import Any
 
-# Cc: C0/C1 controls (\n, \r, \x1b, \x85); Cf: format (bidi overrides, zero-width);
-# Zl/Zp: line and paragraph separators; Cs: lone surrogates (unencodable); Co/Cn: unassigned.
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
 
@@ -30,7 +28,7 @@ def escape(text: str) -> str:
         named = _NAMED.get(ch)
         if named is not None:
             out.append(named)
-        elif unicodedata.category(ch) in _UNSAFE_CATEGORIES:
+        elif not ch.isprintable():
             code = ord(ch)
             out.append(f"\\x{code:02x}" if code < 0x100 else
                        f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")

@@ -127,7 +127,8 @@ class RekognitionApp:
     def announce(self) -> None:
         """Log what this server serves; shout if it is in development mode."""
         if self.dev_mode:
-            log.warning(DEV_BANNER)
+            for line in DEV_BANNER.strip("\n").splitlines():  # log lines never hold a break
+                log.warning(line)
         log.info("serving %d operations: %s", len(self.operations),
                  ", ".join(sorted(self.operations)))
 
