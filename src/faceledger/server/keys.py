@@ -52,6 +52,7 @@ from sqlalchemy import (
 
 from ..errors import InvalidParameterException, ResourceNotFoundException
 from ..permissions import private_dir
+from ..text import shown
 from ..settings import Settings
 from .sigv4 import signing_key
 
@@ -217,9 +218,11 @@ def check_patterns(values: Iterable[str], known: Sequence[str] | None,
         raise InvalidParameterException(f"give at least one {what} (or '*' for all)")
     for v in out:
         if len(v) > 255 or not all(c.isalnum() or c in "_.-:*?[]" for c in v):
-            raise InvalidParameterException(f"{what} {v!r} has characters a name cannot have")
+            raise InvalidParameterException(
+                f"{what} '{shown(v)}' has characters a name cannot have")
         if known is not None and not any(fnmatchcase(k, v) for k in known):
-            raise InvalidParameterException(f"{what} {v!r} matches no Rekognition operation")
+            raise InvalidParameterException(
+                f"{what} '{shown(v)}' matches no Rekognition operation")
     return out
 
 

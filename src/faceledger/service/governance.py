@@ -25,6 +25,7 @@ from ..ledger.policy import check_collection_id, load_policy, policies_with_rete
 from ..ledger.refusals import AdminRequired
 from ..ledger.report import build as build_report
 from ..shapes import Shape
+from ..text import shown
 from .core import ServiceCore, check_enum
 
 MAX_FACE_IDS = 4096
@@ -247,7 +248,7 @@ class GovernanceOperations(ServiceCore):
         with self.ledger.engine.connect() as conn:
             count = case_export.count_case_events(conn, ref)
         if count == 0:
-            raise ResourceNotFoundException(f"No ledger event carries case reference {ref!r}.")
+            raise ResourceNotFoundException(f"No ledger event carries case reference '{shown(ref)}'.")
         self._require_admin("ExportCase", ctx)
         with self.audit("ExportCase", dataclasses.replace(ctx, case=ref),
                         uses_model=False) as op:
@@ -265,5 +266,5 @@ def _time(value: Any, field: str) -> datetime:
         return parse_time(value)
     except ValueError as exc:
         raise InvalidParameterException(
-            f"{field} {value!r} is not an ISO 8601 date or time (e.g. 2025-01-31)."
+            f"{field} '{shown(value)}' is not an ISO 8601 date or time (e.g. 2025-01-31)."
         ) from exc
