@@ -10,10 +10,11 @@ from .core import ServiceCore
 from .governance import GovernanceOperations
 from .images import ImageOperations
 from .users import UserOperations
+from .video import VideoOperations
 
 
-class FaceService(ImageOperations, UserOperations, CollectionOperations, GovernanceOperations,
-                  ServiceCore):
+class FaceService(VideoOperations, ImageOperations, UserOperations, CollectionOperations,
+                  GovernanceOperations, ServiceCore):
     """Every faceledger operation, Rekognition request and response shapes."""
 
 

@@ -1,0 +1,151 @@
+"""Reading stored video with PyAV (FFmpeg in its wheels): metadata, and frames sampled at a rate.
+
+Why PyAV rather than OpenCV's FFmpeg backend: it reports codec, container and colour range
+(VideoMetadata), lets us skip work per packet, and can copy the audio stream when redacting;
+bench/video.py measures both decoders on the same files.
+
+Sampling: a frame is taken whenever its presentation time reaches the next multiple of
+1/rate seconds. Inter-coded streams (H.264, HEVC, VP9 ...) must decode every reference frame,
+so unsampled frames are decoded but never converted to RGB (the conversion costs as much as the
+decode); for intra-only codecs (MJPEG, FFV1, ProRes ...) unsampled packets are not decoded at
+all. Only one frame is held at a time, so memory does not grow with the video's length.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import InvalidParameterException
+
+log = logging.getLogger("faceledger.video")
+
+# Rekognition Video accepts MPEG-4 and MOV containers with H.264; faceledger decodes what
+# FFmpeg decodes of these widely used codecs and refuses the rest with a clear message.
+SUPPORTED_CODECS = frozenset({
+    "h264", "hevc", "mpeg4", "vp8", "vp9", "av1", "mjpeg", "mpeg2video", "ffv1", "prores",
+})
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What Rekognition's VideoMetadata reports about a video."""
+
+    codec: str
+    format: str
+    duration_ms: int
+    frame_rate: float
+    width: int
+    height: int
+    color_range: str  # FULL or LIMITED
+
+    def shape(self) -> dict[str, Any]:
+        """Rekognition's VideoMetadata."""
+        return {
+            "Codec": self.codec, "DurationMillis": self.duration_ms, "Format": self.format,
+            "FrameRate": self.frame_rate, "FrameHeight": self.height, "FrameWidth": self.width,
+            "ColorRange": self.color_range,
+        }
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One sampled frame: its number among the video's frames, time, and RGB pixels."""
+
+    number: int
+    timestamp_ms: int
+    pixels: NDArray[np.uint8]
+
+
+def _open(path: Path) -> Any:
+    import av
+
+    try:
+        return av.open(str(path), mode="r")
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise InvalidParameterException(
+            f"The video could not be read as a media file: {exc}"
+        ) from None
+
+
+def _video_stream(container: Any) -> Any:
+    streams = list(container.streams.video)
+    if not streams:
+        raise InvalidParameterException("The file holds no video stream.")
+    return streams[0]
+
+
+def probe(path: Path) -> VideoInfo:
+    """The video's metadata; InvalidParameterException if it is not a video faceledger decodes."""
+    with _open(path) as container:
+        stream = _video_stream(container)
+        ctx = stream.codec_context
+        codec = str(ctx.name)
+        if codec not in SUPPORTED_CODECS:
+            raise InvalidParameterException(
+                f"Video codec {codec} is not supported; use one of "
+                f"{', '.join(sorted(SUPPORTED_CODECS))} (H.264 in MP4 or MOV is the usual)."
+            )
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        if stream.duration is not None and stream.time_base is not None:
+            seconds = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            seconds = container.duration / 1_000_000
+        else:
+            seconds = (stream.frames / fps) if stream.frames and fps else 0.0
+        width, height = int(ctx.width), int(ctx.height)
+        if width <= 0 or height <= 0 or fps <= 0:
+            raise InvalidParameterException("The video stream has no frame size or frame rate.")
+        color = "FULL" if str(getattr(ctx, "color_range", "")).endswith(("JPEG", "2")) or \
+            codec == "mjpeg" else "LIMITED"
+        fmt = str(container.format.name).split(",")[0]
+        return VideoInfo(codec=codec, format=fmt, duration_ms=int(round(seconds * 1000)),
+                         frame_rate=round(fps, 3), width=width, height=height,
+                         color_range=color)
+
+
+def sample_frames(path: Path, rate: float, *, start_ms: int = 0) -> Iterator[Frame]:
+    """RGB frames at about `rate` per second (every frame if rate is 0 or above the frame
+    rate), from `start_ms` on; timestamps are the frames' own presentation times."""
+    import av
+
+    with _open(path) as container:
+        stream = _video_stream(container)
+        stream.thread_type = "AUTO"  # frame and slice threads inside FFmpeg
+        intra_only = bool(stream.codec_context.codec.properties & 0x1)  # AV_CODEC_PROP_INTRA_ONLY
+        tb = stream.time_base or Fraction(1, 1000)
+        fps = float(stream.average_rate or stream.guessed_rate or 25)
+        step = 0.0 if rate <= 0 or rate >= fps else 1.0 / rate
+        # Half a frame of slack, so a sample falls on the frame nearest its time.
+        slack = 0.5 / fps
+        next_t = start_ms / 1000.0
+        number = -1
+        try:
+            for packet in container.demux(stream):
+                if intra_only and packet.pts is not None and step:
+                    # every packet is a whole picture: skip those before the next sample time
+                    if float(packet.pts * tb) + slack < next_t:
+                        number += 1
+                        continue
+                for frame in packet.decode():
+                    number += 1
+                    t = float(frame.pts * tb) if frame.pts is not None else number / fps
+                    if t + slack < next_t:
+                        continue
+                    yield Frame(number, int(round(t * 1000)),
+                                frame.to_ndarray(format="rgb24"))
+                    if step:
+                        while next_t <= t + slack:
+                            next_t += step
+                    else:
+                        next_t = t
+        except av.FFmpegError as exc:
+            raise InvalidParameterException(f"The video could not be decoded: {exc}") from None
