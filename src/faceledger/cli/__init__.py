@@ -8,6 +8,7 @@ from . import server  # noqa: F401  (registers serve, keys)
 from . import ledger  # noqa: F401  (registers ledger, policy, review, retention, report, export)
 from . import evaluation  # noqa: F401  (registers calibration, evaluate)
 from . import collections  # noqa: F401  (registers collection, user)
+from . import redaction  # noqa: F401  (registers redact)
 from .app import main
 
 __all__ = ["main"]

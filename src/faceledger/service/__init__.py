@@ -9,12 +9,13 @@ from .collections import CollectionOperations
 from .core import ServiceCore
 from .governance import GovernanceOperations
 from .images import ImageOperations
+from .redaction import RedactionOperations
 from .users import UserOperations
 from .video import VideoOperations
 
 
-class FaceService(VideoOperations, ImageOperations, UserOperations, CollectionOperations,
-                  GovernanceOperations, ServiceCore):
+class FaceService(VideoOperations, RedactionOperations, ImageOperations, UserOperations,
+                  CollectionOperations, GovernanceOperations, ServiceCore):
     """Every faceledger operation, Rekognition request and response shapes."""
 
 
