@@ -18,7 +18,7 @@ memory stays bounded however long the person is on screen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -116,8 +116,9 @@ class FaceTracker:
                 k = len(self.persons)
                 self.persons.append(Person(k))
             person = self.persons[k]
-            person.sightings.append(Sighting(timestamp_ms, frame, face))
             person.remember(face, self.memory)
+            # sightings keep no template (only the best few are kept): memory stays small
+            person.sightings.append(Sighting(timestamp_ms, frame, replace(face, embedding=None)))
             out.append(k)
         return out
 

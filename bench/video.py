@@ -1,0 +1,178 @@
+"""Stored video: frames decoded per second (PyAV against OpenCV's FFmpeg backend) and frames
+analysed per second (detect + landmarks + embed + track), at 720p and 1080p, each as a ratio to
+the video's real-time rate.
+
+The videos are made here: H.264 (libx264, yuv420p, GOP 2 s) at 30 frames/s, with two faces
+moving across a textured background (LFW photos from ../shared/faces, or scikit-image's
+astronaut portrait without that folder).
+
+  decode all      every frame decoded and converted to RGB (what a redaction pass does)
+                  (OpenCV: to BGR, its native order)
+  decode sampled  faceledger's sampler at the default rate: every frame decoded, only the
+                  sampled ones converted (video/decode.py)
+  analyse         the sampled frames through the face pipeline and the tracker, i.e. a
+                  StartFaceDetection job's work. "x real time" above 1 means a job ends before
+                  the video would have finished playing.
+
+    python bench/video.py --seconds 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_LFW = REPO.parent / "shared" / "faces" / "lfw"
+
+
+def faces(lfw: Path) -> list[np.ndarray]:
+    from PIL import Image
+
+    if lfw.is_dir():
+        paths = [sorted((lfw / n).glob("*.jpg"))[0] for n in ("Colin_Powell", "Donald_Rumsfeld")]
+        return [np.asarray(Image.open(p).convert("RGB").crop((55, 45, 195, 205))) for p in paths]
+    from skimage import data
+
+    face = np.asarray(data.astronaut())[20:220, 150:330]
+    return [face, face[:, ::-1]]
+
+
+def make(path: Path, width: int, height: int, fps: int, seconds: float,
+         crops: list[np.ndarray]) -> None:
+    import av
+    import cv2
+
+    rng = np.random.default_rng(0)
+    bg = rng.integers(60, 200, size=(height // 8, width // 8, 3), dtype=np.uint8)
+    bg = cv2.resize(bg, (width, height), interpolation=cv2.INTER_LINEAR)
+    size = height // 4
+    sized = [cv2.resize(c, (size, int(size * c.shape[0] / c.shape[1]))) for c in crops]
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.options = {"crf": "23", "preset": "ultrafast", "g": str(fps * 2)}
+        n = int(fps * seconds)
+        for i in range(n):
+            frame = bg.copy()
+            for k, c in enumerate(sized):
+                x = int((width - c.shape[1]) * (0.1 + 0.35 * k + 0.3 * i / n))
+                y = int((height - c.shape[0]) * (0.3 + 0.2 * k))
+                frame[y:y + c.shape[0], x:x + c.shape[1]] = c
+            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+
+
+def decode_pyav_all(path: Path) -> int:
+    import av
+
+    n = 0
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in c.decode(stream):
+            frame.to_ndarray(format="rgb24")
+            n += 1
+    return n
+
+
+def decode_opencv_all(path: Path) -> int:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    n = 0
+    while True:
+        ok, _ = cap.read()  # BGR; RGB would cost one more conversion
+        if not ok:
+            break
+        n += 1
+    cap.release()
+    return n
+
+
+def decode_opencv_sampled(path: Path, rate: float) -> int:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+    step = max(1, round(fps / rate))
+    n = i = 0
+    while cap.grab():  # decode every frame, convert only the sampled ones
+        if i % step == 0:
+            cap.retrieve()
+            n += 1
+        i += 1
+    cap.release()
+    return n
+
+
+def decode_pyav_sampled(path: Path, rate: float) -> int:
+    from faceledger.video.decode import sample_frames
+
+    return sum(1 for _ in sample_frames(path, rate))
+
+
+def timed(fn: object, *args: object) -> tuple[int, float]:
+    t = time.perf_counter()
+    n = fn(*args)  # type: ignore[operator]
+    return int(n), time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=6.0, help="length of each test video")
+    ap.add_argument("--fps", type=int, default=30)
+    ap.add_argument("--rate", type=float, default=None,
+                    help="samples per second (default: Settings().video_sample_rate)")
+    ap.add_argument("--lfw", type=Path, default=DEFAULT_LFW)
+    args = ap.parse_args()
+
+    from faceledger.settings import Settings
+    from faceledger.video.analysis import analyse
+    from faceledger.vision import FacePipeline
+
+    settings = Settings()
+    rate = settings.video_sample_rate if args.rate is None else args.rate
+    pipeline = FacePipeline(settings)
+    pipeline.warm_up()
+    crops = faces(args.lfw)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (w, h) in (("720p", (1280, 720)), ("1080p", (1920, 1080))):
+            path = Path(tmp) / f"{name}.mp4"
+            make(path, w, h, args.fps, args.seconds, crops)
+            for label, fn, fargs in (
+                ("decode all: PyAV", decode_pyav_all, (path,)),
+                ("decode all: OpenCV", decode_opencv_all, (path,)),
+                (f"decode sampled {rate:g}/s: PyAV", decode_pyav_sampled, (path, rate)),
+                (f"decode sampled {rate:g}/s: OpenCV", decode_opencv_sampled, (path, rate)),
+            ):
+                n, dt = timed(fn, *fargs)
+                decoded = int(args.fps * args.seconds)  # every frame passes the decoder
+                rows.append((name, label, decoded, n, decoded / dt, args.seconds / dt))
+            t = time.perf_counter()
+            result = analyse(path, pipeline, rate)
+            dt = time.perf_counter() - t
+            rows.append((name, f"analyse {rate:g}/s (detect+embed+track)",
+                         int(args.fps * args.seconds), result.samples, result.samples / dt,
+                         args.seconds / dt))
+    print(f"\nvideos: {args.seconds:g} s at {args.fps} frames/s, H.264; sampling {rate:g}/s; "
+          f"detector {settings.detector}\n")
+    print(f"{'video':6} {'step':42} {'decoded':>8} {'to RGB':>7} {'frames/s':>9} "
+          f"{'x real time':>12}")
+    for name, label, decoded, n, fps, ratio in rows:
+        print(f"{name:6} {label:42} {decoded:8d} {n:7d} {fps:9.1f} {ratio:12.2f}")
+    print("\nframes/s: frames decoded per second for decode rows, frames analysed per second "
+          "for analyse rows.")
+    print()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
