@@ -104,12 +104,29 @@ def probe(path: Path) -> VideoInfo:
         width, height = int(ctx.width), int(ctx.height)
         if width <= 0 or height <= 0 or fps <= 0:
             raise InvalidParameterException("The video stream has no frame size or frame rate.")
-        color = "FULL" if str(getattr(ctx, "color_range", "")).endswith(("JPEG", "2")) or \
-            codec == "mjpeg" else "LIMITED"
-        fmt = str(container.format.name).split(",")[0]
+        # FFmpeg: AVCOL_RANGE_JPEG (2) is full range; MJPEG's yuvj formats are full range too
+        full = _color_range(ctx) == 2 or str(ctx.pix_fmt or "").startswith("yuvj")
+        color = "FULL" if full else "LIMITED"
+        # FFmpeg's long name is what Rekognition reports ("QuickTime / MOV")
+        fmt = str(container.format.long_name or container.format.name)
         return VideoInfo(codec=codec, format=fmt, duration_ms=int(round(seconds * 1000)),
                          frame_rate=round(fps, 3), width=width, height=height,
                          color_range=color)
+
+
+def _color_range(ctx: Any) -> int:
+    value = getattr(ctx, "color_range", 0)
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 2 if "JPEG" in str(value).upper() else 1
+
+
+def start_seconds(stream: Any) -> float:
+    """The stream's first presentation time: timestamps are reported from the video's start."""
+    if stream.start_time is None or stream.time_base is None:
+        return 0.0
+    return float(stream.start_time * stream.time_base)
 
 
 def sample_frames(path: Path, rate: float, *, start_ms: int = 0) -> Iterator[Frame]:
@@ -126,18 +143,19 @@ def sample_frames(path: Path, rate: float, *, start_ms: int = 0) -> Iterator[Fra
         step = 0.0 if rate <= 0 or rate >= fps else 1.0 / rate
         # Half a frame of slack, so a sample falls on the frame nearest its time.
         slack = 0.5 / fps
+        t0 = start_seconds(stream)
         next_t = start_ms / 1000.0
         number = -1
         try:
             for packet in container.demux(stream):
                 if intra_only and packet.pts is not None and step:
                     # every packet is a whole picture: skip those before the next sample time
-                    if float(packet.pts * tb) + slack < next_t:
+                    if float(packet.pts * tb) - t0 + slack < next_t:
                         number += 1
                         continue
                 for frame in packet.decode():
                     number += 1
-                    t = float(frame.pts * tb) if frame.pts is not None else number / fps
+                    t = (float(frame.pts * tb) - t0) if frame.pts is not None else number / fps
                     if t + slack < next_t:
                         continue
                     yield Frame(number, int(round(t * 1000)),

@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 from ..errors import InvalidParameterException
 from ..vision import FacePipeline
 from ..vision.types import Box, FaceAnalysis
-from .decode import probe, sample_frames
+from .decode import probe, sample_frames, start_seconds
 from .tracks import FaceTracker, Person, box_at
 
 log = logging.getLogger("faceledger.video")
@@ -125,13 +125,16 @@ def redact_video(src: Path, dst: Path, pipeline: FacePipeline, *, rate: float,
             vin.thread_type = "AUTO"
             rate_q = vin.average_rate or vin.guessed_rate or 25
             vout = out.add_stream("libx264", rate=rate_q)
-            vout.width, vout.height = vin.codec_context.width, vin.codec_context.height
+            # H.264 in yuv420p needs even sizes: an odd last row or column is dropped
+            width, height = vin.codec_context.width & ~1, vin.codec_context.height & ~1
+            vout.width, vout.height = width, height
             vout.pix_fmt = "yuv420p"
             vout.options = {"crf": "20", "preset": "veryfast"}
             ain = inp.streams.audio[0] if inp.streams.audio else None
             aout = out.add_stream_from_template(ain) if ain is not None else None
             streams = [vin] + ([ain] if ain is not None else [])
             tb = vin.time_base
+            t0 = start_seconds(vin)
             for packet in inp.demux(*streams):
                 if packet.stream is ain and aout is not None:
                     if packet.dts is None:
@@ -140,8 +143,10 @@ def redact_video(src: Path, dst: Path, pipeline: FacePipeline, *, rate: float,
                     out.mux(packet)  # audio is copied as it is, never re-encoded
                     continue
                 for frame in packet.decode():
-                    t = float(frame.pts * tb) * 1000 if frame.pts is not None else 0.0
-                    pixels = frame.to_ndarray(format="rgb24")
+                    t = (float(frame.pts * tb) - t0) * 1000 if frame.pts is not None \
+                        else frames * 1000.0 / max(fps, 1.0)
+                    pixels = np.ascontiguousarray(
+                        frame.to_ndarray(format="rgb24")[:height, :width])
                     boxes += blur_boxes(pixels, plan.boxes_at(t))
                     new = av.VideoFrame.from_ndarray(pixels, format="rgb24")
                     new.pts = None
