@@ -22,6 +22,7 @@ from PIL import Image
 
 from faceledger.context import RequestContext
 from faceledger.errors import (
+    AccessDeniedException,
     IdempotentParameterMismatchException,
     InvalidParameterException,
     InvalidPaginationTokenException,
@@ -304,10 +305,13 @@ def test_identification_mode_holds_video_matches_for_review(video_world: VideoWo
     svc = video_world.service
     svc.create_collection("video-review")
     svc.index_faces("video-review", _photo(faces_dir, ENROLLED), external_image_id=ENROLLED)
-    svc.put_collection_policy("video-review", {"IdentificationMode": True})
+    svc.put_collection_policy("video-review", {"IdentificationMode": True,
+                                               "RequirePurpose": True})
+    ref = {"S3Object": {"Bucket": BUCKET, "Name": "two-people.mp4"}}
+    with pytest.raises(AccessDeniedException, match="purpose"):  # refused before any analysis
+        svc.start_face_search(ref, "video-review", ctx=RequestContext(principal="analyst"))
     ctx = RequestContext(principal="analyst", purpose="investigation", case="CASE-2")
-    job = svc.start_face_search({"S3Object": {"Bucket": BUCKET, "Name": "two-people.mp4"}},
-                                "video-review", ctx=ctx)["JobId"]
+    job = svc.start_face_search(ref, "video-review", ctx=ctx)["JobId"]
     out = wait(svc, job)
     assert out["JobStatus"] == "SUCCEEDED"
     assert out["ReviewRequired"] is True and len(out["ReviewCandidates"]) == 1

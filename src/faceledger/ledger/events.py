@@ -26,8 +26,8 @@ REFUSED: Outcome = "refused"
 INDEX_OPERATIONS = frozenset({"IndexFaces"})
 SEARCH_OPERATIONS = frozenset(
     {"SearchFaces", "SearchFacesByImage", "SearchUsers", "SearchUsersByImage",
-     # stored video: the request, and the job's results (faceledger's event name)
-     "StartFaceSearch", "FaceSearchJob"}
+     # stored video: the job's results (faceledger's event name; StartFaceSearch is the request)
+     "FaceSearchJob"}
 )
 DELETE_OPERATIONS = frozenset({"DeleteFaces", "DeleteCollection", "DeleteUser", "ExpireFaces"})
 LIST_OPERATIONS = frozenset({"ListFaces", "ListUsers"})
