@@ -125,6 +125,44 @@ def timed(fn: object, *args: object) -> tuple[int, float]:
     return int(n), time.perf_counter() - t
 
 
+def tracking_accuracy(lfw: Path, pipeline: object, rates: tuple[float, ...]
+                      ) -> list[tuple[float, int, int, float, int, int]]:
+    """Persons found, boxes misplaced and index switches against the generated ground truth."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from videos import PEOPLE, make_video  # the tests' generator, with its ground truth
+
+    from faceledger.video.analysis import analyse
+    from faceledger.vision.types import Box
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "two.mp4"
+        truth = make_video(lfw.parent, path, audio=False)
+        for rate in rates:
+            result = analyse(path, pipeline, rate)  # type: ignore[arg-type]
+            samples = sorted({s.timestamp_ms for p in result.persons for s in p.sightings})
+            found = misplaced = switches = 0
+            last: dict[str, int] = {}
+            by_time: dict[int, list[tuple[int, Box]]] = {}
+            for p in result.persons:
+                for s in p.sightings:
+                    by_time.setdefault(s.timestamp_ms, []).append((p.index, s.face.box))
+            for t in samples:
+                for index, box in by_time.get(t, []):
+                    who = [n for n in PEOPLE if box.iou(Box(*truth.visible(n, t))) > 0.3]
+                    if not who:
+                        misplaced += 1
+                        continue
+                    found += 1
+                    if who[0] in last and last[who[0]] != index:
+                        switches += 1
+                    last[who[0]] = index
+            total = result.samples * len(PEOPLE)  # both are on screen in every frame
+            out.append((rate, result.samples, len(result.persons), found / max(total, 1),
+                        misplaced, switches))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=6.0, help="length of each test video")
@@ -143,6 +181,8 @@ def main() -> None:
     pipeline = FacePipeline(settings)
     pipeline.warm_up()
     crops = faces(args.lfw)
+    tracking = tracking_accuracy(args.lfw, pipeline, (rate, 2 * rate)) if args.lfw.is_dir() \
+        else []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, (w, h) in (("720p", (1280, 720)), ("1080p", (1920, 1080))):
@@ -163,6 +203,16 @@ def main() -> None:
             rows.append((name, f"analyse {rate:g}/s (detect+embed+track)",
                          int(args.fps * args.seconds), result.samples, result.samples / dt,
                          args.seconds / dt))
+    if tracking:
+        print("\ntracking on tests/videos.py's video (two LFW people moving and scaling, a cut "
+              "at 2 s where they swap sides; 4 s at 10 frames/s, 480x270):\n")
+        print(f"{'samples/s':>9} {'samples':>8} {'persons':>8} {'found':>9} {'misplaced':>10} "
+              f"{'id switches':>12}")
+        for r in tracking:
+            print(f"{r[0]:9g} {r[1]:8d} {r[2]:8d} {r[3]:9.3f} {r[4]:10d} {r[5]:12d}")
+        print("found: share of (sample, true person) pairs with a face box at IoU > 0.3; "
+              "misplaced: reported faces on no true face; id switches: changes of a true "
+              "person's Person.Index between samples (truth: 2 persons, 0 switches).")
     print(f"\nvideos: {args.seconds:g} s at {args.fps} frames/s, H.264; sampling {rate:g}/s; "
           f"detector {settings.detector}\n")
     print(f"{'video':6} {'step':42} {'decoded':>8} {'to RGB':>7} {'frames/s':>9} "

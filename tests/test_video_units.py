@@ -3,6 +3,7 @@ synthetic videos made here, synthetic faces with chosen templates."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -115,3 +116,20 @@ def test_blur_removes_detail_inside_the_padded_box_only() -> None:
     inside, outside = img[36:64, 36:64], img[:30, :30]
     assert inside.astype(float).std() < 0.3 * before[36:64, 36:64].astype(float).std()
     assert np.array_equal(outside, before[:30, :30])
+
+
+def test_templates_are_skipped_only_when_overlap_links_without_doubt() -> None:
+    t = np.ones(128)
+    tracker = FaceTracker(memory=2, verify_every=3)
+    bare = lambda left: replace(face(left, 0, 50, t), embedding=None)  # noqa: E731
+    for i in range(2):  # the first views always get templates (memory not full)
+        assert tracker.needs_template(i * 500, [bare(i)]) == [True]
+        tracker.update(i * 500, i, [face(i, 0, 50, t)])
+    assert tracker.needs_template(1000, [bare(2)]) == [False]  # same place, no better view
+    tracker.update(1000, 2, [bare(2)])
+    assert tracker.needs_template(1500, [bare(3)]) == [False]
+    tracker.update(1500, 3, [bare(3)])
+    assert tracker.needs_template(2000, [bare(4)]) == [True]  # periodic check (verify_every)
+    assert tracker.needs_template(2000, [bare(60)]) == [True]  # moved: overlap not sure
+    assert tracker.needs_template(2000, [bare(4), bare(30)]) == [True, True]  # crowded
+    assert [len(p.sightings) for p in tracker.persons] == [4]  # bare faces joined the person

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..vision import FacePipeline
@@ -33,12 +33,20 @@ def file_sha256(path: Path) -> str:
 def analyse(path: Path, pipeline: FacePipeline, rate: float, *,
             progress: Callable[[int, int], None] | None = None) -> Analysis:
     """Detect, embed and track faces at `rate` samples per second; `progress(samples, ms)` is
-    called after each sample (jobs use it as heartbeat and to notice shutdown)."""
+    called after each sample (jobs use it to notice shutdown). Faces that overlap alone links
+    to a person without doubt are not embedded (FaceTracker.needs_template): embedding is
+    most of the cost of a sample."""
     info = probe(path)
     tracker = FaceTracker()
     samples = 0
     for frame in sample_frames(path, rate):
-        faces = pipeline.analyze(frame.pixels, embed=True)
+        faces = pipeline.analyze(frame.pixels, embed=False)
+        wanted = tracker.needs_template(frame.timestamp_ms, faces)
+        if any(wanted):
+            boxes = [f.box for f, w in zip(faces, wanted) if w]
+            vectors = iter(pipeline.embed_boxes(frame.pixels, boxes))
+            faces = [replace(f, embedding=next(vectors)) if w else f
+                     for f, w in zip(faces, wanted)]
         tracker.update(frame.timestamp_ms, frame.number, faces)
         samples += 1
         if progress is not None:

@@ -31,8 +31,9 @@ from numpy.typing import NDArray
 from ..errors import InvalidParameterException
 from ..vision import FacePipeline
 from ..vision.types import Box, FaceAnalysis
-from .decode import probe, sample_frames, start_seconds
-from .tracks import FaceTracker, Person, box_at
+from .analysis import analyse
+from .decode import sample_frames, start_seconds
+from .tracks import Person, box_at
 
 log = logging.getLogger("faceledger.video")
 
@@ -99,11 +100,8 @@ class RedactionPlan:
 
 def find_persons(path: Path, pipeline: FacePipeline, rate: float) -> tuple[list[Person], float]:
     """Every person in the video at `rate` samples/s, and the video's frame rate."""
-    info = probe(path)
-    tracker = FaceTracker()
-    for frame in sample_frames(path, rate):
-        tracker.update(frame.timestamp_ms, frame.number, pipeline.analyze(frame.pixels))
-    return tracker.persons, info.frame_rate
+    found = analyse(path, pipeline, rate)
+    return found.persons, found.info.frame_rate
 
 
 def redact_video(src: Path, dst: Path, pipeline: FacePipeline, *, rate: float,

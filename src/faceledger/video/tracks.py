@@ -54,6 +54,8 @@ class Person:
 
     index: int
     sightings: list[Sighting] = field(default_factory=list)
+    # samples since the last sighting that came with a template (linked by overlap alone)
+    unverified: int = 0
     # (score, template) of the best views, at most `memory` of them
     best: list[tuple[float, NDArray[np.float32]]] = field(default_factory=list)
 
@@ -67,7 +69,9 @@ class Person:
 
     def remember(self, face: FaceAnalysis, memory: int) -> None:
         if face.embedding is None:
+            self.unverified += 1
             return
+        self.unverified = 0
         self.best.append((face_score(face), face.embedding))
         self.best.sort(key=lambda item: item[0], reverse=True)
         del self.best[memory:]
@@ -79,13 +83,45 @@ class FaceTracker:
 
     def __init__(self, *, link_distance: float = LINK_DISTANCE,
                  reid_distance: float = REID_DISTANCE, iou_gate: float = 0.2,
-                 max_gap_ms: int = 1500, memory: int = 5) -> None:
+                 max_gap_ms: int = 1500, memory: int = 5, sure_iou: float = 0.5,
+                 verify_every: int = 4) -> None:
         self.link_distance = link_distance
         self.reid_distance = reid_distance
         self.iou_gate = iou_gate
         self.max_gap_ms = max_gap_ms
         self.memory = memory
+        self.sure_iou = sure_iou
+        self.verify_every = verify_every
         self.persons: list[Person] = []
+
+    def needs_template(self, timestamp_ms: int, faces: list[FaceAnalysis]) -> list[bool]:
+        """Which faces of this frame need a template before `update`.
+
+        Embedding is most of a sample's cost, so a face skips it only when overlap alone links
+        it without doubt: exactly one recent person overlaps it (IoU >= `sure_iou`), no other
+        face of the frame overlaps that person, the person already has `memory` templates, this
+        view is not better than their worst kept one, and fewer than `verify_every` samples
+        passed since the person's last template (a periodic check against swaps).
+        """
+        out = []
+        recent = [p for p in self.persons
+                  if timestamp_ms - p.last.timestamp_ms <= self.max_gap_ms]
+        for j, face in enumerate(faces):
+            near = [p for p in recent if p.last.face.box.iou(face.box) >= self.iou_gate]
+            if len(near) != 1:
+                out.append(True)
+                continue
+            person = near[0]
+            crowded = any(person.last.face.box.iou(other.box) >= self.iou_gate
+                          for k, other in enumerate(faces) if k != j)
+            out.append(
+                crowded
+                or person.last.face.box.iou(face.box) < self.sure_iou
+                or len(person.best) < self.memory
+                or face_score(face) > person.best[-1][0]
+                or person.unverified + 1 >= self.verify_every
+            )
+        return out
 
     def update(self, timestamp_ms: int, frame: int, faces: list[FaceAnalysis]) -> list[int]:
         """The person index of each face in this frame (new persons for unmatched faces)."""
@@ -98,8 +134,13 @@ class FaceTracker:
                 recent = timestamp_ms - person.last.timestamp_ms <= self.max_gap_ms
                 templates = person.templates()
                 for j, face in enumerate(faces):
-                    dist = _nearest(face, templates)
                     iou = person.last.face.box.iou(face.box) if recent else 0.0
+                    if face.embedding is None:
+                        # linked by overlap alone (see needs_template): a neutral distance
+                        if iou >= self.sure_iou:
+                            cost[i, j] = self.link_distance / 2 - 0.5 * iou
+                        continue
+                    dist = _nearest(face, templates)
                     if (iou >= self.iou_gate and dist <= self.link_distance) or \
                             dist <= self.reid_distance:
                         cost[i, j] = dist - 0.5 * iou
