@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -163,6 +164,41 @@ def tracking_accuracy(lfw: Path, pipeline: object, rates: tuple[float, ...]
     return out
 
 
+def redaction_residue(lfw: Path, pipeline: Any) -> tuple[int, float, float, float, float]:
+    """Blur each person of the generated video at their true box (as redaction does), take a
+    template there, and compare it with their own enrolled photo and with the other person's:
+    (faces, own median, own max, other median, other max) calibrated similarities."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from PIL import Image
+    from videos import PEOPLE, make_video
+
+    from faceledger.calibration import load_calibration
+    from faceledger.video.decode import sample_frames
+    from faceledger.video.redaction import blur_boxes
+    from faceledger.vision.types import Box
+
+    cal = load_calibration(pipeline.model_version)
+    enrolled = {}
+    for name in PEOPLE:  # another photo than the video's
+        img = np.asarray(Image.open(sorted((lfw / name).glob("*.jpg"))[1]).convert("RGB"))
+        enrolled[name] = pipeline.analyze(img)[0].embedding.astype(np.float64)
+    own: list[float] = []
+    other: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "two.mp4"
+        truth = make_video(lfw.parent, path, audio=False)
+        for frame in sample_frames(path, 2.5):
+            for name in PEOPLE:
+                box = Box(*(float(v) for v in truth.visible(name, frame.timestamp_ms)))
+                pixels = frame.pixels.copy()
+                blur_boxes(pixels, [box])
+                vec = pipeline.embed_boxes(pixels, [box])[0].astype(np.float64)
+                for target, out in ((name, own), ([n for n in PEOPLE if n != name][0], other)):
+                    dist = np.linalg.norm(vec - enrolled[target])
+                    out.append(float(cal.similarity(np.array([dist]))[0]))
+    return (len(own), float(np.median(own)), max(own), float(np.median(other)), max(other))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=6.0, help="length of each test video")
@@ -183,6 +219,7 @@ def main() -> None:
     crops = faces(args.lfw)
     tracking = tracking_accuracy(args.lfw, pipeline, (rate, 2 * rate)) if args.lfw.is_dir() \
         else []
+    residue = redaction_residue(args.lfw, pipeline) if args.lfw.is_dir() else None
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, (w, h) in (("720p", (1280, 720)), ("1080p", (1920, 1080))):
@@ -213,6 +250,11 @@ def main() -> None:
         print("found: share of (sample, true person) pairs with a face box at IoU > 0.3; "
               "misplaced: reported faces on no true face; id switches: changes of a true "
               "person's Person.Index between samples (truth: 2 persons, 0 switches).")
+    if residue is not None:
+        n, own_med, own_max, other_med, other_max = residue
+        print(f"\nredaction: {n} blurred faces, template at the true box vs enrolled photo "
+              f"(calibrated Similarity): own person median {own_med:.2f} max {own_max:.2f}; "
+              f"other person median {other_med:.2f} max {other_max:.2f}")
     print(f"\nvideos: {args.seconds:g} s at {args.fps} frames/s, H.264; sampling {rate:g}/s; "
           f"detector {settings.detector}\n")
     print(f"{'video':6} {'step':42} {'decoded':>8} {'to RGB':>7} {'frames/s':>9} "

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from faceledger.api import FaceLedger
 from faceledger.cli import main
 from faceledger.errors import InvalidParameterException
 from faceledger.service import FaceService
@@ -145,8 +146,8 @@ def test_redact_an_image(redacted: Redacted, faces_dir: Path, tmp_path: Path) ->
     src = tmp_path / "two.png"
     Image.fromarray(canvas).save(src)
     svc = redacted.service
-    out = svc.redact(src, tmp_path / "two-redacted.jpg", [redacted.face_ids[KEPT]],
-                     "disclosure")
+    out = FaceLedger(service=svc).redact(src, tmp_path / "two-redacted.jpg",
+                                         [redacted.face_ids[KEPT]], "disclosure")
     assert (out["faces"], out["faces_blurred"], out["faces_kept"]) == (2, 1, 1)
     pixels = np.asarray(Image.open(tmp_path / "two-redacted.jpg").convert("RGB"))
     left = [f for f in svc.pipeline.analyze(pixels, embed=False) if f.box.left < 260]
