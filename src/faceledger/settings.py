@@ -66,8 +66,8 @@ class Settings(BaseSettings):
 
     # --- stored video (StartFaceDetection / StartFaceSearch, redaction; faceledger.video) ---
     # Frames analysed per second of video. 2/s: a face on screen for half a second is seen,
-    # tracks link across 0.5 s steps, and one core keeps near real time at 720p with HOG
-    # (bench/video.py); redaction interpolates boxes between samples and is denser (below).
+    # persons link across 0.5 s steps, and a job costs about real time at 720p with HOG
+    # (bench/video.py); redaction interpolates boxes between samples and samples denser.
     video_sample_rate: float = 2.0
     # Frames analysed per second when redacting (a face missed is a face disclosed).
     redact_sample_rate: float = 5.0
