@@ -5,10 +5,13 @@ Why PyAV rather than OpenCV's FFmpeg backend: it reports codec, container and co
 bench/video.py measures both decoders on the same files.
 
 Sampling: a frame is taken whenever its presentation time reaches the next multiple of
-1/rate seconds. Inter-coded streams (H.264, HEVC, VP9 ...) must decode every reference frame,
-so unsampled frames are decoded but never converted to RGB (the conversion costs as much as the
-decode); for intra-only codecs (MJPEG, FFV1, ProRes ...) unsampled packets are not decoded at
-all. Only one frame is held at a time, so memory does not grow with the video's length.
+1/rate seconds. Decoding only what is sampled, as far as the codec allows: for intra-only
+codecs (MJPEG, FFV1, ProRes ...) packets no sample needs are not decoded at all; inter-coded
+streams (H.264, HEVC, VP9 ...) must decode every reference frame, but FFmpeg skips the
+non-reference ones (B-frames) while the next sample is more than two frames away, and frames
+that are decoded but not sampled are never converted to RGB. (Keyframe seeking only pays when
+samples are further apart than keyframes, i.e. above a second or two: not at the default rate.)
+Only one frame is held at a time, so memory does not grow with the video's length.
 """
 
 from __future__ import annotations
@@ -145,20 +148,24 @@ def sample_frames(path: Path, rate: float, *, start_ms: int = 0) -> Iterator[Fra
         slack = 0.5 / fps
         t0 = start_seconds(stream)
         next_t = start_ms / 1000.0
-        number = -1
+        ctx = stream.codec_context
+        count = 0  # frames decoded: the clock of streams without timestamps
         try:
             for packet in container.demux(stream):
-                if intra_only and packet.pts is not None and step:
-                    # every packet is a whole picture: skip those before the next sample time
-                    if float(packet.pts * tb) - t0 + slack < next_t:
-                        number += 1
-                        continue
+                if step and packet.pts is not None:
+                    ahead = float(packet.pts * tb) - t0 + slack + 2.0 / fps < next_t
+                    if intra_only and ahead:
+                        continue  # a whole picture that no sample needs: not decoded
+                    if not intra_only:
+                        # frames no other frame refers to (B-frames) are skipped by FFmpeg
+                        # while the next sample is more than two frames away
+                        ctx.skip_frame = "NONREF" if ahead else "DEFAULT"
                 for frame in packet.decode():
-                    number += 1
-                    t = (float(frame.pts * tb) - t0) if frame.pts is not None else number / fps
+                    t = (float(frame.pts * tb) - t0) if frame.pts is not None else count / fps
+                    count += 1
                     if t + slack < next_t:
                         continue
-                    yield Frame(number, int(round(t * 1000)),
+                    yield Frame(int(round(t * fps)), int(round(t * 1000)),
                                 frame.to_ndarray(format="rgb24"))
                     if step:
                         while next_t <= t + slack:
