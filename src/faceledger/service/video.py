@@ -357,6 +357,8 @@ class VideoOperations(CollectionOperations):
     def _get(self, kind: str, operation: str, key: str, ctx: RequestContext, job_id: Any,
              max_results: Any, next_token: Any, order: str) -> Shape:
         jid = m.match(job_id, JOB_ID, "JobId")
+        if isinstance(max_results, int) and not isinstance(max_results, bool):
+            max_results = min(max_results, MAX_VIDEO_RESULTS)  # Rekognition caps, not refuses
         limit = m.page_size(max_results, MAX_VIDEO_RESULTS, MAX_VIDEO_RESULTS, "MaxResults",
                             low=1)
         offset = 0 if next_token is None else _read_token(next_token, jid, order)
