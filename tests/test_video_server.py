@@ -132,7 +132,8 @@ def test_the_four_operations_with_boto3(served: Served) -> None:
                                  for f in done["Faces"])
     page = rk.get_face_detection(JobId=det, MaxResults=2)
     assert len(page["Faces"]) == 2 and page["NextToken"]
-    rest = rk.get_face_detection(JobId=det, MaxResults=5000, NextToken=page["NextToken"])  # capped at 1000
+    # MaxResults above 1000 is capped at 1000, as by Rekognition
+    rest = rk.get_face_detection(JobId=det, MaxResults=5000, NextToken=page["NextToken"])
     assert page["Faces"] + rest["Faces"] == done["Faces"]
     found = poll(rk.get_face_search, search)
     assert found["JobStatus"] == "SUCCEEDED", found.get("StatusMessage")
