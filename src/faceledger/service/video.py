@@ -18,8 +18,11 @@ import binascii
 import json
 import logging
 import re
+import threading
 import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,11 @@ SORT_BY = ("INDEX", "TIMESTAMP")
 MAX_VIDEO_RESULTS = 1000
 JOB_TAG = re.compile(r"[a-zA-Z0-9_.\-:+=/]{1,1024}")
 JOB_ID = re.compile(r"[a-zA-Z0-9\-_]{1,64}")
+
+
+# Analyses kept in memory for jobs on the same video (persons keep five templates each: small).
+RECENT_ANALYSES = 8
+_CACHE_LOCK = threading.Lock()
 
 
 class _Interrupted(Exception):
@@ -224,8 +232,7 @@ class VideoOperations(CollectionOperations):
                 if stopping.is_set():
                     raise _Interrupted
 
-            analysis = analyse(spool, self.pipeline, self.settings.video_sample_rate,
-                               progress=progress)
+            analysis = self._analysis(spool, row, progress)
             if row.kind == SEARCH:
                 self._finish_search(row, analysis)
             else:
@@ -239,6 +246,26 @@ class VideoOperations(CollectionOperations):
             log.exception("video job %s failed", job_id)
             self._fail(row, "An internal error ended the job; the server log has details.")
         self._ended(job_id)
+
+    def _analysis(self, spool: Path, row: JobRow,
+                  progress: Callable[[int, int], None]) -> Analysis:
+        """The video's persons: analysed, or remembered from a recent job on the same video
+        (same SHA-256, rate and model: a detection then a search, or several collections)."""
+        rate = self.settings.video_sample_rate
+        key = (row.video_sha256 or file_sha256(spool), rate, self.pipeline.model_version)
+        cache: OrderedDict[tuple[str, float, str], Analysis] = self.__dict__.setdefault(
+            "_recent_analyses", OrderedDict())
+        with _CACHE_LOCK:
+            found = cache.get(key)
+            if found is not None:
+                cache.move_to_end(key)
+                return found
+        found = analyse(spool, self.pipeline, rate, progress=progress)
+        with _CACHE_LOCK:
+            cache[key] = found
+            while len(cache) > RECENT_ANALYSES:
+                cache.popitem(last=False)
+        return found
 
     def _context(self, row: JobRow) -> RequestContext:
         return RequestContext(principal=row.principal, purpose=row.purpose, case=row.case,
