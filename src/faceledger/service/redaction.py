@@ -10,6 +10,7 @@ SHA-256 of input and output, the kept ids, and what was blurred.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,12 +62,18 @@ class RedactionOperations(CollectionOperations):
             op.image(file_sha256(source))
             op.note(Keep=list(keep) or None, Source=source.name, Output=output.name)
             limit = self.calibration.distance_for_fmr(DEFAULT_COMPARE_FMR)
-            if is_video:
-                summary = redact_video(
-                    source, output, self.pipeline, rate=self.settings.redact_sample_rate,
-                    keep=lambda p: _kept(p.templates(), templates, limit))
-            else:
-                summary = self._redact_image(source, output, templates, limit)
+            # written aside and renamed: a failure never leaves a half-redacted file behind
+            partial = output.with_name(f".{output.name}.partial{output.suffix}")
+            try:
+                if is_video:
+                    summary = redact_video(
+                        source, partial, self.pipeline, rate=self.settings.redact_sample_rate,
+                        keep=lambda p: _kept(p.templates(), templates, limit))
+                else:
+                    summary = self._redact_image(source, partial, templates, limit)
+                os.replace(partial, output)
+            finally:
+                partial.unlink(missing_ok=True)
             out_sha = file_sha256(output)
             op.record(output_sha256=out_sha, **summary)
             op.note_threshold("KeepSimilarityThreshold",
