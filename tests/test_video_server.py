@@ -246,3 +246,20 @@ def test_killed_server_mid_job(tmp_path: Path, faces_dir: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     assert not list((tmp_path / "data" / "video-spool").glob("*"))
+
+
+def test_s3_video_download_limits(served: Served, moto_endpoint: str, tmp_path: Path) -> None:
+    from faceledger.errors import InvalidS3ObjectException, VideoTooLargeException
+    from faceledger.server.storage import S3Buckets
+
+    s3 = S3Buckets.from_settings(Settings(
+        data_dir=tmp_path, s3_buckets=[S3_BUCKET], s3_endpoint_url=moto_endpoint,
+        s3_region=REGION, s3_access_key_id="moto", s3_secret_access_key="moto"))
+    dest = tmp_path / "video"
+    with pytest.raises(VideoTooLargeException):  # refused from its size, before the download
+        s3.download(S3_BUCKET, "clips/two-people.mp4", None, dest, max_bytes=1000)
+    assert not dest.exists()
+    with pytest.raises(InvalidS3ObjectException):
+        s3.download(S3_BUCKET, "clips/none.mp4", None, dest, max_bytes=10**9)
+    s3.download(S3_BUCKET, "clips/two-people.mp4", None, dest, max_bytes=10**9)
+    assert dest.stat().st_size > 1000

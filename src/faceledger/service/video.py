@@ -27,6 +27,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
+
 from ..context import LOCAL, RequestContext
 from ..errors import (
     FaceledgerError,
@@ -35,6 +38,7 @@ from ..errors import (
     InvalidParameterException,
     LimitExceededException,
     ResourceNotFoundException,
+    ThrottlingException,
     VideoTooLargeException,
 )
 from ..ledger.events import Event
@@ -178,7 +182,7 @@ class VideoOperations(CollectionOperations):
             try:
                 info, sha = self._fetch(ref, spool)
                 op.image(sha)
-                store.insert(op.conn, {
+                self._insert_job(op.conn, tok, {
                     "job_id": job_id, "kind": kind, "status": IN_PROGRESS,
                     "principal": ctx.principal, "request_id": ctx.request_id,
                     "purpose": ctx.purpose, "case_ref": ctx.case, "client_token": tok,
@@ -195,6 +199,17 @@ class VideoOperations(CollectionOperations):
                 raise
         self.video_runner.submit(job_id)
         return {"JobId": job_id}
+
+    def _insert_job(self, conn: Connection, token: str | None, row: dict[str, Any]) -> None:
+        try:
+            self.video_jobs.insert(conn, row)
+        except IntegrityError:
+            if token is None:
+                raise
+            # the same token arrived twice at once and the other request won: a retry gets
+            # its JobId (or the mismatch error) from the token lookup
+            raise ThrottlingException(
+                f"A request with ClientRequestToken {token} is being started; retry.") from None
 
     def _spool_dir(self) -> Path:
         path = self.settings.data_dir / "video-spool"
