@@ -205,6 +205,10 @@ def test_ledger_events_of_the_job(video_world: VideoWorld) -> None:
     assert body["thresholds"]["FaceMatchThreshold"] >= 99
     assert body["result"]["persons"] == 2 and body["result"]["matched_persons"] == 1
     assert body["result"]["face_ids"] == [video_world.face_ids[ENROLLED]]
+    reads = [json.loads(e.body) for e in video_world.service.ledger.scan()
+             if e.body and '"GetFaceSearch"' in e.body]
+    assert reads and all(r["params"]["JobId"] for r in reads)
+    assert all(r["result"]["status"] == "SUCCEEDED" for r in reads)  # polls leave no event
 
 
 def test_client_request_token(video_world: VideoWorld) -> None:

@@ -409,12 +409,16 @@ class VideoOperations(CollectionOperations):
             row = store.get(conn, jid)
         if row is None or row.kind != kind or (row.principal != ctx.principal and not ctx.admin):
             raise ResourceNotFoundException(f"Job {jid} does not exist.")
-        with self.audit(operation, ctx, collection=row.collection_id, uses_model=False) as op:
-            op.note(JobId=jid, MaxResults=limit, SortBy=order if kind == SEARCH else None)
-            with self.catalog.read() as conn:
-                row = store.get(conn, jid) or row  # the status and results read together
-                page = store.page(conn, jid, order, offset, limit + 1)
-            op.record(status=row.status, results=min(len(page), limit))
+        page: list[dict[str, Any]] = []
+        if row.status == SUCCEEDED:
+            # reading results is an event; polling a running or failed job discloses nothing
+            # and is not (clients poll every few seconds)
+            with self.audit(operation, ctx, collection=row.collection_id,
+                            uses_model=False) as op:
+                op.note(JobId=jid, MaxResults=limit, SortBy=order if kind == SEARCH else None)
+                with self.catalog.read() as conn:
+                    page = store.page(conn, jid, order, offset, limit + 1)
+                op.record(status=row.status, results=min(len(page), limit))
         out: dict[str, Any] = {"JobStatus": row.status, "JobId": jid,
                                "Video": {"S3Object": row.video}, key: page[:limit]}
         if row.status_message:
