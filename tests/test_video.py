@@ -287,11 +287,15 @@ def test_too_many_jobs(video_world: VideoWorld) -> None:
 
 
 def test_a_stopped_servers_job_is_resumed_or_failed(video_world: VideoWorld) -> None:
-    # a job whose server stopped beating: resumed from the spool-less row (video fetched
-    # again) and finished; one that already used its attempts: FAILED with the reason
-    svc = video_service(video_world.root, video_world.service, video_job_stale_seconds=1.0)
-    resumed = _insert_job(svc, heartbeat=time.time() - 60)
-    exhausted = _insert_job(svc, heartbeat=time.time() - 60, attempts=3)
+    # a server stopped mid-job hands it over: the next one resumes it at once (no stale wait)
+    first = video_service(video_world.root, video_world.service)
+    ref = {"S3Object": {"Bucket": BUCKET, "Name": "two-people.mp4"}}
+    resumed = first.start_face_detection(ref, job_tag="stopped")["JobId"]
+    first.close()
+    assert first.get_face_detection(resumed)["JobStatus"] == "IN_PROGRESS"
+    # a job that already used its attempts (its server died each time): FAILED with the reason
+    svc = video_service(video_world.root, video_world.service)
+    exhausted = _insert_job(svc, heartbeat=time.time() - 3600, attempts=3)
     try:
         svc.start_video_jobs()
         failed = wait(svc, exhausted, "detection")

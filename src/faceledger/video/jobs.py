@@ -218,13 +218,21 @@ class JobRunner:
             self._threads.append(t)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking work; a job cut short stays IN_PROGRESS for the next server to resume."""
+        """Stop taking work; a job cut short stays IN_PROGRESS, marked stale so that the next
+        server (or another one running) resumes it at once."""
         self.stopping.set()
         for _ in range(self.workers):
             self.queue.put(None)
         for t in self._threads:
             t.join(timeout=timeout)
         self._threads = []
+        try:  # hand our unfinished jobs over: the next server takes them without waiting
+            with self.store.engine.begin() as conn:
+                conn.execute(sa.update(jobs).where(
+                    jobs.c.owner == self.owner, jobs.c.status == IN_PROGRESS,
+                ).values(heartbeat=0.0))
+        except Exception:  # noqa: BLE001 - they are taken over once stale anyway
+            log.exception("could not hand over unfinished video jobs")
 
     def submit(self, job_id: str) -> None:
         self.queue.put(job_id)
