@@ -150,36 +150,38 @@ class VideoOperations(CollectionOperations):
         digest = request_hash(params)
         store = self.video_jobs
         self.start_video_jobs()
-        with self.audit(kind, ctx, collection=collection) as op:
-            if kind == SEARCH and op.policy.require_purpose and not ctx.purpose:
-                # refused now, not after the video was analysed (the job's event checks again)
-                op.refuse("purpose_required",
-                          f"Collection {collection} requires a stated purpose for {kind} "
-                          "(HTTP header X-Faceledger-Purpose).")
-            op.note(JobTag=tag, Video=ref, **{k: v for k, v in options.items()
-                                               if k != "FaceMatchThreshold"})
-            with self.catalog.read() as conn:
-                earlier = None if tok is None else store.by_token(conn, ctx.principal, kind, tok)
-                running = store.running(conn)
-                coll = None if collection is None else self._usable(
-                    self.catalog.collection(conn, collection))
-            if earlier is not None:
-                if earlier.request_hash != digest:
-                    raise IdempotentParameterMismatchException(
-                        f"ClientRequestToken {tok} was used for a different {kind} request.")
-                op.record(job_id=earlier.job_id, replay=True)
-                return {"JobId": earlier.job_id}
-            if running >= self.settings.video_max_jobs:
-                raise LimitExceededException(
-                    f"{running} video jobs are in progress, the most this server runs at once "
-                    f"({self.settings.video_max_jobs}); retry when one has ended.")
-            point: tuple[float, float] | None = None
-            if coll is not None:  # the floor applies before the video is even read
-                point = self._threshold(op, options["FaceMatchThreshold"], coll.face_count,
-                                        "FaceMatchThreshold")
-            job_id = uuid.uuid4().hex
-            spool = self._spool_dir() / job_id
-            try:
+        spool: Path | None = None
+        try:
+            with self.audit(kind, ctx, collection=collection) as op:
+                if kind == SEARCH and op.policy.require_purpose and not ctx.purpose:
+                    # refused now, not after the video was analysed (the job's event checks again)
+                    op.refuse("purpose_required",
+                              f"Collection {collection} requires a stated purpose for {kind} "
+                              "(HTTP header X-Faceledger-Purpose).")
+                op.note(JobTag=tag, Video=ref, **{k: v for k, v in options.items()
+                                                   if k != "FaceMatchThreshold"})
+                with self.catalog.read() as conn:
+                    earlier = None if tok is None else store.by_token(conn, ctx.principal, kind, tok)
+                    running = store.running(conn)
+                    coll = None if collection is None else self._usable(
+                        self.catalog.collection(conn, collection))
+                if earlier is not None:
+                    if earlier.request_hash != digest:
+                        raise IdempotentParameterMismatchException(
+                            f"ClientRequestToken {tok} was used for a different {kind} request.")
+                    op.record(job_id=earlier.job_id, replay=True)
+                    return {"JobId": earlier.job_id}
+                if running >= self.settings.video_max_jobs:
+                    raise LimitExceededException(
+                        f"{running} video jobs are in progress, the most this server runs at once "
+                        f"({self.settings.video_max_jobs}); retry when one has ended.")
+                point: tuple[float, float] | None = None
+                if coll is not None:  # the floor applies before the video is even read
+                    point = self._threshold(op, options["FaceMatchThreshold"], coll.face_count,
+                                            "FaceMatchThreshold")
+                job_id = uuid.uuid4().hex
+                spool = self._spool_dir() / job_id
+                # the spool file goes if anything below fails, the commit included
                 info, sha = self._fetch(ref, spool)
                 op.image(sha)
                 self._insert_job(op.conn, tok, {
@@ -194,9 +196,10 @@ class VideoOperations(CollectionOperations):
                     "heartbeat": time.time(), "attempts": 1,
                 })
                 op.record(job_id=job_id, video_metadata=info)
-            except BaseException:
+        except BaseException:
+            if spool is not None:
                 spool.unlink(missing_ok=True)
-                raise
+            raise
         self.video_runner.submit(job_id)
         return {"JobId": job_id}
 
