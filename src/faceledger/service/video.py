@@ -161,7 +161,8 @@ class VideoOperations(CollectionOperations):
                 op.note(JobTag=tag, Video=ref, **{k: v for k, v in options.items()
                                                    if k != "FaceMatchThreshold"})
                 with self.catalog.read() as conn:
-                    earlier = None if tok is None else store.by_token(conn, ctx.principal, kind, tok)
+                    earlier = None if tok is None else store.by_token(conn, ctx.principal, kind,
+                                                                      tok)
                     running = store.running(conn)
                     coll = None if collection is None else self._usable(
                         self.catalog.collection(conn, collection))

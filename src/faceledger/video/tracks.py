@@ -34,7 +34,8 @@ REID_DISTANCE = 0.5
 def face_score(face: FaceAnalysis) -> float:
     """How good a view of the face this is, for choosing a person's best frames: larger,
     sharper, more frontal and more confidently detected faces first."""
-    frontal = max(0.0, 1.0 - abs(face.pose.yaw) / 90.0) * max(0.0, 1.0 - abs(face.pose.pitch) / 90.0)
+    frontal = (max(0.0, 1.0 - abs(face.pose.yaw) / 90.0)
+               * max(0.0, 1.0 - abs(face.pose.pitch) / 90.0))
     return float(np.sqrt(face.box.area) * frontal * (0.5 + face.quality.sharpness / 200.0)
                  * (face.confidence / 100.0))
 
