@@ -134,3 +134,21 @@ def test_templates_are_skipped_only_when_overlap_links_without_doubt() -> None:
     assert tracker.needs_template(2000, [bare(60)]) == [True]  # moved: overlap not sure
     assert tracker.needs_template(2000, [bare(4), bare(30)]) == [True, True]  # crowded
     assert [len(p.sightings) for p in tracker.persons] == [4]  # bare faces joined the person
+
+
+def test_two_people_crossing_keep_their_index() -> None:
+    """Faces pass through each other; templates are computed only where the tracker asks
+    (as video/analysis.py does), yet neither person takes the other's index."""
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(0, 0.1, 128), rng.normal(0, 0.1, 128)
+    tracker = FaceTracker()
+    skipped = 0
+    for i in range(25):  # a moves right, b moves left; they overlap in the middle samples
+        faces = [face(20 + 10 * i, 40, 60, a + rng.normal(0, 0.01, 128)),
+                 face(260 - 10 * i, 50, 60, b + rng.normal(0, 0.01, 128))]
+        wanted = tracker.needs_template(i * 250, faces)
+        skipped += wanted.count(False)
+        faces = [f if w else replace(f, embedding=None) for f, w in zip(faces, wanted)]
+        assert tracker.update(i * 250, i, faces) == [0, 1], i
+    assert len(tracker.persons) == 2
+    assert skipped >= 10  # away from the crossing, overlap alone linked them
