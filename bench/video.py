@@ -2,14 +2,15 @@
 analysed per second (detect + landmarks + embed + track), at 720p and 1080p, each as a ratio to
 the video's real-time rate.
 
-The videos are made here: H.264 (libx264, yuv420p, GOP 2 s) at 30 frames/s, with two faces
-moving across a textured background (LFW photos from ../shared/faces, or scikit-image's
-astronaut portrait without that folder).
+The videos are made here: H.264 (libx264 veryfast, B-frames, yuv420p, GOP 2 s) at 30 frames/s,
+with two faces moving across a textured background (LFW photos from ../shared/faces, or
+scikit-image's astronaut portrait without that folder).
 
   decode all      every frame decoded and converted to RGB (what a redaction pass does)
                   (OpenCV: to BGR, its native order)
-  decode sampled  faceledger's sampler at the default rate: every frame decoded, only the
-                  sampled ones converted (video/decode.py)
+  decode sampled  faceledger's sampler at the default rate: reference frames decoded,
+                  B-frames between samples skipped, only sampled frames converted to RGB
+                  (video/decode.py); OpenCV: every frame grabbed, sampled ones retrieved
   analyse         the sampled frames through the face pipeline and the tracker, i.e. a
                   StartFaceDetection job's work. "x real time" above 1 means a job ends before
                   the video would have finished playing.
@@ -57,7 +58,8 @@ def make(path: Path, width: int, height: int, fps: int, seconds: float,
     with av.open(str(path), "w") as out:
         s = out.add_stream("libx264", rate=fps)
         s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        s.options = {"crf": "23", "preset": "ultrafast", "g": str(fps * 2)}
+        # x264 veryfast keeps B-frames, as most camera and phone footage has
+        s.options = {"crf": "23", "preset": "veryfast", "g": str(fps * 2)}
         n = int(fps * seconds)
         for i in range(n):
             frame = bg.copy()
@@ -257,12 +259,12 @@ def main() -> None:
               f"other person median {other_med:.2f} max {other_max:.2f}")
     print(f"\nvideos: {args.seconds:g} s at {args.fps} frames/s, H.264; sampling {rate:g}/s; "
           f"detector {settings.detector}\n")
-    print(f"{'video':6} {'step':42} {'decoded':>8} {'to RGB':>7} {'frames/s':>9} "
+    print(f"{'video':6} {'step':42} {'frames':>8} {'to RGB':>7} {'frames/s':>9} "
           f"{'x real time':>12}")
     for name, label, decoded, n, fps, ratio in rows:
         print(f"{name:6} {label:42} {decoded:8d} {n:7d} {fps:9.1f} {ratio:12.2f}")
-    print("\nframes/s: frames decoded per second for decode rows, frames analysed per second "
-          "for analyse rows.")
+    print("\nframes/s: decode rows, frames of the video gone through per second (the sampler "
+          "skips decoding B-frames between samples); analyse rows, frames analysed per second.")
     print()
 
 
