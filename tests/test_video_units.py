@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from faceledger.errors import InvalidParameterException
+from faceledger.service import FaceService
 from faceledger.video.decode import probe, sample_frames
 from faceledger.video.redaction import RedactionPlan, blur_boxes
 from faceledger.video.tracks import FaceTracker
@@ -152,3 +153,16 @@ def test_two_people_crossing_keep_their_index() -> None:
         assert tracker.update(i * 250, i, faces) == [0, 1], i
     assert len(tracker.persons) == 2
     assert skipped >= 10  # away from the crossing, overlap alone linked them
+
+
+def test_redact_a_video_without_faces_or_audio_of_odd_size(service: FaceService,
+                                                            tmp_path: Path) -> None:
+    src = tmp_path / "odd.mp4"
+    write_video(src, "libx264", frames=10, size=(161, 121), pix_fmt="yuv444p")
+    out = service.redact(src, tmp_path / "out.mp4")
+    assert (out["persons"], out["frames"], out["audio_copied"]) == (0, 10, False)
+    info = probe(tmp_path / "out.mp4")
+    assert (info.width, info.height, info.codec) == (160, 120, "h264")  # H.264 needs even sizes
+    assert not list(tmp_path.glob(".*partial*"))
+    with pytest.raises(InvalidParameterException, match="must not overwrite"):
+        service.redact(src, src)
