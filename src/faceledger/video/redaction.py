@@ -21,7 +21,7 @@ output shows a detectable face of anyone not kept.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from ..errors import InvalidParameterException
 from ..vision import FacePipeline
 from ..vision.types import Box, FaceAnalysis
 from .analysis import analyse
-from .decode import sample_frames, start_seconds
+from .decode import start_seconds
 from .tracks import Person, box_at
 
 log = logging.getLogger("faceledger.video")
@@ -170,8 +170,3 @@ def redact_pixels(pixels: NDArray[np.uint8], faces: list[FaceAnalysis],
     blur_boxes(out, gone)
     return out, len(gone), len(faces) - len(gone)
 
-
-def frames_of(path: Path, rate: float) -> Iterator[tuple[int, NDArray[np.uint8]]]:
-    """(timestamp, pixels) of `path` at `rate` (for checking a redacted video)."""
-    for f in sample_frames(path, rate):
-        yield f.timestamp_ms, f.pixels
