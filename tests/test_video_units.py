@@ -166,3 +166,19 @@ def test_redact_a_video_without_faces_or_audio_of_odd_size(service: FaceService,
     assert not list(tmp_path.glob(".*partial*"))
     with pytest.raises(InvalidParameterException, match="must not overwrite"):
         service.redact(src, src)
+
+
+def test_a_stranger_in_the_same_place_is_split_off_by_the_periodic_check() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0, 0.1, 128), rng.normal(0, 0.1, 128)
+    tracker = FaceTracker(verify_every=4)
+    indices = []
+    for i in range(12):  # a for 6 samples, then b stands exactly where a stood
+        person = a if i < 6 else b
+        faces = [face(100, 50, 60, person + rng.normal(0, 0.01, 128))]
+        wanted = tracker.needs_template(i * 500, faces)
+        faces = [f if w else replace(f, embedding=None) for f, w in zip(faces, wanted)]
+        indices.append(tracker.update(i * 500, i, faces)[0])
+    assert indices[:6] == [0] * 6
+    first_b = indices.index(1)
+    assert 6 <= first_b < 6 + 4 and indices[first_b:] == [1] * (12 - first_b)

@@ -29,6 +29,9 @@ from ..vision.types import Box, FaceAnalysis
 # dlib-resnet-v1: same-person templates are mostly below 0.5, different people mostly above 0.6.
 LINK_DISTANCE = 0.6
 REID_DISTANCE = 0.5
+# A view must score this much above a person's worst kept view to be worth a template (scores
+# jitter from sample to sample with sharpness and pose).
+BETTER_VIEW = 1.1
 
 
 def face_score(face: FaceAnalysis) -> float:
@@ -101,8 +104,9 @@ class FaceTracker:
         Embedding is most of a sample's cost, so a face skips it only when overlap alone links
         it without doubt: exactly one recent person overlaps it (IoU >= `sure_iou`), no other
         face of the frame overlaps that person, the person already has `memory` templates, this
-        view is not better than their worst kept one, and fewer than `verify_every` samples
-        passed since the person's last template (a periodic check against swaps).
+        view is not clearly better than their worst kept one (`BETTER_VIEW`), and fewer than
+        `verify_every` samples passed since the person's last template (a periodic check: a
+        stranger stepping into the same place is split off within that many samples).
         """
         out = []
         recent = [p for p in self.persons
@@ -119,7 +123,7 @@ class FaceTracker:
                 crowded
                 or person.last.face.box.iou(face.box) < self.sure_iou
                 or len(person.best) < self.memory
-                or face_score(face) > person.best[-1][0]
+                or face_score(face) > BETTER_VIEW * person.best[-1][0]
                 or person.unverified + 1 >= self.verify_every
             )
         return out
