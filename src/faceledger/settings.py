@@ -85,6 +85,31 @@ class Settings(BaseSettings):
     # Rekognition's limit for images read from S3.
     max_s3_image_bytes: int = 15 * 1024 * 1024
 
+    # --- stored video (StartFaceDetection / StartFaceSearch, redaction; faceledger.video) ---
+    # Frames analysed per second of video. 2/s: a face on screen for half a second is seen,
+    # persons link across 0.5 s steps, and a job costs about real time at 720p with HOG
+    # (bench/video.py); redaction interpolates boxes between samples and samples denser.
+    video_sample_rate: float = 2.0
+    # Frames analysed per second when redacting (a face missed is a face disclosed).
+    redact_sample_rate: float = 5.0
+    # Rekognition's limits for stored video: 10 GB and 6 hours (VideoTooLargeException).
+    max_video_bytes: int = 10 * 1024**3
+    max_video_seconds: float = 6 * 3600
+    # Video jobs IN_PROGRESS at once (Rekognition's default quota: 20); beyond: LimitExceeded.
+    video_max_jobs: int = 20
+    # Jobs analysed at the same time (each takes one core while it runs).
+    video_workers: int = 1
+    # A job whose server stopped sending heartbeats this long is resumed by another (or the
+    # restarted) server; after `video_max_attempts` starts it ends FAILED with the reason.
+    video_job_stale_seconds: float = 30.0
+    video_max_attempts: int = 3
+    # NotificationChannel: an SNS-compatible endpoint (AWS SNS, moto, LocalStack); without
+    # one, a request naming a channel is refused.
+    sns_endpoint_url: str | None = None
+    sns_region: str = "us-east-1"
+    sns_access_key_id: str | None = None
+    sns_secret_access_key: SecretStr | None = None
+
     # --- collections: the vector index (faceledger.store) ---
     # "embedded": in-process, follows the catalog (any database); "pgvector": PostgreSQL +
     # pgvector in the catalog's own database (needs database_url=postgresql+psycopg://...).

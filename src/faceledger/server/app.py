@@ -121,6 +121,8 @@ class RekognitionApp:
                         await asyncio.get_running_loop().run_in_executor(
                             self.pool, self.service.pipeline.warm_up
                         )
+                    # video jobs a stopped server left IN_PROGRESS resume (or end FAILED)
+                    self.service.start_video_jobs()
                 except Exception as exc:
                     log.error("models could not be loaded", exc_info=exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
