@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from ..calibration import CalibrationTable
 from ..context import LOCAL, RequestContext
 from ..errors import InvalidParameterException
 from ..imaging import decode_image
@@ -68,7 +69,7 @@ class RedactionOperations(CollectionOperations):
                 if is_video:
                     summary = redact_video(
                         source, partial, self.pipeline, rate=self.settings.redact_sample_rate,
-                        keep=lambda p: _kept(p.templates(), templates, limit))
+                        keep=lambda p: _kept(p.templates(), templates, self.calibration, limit))
                 else:
                     summary = self._redact_image(source, partial, templates, limit)
                 os.replace(partial, output)
@@ -111,7 +112,7 @@ class RedactionOperations(CollectionOperations):
         faces = self.pipeline.analyze(img.pixels, embed=True)
 
         def keep(face: FaceAnalysis) -> bool:
-            return face.embedding is not None and _kept([face.embedding], templates, limit)
+            return face.embedding is not None and _kept([face.embedding], templates, self.calibration, limit)
 
         pixels, blurred, kept = redact_pixels(img.pixels, faces, keep)
         buf = io.BytesIO()
@@ -122,11 +123,11 @@ class RedactionOperations(CollectionOperations):
 
 
 def _kept(probes: list[NDArray[np.float32]], templates: list[NDArray[np.float32]],
-          limit: float) -> bool:
+          calibration: CalibrationTable, limit: float) -> bool:
+    """Whether any of a face's templates matches a kept one at `limit` (the calibration's
+    distance, normalised as it scores)."""
     if not probes or not templates:
         return False
-    a = np.stack(probes).astype(np.float64)
-    b = np.stack(templates).astype(np.float64)
-    dist = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2))
+    dist = calibration.distances(np.stack(probes), np.stack(templates))
     return bool(dist.min() <= limit)
 
