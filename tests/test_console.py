@@ -128,8 +128,8 @@ def _sign_in(page: Any, world: World, who: str) -> None:
     page.goto(f"{world.url}/console/")
     page.get_by_label("Access key id").fill(key.info.access_key_id)
     page.get_by_label("Secret access key").fill(key.secret_access_key)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_load_state()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Sign in").click()
 
 
 def _shot(page: Any, world: World, name: str) -> None:
@@ -151,8 +151,10 @@ def _open_photos(page: Any, world: World) -> None:
 def _decide(page: Any, decision: str, reason: str) -> None:
     page.get_by_label(decision).check()
     page.get_by_label("Reason (required, recorded in the ledger)").fill(reason)
-    page.get_by_role("button", name="Record decision").click()
-    page.wait_for_load_state()
+    # wait for the form's own navigation (a bare wait_for_load_state can return at once,
+    # on the page that is still loaded, before the POST has answered)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Record decision").click()
 
 
 def test_sign_in_refuses_a_wrong_secret_and_keys_without_a_role(browser: Any,
@@ -167,16 +169,16 @@ def test_sign_in_refuses_a_wrong_secret_and_keys_without_a_role(browser: Any,
     page.keyboard.type(world.keys["reviewer-1"].info.access_key_id)
     page.keyboard.press("Tab")
     page.keyboard.type("not-the-secret")
-    page.keyboard.press("Enter")
-    page.wait_for_load_state()
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
     assert page.get_by_role("alert").inner_text().startswith("Unknown or revoked key")
     _shot(page, world, "01-signin-refused")
     _sign_in(page, world, "api-only")
     assert "has no console role" in page.get_by_role("alert").inner_text()
     _sign_in(page, world, "auditor")
     assert page.url.endswith("/console/ledger")
-    page.get_by_role("button", name="Sign out").click()
-    page.wait_for_load_state()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Sign out").click()
     assert page.url.endswith("/console/signin")
     page.goto(f"{world.url}/console/ledger")  # the session is gone
     assert page.url.endswith("/console/signin")
@@ -235,8 +237,8 @@ def test_one_rejection_settles_a_candidate(browser: Any, world: World) -> None:
     page.keyboard.type("Ears differ; cannot confirm.")
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.textContent") == "Record decision"
-    page.keyboard.press("Enter")
-    page.wait_for_load_state()
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
     assert page.locator(".status").inner_text().startswith("Status: REJECTED")
     assert page.get_by_role("button", name="Record decision").count() == 0
     _shot(page, world, "06-rejected-phone-settled")
@@ -315,18 +317,21 @@ def test_auditor_browses_the_ledger_and_sees_verify_fail_after_tampering(
     assert page.url.endswith("/console/ledger")
     page.get_by_label("Operation").fill("SearchFacesByImage")
     page.get_by_label("Case", exact=True).fill("INC-2")
-    page.get_by_role("button", name="Filter").click()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Filter").click()
     rows = page.locator("tbody tr")
     assert rows.count() == 1 and "INC-2" in rows.first.inner_text()
     _shot(page, world, "20-ledger-filtered")
-    rows.first.get_by_role("link").click()
+    with page.expect_navigation():
+        rows.first.get_by_role("link").click()
     seq = int(page.url.rsplit("/", 1)[1])
     assert page.get_by_role("heading", level=1).inner_text() == f"Ledger event #{seq}"
     assert "door access (reject)" in page.locator("pre").inner_text()
     _shot(page, world, "21-event")
     world.service.anchor_ledger()
     page.goto(f"{world.url}/console/ledger")
-    page.get_by_role("button", name="Verify the whole chain").click()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Verify the whole chain").click()
     assert "Chain intact." in page.get_by_role("status").inner_text()
     assert "faceledger-anchor:" in page.locator("dl.facts").inner_text()
     _shot(page, world, "22-verify-ok")
@@ -363,12 +368,14 @@ def test_report_collections_and_export(browser: Any, world: World) -> None:
     page.goto(f"{world.url}/console/collections")
     assert page.get_by_role("img", name="Calibration of model").count() == 1
     _shot(page, world, "31-collections")
-    page.get_by_role("link", name="staff").click()
+    with page.expect_navigation():
+        page.get_by_role("link", name="staff").click()
     # the policy requires a purpose to list faces: refused (and logged) until one is given
     assert "RequirePurpose" in page.get_by_role("alert").inner_text() or \
         "purpose" in page.get_by_role("alert").inner_text()
     page.get_by_label("Purpose of viewing (recorded)").fill("quarterly audit")
-    page.get_by_role("button", name="List faces").click()
+    with page.expect_navigation():
+        page.get_by_role("button", name="List faces").click()
     assert "eileen-enrolled" in page.get_by_role("region", name="Faces").inner_text()
     _shot(page, world, "32-collection-staff")
     page.goto(f"{world.url}/console/candidates/{world.candidates['confirm']}")  # a case view

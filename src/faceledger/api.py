@@ -157,6 +157,40 @@ class FaceLedger:
                                                   user_match_threshold, max_users,
                                                   quality_filter, ctx=self._ctx())
 
+    # --- stored video and redaction (faceledger.service.video / .redaction) -----------------
+
+    def start_face_detection(self, video: dict[str, Any], job_tag: str | None = None,
+                             client_request_token: str | None = None,
+                             face_attributes: str | None = None) -> Shape:
+        """StartFaceDetection on {"S3Object": {...}} of a configured bucket."""
+        return self.service.start_face_detection(video, client_request_token, None,
+                                                 face_attributes, job_tag, ctx=self._ctx())
+
+    def get_face_detection(self, job_id: str, max_results: int | None = None,
+                           next_token: str | None = None) -> Shape:
+        """GetFaceDetection."""
+        return self.service.get_face_detection(job_id, max_results, next_token, ctx=self._ctx())
+
+    def start_face_search(self, video: dict[str, Any], collection_id: str,
+                          face_match_threshold: float | None = None, job_tag: str | None = None,
+                          client_request_token: str | None = None) -> Shape:
+        """StartFaceSearch on {"S3Object": {...}} of a configured bucket."""
+        return self.service.start_face_search(video, collection_id, client_request_token,
+                                              face_match_threshold, None, job_tag,
+                                              ctx=self._ctx())
+
+    def get_face_search(self, job_id: str, max_results: int | None = None,
+                        next_token: str | None = None, sort_by: str | None = None) -> Shape:
+        """GetFaceSearch."""
+        return self.service.get_face_search(job_id, max_results, next_token, sort_by,
+                                            ctx=self._ctx())
+
+    def redact(self, source: str | PathLike[str], output: str | PathLike[str],
+               keep: list[str] | None = None, collection_id: str | None = None) -> Shape:
+        """A copy of a video or image with every face not kept blurred."""
+        return self.service.redact(Path(source), Path(output), keep or [], collection_id,
+                                   ctx=self._ctx())
+
     def close(self) -> None:
         """Persist the vector index's in-memory state (fast reopen)."""
         self.service.close()

@@ -22,8 +22,9 @@ class RequestContext:
     # Console roles of the signed-in key (reviewer, auditor, admin); None: not role-restricted
     # (the local operator, and API requests, which are governed by operation permissions).
     roles: frozenset[str] | None = None
-    # Collection ids or globs the key may see; None: every collection.
-    collections: tuple[str, ...] | None = None
+    # Collections the caller may name (ids or globs; HTTP and console: the key's). Listing
+    # operations show only these, and pagination tokens never lead past them.
+    collections: tuple[str, ...] = ("*",)
 
     def has_role(self, *roles: str) -> bool:
         """Whether this caller holds one of `roles` (always, when not role-restricted)."""
@@ -31,10 +32,9 @@ class RequestContext:
             return True
         return any(r in self.roles for r in roles)
 
-    def sees_collection(self, collection_id: str) -> bool:
-        """Whether this caller may see `collection_id`."""
-        return self.collections is None or any(
-            fnmatchcase(collection_id, p) for p in self.collections)
+    def may_name(self, collection_id: str) -> bool:
+        """Whether the caller may name (and so see) `collection_id`."""
+        return any(fnmatchcase(collection_id, p) for p in self.collections)
 
 
 # The local operator (CLI, in-process Python API) owns the database, so it is an admin.

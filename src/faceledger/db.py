@@ -3,15 +3,27 @@ written in the same transaction as the change it describes."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from .permissions import private_dir, private_sqlite
 
 
 def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite gets WAL, foreign keys, a busy timeout and full fsync."""
     if url.startswith("sqlite"):
+        database = make_url(url).database
+        # a file, not :memory: - owner-only before SQLite creates it (its -wal and -shm
+        # follow the database file's mode)
+        path = Path(database) if database and database != ":memory:" and not database.startswith(
+            "file:") else None
+        if path is not None:
+            private_dir(path.parent)
+            private_sqlite(path)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -22,6 +34,8 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+            if path is not None:
+                private_sqlite(path)  # a -wal/-shm left by an older version, or another tool
 
         return engine
     return create_engine(url, pool_pre_ping=True)

@@ -19,6 +19,8 @@
     │   ├── PolicyRefusedException        (a collection policy refused the operation)
     │   ├── ThrottlingException
     │   ├── ProvisionedThroughputExceededException
+    │   ├── VideoTooLargeException        (stored video over the size or duration limit)
+    │   ├── LimitExceededException        (too many video jobs in progress)
     │   ├── UnknownOperationException     (no such operation on this server: AWS's JSON code)
     │   └── SerializationException        (body is not JSON, or a member has the wrong JSON type)
     ├── AuthError                         (HTTP 403: SigV4 failures, AWS's own codes)
@@ -125,6 +127,14 @@ class ThrottlingException(ClientError):
 
 class ProvisionedThroughputExceededException(ClientError):
     code = "ProvisionedThroughputExceededException"
+
+
+class VideoTooLargeException(ClientError):
+    code = "VideoTooLargeException"
+
+
+class LimitExceededException(ClientError):
+    code = "LimitExceededException"
 
 
 class UnknownOperationException(ClientError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +10,17 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DetectorName = Literal["hog", "cnn", "mtcnn"]
+
+
+def default_config_dir() -> Path:
+    """$XDG_CONFIG_HOME/faceledger, else /etc/faceledger for root, else ~/.config/faceledger:
+    outside the data directory, so a copy of the data never carries the key that opens it."""
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    if xdg:
+        return Path(xdg) / "faceledger"
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/etc/faceledger")
+    return Path.home() / ".config" / "faceledger"
 
 
 class Settings(BaseSettings):
@@ -24,6 +36,13 @@ class Settings(BaseSettings):
     max_image_bytes: int = 5 * 1024 * 1024
     # Pixels beyond this are refused as a likely decompression bomb (Rekognition: ImageTooLarge).
     max_image_pixels: int = 50_000_000
+    # Pixels decoded for one image: larger JPEGs decode at 1/2, 1/4 or 1/8 scale, larger PNGs
+    # are refused (ImageTooLarge). A decoded pixel costs about 13 bytes at the peak of decoding
+    # (bench/decode_memory.py: 322 MB for a 24-megapixel JPEG).
+    max_decoded_pixels: int = 25_000_000
+    # Pixels being decoded at once across all requests; beyond it a decode waits (then
+    # ThrottlingException), so concurrent large images cannot add up.
+    decode_budget_pixels: int = 50_000_000
     min_image_side: int = 80
     # Detection runs on an image whose long side is at most this; boxes are mapped back.
     detect_max_side: int = 1280
@@ -61,10 +80,12 @@ class Settings(BaseSettings):
     # How far a request's signing time may be from the server clock (AWS: 5 minutes).
     clock_skew_seconds: int = 300
     # Key-encryption key for stored API secrets: base64 of 32 bytes, or a file holding it
-    # (default data_dir/secrets/key-encryption-key, created with mode 0600). Keep it out of
-    # database backups: the database alone must not reveal any secret.
+    # (default config_dir/key-encryption-key, created with mode 0600). It lives outside the
+    # data directory and its backups: the database alone must not reveal any secret.
     key_encryption_key: SecretStr | None = None
     key_encryption_key_file: Path | None = None
+    # Where faceledger keeps configuration that must not travel with the data (the KEK).
+    config_dir: Path = Field(default_factory=default_config_dir)
 
     # --- images from object storage (Image.S3Object); only configured buckets are readable ---
     # Bucket name -> local directory, e.g. FACELEDGER_LOCAL_BUCKETS='{"photos": "/srv/photos"}'.
@@ -77,6 +98,31 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = None
     # Rekognition's limit for images read from S3.
     max_s3_image_bytes: int = 15 * 1024 * 1024
+
+    # --- stored video (StartFaceDetection / StartFaceSearch, redaction; faceledger.video) ---
+    # Frames analysed per second of video. 2/s: a face on screen for half a second is seen,
+    # persons link across 0.5 s steps, and a job costs about real time at 720p with HOG
+    # (bench/video.py); redaction interpolates boxes between samples and samples denser.
+    video_sample_rate: float = 2.0
+    # Frames analysed per second when redacting (a face missed is a face disclosed).
+    redact_sample_rate: float = 5.0
+    # Rekognition's limits for stored video: 10 GB and 6 hours (VideoTooLargeException).
+    max_video_bytes: int = 10 * 1024**3
+    max_video_seconds: float = 6 * 3600
+    # Video jobs IN_PROGRESS at once (Rekognition's default quota: 20); beyond: LimitExceeded.
+    video_max_jobs: int = 20
+    # Jobs analysed at the same time (each takes one core while it runs).
+    video_workers: int = 1
+    # A job whose server stopped sending heartbeats this long is resumed by another (or the
+    # restarted) server; after `video_max_attempts` starts it ends FAILED with the reason.
+    video_job_stale_seconds: float = 30.0
+    video_max_attempts: int = 3
+    # NotificationChannel: an SNS-compatible endpoint (AWS SNS, moto, LocalStack); without
+    # one, a request naming a channel is refused.
+    sns_endpoint_url: str | None = None
+    sns_region: str = "us-east-1"
+    sns_access_key_id: str | None = None
+    sns_secret_access_key: SecretStr | None = None
 
     # --- collections: the vector index (faceledger.store) ---
     # "embedded": in-process, follows the catalog (any database); "pgvector": PostgreSQL +

@@ -58,6 +58,8 @@ def serve(host: str | None, port: int | None, workers: int | None, queue: int | 
         app = build_app(settings, dev_mode=dev)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    except KeyStoreError as exc:  # an unsafe or unreadable KEK: one line, like `keys create`
+        raise click.ClickException(str(exc)) from exc
     scheme = "https" if ssl_certfile else "http"
     click.echo(f"faceledger: Rekognition API at {scheme}://{settings.server_host}:"
                f"{settings.server_port} (region {settings.region}); "

@@ -181,7 +181,7 @@ class Console:
         return RequestContext(
             principal=key.access_key_id, request_id=str(uuid.uuid4()), admin=key.admin,
             roles=key.console_roles,
-            collections=None if key.all_collections else key.collections, **extra)
+            collections=("*",) if key.all_collections else tuple(key.collections), **extra)
 
     async def form(self, request: Request, session: Session | None) -> FormData:
         """The posted form, refused unless it carries this session's CSRF token."""

@@ -25,7 +25,9 @@ REFUSED: Outcome = "refused"
 # Operation names: Rekognition's where one exists, faceledger extensions otherwise.
 INDEX_OPERATIONS = frozenset({"IndexFaces"})
 SEARCH_OPERATIONS = frozenset(
-    {"SearchFaces", "SearchFacesByImage", "SearchUsers", "SearchUsersByImage"}
+    {"SearchFaces", "SearchFacesByImage", "SearchUsers", "SearchUsersByImage",
+     # stored video: the job's results (faceledger's event name; StartFaceSearch is the request)
+     "FaceSearchJob"}
 )
 DELETE_OPERATIONS = frozenset({"DeleteFaces", "DeleteCollection", "DeleteUser", "ExpireFaces"})
 LIST_OPERATIONS = frozenset({"ListFaces", "ListUsers"})

@@ -31,6 +31,7 @@ from ..errors import (
 )
 from ..service import FaceService
 from ..settings import Settings
+from ..text import install_log_escaping, shown
 from . import protocol, sigv4
 from .keys import KeyInfo, KeyStore, KeyStoreError
 from .limits import Admission, RateLimiter
@@ -97,6 +98,8 @@ class RekognitionApp:
         self.operations = frozenset(protocol.implemented_operations(service))
         # the review console (faceledger.console), served under /console on the same port
         self.console = console
+        # one request, one log line: no value a caller sends can break or forge one
+        install_log_escaping(log.name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -118,6 +121,8 @@ class RekognitionApp:
                         await asyncio.get_running_loop().run_in_executor(
                             self.pool, self.service.pipeline.warm_up
                         )
+                    # video jobs a stopped server left IN_PROGRESS resume (or end FAILED)
+                    self.service.start_video_jobs()
                 except Exception as exc:
                     log.error("models could not be loaded", exc_info=exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -132,7 +137,8 @@ class RekognitionApp:
     def announce(self) -> None:
         """Log what this server serves; shout if it is in development mode."""
         if self.dev_mode:
-            log.warning(DEV_BANNER)
+            for line in DEV_BANNER.strip("\n").splitlines():  # log lines never hold a break
+                log.warning(line)
         log.info("serving %d operations: %s", len(self.operations),
                  ", ".join(sorted(self.operations)))
 
@@ -185,6 +191,7 @@ class RekognitionApp:
                 request_id=request_id,
                 # development mode grants every permission; otherwise the key says
                 admin=caller.key.admin if caller.key is not None else self.dev_mode,
+                collections=caller.key.collections if caller.key is not None else ("*",),
             )
             future = asyncio.get_running_loop().run_in_executor(
                 self.pool, self._invoke, operation, body, ctx, caller
@@ -238,10 +245,10 @@ class RekognitionApp:
             try:
                 creds = keys.credentials(key_id, date, region, service)
             except KeyStoreError as exc:
-                log.error("API key %s cannot be used: %s", key_id, exc)
+                log.error("API key %s cannot be used: %s", shown(key_id), exc)
                 return None
             if creds is None:
-                log.info("unknown or revoked API key %s", key_id)
+                log.info("unknown or revoked API key %s", shown(key_id))
                 return None
             found["key"] = creds[0]
             return creds[1]
@@ -276,14 +283,12 @@ class RekognitionApp:
                 if not key.allows_collection(collection_id):
                     raise AccessDeniedException(
                         f"Key {key.access_key_id} is not allowed to use collection "
-                        f"{collection_id}."
+                        f"{shown(collection_id)}."
                     )
         method = getattr(self.service, protocol.snake_case(operation))
         kwargs = protocol.call_arguments(operation, method, parsed.members)
-        result = method(**kwargs, ctx=ctx)
-        if key is not None and not key.all_collections and operation == "ListCollections":
-            result = _visible_collections(result, key)
-        return protocol.render_output(result)
+        # listings show only what ctx.collections names (the service filters, tokens included)
+        return protocol.render_output(method(**kwargs, ctx=ctx))
 
     @staticmethod
     def _error(exc: Exception, request_id: str) -> tuple[int, str, bytes]:
@@ -328,14 +333,3 @@ def _context_header(request: sigv4.HttpRequest, name: str) -> str | None:
         )
     return value
 
-
-def _visible_collections(result: dict[str, Any], key: KeyInfo) -> dict[str, Any]:
-    """ListCollections as seen by a key limited to some collections."""
-    ids = result.get("CollectionIds", [])
-    versions = result.get("FaceModelVersions")
-    keep = [i for i, cid in enumerate(ids) if key.allows_collection(cid)]
-    out = dict(result)
-    out["CollectionIds"] = [ids[i] for i in keep]
-    if isinstance(versions, list) and len(versions) == len(ids):
-        out["FaceModelVersions"] = [versions[i] for i in keep]
-    return out

@@ -8,13 +8,15 @@ S3 image limit (15 MB), which is ImageTooLargeException and is refused before it
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ImageTooLargeException, InvalidS3ObjectException
+from ..errors import ImageTooLargeException, InvalidS3ObjectException, VideoTooLargeException
 from ..settings import Settings
 from ..sources import NoObjectStorage, ObjectResolver
+from ..text import shown
 
 log = logging.getLogger("faceledger.server")
 
@@ -22,9 +24,15 @@ NOT_READABLE = ("Unable to get object metadata from S3. "
                 "Check object key, region and/or access permissions.")
 
 
+def _video_too_large(bucket: str, name: str, size: int, limit: int) -> VideoTooLargeException:
+    return VideoTooLargeException(
+        f"S3Object {bucket}/{name} is {size} bytes; the limit for stored video is {limit} bytes."
+    )
+
+
 def _too_large(bucket: str, name: str, size: int, limit: int) -> ImageTooLargeException:
     return ImageTooLargeException(
-        f"S3Object {bucket}/{name} is {size} bytes; the limit for images in S3 is {limit} bytes."
+        f"S3Object {shown(bucket)}/{shown(name, 200)} is {size} bytes; the limit for images in S3 is {limit} bytes."
     )
 
 
@@ -39,24 +47,7 @@ class LocalBuckets:
                 raise ValueError(f"local bucket {name!r}: {root} is not a directory")
 
     def fetch(self, bucket: str, name: str, version: str | None) -> bytes:
-        root = self.roots.get(bucket)
-        if root is None:
-            raise InvalidS3ObjectException(f"Bucket {bucket!r} is not configured on this server.")
-        if version is not None:
-            raise InvalidS3ObjectException(
-                f"Bucket {bucket!r} is a local directory: objects have no versions."
-            )
-        parts = name.split("/")
-        if not name or name.startswith("/") or "\\" in name or "\x00" in name or any(
-            p in ("", ".", "..") for p in parts
-        ):
-            raise InvalidS3ObjectException(
-                f"Object name {name[:200]!r} is not a plain relative name inside bucket {bucket!r}."
-            )
-        path = (root / name).resolve()
-        # A symlink inside the bucket may still point outside it: check where it lands.
-        if not path.is_relative_to(root) or not path.is_file():
-            raise InvalidS3ObjectException(NOT_READABLE)
+        path = self._path(bucket, name, version)
         size = path.stat().st_size
         if size > self.max_bytes:
             raise _too_large(bucket, name, size, self.max_bytes)
@@ -65,6 +56,37 @@ class LocalBuckets:
         if len(data) > self.max_bytes:  # grew since stat
             raise _too_large(bucket, name, len(data), self.max_bytes)
         return data
+
+    def download(self, bucket: str, name: str, version: str | None, dest: Path,
+                 max_bytes: int) -> None:
+        """Copy an object (a stored video) to `dest`; VideoTooLargeException past max_bytes."""
+        path = self._path(bucket, name, version)
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise _video_too_large(bucket, name, size, max_bytes)
+        shutil.copyfile(path, dest)
+
+    def _path(self, bucket: str, name: str, version: str | None) -> Path:
+        root = self.roots.get(bucket)
+        if root is None:
+            raise InvalidS3ObjectException(f"Bucket '{shown(bucket)}' is not configured on this server.")
+        if version is not None:
+            raise InvalidS3ObjectException(
+                f"Bucket '{shown(bucket)}' is a local directory: objects have no versions."
+            )
+        parts = name.split("/")
+        if not name or name.startswith("/") or "\\" in name or "\x00" in name or any(
+            p in ("", ".", "..") for p in parts
+        ):
+            raise InvalidS3ObjectException(
+                f"Object name '{shown(name, 200)}' is not a plain relative name inside bucket "
+                f"'{shown(bucket)}'."
+            )
+        path = (root / name).resolve()
+        # A symlink inside the bucket may still point outside it: check where it lands.
+        if not path.is_relative_to(root) or not path.is_file():
+            raise InvalidS3ObjectException(NOT_READABLE)
+        return path
 
 
 class S3Buckets:
@@ -100,7 +122,7 @@ class S3Buckets:
         from botocore.exceptions import BotoCoreError, ClientError
 
         if bucket not in self.buckets:
-            raise InvalidS3ObjectException(f"Bucket {bucket!r} is not configured on this server.")
+            raise InvalidS3ObjectException(f"Bucket '{shown(bucket)}' is not configured on this server.")
         ref: dict[str, str] = {"Bucket": bucket, "Key": name}
         if version is not None:
             ref["VersionId"] = version
@@ -116,6 +138,46 @@ class S3Buckets:
                 body.close()
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
+            log.info("S3 %s/%s (version %s): %s", shown(bucket), shown(name, 200), shown(version),
+                     shown(code))
+            raise InvalidS3ObjectException(NOT_READABLE) from exc
+        except BotoCoreError as exc:
+            log.warning("S3 endpoint failed for %s/%s: %s", shown(bucket), shown(name, 200), exc)
+            raise InvalidS3ObjectException(
+                "The object storage endpoint could not be reached; try again later."
+            ) from exc
+        if len(data) > self.max_bytes:
+            raise _too_large(bucket, name, len(data), self.max_bytes)
+        return data
+
+    def download(self, bucket: str, name: str, version: str | None, dest: Path,
+                 max_bytes: int) -> None:
+        """Stream an object (a stored video) to `dest`; VideoTooLargeException past max_bytes."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if bucket not in self.buckets:
+            raise InvalidS3ObjectException(f"Bucket {bucket!r} is not configured on this server.")
+        ref: dict[str, str] = {"Bucket": bucket, "Key": name}
+        if version is not None:
+            ref["VersionId"] = version
+        try:
+            head = self.client.head_object(**ref)
+            size = int(head.get("ContentLength", 0))
+            if size > max_bytes:
+                raise _video_too_large(bucket, name, size, max_bytes)
+            body = self.client.get_object(**ref)["Body"]
+            written = 0
+            try:
+                with dest.open("wb") as out:
+                    for chunk in iter(lambda: body.read(1 << 20), b""):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise _video_too_large(bucket, name, written, max_bytes)
+                        out.write(chunk)
+            finally:
+                body.close()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
             log.info("S3 %s/%s (version %s): %s", bucket, name, version, code)
             raise InvalidS3ObjectException(NOT_READABLE) from exc
         except BotoCoreError as exc:
@@ -123,9 +185,6 @@ class S3Buckets:
             raise InvalidS3ObjectException(
                 "The object storage endpoint could not be reached; try again later."
             ) from exc
-        if len(data) > self.max_bytes:
-            raise _too_large(bucket, name, len(data), self.max_bytes)
-        return data
 
 
 class BucketRouter:
@@ -137,8 +196,16 @@ class BucketRouter:
     def fetch(self, bucket: str, name: str, version: str | None) -> bytes:
         resolver = self.routes.get(bucket)
         if resolver is None:
-            raise InvalidS3ObjectException(f"Bucket {bucket!r} is not configured on this server.")
+            raise InvalidS3ObjectException(
+                f"Bucket '{shown(bucket)}' is not configured on this server.")
         return resolver.fetch(bucket, name, version)
+
+    def download(self, bucket: str, name: str, version: str | None, dest: Path,
+                 max_bytes: int) -> None:
+        resolver = self.routes.get(bucket)
+        if not isinstance(resolver, (LocalBuckets, S3Buckets)):
+            raise InvalidS3ObjectException(f"Bucket {bucket!r} is not configured on this server.")
+        resolver.download(bucket, name, version, dest, max_bytes)
 
 
 def build_resolver(settings: Settings) -> ObjectResolver:

@@ -10,11 +10,13 @@ from .core import ServiceCore
 from .governance import GovernanceOperations
 from .images import ImageOperations
 from .oversight import OversightOperations
+from .redaction import RedactionOperations
 from .users import UserOperations
+from .video import VideoOperations
 
 
-class FaceService(ImageOperations, OversightOperations, UserOperations, CollectionOperations,
-                  GovernanceOperations, ServiceCore):
+class FaceService(VideoOperations, RedactionOperations, ImageOperations, OversightOperations,
+                  UserOperations, CollectionOperations, GovernanceOperations, ServiceCore):
     """Every faceledger operation, Rekognition request and response shapes."""
 
 

@@ -39,6 +39,7 @@ from ..store.thresholds import (
 from ..vision.quality import QUALITY_FILTERS, quality_reasons
 from ..vision.types import FaceAnalysis
 from . import collection_members as m
+from . import paging
 from .core import ServiceCore, check_enum
 
 ARN_PREFIX = "arn:faceledger:rekognition:local:000000000000:collection/"
@@ -122,20 +123,39 @@ class CollectionOperations(ServiceCore):
                          *, ctx: RequestContext = LOCAL) -> Shape:
         """ListCollections, in collection id order, NextToken paging."""
         limit = m.page_size(max_results, DEFAULT_LIST_RESULTS, MAX_LIST_RESULTS, "MaxResults")
-        after = None if next_token is None else str(m.read_token(next_token, "collections", 0))
+        start = None if next_token is None else paging.read_token(next_token, "c", 0)
         with self.audit("ListCollections", ctx, uses_model=False) as op:
             with self.catalog.read() as conn:
-                rows = self.catalog.list_collections(conn, after, limit + 1)
-            # a count only: the HTTP adapter hides collections a key may not name
-            op.record(collections=min(len(rows), limit))
+                rows = self._visible_collections(conn, start, limit + 1, ctx)
+            op.record(collections=min(len(rows), limit))  # a count only
         page = rows[:limit]
         out: dict[str, Any] = {
             "CollectionIds": [c.collection_id for c in page],
             "FaceModelVersions": [c.face_model_version for c in page],
         }
         if len(rows) > limit:
-            out["NextToken"] = m.make_token("collections", 0, page[-1].collection_id)
+            out["NextToken"] = paging.make_token("c", 0, page[-1].pk, page[-1].collection_id)
         return out
+
+    def _visible_collections(self, conn: Connection, start: paging.Position | None, n: int,
+                             ctx: RequestContext) -> list[CollectionRow]:
+        """Up to `n` collections the caller may name, in id order, after `start`."""
+        after: str | None = None
+        if start is not None:
+            last = self.catalog.collection_by_pk(conn, start.row_pk)
+            # deleted, or not the caller's to see (indistinguishable): resume after the prefix
+            usable = (last is not None and ctx.may_name(last.collection_id)
+                      and last.collection_id.startswith(start.prefix))
+            after = last.collection_id if usable and last is not None else start.prefix
+        found: list[CollectionRow] = []
+        batch = max(n, 100)
+        while len(found) < n:
+            rows = self.catalog.list_collections(conn, after, batch)
+            found += [r for r in rows if ctx.may_name(r.collection_id)]
+            if len(rows) < batch:
+                break
+            after = rows[-1].collection_id
+        return found[:n]
 
     def describe_collection(self, collection_id: str | None = None, *,
                             ctx: RequestContext = LOCAL) -> Shape:
@@ -168,7 +188,7 @@ class CollectionOperations(ServiceCore):
         ext = None if external_image_id is None else m.match(
             external_image_id, m.EXTERNAL_IMAGE_ID, "ExternalImageId")
         m.attributes(detection_attributes, "DetectionAttributes")
-        limit = None if max_faces is None else m.integer(max_faces, 1, 1 << 31, "MaxFaces")
+        limit = None if max_faces is None else m.integer(max_faces, 1, (1 << 31) - 1, "MaxFaces")
         qf = "AUTO" if quality_filter is None else check_enum(
             quality_filter, QUALITY_FILTERS, "QualityFilter")
         model = self.pipeline.model_version
@@ -241,8 +261,8 @@ class CollectionOperations(ServiceCore):
             op.note(UserId=uid, FaceIds=fids, MaxResults=limit)
             with self.catalog.read() as conn:
                 coll = self.catalog.collection(conn, cid)
-                after = 0 if next_token is None else int(
-                    m.read_token(next_token, "faces", coll.pk))
+                after = 0 if next_token is None else (
+                    paging.read_token(next_token, "f", coll.pk).row_pk)
                 user_pk: int | None = None
                 rows: list[FaceRow] = []
                 if uid is not None:
@@ -256,7 +276,7 @@ class CollectionOperations(ServiceCore):
             "FaceModelVersion": coll.face_model_version,
         }
         if len(rows) > limit:
-            out["NextToken"] = m.make_token("faces", coll.pk, page[-1].pk)
+            out["NextToken"] = paging.make_token("f", coll.pk, page[-1].pk)
         return out
 
     def delete_faces(self, collection_id: str | None = None,

@@ -25,6 +25,7 @@ from ..ledger.policy import check_collection_id, load_policy, policies_with_rete
 from ..ledger.refusals import AdminRequired, RoleRequired
 from ..ledger.report import build as build_report
 from ..shapes import Shape
+from ..text import shown
 from .core import ServiceCore, check_enum
 
 MAX_FACE_IDS = 4096
@@ -72,7 +73,7 @@ class GovernanceOperations(ServiceCore):
                       collection: str | None = None) -> None:
         """Refuse (and log the refusal) unless the caller holds one of `roles` and may see
         `collection`."""
-        if collection is not None and not ctx.sees_collection(collection):
+        if collection is not None and not ctx.may_name(collection):
             with self.audit(operation, ctx, collection=collection, uses_model=False):
                 raise RoleRequired(f"{ctx.principal} may not see collection {collection}.")
         if ctx.has_role(*roles):
@@ -261,7 +262,7 @@ class GovernanceOperations(ServiceCore):
         with self.ledger.engine.connect() as conn:
             count = case_export.count_case_events(conn, ref)
         if count == 0:
-            raise ResourceNotFoundException(f"No ledger event carries case reference {ref!r}.")
+            raise ResourceNotFoundException(f"No ledger event carries case reference '{shown(ref)}'.")
         self._require_admin("ExportCase", ctx)
         with self.audit("ExportCase", dataclasses.replace(ctx, case=ref),
                         uses_model=False) as op:
@@ -279,5 +280,5 @@ def _time(value: Any, field: str) -> datetime:
         return parse_time(value)
     except ValueError as exc:
         raise InvalidParameterException(
-            f"{field} {value!r} is not an ISO 8601 date or time (e.g. 2025-01-31)."
+            f"{field} '{shown(value)}' is not an ISO 8601 date or time (e.g. 2025-01-31)."
         ) from exc

@@ -45,7 +45,7 @@ class OversightOperations(UserOperations, GovernanceOperations):
     def _need_role(self, operation: str, ctx: RequestContext, roles: tuple[str, ...],
                    collection: str | None = None) -> None:
         """Refuse (logged) unless the caller holds one of `roles` and may see `collection`."""
-        if ctx.has_role(*roles) and (collection is None or ctx.sees_collection(collection)):
+        if ctx.has_role(*roles) and (collection is None or ctx.may_name(collection)):
             return
         with self.audit(operation, ctx, collection=collection, uses_model=False):
             if not ctx.has_role(*roles):
@@ -61,7 +61,7 @@ class OversightOperations(UserOperations, GovernanceOperations):
         self._need_role("ViewReviewQueue", ctx, REVIEW_READERS)
         with self.ledger.engine.connect() as conn:
             found = review.query(conn, status=review.PENDING, limit=4096)
-            shown = [c for c in found if ctx.sees_collection(c["CollectionId"])][:limit]
+            shown = [c for c in found if ctx.may_name(c["CollectionId"])][:limit]
             for cand in shown:
                 cand["Search"] = _search_facts(conn, cand["RequestId"])
         with self.audit("ViewReviewQueue", ctx, uses_model=False) as op:
@@ -187,7 +187,7 @@ class OversightOperations(UserOperations, GovernanceOperations):
                    "Principal": r.principal, "CollectionId": r.collection,
                    "Purpose": r.purpose, "CaseReference": r.case_ref, "Outcome": r.outcome}
                   for r in rows[:limit]
-                  if r.collection is None or ctx.sees_collection(r.collection)]
+                  if r.collection is None or ctx.may_name(r.collection)]
         out: Shape = {"Events": events}
         if len(rows) > limit:
             out["NextBeforeSeq"] = int(rows[limit - 1].seq)
@@ -201,7 +201,7 @@ class OversightOperations(UserOperations, GovernanceOperations):
             raise ResourceNotFoundException(f"The ledger has no event #{seq}.")
         body = json.loads(stored.body)
         coll = body.get("collection") if isinstance(body, dict) else None
-        if isinstance(coll, str) and not ctx.sees_collection(coll):
+        if isinstance(coll, str) and not ctx.may_name(coll):
             raise ResourceNotFoundException(f"The ledger has no event #{seq} you may see.")
         return {"Seq": stored.seq, "Prev": stored.prev, "Hash": stored.hash,
                 "Body": body, "BodyText": stored.body,
@@ -230,7 +230,7 @@ class OversightOperations(UserOperations, GovernanceOperations):
             rows = self.catalog.list_collections(conn, None, 10_000)
         return [{"CollectionId": r.collection_id, "FaceCount": r.face_count,
                  "FaceModelVersion": r.face_model_version}
-                for r in rows if ctx.sees_collection(r.collection_id)]
+                for r in rows if ctx.may_name(r.collection_id)]
 
     def collection_overview(self, collection_id: str, *, ctx: RequestContext = LOCAL) -> Shape:
         """A collection's faces, users, policy, retention and model (ListFaces is logged)."""

@@ -1,0 +1,176 @@
+"""Reading stored video with PyAV (FFmpeg in its wheels): metadata, and frames sampled at a rate.
+
+Why PyAV rather than OpenCV's FFmpeg backend: it reports codec, container and colour range
+(VideoMetadata), lets us skip work per packet, and can copy the audio stream when redacting;
+bench/video.py measures both decoders on the same files.
+
+Sampling: a frame is taken whenever its presentation time reaches the next multiple of
+1/rate seconds. Decoding only what is sampled, as far as the codec allows: for intra-only
+codecs (MJPEG, FFV1, ProRes ...) packets no sample needs are not decoded at all; inter-coded
+streams (H.264, HEVC, VP9 ...) must decode every reference frame, but FFmpeg skips the
+non-reference ones (B-frames) while the next sample is more than two frames away, and frames
+that are decoded but not sampled are never converted to RGB. (Keyframe seeking only pays when
+samples are further apart than keyframes, i.e. above a second or two: not at the default rate.)
+Only one frame is held at a time, so memory does not grow with the video's length.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import InvalidParameterException
+
+log = logging.getLogger("faceledger.video")
+
+# Rekognition Video accepts MPEG-4 and MOV containers with H.264; faceledger decodes what
+# FFmpeg decodes of these widely used codecs and refuses the rest with a clear message.
+SUPPORTED_CODECS = frozenset({
+    "h264", "hevc", "mpeg4", "vp8", "vp9", "av1", "mjpeg", "mpeg2video", "ffv1", "prores",
+})
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What Rekognition's VideoMetadata reports about a video."""
+
+    codec: str
+    format: str
+    duration_ms: int
+    frame_rate: float
+    width: int
+    height: int
+    color_range: str  # FULL or LIMITED
+
+    def shape(self) -> dict[str, Any]:
+        """Rekognition's VideoMetadata."""
+        return {
+            "Codec": self.codec, "DurationMillis": self.duration_ms, "Format": self.format,
+            "FrameRate": self.frame_rate, "FrameHeight": self.height, "FrameWidth": self.width,
+            "ColorRange": self.color_range,
+        }
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One sampled frame: its number among the video's frames, time, and RGB pixels."""
+
+    number: int
+    timestamp_ms: int
+    pixels: NDArray[np.uint8]
+
+
+def _open(path: Path) -> Any:
+    import av
+
+    try:
+        return av.open(str(path), mode="r")
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise InvalidParameterException(
+            f"The video could not be read as a media file: {exc}"
+        ) from None
+
+
+def _video_stream(container: Any) -> Any:
+    streams = list(container.streams.video)
+    if not streams:
+        raise InvalidParameterException("The file holds no video stream.")
+    return streams[0]
+
+
+def probe(path: Path) -> VideoInfo:
+    """The video's metadata; InvalidParameterException if it is not a video faceledger decodes."""
+    with _open(path) as container:
+        stream = _video_stream(container)
+        ctx = stream.codec_context
+        codec = str(ctx.name)
+        if codec not in SUPPORTED_CODECS:
+            raise InvalidParameterException(
+                f"Video codec {codec} is not supported; use one of "
+                f"{', '.join(sorted(SUPPORTED_CODECS))} (H.264 in MP4 or MOV is the usual)."
+            )
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        if stream.duration is not None and stream.time_base is not None:
+            seconds = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            seconds = container.duration / 1_000_000
+        else:
+            seconds = (stream.frames / fps) if stream.frames and fps else 0.0
+        width, height = int(ctx.width), int(ctx.height)
+        if width <= 0 or height <= 0 or fps <= 0:
+            raise InvalidParameterException("The video stream has no frame size or frame rate.")
+        # FFmpeg: AVCOL_RANGE_JPEG (2) is full range; MJPEG's yuvj formats are full range too
+        full = _color_range(ctx) == 2 or str(ctx.pix_fmt or "").startswith("yuvj")
+        color = "FULL" if full else "LIMITED"
+        # FFmpeg's long name is what Rekognition reports ("QuickTime / MOV")
+        fmt = str(container.format.long_name or container.format.name)
+        return VideoInfo(codec=codec, format=fmt, duration_ms=int(round(seconds * 1000)),
+                         frame_rate=round(fps, 3), width=width, height=height,
+                         color_range=color)
+
+
+def _color_range(ctx: Any) -> int:
+    value = getattr(ctx, "color_range", 0)
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 2 if "JPEG" in str(value).upper() else 1
+
+
+def start_seconds(stream: Any) -> float:
+    """The stream's first presentation time: timestamps are reported from the video's start."""
+    if stream.start_time is None or stream.time_base is None:
+        return 0.0
+    return float(stream.start_time * stream.time_base)
+
+
+def sample_frames(path: Path, rate: float, *, start_ms: int = 0) -> Iterator[Frame]:
+    """RGB frames at about `rate` per second (every frame if rate is 0 or above the frame
+    rate), from `start_ms` on; timestamps are the frames' own presentation times."""
+    import av
+
+    with _open(path) as container:
+        stream = _video_stream(container)
+        stream.thread_type = "AUTO"  # frame and slice threads inside FFmpeg
+        intra_only = bool(stream.codec_context.codec.properties & 0x1)  # AV_CODEC_PROP_INTRA_ONLY
+        tb = stream.time_base or Fraction(1, 1000)
+        fps = float(stream.average_rate or stream.guessed_rate or 25)
+        step = 0.0 if rate <= 0 or rate >= fps else 1.0 / rate
+        # Half a frame of slack, so a sample falls on the frame nearest its time.
+        slack = 0.5 / fps
+        t0 = start_seconds(stream)
+        next_t = start_ms / 1000.0
+        ctx = stream.codec_context
+        count = 0  # frames decoded: the clock of streams without timestamps
+        try:
+            for packet in container.demux(stream):
+                if step and packet.pts is not None:
+                    ahead = float(packet.pts * tb) - t0 + slack + 2.0 / fps < next_t
+                    if intra_only and ahead:
+                        continue  # a whole picture that no sample needs: not decoded
+                    if not intra_only:
+                        # frames no other frame refers to (B-frames) are skipped by FFmpeg
+                        # while the next sample is more than two frames away
+                        ctx.skip_frame = "NONREF" if ahead else "DEFAULT"
+                for frame in packet.decode():
+                    t = (float(frame.pts * tb) - t0) if frame.pts is not None else count / fps
+                    count += 1
+                    if t + slack < next_t:
+                        continue
+                    yield Frame(int(round(t * fps)), int(round(t * 1000)),
+                                frame.to_ndarray(format="rgb24"))
+                    if step:
+                        while next_t <= t + slack:
+                            next_t += step
+                    else:
+                        next_t = t
+        except av.FFmpegError as exc:
+            raise InvalidParameterException(f"The video could not be decoded: {exc}") from None

@@ -1,0 +1,66 @@
+"""NotificationChannel: Rekognition's job-completion message, published to an SNS topic.
+
+The endpoint is configured like the S3 one (`sns_endpoint_url`, region, keys): AWS SNS, moto or
+LocalStack. A request naming a channel on a server without an endpoint is refused at once
+(InvalidParameterException), never accepted and then silently not notified.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from ..errors import InvalidParameterException
+from ..settings import Settings
+
+log = logging.getLogger("faceledger.video")
+
+
+def check_channel(channel: Any, settings: Settings) -> dict[str, str] | None:
+    """The NotificationChannel {SNSTopicArn, RoleArn}, if given and deliverable."""
+    if channel is None:
+        return None
+    if not isinstance(channel, dict) or not isinstance(channel.get("SNSTopicArn"), str) or \
+            not isinstance(channel.get("RoleArn"), str):
+        raise InvalidParameterException("NotificationChannel needs SNSTopicArn and RoleArn.")
+    if not settings.sns_endpoint_url:
+        raise InvalidParameterException(
+            "NotificationChannel cannot be delivered: this server has no SNS endpoint "
+            "configured (set FACELEDGER_SNS_ENDPOINT_URL). Poll GetFace* instead.")
+    return {"SNSTopicArn": channel["SNSTopicArn"], "RoleArn": channel["RoleArn"]}
+
+
+def completion_message(job_id: str, status: str, api: str, job_tag: str | None,
+                       video: dict[str, Any]) -> dict[str, Any]:
+    """The message body Rekognition Video publishes when a job ends."""
+    message: dict[str, Any] = {
+        "JobId": job_id,
+        "Status": status,
+        "API": api,
+        "Timestamp": int(time.time() * 1000),
+        "Video": {"S3ObjectName": video.get("Name"), "S3Bucket": video.get("Bucket")},
+    }
+    if job_tag is not None:
+        message["JobTag"] = job_tag
+    return message
+
+
+def publish(settings: Settings, topic_arn: str, message: dict[str, Any]) -> None:
+    """Publish `message` (as JSON) to the topic; failures are logged, the job stands."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    secret = settings.sns_secret_access_key
+    client = boto3.session.Session().client(
+        "sns", endpoint_url=settings.sns_endpoint_url, region_name=settings.sns_region,
+        aws_access_key_id=settings.sns_access_key_id,
+        aws_secret_access_key=None if secret is None else secret.get_secret_value(),
+        config=Config(connect_timeout=5, read_timeout=15,
+                      retries={"max_attempts": 3, "mode": "standard"}))
+    try:
+        client.publish(TopicArn=topic_arn, Message=json.dumps(message))
+    except (BotoCoreError, ClientError) as exc:
+        log.error("job %s: could not publish to %s: %s", message.get("JobId"), topic_arn, exc)
