@@ -6,6 +6,7 @@ Models load on first use and stay loaded for the life of the pipeline (one per p
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from functools import cached_property
 
 import cv2
@@ -23,7 +24,6 @@ from .types import (
     Embedder,
     FaceAnalysis,
     Landmarker,
-    Landmarks5,
     RGBImage,
 )
 
@@ -79,7 +79,8 @@ class FacePipeline:
         return min(up, down)
 
     def detect(self, pixels: RGBImage) -> list[Detection]:
-        """Face boxes in `pixels` coordinates, largest first."""
+        """Face boxes in `pixels` coordinates that pass the face check, largest first, each
+        with its five landmarks and face probability."""
         h, w = pixels.shape[:2]
         scale = self.detection_scale(w, h)
         work = pixels
@@ -94,10 +95,36 @@ class FacePipeline:
             if box.width < 2 or box.height < 2:
                 continue
             lm = None if d.landmarks is None else (d.landmarks / scale).astype(np.float32)
-            out.append(Detection(box, d.confidence, lm))
+            out.append(replace(d, box=box, landmarks=lm))
+        out = self.check_faces(pixels, out)
         # Largest first; HOG boxes come in quantized sizes, so break ties by confidence.
         out.sort(key=lambda d: (d.box.area, d.confidence), reverse=True)
         return out
+
+    def check_faces(self, pixels: RGBImage, detections: list[Detection]) -> list[Detection]:
+        """Give each detection ONet's landmarks and face probability; keep those whose
+        probability reaches `Settings.min_face_probability`.
+
+        dlib's detectors (HOG, MMOD) fire on face-like patterns (a mission patch on a suit,
+        badges); ONet, which runs on their boxes anyway for the landmarks, is a second opinion
+        trained on other data. MTCNN's boxes already carry ONet's probability from its own last
+        stage (on its own, better-fitting crop), so ONet is not run on them again."""
+        todo = [
+            i for i, d in enumerate(detections) if d.landmarks is None or d.face_probability is None
+        ]
+        if todo:
+            placed, probabilities = self.landmarker.landmarks_and_face_probabilities(
+                pixels, [detections[i].box for i in todo]
+            )
+            for i, lm, p in zip(todo, placed, probabilities):
+                d = detections[i]
+                detections[i] = replace(
+                    d,
+                    landmarks=lm if d.landmarks is None else d.landmarks,
+                    face_probability=float(p) if d.face_probability is None else d.face_probability,
+                )
+        bar = self.settings.min_face_probability
+        return [d for d in detections if (d.face_probability or 0.0) >= bar]
 
     def analyze(
         self, pixels: RGBImage, *, embed: bool = True, max_faces: int | None = None
@@ -110,16 +137,11 @@ class FacePipeline:
             if not detections:
                 return []
             boxes = [d.box for d in detections]
-            missing = [i for i, d in enumerate(detections) if d.landmarks is None]
-            placed = self.landmarker.landmarks(pixels, [boxes[i] for i in missing])
-            landmarks: list[Landmarks5 | None] = [d.landmarks for d in detections]
-            for i, placed_lm in zip(missing, placed):
-                landmarks[i] = placed_lm
             vectors = self.embedder.embed(pixels, boxes) if embed else None
         faces = []
         for i, d in enumerate(detections):
-            lm = landmarks[i]
-            assert lm is not None  # every box got landmarks from its detector or from ONet
+            lm = d.landmarks
+            assert lm is not None  # check_faces gave every box landmarks (its detector's or ONet's)
             faces.append(
                 FaceAnalysis(
                     box=d.box,
@@ -128,6 +150,7 @@ class FacePipeline:
                     pose=estimate_pose(lm),
                     quality=measure_quality(pixels, d.box),
                     embedding=None if vectors is None else vectors[i],
+                    face_probability=d.face_probability,
                 )
             )
         return faces
