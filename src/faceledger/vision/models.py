@@ -121,9 +121,7 @@ class MtcnnDetector:
                 [k["left_eye"], k["right_eye"], k["nose"], k["mouth_left"], k["mouth_right"]],
                 dtype=np.float32,
             )
-            # MTCNN's confidence is its last stage's ONet face probability: the check's score.
-            p = float(f["confidence"])
-            out.append(Detection(Box(x, y, x + w, y + h), 100.0 * p, pts, face_probability=p))
+            out.append(Detection(Box(x, y, x + w, y + h), 100.0 * float(f["confidence"]), pts))
         return out
 
 

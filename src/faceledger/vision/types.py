@@ -63,7 +63,8 @@ class Detection:
     """A detector's answer: a box and how sure it is (0-100), with landmarks if it makes them.
 
     `face_probability` is MTCNN's output network's (ONet's) probability that the box holds a
-    face (0-1): the second opinion every detection must pass (`Settings.min_face_probability`).
+    face (0-1), set by the pipeline's check (`FacePipeline.check_faces`), which every
+    detection must pass (`Settings.min_face_probability`).
     """
 
     box: Box
