@@ -119,3 +119,12 @@ def test_mmod_keeps_every_face_it_finds(faces_dir: Path) -> None:
             counts[0], counts[1] = counts[0] + tp, counts[1] + fp
     assert after == before
     assert after[0] >= 41 and after[1] == 0
+
+
+def test_cache_key_tells_checked_results_from_unchecked() -> None:
+    """Cached enrolments made before the check existed are the check turned off."""
+    from faceledger.evaluation.enrolment import cache_key
+
+    off = cache_key(Settings(min_face_probability=0.0), "dlib-resnet-v1")
+    assert off == "dlib-resnet-v1/hog-min40-max1280-v1"
+    assert cache_key(Settings(min_face_probability=0.5), "dlib-resnet-v1") == off + "-onet0.5"
