@@ -48,6 +48,9 @@ def astronaut_jpeg() -> bytes:
 @pytest.fixture(scope="session", autouse=True)
 def _data_dir_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Every operation writes the audit ledger: keep the database of CLI runs out of the repo."""
+    # ... and the key-encryption key (kept in the config directory) out of the real one
+    if "FACELEDGER_CONFIG_DIR" not in os.environ:
+        os.environ["FACELEDGER_CONFIG_DIR"] = str(tmp_path_factory.mktemp("faceledger-config"))
     if "FACELEDGER_DATA_DIR" in os.environ:
         yield
         return

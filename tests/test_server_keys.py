@@ -25,7 +25,7 @@ from faceledger.settings import Settings
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data")
+    return Settings(data_dir=tmp_path / "data", config_dir=tmp_path / "config")
 
 
 @pytest.fixture()
@@ -52,7 +52,8 @@ def test_issued_secret_signs_and_is_not_stored_in_clear(store: KeyStore, setting
 
 
 def test_kek_file_is_private(store: KeyStore, settings: Settings) -> None:
-    path = settings.data_dir / "secrets" / "key-encryption-key"
+    path = settings.config_dir / "key-encryption-key"
+    assert not path.is_relative_to(settings.data_dir)  # a copy of the data has no key
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert load_kek(settings, create=False) == base64.b64decode(path.read_text())

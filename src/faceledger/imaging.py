@@ -1,10 +1,25 @@
-"""Turning untrusted image bytes into an RGB pixel array, refusing anything unsafe or unusable."""
+"""Turning untrusted image bytes into an RGB pixel array, refusing anything unsafe or unusable.
+
+One path for every image: `decode_image` opens the bytes (JPEG, PNG, and MPO - a JPEG with
+extra frames, whose first frame is the photo), bounds the pixels it will decode (JPEGs above
+the bound decode at 1/2, 1/4 or 1/8 scale, which libjpeg does without ever holding the full
+size; other formats are refused beyond it), reserves them in a budget shared by concurrent
+requests, and hands the decoded picture to `to_rgb`, the one normaliser of bit depth, palette,
+transparency and colour model. Every refusal is our own message with a Rekognition code;
+Pillow's wording (its internal limits, its parser's complaints) goes to the debug log only.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import math
+import threading
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,12 +30,20 @@ from .errors import (
     ImageTooLargeException,
     InvalidImageFormatException,
     InvalidParameterException,
+    ThrottlingException,
 )
+
+log = logging.getLogger("faceledger.imaging")
 
 # Truncated files must fail, not decode half a picture silently.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-ACCEPTED_FORMATS = ("JPEG", "PNG")
+ACCEPTED_FORMATS = ("JPEG", "PNG", "MPO")
+# Formats libjpeg can decode at 1/2, 1/4 or 1/8 scale (Image.draft).
+REDUCIBLE_FORMATS = ("JPEG", "MPO")
+DRAFT_SCALES = (1, 2, 4, 8)
+# What a transparent pixel is seen against (the way a viewer shows it on a page).
+BACKGROUND = (255, 255, 255)
 
 RGBImage = NDArray[np.uint8]
 
@@ -47,14 +70,60 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class PixelBudget:
+    """Pixels being decoded at once, across every request of a process: a decode reserves its
+    pixels before it starts and gives them back when the RGB array is made.
+
+    A request whose image alone exceeds the budget is refused (ImageTooLargeException); one
+    that would exceed it with others in flight waits up to `wait_seconds`, then is told to
+    retry (ThrottlingException), so concurrent large images cannot add up without bound.
+    """
+
+    def __init__(self, total_pixels: int, wait_seconds: float = 10.0) -> None:
+        self.total = total_pixels
+        self.wait_seconds = wait_seconds
+        self.in_use = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def reserve(self, pixels: int) -> Iterator[None]:
+        if pixels > self.total:
+            raise ImageTooLargeException(
+                f"Image needs {pixels} pixels decoded; this server decodes at most "
+                f"{self.total} pixels at once.")
+        deadline = time.monotonic() + self.wait_seconds
+        with self._cond:
+            while self.in_use + pixels > self.total:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._cond.wait(left):
+                    if self.in_use + pixels > self.total:
+                        raise ThrottlingException(
+                            "The server is decoding too many large images at once; retry.")
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= pixels
+                self._cond.notify_all()
+
+
 def decode_image(
     data: bytes,
     *,
     max_bytes: int = 5 * 1024 * 1024,
     max_pixels: int = 50_000_000,
+    max_decoded_pixels: int = 25_000_000,
     min_side: int = 80,
+    budget: PixelBudget | None = None,
 ) -> DecodedImage:
-    """Decode JPEG or PNG bytes; raise the Rekognition error that matches what is wrong."""
+    """Decode JPEG, MPO or PNG bytes to RGB; raise the Rekognition error that matches what is
+    wrong.
+
+    `max_pixels` bounds the image's own size; `max_decoded_pixels` what is decoded: larger
+    JPEGs decode at a reduced scale (the result is smaller than the image), larger PNGs are
+    refused. `budget`, if given, is shared with concurrent decodes.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidParameterException("Image bytes must be bytes.")
     data = bytes(data)
@@ -65,8 +134,11 @@ def decode_image(
             f"Image is {len(data)} bytes; the limit for image bytes is {max_bytes}."
         )
     try:
-        with warnings.catch_warnings():
-            # Pillow warns (then errors) on decompression bombs; treat both as too large.
+        with warnings.catch_warnings(record=True) as noticed:
+            # Pillow warns about malformed metadata (an MPO index, EXIF) and reads on: so do
+            # we, noting it in the log. It warns (then errors) on decompression bombs: both are
+            # too large.
+            warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             opened = Image.open(io.BytesIO(data))
             fmt = opened.format or ""
@@ -79,27 +151,104 @@ def decode_image(
                 raise ImageTooLargeException(
                     f"Image is {width}x{height} pixels; the limit is {max_pixels} pixels."
                 )
-            opened.load()
-            oriented = ImageOps.exif_transpose(opened)
-            rgb = oriented.convert("RGB")
-    except (InvalidImageFormatException, ImageTooLargeException):
+            decoded_size = _reduce(opened, fmt, max_decoded_pixels)
+            cost = decoded_size[0] * decoded_size[1]
+            with budget.reserve(cost) if budget is not None else _unbounded():
+                opened.load()
+                oriented = ImageOps.exif_transpose(opened)
+                rgb = to_rgb(oriented)
+                pixels = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+                del opened, oriented, rgb
+            for warning in noticed:
+                log.debug("while decoding an image: %s", warning.message)
+    except (InvalidImageFormatException, ImageTooLargeException, ThrottlingException):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeException(f"Image is too large to decode safely: {exc}") from exc
-    except UnidentifiedImageError as exc:
+        log.debug("decompression bomb refused: %s", exc)
+        raise ImageTooLargeException(
+            f"Image has more pixels than can be decoded safely; the limit is {max_pixels} "
+            "pixels."
+        ) from None
+    except UnidentifiedImageError:
         raise InvalidImageFormatException(
             "Image bytes are not a JPEG or PNG image that can be decoded."
-        ) from exc
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        # Truncated or corrupt data: Pillow raises OSError ("image file is truncated") and friends.
-        raise InvalidImageFormatException(f"Image could not be decoded: {exc}") from exc
-    pixels = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+        # Truncated or corrupt data: Pillow raises OSError ("image file is truncated") and
+        # friends. Its wording stays in the log: the caller learns what, not Pillow's how.
+        log.debug("image could not be decoded: %r", exc)
+        raise InvalidImageFormatException(
+            "Image could not be decoded: the data is truncated or corrupt."
+        ) from None
     h, w = pixels.shape[:2]
     if min(h, w) < min_side:
         raise InvalidParameterException(
             f"Image is {w}x{h} pixels; both sides must be at least {min_side} pixels."
         )
     return DecodedImage(pixels=pixels, sha256=sha256_hex(data), format=fmt)
+
+
+@contextmanager
+def _unbounded() -> Iterator[None]:
+    yield
+
+
+def _reduce(opened: Image.Image, fmt: str, max_decoded_pixels: int) -> tuple[int, int]:
+    """Arrange for at most `max_decoded_pixels` to be decoded; the size that will be decoded."""
+    width, height = opened.size
+    if width * height <= max_decoded_pixels:
+        return width, height
+    if fmt in REDUCIBLE_FORMATS:
+        for scale in DRAFT_SCALES[1:]:
+            w, h = math.ceil(width / scale), math.ceil(height / scale)
+            if w * h <= max_decoded_pixels:
+                # draft picks the largest DCT scale whose result is at least the size asked
+                opened.draft(opened.mode, (width // scale, height // scale))
+                w, h = opened.size
+                if w * h <= max_decoded_pixels:
+                    return w, h
+                break
+    raise ImageTooLargeException(
+        f"Image is {width}x{height} pixels; a {fmt} image is decoded in full and the limit "
+        f"for that is {max_decoded_pixels} pixels"
+        + (" (JPEGs may be larger: they decode at reduced scale)."
+           if fmt not in REDUCIBLE_FORMATS else ", even at 1/8 scale.")
+    )
+
+
+# Integer greyscale modes and the largest value their samples can hold.
+_INTEGER_GREY = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
+_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any decoded picture as 8-bit RGB: the one normaliser of bit depth, palette, alpha and
+    colour model.
+
+    16-bit greyscale (I;16*, and I as PNG gives it) is scaled from 0-65535 to 0-255 (Pillow's
+    convert clips it, turning a photo white); float greyscale (F) from 0-1 if that is its
+    range, else clipped to 0-255; palettes are expanded; CMYK and YCbCr are converted; any
+    transparency (alpha band, palette or tRNS) is composited over white, the way a viewer
+    shows the picture, instead of exposing whatever colour hides under transparent pixels.
+    """
+    mode = image.mode
+    if mode in _INTEGER_GREY:
+        grey = np.asarray(image).astype(np.int64)
+        grey = (np.clip(grey, 0, _INTEGER_GREY[mode]) * 255 + 32767) // _INTEGER_GREY[mode]
+        return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0,
+                               neginf=0.0)
+        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
+            values = values * 255.0
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8)).convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "RGB":
+        return image
+    return image.convert("RGB")
 
 
 def encode_png(pixels: RGBImage) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +10,17 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DetectorName = Literal["hog", "cnn", "mtcnn"]
+
+
+def default_config_dir() -> Path:
+    """$XDG_CONFIG_HOME/faceledger, else /etc/faceledger for root, else ~/.config/faceledger:
+    outside the data directory, so a copy of the data never carries the key that opens it."""
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    if xdg:
+        return Path(xdg) / "faceledger"
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/etc/faceledger")
+    return Path.home() / ".config" / "faceledger"
 
 
 class Settings(BaseSettings):
@@ -24,15 +36,22 @@ class Settings(BaseSettings):
     max_image_bytes: int = 5 * 1024 * 1024
     # Pixels beyond this are refused as a likely decompression bomb (Rekognition: ImageTooLarge).
     max_image_pixels: int = 50_000_000
+    # Pixels decoded for one image: larger JPEGs decode at 1/2, 1/4 or 1/8 scale, larger PNGs
+    # are refused (ImageTooLarge). A decoded pixel costs about 13 bytes at the peak of decoding
+    # (bench/decode_memory.py: 322 MB for a 24-megapixel JPEG).
+    max_decoded_pixels: int = 25_000_000
+    # Pixels being decoded at once across all requests; beyond it a decode waits (then
+    # ThrottlingException), so concurrent large images cannot add up.
+    decode_budget_pixels: int = 50_000_000
     min_image_side: int = 80
     # Detection runs on an image whose long side is at most this; boxes are mapped back.
     detect_max_side: int = 1280
     # Smallest face (px in the original image) the detector must find; small images are upsampled.
     min_face_px: int = 40
     max_faces: int = 100
-    # Every detection must reach this face probability from MTCNN's output network (ONet), run
-    # on every box for the landmarks anyway (MTCNN's own score for its boxes); 0 turns the
-    # check off. Chosen by measurement: docs/accuracy.md, "Fewer false faces".
+    # Every detection, from any detector, must reach this face probability from MTCNN's output
+    # network (ONet), which runs on every box for the landmarks anyway; 0 turns the check off.
+    # Chosen by measurement: docs/accuracy.md, "Fewer false faces".
     min_face_probability: float = Field(default=0.5, ge=0.0, le=1.0)
     # Processes used by batch work (evaluate, bench); 0 means one per core.
     workers: int = 0
@@ -51,10 +70,12 @@ class Settings(BaseSettings):
     # How far a request's signing time may be from the server clock (AWS: 5 minutes).
     clock_skew_seconds: int = 300
     # Key-encryption key for stored API secrets: base64 of 32 bytes, or a file holding it
-    # (default data_dir/secrets/key-encryption-key, created with mode 0600). Keep it out of
-    # database backups: the database alone must not reveal any secret.
+    # (default config_dir/key-encryption-key, created with mode 0600). It lives outside the
+    # data directory and its backups: the database alone must not reveal any secret.
     key_encryption_key: SecretStr | None = None
     key_encryption_key_file: Path | None = None
+    # Where faceledger keeps configuration that must not travel with the data (the KEK).
+    config_dir: Path = Field(default_factory=default_config_dir)
 
     # --- images from object storage (Image.S3Object); only configured buckets are readable ---
     # Bucket name -> local directory, e.g. FACELEDGER_LOCAL_BUCKETS='{"photos": "/srv/photos"}'.

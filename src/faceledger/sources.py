@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from .errors import InvalidParameterException, InvalidS3ObjectException
+from .text import shown
 
 ImageInput = bytes | Mapping[str, Any]
 
@@ -25,7 +26,7 @@ class NoObjectStorage:
 
     def fetch(self, bucket: str, name: str, version: str | None) -> bytes:
         raise InvalidS3ObjectException(
-            f"S3Object {bucket}/{name} cannot be read: no object storage is configured."
+            f"S3Object {shown(bucket)}/{shown(name, 200)} cannot be read: no object storage is configured."
         )
 
 

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+from ..db import add_missing_columns
 from ..errors import InvalidParameterException
+from ..text import shown
 from . import schema
 from .events import ChainedEvent, Event, format_time, utc_now
 from .segment import GENESIS, body_digest, link_hash
@@ -59,13 +61,13 @@ class Anchor:
                 raw = json.loads(value)
                 return cls._checked(int(raw["seq"]), str(raw["hash"]), raw.get("time"))
             except (ValueError, KeyError, TypeError) as exc:
-                raise InvalidParameterException(f"Not an anchor: {value[:80]!r}.") from exc
+                raise InvalidParameterException(f"Not an anchor: '{shown(value)}'.") from exc
         parts = value.split(":")
         if parts and parts[0] == ANCHOR_PREFIX:
             parts = parts[1:]
         if len(parts) != 2 or not parts[0].isdigit():
             raise InvalidParameterException(
-                f"Not an anchor: {value[:80]!r} (expected {ANCHOR_PREFIX}:<seq>:<hash>)."
+                f"Not an anchor: '{shown(value)}' (expected {ANCHOR_PREFIX}:<seq>:<hash>)."
             )
         return cls._checked(int(parts[0]), parts[1], None)
 
@@ -73,7 +75,7 @@ class Anchor:
     def _checked(cls, seq: int, digest: str, time: object) -> Anchor:
         if seq < 0 or not _HEX64.match(digest):
             raise InvalidParameterException(
-                f"Not an anchor: seq must be >= 0 and hash 64 hex digits (got {seq}, {digest!r})."
+                f"Not an anchor: seq must be >= 0 and hash 64 hex digits (got {seq}, '{shown(digest)}')."
             )
         return cls(seq, digest, str(time) if time else None)
 
@@ -91,6 +93,7 @@ class Ledger:
         except (OperationalError, ProgrammingError):
             # Another process created them between our check and our CREATE.
             schema.metadata.create_all(self.engine)
+        add_missing_columns(self.engine, schema.metadata)  # probe_face on older databases
         with self.engine.begin() as conn:
             exists = conn.execute(select(schema.head.c.id).where(schema.head.c.id == 1)).first()
         if exists is None:

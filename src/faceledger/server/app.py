@@ -31,6 +31,7 @@ from ..errors import (
 )
 from ..service import FaceService
 from ..settings import Settings
+from ..text import install_log_escaping, shown
 from . import protocol, sigv4
 from .keys import KeyInfo, KeyStore, KeyStoreError
 from .limits import Admission, RateLimiter
@@ -41,6 +42,7 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+ASGIHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PURPOSE_HEADER = "x-faceledger-purpose"
 CASE_HEADER = "x-faceledger-case"
@@ -77,6 +79,7 @@ class RekognitionApp:
         dev_mode: bool = False,
         warm_up: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        console: ASGIHandler | None = None,
     ) -> None:
         if keys is None and not dev_mode:
             raise ValueError("a key store is required unless dev_mode is on")
@@ -93,12 +96,20 @@ class RekognitionApp:
                                        thread_name_prefix="faceledger-worker")
         self.max_skew = timedelta(seconds=s.clock_skew_seconds)
         self.operations = frozenset(protocol.implemented_operations(service))
+        # the review console (faceledger.console), served under /console on the same port
+        self.console = console
+        # one request, one log line: no value a caller sends can break or forge one
+        install_log_escaping(log.name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
-            await self._http(scope, receive, send)
+            path = str(scope.get("path", ""))
+            if self.console is not None and (path == "/console" or path.startswith("/console/")):
+                await self.console(scope, receive, send)
+            else:
+                await self._http(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -124,7 +135,8 @@ class RekognitionApp:
     def announce(self) -> None:
         """Log what this server serves; shout if it is in development mode."""
         if self.dev_mode:
-            log.warning(DEV_BANNER)
+            for line in DEV_BANNER.strip("\n").splitlines():  # log lines never hold a break
+                log.warning(line)
         log.info("serving %d operations: %s", len(self.operations),
                  ", ".join(sorted(self.operations)))
 
@@ -177,6 +189,7 @@ class RekognitionApp:
                 request_id=request_id,
                 # development mode grants every permission; otherwise the key says
                 admin=caller.key.admin if caller.key is not None else self.dev_mode,
+                collections=caller.key.collections if caller.key is not None else ("*",),
             )
             future = asyncio.get_running_loop().run_in_executor(
                 self.pool, self._invoke, operation, body, ctx, caller
@@ -230,10 +243,10 @@ class RekognitionApp:
             try:
                 creds = keys.credentials(key_id, date, region, service)
             except KeyStoreError as exc:
-                log.error("API key %s cannot be used: %s", key_id, exc)
+                log.error("API key %s cannot be used: %s", shown(key_id), exc)
                 return None
             if creds is None:
-                log.info("unknown or revoked API key %s", key_id)
+                log.info("unknown or revoked API key %s", shown(key_id))
                 return None
             found["key"] = creds[0]
             return creds[1]
@@ -268,14 +281,12 @@ class RekognitionApp:
                 if not key.allows_collection(collection_id):
                     raise AccessDeniedException(
                         f"Key {key.access_key_id} is not allowed to use collection "
-                        f"{collection_id}."
+                        f"{shown(collection_id)}."
                     )
         method = getattr(self.service, protocol.snake_case(operation))
         kwargs = protocol.call_arguments(operation, method, parsed.members)
-        result = method(**kwargs, ctx=ctx)
-        if key is not None and not key.all_collections and operation == "ListCollections":
-            result = _visible_collections(result, key)
-        return protocol.render_output(result)
+        # listings show only what ctx.collections names (the service filters, tokens included)
+        return protocol.render_output(method(**kwargs, ctx=ctx))
 
     @staticmethod
     def _error(exc: Exception, request_id: str) -> tuple[int, str, bytes]:
@@ -320,14 +331,3 @@ def _context_header(request: sigv4.HttpRequest, name: str) -> str | None:
         )
     return value
 
-
-def _visible_collections(result: dict[str, Any], key: KeyInfo) -> dict[str, Any]:
-    """ListCollections as seen by a key limited to some collections."""
-    ids = result.get("CollectionIds", [])
-    versions = result.get("FaceModelVersions")
-    keep = [i for i, cid in enumerate(ids) if key.allows_collection(cid)]
-    out = dict(result)
-    out["CollectionIds"] = [ids[i] for i in keep]
-    if isinstance(versions, list) and len(versions) == len(ids):
-        out["FaceModelVersions"] = [versions[i] for i in keep]
-    return out

@@ -5,8 +5,9 @@ audit), and every server process sees a new or revoked key on its next request, 
 reload. Why encrypted, not hashed: SigV4 is an HMAC, so the server must be able to recompute
 the client's signature from the secret; a one-way hash (bcrypt, argon2) cannot be used. So each
 secret is sealed with AES-256-GCM under a key-encryption key (KEK) that lives *outside* the
-database (a 0600 file in a 0700 directory, or the FACELEDGER_KEY_ENCRYPTION_KEY variable, e.g.
-from a secrets manager). The access key id is bound in as associated data, so a sealed secret
+database and outside the data directory (by default a 0600 file in the 0700 config directory,
+$XDG_CONFIG_HOME/faceledger or /etc/faceledger for root; or a file the operator names; or the
+FACELEDGER_KEY_ENCRYPTION_KEY variable, e.g. from a secrets manager). The access key id is bound in as associated data, so a sealed secret
 cannot be moved to another row. A database dump, backup or replica alone reveals no secret; the
 plaintext exists only in the CLI's one-time output and, per request, in the server's memory
 while the signing key is derived. Secrets are 240 random bits, so they need no key stretching.
@@ -18,6 +19,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import os
 import secrets
 import stat
@@ -48,11 +50,22 @@ from sqlalchemy import (
     update,
 )
 
+from ..db import add_missing_columns
 from ..errors import InvalidParameterException, ResourceNotFoundException
+from ..permissions import private_dir
+from ..text import shown
 from ..settings import Settings
 from .sigv4 import signing_key
 
+log = logging.getLogger("faceledger.server")
+
 KEY_ID_PREFIX = "FLK"
+# Console roles: reviewers decide review candidates, auditors read the ledger and reports,
+# admins change policies (an admin key has every role).
+ROLES = ("reviewer", "auditor", "admin")
+KEK_FILE_NAME = "key-encryption-key"
+# Where earlier versions kept the KEK (inside the data directory); still read, with a warning.
+LEGACY_KEK = Path("secrets") / KEK_FILE_NAME
 _BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
 metadata = MetaData()
@@ -71,6 +84,8 @@ api_keys = Table(
     Column("rate_limit", Float, nullable=True),  # requests per second, None: unlimited
     # admins may change collection policies (RequestContext.admin)
     Column("admin", Boolean, nullable=False, default=False),
+    # console roles (JSON list of ROLES); NULL for keys made before roles existed: none
+    Column("roles", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
@@ -92,6 +107,12 @@ class KeyInfo:
     created_at: datetime
     revoked_at: datetime | None
     admin: bool = False
+    roles: tuple[str, ...] = ()
+
+    @property
+    def console_roles(self) -> frozenset[str]:
+        """The roles this key holds in the console (admin keys hold the admin role)."""
+        return frozenset(self.roles) | ({"admin"} if self.admin else set())
 
     @property
     def active(self) -> bool:
@@ -123,7 +144,18 @@ def kek_fingerprint(kek: bytes) -> str:
 
 
 def default_kek_path(settings: Settings) -> Path:
-    return settings.key_encryption_key_file or settings.data_dir / "secrets" / "key-encryption-key"
+    """The KEK file: the one settings name, else the one in the config directory - or, if only
+    that exists, the legacy one inside the data directory."""
+    if settings.key_encryption_key_file is not None:
+        return settings.key_encryption_key_file
+    path = settings.config_dir / KEK_FILE_NAME
+    legacy = settings.data_dir / LEGACY_KEK
+    if not path.exists() and legacy.exists():
+        log.warning("the key-encryption key is inside the data directory (%s), so copies of "
+                    "the data carry the key to its secrets: move it with `faceledger keys "
+                    "rotate-kek` (see SECURITY.md)", legacy)
+        return legacy
+    return path
 
 
 def load_kek(settings: Settings, *, create: bool) -> bytes | None:
@@ -136,20 +168,33 @@ def load_kek(settings: Settings, *, create: bool) -> bytes | None:
                            "FACELEDGER_KEY_ENCRYPTION_KEY")
     path = default_kek_path(settings)
     if path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise KeyStoreError(
-                f"{path} is readable by others (mode {mode:o}); run: chmod 600 {path}"
-            )
-        return _decode_kek(path.read_text().strip(), str(path))
+        return read_kek_file(path)
     if not create:
         return None
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     kek = secrets.token_bytes(32)
+    write_kek_file(path, kek)
+    return kek
+
+
+def read_kek_file(path: Path) -> bytes:
+    """The KEK in `path`, refused unless the file is private (0600 or stricter)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeyStoreError(
+            f"{path} is readable by others (mode {mode:o}); run: chmod 600 {path}"
+        )
+    return _decode_kek(path.read_text().strip(), str(path))
+
+
+def write_kek_file(path: Path, kek: bytes) -> None:
+    """A new KEK file (mode 0600, its directory 0700 if created), flushed to disk; never
+    overwrites one."""
+    private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(base64.b64encode(kek).decode() + "\n")
-    return kek
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _decode_kek(text: str, where: str) -> bytes:
@@ -185,9 +230,11 @@ def check_patterns(values: Iterable[str], known: Sequence[str] | None,
         raise InvalidParameterException(f"give at least one {what} (or '*' for all)")
     for v in out:
         if len(v) > 255 or not all(c.isalnum() or c in "_.-:*?[]" for c in v):
-            raise InvalidParameterException(f"{what} {v!r} has characters a name cannot have")
+            raise InvalidParameterException(
+                f"{what} '{shown(v)}' has characters a name cannot have")
         if known is not None and not any(fnmatchcase(k, v) for k in known):
-            raise InvalidParameterException(f"{what} {v!r} matches no Rekognition operation")
+            raise InvalidParameterException(
+                f"{what} '{shown(v)}' matches no Rekognition operation")
     return out
 
 
@@ -198,6 +245,7 @@ class KeyStore:
         self.engine = engine
         self._kek = kek
         metadata.create_all(engine, checkfirst=True)
+        add_missing_columns(engine, metadata)  # roles, on databases made before it
 
     @classmethod
     def open(cls, settings: Settings, engine: Engine, *, create_kek: bool = False) -> KeyStore:
@@ -211,6 +259,7 @@ class KeyStore:
         rate_limit: float | None = None,
         *,
         admin: bool = False,
+        roles: Iterable[str] = (),
         known_operations: Sequence[str] | None = None,
         conn: Connection | None = None,
     ) -> IssuedKey:
@@ -223,6 +272,12 @@ class KeyStore:
             raise InvalidParameterException("a key name of 1 to 128 characters is required")
         ops = check_patterns(operations, known_operations, "operation")
         cols = check_patterns(collections, None, "collection")
+        role_list = tuple(sorted({r.strip() for r in roles if r.strip()}))
+        unknown = [r for r in role_list if r not in ROLES]
+        if unknown:
+            raise InvalidParameterException(
+                f"unknown role {unknown[0]!r}: roles are {', '.join(ROLES)}")
+        admin = admin or "admin" in role_list  # the admin role is the admin flag
         if rate_limit is not None and not rate_limit > 0:
             raise InvalidParameterException("rate limit must be a positive number of requests/s")
         key_id = _new_key_id()
@@ -236,10 +291,10 @@ class KeyStore:
                     access_key_id=key_id, name=name, sealed_secret=sealed,
                     kek_id=kek_fingerprint(self._kek), operations=json.dumps(ops),
                     collections=json.dumps(cols), rate_limit=rate_limit, admin=admin,
-                    created_at=now,
+                    roles=json.dumps(role_list), created_at=now,
                 )
             )
-        info = KeyInfo(key_id, name, ops, cols, rate_limit, now, None, admin)
+        info = KeyInfo(key_id, name, ops, cols, rate_limit, now, None, admin, role_list)
         return IssuedKey(info, secret)
 
     def list(self) -> list[KeyInfo]:
@@ -273,6 +328,38 @@ class KeyStore:
         if done.rowcount == 0 and info.revoked_at is None:  # pragma: no cover - a race only
             raise ResourceNotFoundException(f"API key {access_key_id} could not be revoked")
         return info
+
+    def reseal(self, new_kek: bytes, *, conn: Connection | None = None) -> int:
+        """Re-seal every secret sealed under this store's KEK with `new_kek` (in `conn`'s
+        transaction if given); rows already under `new_kek` are left alone, so an interrupted
+        rotation can simply be run again. Returns how many rows were re-sealed."""
+        if self._kek is None:
+            raise KeyStoreError("no key-encryption key to rotate from")
+        old_id, new_id = kek_fingerprint(self._kek), kek_fingerprint(new_kek)
+        done = 0
+        with self._writing(conn) as c:
+            rows = c.execute(select(api_keys)).mappings().all()
+            foreign = [r["access_key_id"] for r in rows if r["kek_id"] not in (old_id, new_id)]
+            if foreign:
+                raise KeyStoreError(
+                    f"{len(foreign)} key(s) are sealed with neither the current nor the new "
+                    f"key-encryption key (e.g. {foreign[0]}); nothing was changed")
+            for r in rows:
+                if r["kek_id"] == new_id:
+                    continue
+                key_id = r["access_key_id"]
+                sealed = bytes(r["sealed_secret"])
+                try:
+                    secret = AESGCM(self._kek).decrypt(sealed[:12], sealed[12:], _aad(key_id))
+                except InvalidTag as exc:
+                    raise KeyStoreError(
+                        f"API key {key_id}: sealed secret fails its check") from exc
+                nonce = secrets.token_bytes(12)
+                c.execute(update(api_keys).where(api_keys.c.access_key_id == key_id).values(
+                    sealed_secret=nonce + AESGCM(new_kek).encrypt(nonce, secret, _aad(key_id)),
+                    kek_id=new_id))
+                done += 1
+        return done
 
     @contextmanager
     def _writing(self, conn: Connection | None) -> Iterator[Connection]:
@@ -320,4 +407,5 @@ class KeyStore:
             created_at=_as_utc(r["created_at"]) or datetime.now(UTC),
             revoked_at=_as_utc(r["revoked_at"]),
             admin=bool(r["admin"]),
+            roles=tuple(json.loads(r["roles"])) if r.get("roles") else (),
         )

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..text import shown
 from ..errors import (
     InvalidParameterException,
     SerializationException,
@@ -42,6 +43,9 @@ ACCEPTED_CONTENT_TYPES = ("application/x-amz-json-1.1", "application/x-amz-json-
 # The member AWS uses everywhere to name a collection; permissions are checked on its values.
 COLLECTION_MEMBER = "CollectionId"
 MAX_ERRORS_LISTED = 10
+# The model's integer and long are Java's: values outside them are refused even where the model
+# names no bound (IndexFaces' MaxFaces has only a minimum), never passed on to SQL or numpy.
+INTEGER_RANGE = {"integer": (-(1 << 31), (1 << 31) - 1), "long": (-(1 << 63), (1 << 63) - 1)}
 
 
 @cache
@@ -82,10 +86,10 @@ def operation_from_target(target: str | None) -> str:
     prefix, _, name = target.strip().partition(".")
     if f"{prefix}." != TARGET_PREFIX or not name:
         raise UnknownOperationException(
-            f"X-Amz-Target must be {TARGET_PREFIX}<Operation>, got {target[:100]!r}."
+            f"X-Amz-Target must be {TARGET_PREFIX}<Operation>, got '{shown(target, 100)}'."
         )
     if name not in service_model().operation_names:
-        raise UnknownOperationException(f"Operation {name[:100]} is not a Rekognition operation.")
+        raise UnknownOperationException(f"Operation {shown(name, 100)} is not a Rekognition operation.")
     return name
 
 
@@ -93,7 +97,7 @@ def check_content_type(value: str | None) -> None:
     media = (value or "").split(";")[0].strip().lower()
     if media not in ACCEPTED_CONTENT_TYPES:
         raise SerializationException(
-            f"Content-Type must be {CONTENT_TYPE}, got {media[:100] or 'none'!r}."
+            f"Content-Type must be {CONTENT_TYPE}, got '{shown(media, 100) or 'none'}'."
         )
 
 
@@ -211,8 +215,7 @@ def _lower_camel(name: str) -> str:
 
 
 def _show(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= 80 else text[:80] + "..."
+    return shown(value if isinstance(value, str) else json.dumps(value, default=str))
 
 
 class _Validator:
@@ -244,8 +247,9 @@ class _Validator:
             if not isinstance(raw, dict):
                 raise _wrong_type(path, "an object", raw)
             self.bounds(shape, len(raw), path, raw, "have length")
+            # a map key is the caller's text: escaped before it becomes part of a message
             return {self.value(shape.key, k, f"{path}.key"): self.value(shape.value, v,
-                                                                        f"{path}.{k}")
+                                                                        f"{path}.{shown(k)}")
                     for k, v in raw.items()}
         if kind == "string":
             if not isinstance(raw, str):
@@ -258,6 +262,12 @@ class _Validator:
                     raw = int(raw)
                 else:
                     raise _wrong_type(path, "an integer", raw)
+            low, high = INTEGER_RANGE[kind]
+            if not low <= raw <= high:
+                self.fail(path, raw, f"Member must have value less than or equal to {high}"
+                          if raw > high else
+                          f"Member must have value greater than or equal to {low}")
+                return raw
             self.bounds(shape, raw, path, raw, "have value")
             return raw
         if kind in ("float", "double"):

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from urllib.parse import quote, unquote
 
+from ..text import shown
 from ..errors import (
     ExpiredTokenException,
     IncompleteSignatureException,
@@ -91,7 +92,7 @@ def parse_authorization(value: str) -> Authorization:
     algorithm, _, rest = value.strip().partition(" ")
     if algorithm != ALGORITHM:
         raise IncompleteSignatureException(
-            f"Unsupported AWS 'algorithm': '{algorithm}'; faceledger accepts {ALGORITHM}."
+            f"Unsupported AWS 'algorithm': '{_clip(algorithm)}'; faceledger accepts {ALGORITHM}."
         )
     fields: dict[str, str] = {}
     for part in rest.split(","):
@@ -325,5 +326,4 @@ def _minutes(delta: timedelta) -> str:
 
 
 def _clip(text: str, limit: int = 120) -> str:
-    text = text.replace("\n", " ").replace("\r", " ")
-    return text if len(text) <= limit else text[:limit] + "..."
+    return shown(text, limit)

@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import ImageTooLargeException, InvalidS3ObjectException
 from ..settings import Settings
 from ..sources import NoObjectStorage, ObjectResolver
+from ..text import shown
 
 log = logging.getLogger("faceledger.server")
 
@@ -24,7 +25,7 @@ NOT_READABLE = ("Unable to get object metadata from S3. "
 
 def _too_large(bucket: str, name: str, size: int, limit: int) -> ImageTooLargeException:
     return ImageTooLargeException(
-        f"S3Object {bucket}/{name} is {size} bytes; the limit for images in S3 is {limit} bytes."
+        f"S3Object {shown(bucket)}/{shown(name, 200)} is {size} bytes; the limit for images in S3 is {limit} bytes."
     )
 
 
@@ -41,17 +42,18 @@ class LocalBuckets:
     def fetch(self, bucket: str, name: str, version: str | None) -> bytes:
         root = self.roots.get(bucket)
         if root is None:
-            raise InvalidS3ObjectException(f"Bucket {bucket!r} is not configured on this server.")
+            raise InvalidS3ObjectException(f"Bucket '{shown(bucket)}' is not configured on this server.")
         if version is not None:
             raise InvalidS3ObjectException(
-                f"Bucket {bucket!r} is a local directory: objects have no versions."
+                f"Bucket '{shown(bucket)}' is a local directory: objects have no versions."
             )
         parts = name.split("/")
         if not name or name.startswith("/") or "\\" in name or "\x00" in name or any(
             p in ("", ".", "..") for p in parts
         ):
             raise InvalidS3ObjectException(
-                f"Object name {name[:200]!r} is not a plain relative name inside bucket {bucket!r}."
+                f"Object name '{shown(name, 200)}' is not a plain relative name inside bucket "
+                f"'{shown(bucket)}'."
             )
         path = (root / name).resolve()
         # A symlink inside the bucket may still point outside it: check where it lands.
@@ -100,7 +102,7 @@ class S3Buckets:
         from botocore.exceptions import BotoCoreError, ClientError
 
         if bucket not in self.buckets:
-            raise InvalidS3ObjectException(f"Bucket {bucket!r} is not configured on this server.")
+            raise InvalidS3ObjectException(f"Bucket '{shown(bucket)}' is not configured on this server.")
         ref: dict[str, str] = {"Bucket": bucket, "Key": name}
         if version is not None:
             ref["VersionId"] = version
@@ -116,10 +118,11 @@ class S3Buckets:
                 body.close()
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            log.info("S3 %s/%s (version %s): %s", bucket, name, version, code)
+            log.info("S3 %s/%s (version %s): %s", shown(bucket), shown(name, 200), shown(version),
+                     shown(code))
             raise InvalidS3ObjectException(NOT_READABLE) from exc
         except BotoCoreError as exc:
-            log.warning("S3 endpoint failed for %s/%s: %s", bucket, name, exc)
+            log.warning("S3 endpoint failed for %s/%s: %s", shown(bucket), shown(name, 200), exc)
             raise InvalidS3ObjectException(
                 "The object storage endpoint could not be reached; try again later."
             ) from exc
@@ -137,7 +140,8 @@ class BucketRouter:
     def fetch(self, bucket: str, name: str, version: str | None) -> bytes:
         resolver = self.routes.get(bucket)
         if resolver is None:
-            raise InvalidS3ObjectException(f"Bucket {bucket!r} is not configured on this server.")
+            raise InvalidS3ObjectException(
+                f"Bucket '{shown(bucket)}' is not configured on this server.")
         return resolver.fetch(bucket, name, version)
 
 

@@ -3,9 +3,6 @@ model: patterns, ranges, NextToken, Face, search annotations)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -14,9 +11,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import InvalidPaginationTokenException, InvalidParameterException
+from ..errors import InvalidParameterException
 from ..shapes import Shape
 from ..sources import ImageInput
+from ..text import shown
 from ..store import FaceRow
 from ..store.thresholds import expected_false_matches
 from ..vision.types import FaceAnalysis
@@ -38,7 +36,7 @@ def match(value: Any, pattern: re.Pattern[str], field: str) -> str:
         raise InvalidParameterException(f"{field} is required.")
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise InvalidParameterException(
-            f"{field} must be a string matching {pattern.pattern}; got {str(value)[:80]!r}.")
+            f"{field} must be a string matching {pattern.pattern}; got '{shown(value)}'.")
     return value
 
 
@@ -108,31 +106,6 @@ def tags(value: Any) -> dict[str, str] | None:
         raise InvalidParameterException(
             "Tags must map at most 200 keys (1-128 chars) to string values (up to 256 chars).")
     return dict(value)
-
-
-def make_token(kind: str, coll_pk: int, after: int | str) -> str:
-    raw = json.dumps({"t": kind, "c": coll_pk, "a": after}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def read_token(token: Any, kind: str, coll_pk: int) -> int | str:
-    """The position a NextToken stands for, or InvalidPaginationTokenException."""
-    bad = InvalidPaginationTokenException(
-        "NextToken is not a token this operation returned for this collection.")
-    if not isinstance(token, str) or not token or len(token) > 255:
-        raise bad
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise bad from None
-    if not isinstance(data, dict) or data.get("t") != kind or data.get("c") != coll_pk:
-        raise bad
-    after = data.get("a")
-    valid = (isinstance(after, str) if kind == "collections" else
-             isinstance(after, int) and not isinstance(after, bool) and after >= 0)
-    if not valid:
-        raise bad
-    return after if isinstance(after, (int, str)) else 0
 
 
 # --- response shapes ---------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from ..errors import (
     InvalidParameterException,
 )
 from ..ledger import AuditedOperation
-from ..shapes import Shape, bounding_box, face_detail
+from ..shapes import Shape, bounding_box, face_detail, landmarks
 from ..sources import ImageInput
 from ..store import Catalog, CollectionRow, FaceRow, NewFace, VectorIndex, open_store
 from ..store.catalog import request_hash
@@ -39,11 +39,16 @@ from ..store.thresholds import (
 from ..vision.quality import QUALITY_FILTERS, quality_reasons
 from ..vision.types import FaceAnalysis
 from . import collection_members as m
+from . import paging
 from .core import ServiceCore, check_enum
 
 ARN_PREFIX = "arn:faceledger:rekognition:local:000000000000:collection/"
 
 MAX_SEARCH_FACES = 4096
+# With score normalisation the index's raw-distance ranking is re-scored: candidates fetched
+# per face asked for (at least EXTRA more), so that a face moved up by normalisation is seen.
+NORMALISED_CANDIDATES_FACTOR = 4
+NORMALISED_CANDIDATES_EXTRA = 64
 DEFAULT_SEARCH_FACES = 100
 DEFAULT_LIST_RESULTS = 1000
 MAX_LIST_RESULTS = 4096
@@ -118,20 +123,39 @@ class CollectionOperations(ServiceCore):
                          *, ctx: RequestContext = LOCAL) -> Shape:
         """ListCollections, in collection id order, NextToken paging."""
         limit = m.page_size(max_results, DEFAULT_LIST_RESULTS, MAX_LIST_RESULTS, "MaxResults")
-        after = None if next_token is None else str(m.read_token(next_token, "collections", 0))
+        start = None if next_token is None else paging.read_token(next_token, "c", 0)
         with self.audit("ListCollections", ctx, uses_model=False) as op:
             with self.catalog.read() as conn:
-                rows = self.catalog.list_collections(conn, after, limit + 1)
-            # a count only: the HTTP adapter hides collections a key may not name
-            op.record(collections=min(len(rows), limit))
+                rows = self._visible_collections(conn, start, limit + 1, ctx)
+            op.record(collections=min(len(rows), limit))  # a count only
         page = rows[:limit]
         out: dict[str, Any] = {
             "CollectionIds": [c.collection_id for c in page],
             "FaceModelVersions": [c.face_model_version for c in page],
         }
         if len(rows) > limit:
-            out["NextToken"] = m.make_token("collections", 0, page[-1].collection_id)
+            out["NextToken"] = paging.make_token("c", 0, page[-1].pk, page[-1].collection_id)
         return out
+
+    def _visible_collections(self, conn: Connection, start: paging.Position | None, n: int,
+                             ctx: RequestContext) -> list[CollectionRow]:
+        """Up to `n` collections the caller may name, in id order, after `start`."""
+        after: str | None = None
+        if start is not None:
+            last = self.catalog.collection_by_pk(conn, start.row_pk)
+            # deleted, or not the caller's to see (indistinguishable): resume after the prefix
+            usable = (last is not None and ctx.may_name(last.collection_id)
+                      and last.collection_id.startswith(start.prefix))
+            after = last.collection_id if usable and last is not None else start.prefix
+        found: list[CollectionRow] = []
+        batch = max(n, 100)
+        while len(found) < n:
+            rows = self.catalog.list_collections(conn, after, batch)
+            found += [r for r in rows if ctx.may_name(r.collection_id)]
+            if len(rows) < batch:
+                break
+            after = rows[-1].collection_id
+        return found[:n]
 
     def describe_collection(self, collection_id: str | None = None, *,
                             ctx: RequestContext = LOCAL) -> Shape:
@@ -164,7 +188,7 @@ class CollectionOperations(ServiceCore):
         ext = None if external_image_id is None else m.match(
             external_image_id, m.EXTERNAL_IMAGE_ID, "ExternalImageId")
         m.attributes(detection_attributes, "DetectionAttributes")
-        limit = None if max_faces is None else m.integer(max_faces, 1, 1 << 31, "MaxFaces")
+        limit = None if max_faces is None else m.integer(max_faces, 1, (1 << 31) - 1, "MaxFaces")
         qf = "AUTO" if quality_filter is None else check_enum(
             quality_filter, QUALITY_FILTERS, "QualityFilter")
         model = self.pipeline.model_version
@@ -194,6 +218,9 @@ class CollectionOperations(ServiceCore):
                     face_id=m.new_id(), image_id=image_id, external_image_id=ext,
                     box=m.box(bounding_box(f.box, img.width, img.height)),
                     confidence=f.confidence, embedding=m.template(f),
+                    image_sha256=img.sha256,
+                    landmarks=tuple((lm["Type"], lm["X"], lm["Y"])
+                                    for lm in landmarks(f, img.width, img.height)),
                 )
                 for f in chosen
             ]
@@ -234,8 +261,8 @@ class CollectionOperations(ServiceCore):
             op.note(UserId=uid, FaceIds=fids, MaxResults=limit)
             with self.catalog.read() as conn:
                 coll = self.catalog.collection(conn, cid)
-                after = 0 if next_token is None else int(
-                    m.read_token(next_token, "faces", coll.pk))
+                after = 0 if next_token is None else (
+                    paging.read_token(next_token, "f", coll.pk).row_pk)
                 user_pk: int | None = None
                 rows: list[FaceRow] = []
                 if uid is not None:
@@ -249,7 +276,7 @@ class CollectionOperations(ServiceCore):
             "FaceModelVersion": coll.face_model_version,
         }
         if len(rows) > limit:
-            out["NextToken"] = m.make_token("faces", coll.pk, page[-1].pk)
+            out["NextToken"] = paging.make_token("f", coll.pk, page[-1].pk)
         return out
 
     def delete_faces(self, collection_id: str | None = None,
@@ -345,6 +372,9 @@ class CollectionOperations(ServiceCore):
                     + ("" if qf == "NONE" or not faces else f" that meets QualityFilter {qf}")
                     + ".")
             face = usable[0]
+            # where the probe's face is, kept with any review candidate (never the photo)
+            op.probe_face = {"BoundingBox": bounding_box(face.box, img.width, img.height),
+                             "Landmarks": landmarks(face, img.width, img.height)}
             vec = self.pipeline.embed_boxes(img.pixels, [face.box])[0]
             with self.catalog.read() as conn:  # faces may have come and gone meanwhile
                 coll = self._usable(self.catalog.collection(conn, cid))
@@ -399,15 +429,21 @@ class CollectionOperations(ServiceCore):
         """Candidate faces from the index, re-scored exactly: rows and their distance to the
         nearest probe (float64, from the catalog's templates). Candidates that cannot reach
         `min_similarity` are dropped before the catalog is read."""
+        cal = self.calibration
+        if cal.normaliser is not None:
+            # The index ranks by raw distance; normalisation can reorder neighbours a little:
+            # take more candidates than asked, re-score them all, keep the best.
+            k = max(NORMALISED_CANDIDATES_FACTOR * k, k + NORMALISED_CANDIDATES_EXTRA)
         k = min(k, max(coll.face_count, 1))
         keys: dict[int, None] = {}
         for p in probes:
             near, approx = self.index.nearest(coll.pk, coll.version, p, k)
-            if min_similarity is not None and len(near):
+            if min_similarity is not None and len(near) and cal.normaliser is None:
                 # The engine's float32 distances, shrunk by far more than their rounding error:
                 # an optimistic similarity, so that no face that really passes is dropped.
+                # (Normalised scores depend on each face's template: all are re-scored below.)
                 shrunk = np.maximum(approx.astype(np.float64) * (1 - 1e-4) - 1e-5, 0.0)
-                near = near[self.calibration.similarity(shrunk) >= min_similarity]
+                near = near[cal.similarity(shrunk) >= min_similarity]
             for key in near.tolist():
                 if key not in exclude:
                     keys[key] = None
@@ -417,9 +453,8 @@ class CollectionOperations(ServiceCore):
                 and (not with_user or found[key].user_pk is not None)]
         if not rows:
             return [], np.zeros(0, dtype=np.float64)
-        mat = np.stack([r.embedding for r in rows if r.embedding is not None]).astype(np.float64)
-        pro = np.stack(probes).astype(np.float64)
-        dist = np.sqrt(((mat[:, None, :] - pro[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
+        mat = np.stack([r.embedding for r in rows if r.embedding is not None])
+        dist = cal.distances(np.stack(probes), mat).min(axis=0)
         return rows, dist
 
     def _info(self, name: str, similarity: float, fmr: float, searched: int) -> Shape:

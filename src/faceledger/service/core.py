@@ -13,8 +13,9 @@ from ..calibration import CalibrationTable, load_calibration
 from ..context import RequestContext
 from ..db import make_engine
 from ..errors import InvalidParameterException
-from ..imaging import DecodedImage, decode_image
+from ..imaging import DecodedImage, PixelBudget, decode_image
 from ..ledger import AuditedOperation, Ledger, audited
+from ..permissions import private_dir
 from ..settings import Settings
 from ..sources import ImageInput, NoObjectStorage, ObjectResolver, image_bytes
 from ..vision import FacePipeline
@@ -37,11 +38,13 @@ class ServiceCore:
         self.settings = settings or Settings()
         self.pipeline = pipeline or FacePipeline(self.settings)
         self.resolver: ObjectResolver = resolver or NoObjectStorage()
+        # shared by every request this service decodes an image for
+        self.pixel_budget = PixelBudget(self.settings.decode_budget_pixels)
 
     @cached_property
     def engine(self) -> Engine:
         """The SQL engine shared by catalog and ledger (created on first use)."""
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.settings.data_dir)
         return make_engine(self.settings.resolved_database_url())
 
     @cached_property
@@ -78,7 +81,9 @@ class ServiceCore:
             image_bytes(image, self.resolver, field),
             max_bytes=s.max_s3_image_bytes if from_storage else s.max_image_bytes,
             max_pixels=s.max_image_pixels,
+            max_decoded_pixels=s.max_decoded_pixels,
             min_side=s.min_image_side,
+            budget=self.pixel_budget,
         )
 
 

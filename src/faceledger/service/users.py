@@ -25,6 +25,7 @@ from ..store.thresholds import (
 from ..vision.quality import QUALITY_FILTERS, quality_reasons
 from ..vision.types import FaceAnalysis
 from . import collection_members as m
+from . import paging
 from .collections import CollectionOperations
 from .core import check_enum
 
@@ -92,15 +93,15 @@ class UserOperations(CollectionOperations):
             op.note(MaxResults=limit)
             with self.catalog.read() as conn:
                 coll = self.catalog.collection(conn, cid)
-                after = 0 if next_token is None else int(
-                    m.read_token(next_token, "users", coll.pk))
+                after = 0 if next_token is None else (
+                    paging.read_token(next_token, "u", coll.pk).row_pk)
                 rows = self.catalog.list_users(conn, coll.pk, after, limit + 1)
             page = rows[:limit]
             op.record(user_ids=[u.user_id for u in page], more=len(rows) > limit)
         out: dict[str, Any] = {"Users": [{"UserId": u.user_id, "UserStatus": m.status(u.face_count)}
                                          for u in page]}
         if len(rows) > limit:
-            out["NextToken"] = m.make_token("users", coll.pk, page[-1].pk)
+            out["NextToken"] = paging.make_token("u", coll.pk, page[-1].pk)
         return out
 
     def associate_faces(self, collection_id: str | None = None, user_id: str | None = None,
@@ -148,9 +149,7 @@ class UserOperations(CollectionOperations):
                     continue
                 assert row.embedding is not None
                 if members:
-                    d = float(np.min(np.linalg.norm(
-                        np.stack(members).astype(np.float64) - row.embedding.astype(np.float64),
-                        axis=1)))
+                    d = float(np.min(self.calibration.distances(row.embedding, np.stack(members))))
                     sim = float(self.calibration.similarity(d))
                     if sim < threshold:
                         failed.append({"FaceId": fid, "UserId": uid, "Confidence": sim,

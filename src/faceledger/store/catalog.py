@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from numpy.typing import NDArray
 from sqlalchemy import Connection, Engine
 
+from ..db import add_missing_columns
 from ..errors import (
     ConflictException,
     IdempotentParameterMismatchException,
@@ -90,6 +91,11 @@ faces = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     # float32 little-endian template
     sa.Column("embedding", sa.LargeBinary, nullable=False),
+    # SHA-256 of the image the face was indexed from (NULL for faces indexed before it was
+    # kept): a reviewer's copy of the photo is checked against it
+    sa.Column("image_sha256", sa.String(64), nullable=True),
+    # the five landmarks as JSON [[type, x, y], ...] ratios of the image (NULL: not recorded)
+    sa.Column("landmarks", sa.Text, nullable=True),
     sa.Index("ix_fl_faces_collection_face", "collection_pk", "face_id", unique=True),
     sa.Index("ix_fl_faces_collection_version", "collection_pk", "added_version"),
     sa.Index("ix_fl_faces_user", "user_pk"),
@@ -149,6 +155,8 @@ class NewFace:
     box: tuple[float, float, float, float]  # width, height, left, top
     confidence: float
     embedding: NDArray[np.float32]
+    image_sha256: str | None = None
+    landmarks: tuple[tuple[str, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -164,6 +172,8 @@ class FaceRow:
     user_pk: int | None
     user_id: str | None
     embedding: NDArray[np.float32] | None = None
+    image_sha256: str | None = None
+    landmarks: tuple[tuple[str, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -215,6 +225,8 @@ _FACE_COLUMNS = (
     faces.c.confidence,
     faces.c.user_pk,
     users.c.user_id,
+    faces.c.image_sha256,
+    faces.c.landmarks,
 )
 
 
@@ -239,7 +251,15 @@ def _face(row: Any, with_embedding: bool) -> FaceRow:
         user_pk=None if row.user_pk is None else int(row.user_pk),
         user_id=row.user_id,
         embedding=bytes_vector(row.embedding) if with_embedding else None,
+        image_sha256=row.image_sha256,
+        landmarks=_landmarks(row.landmarks),
     )
+
+
+def _landmarks(text: str | None) -> tuple[tuple[str, float, float], ...]:
+    if not text:
+        return ()
+    return tuple((str(t), float(x), float(y)) for t, x, y in json.loads(text))
 
 
 def request_hash(params: dict[str, Any]) -> str:
@@ -253,6 +273,7 @@ class Catalog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         metadata.create_all(engine)
+        add_missing_columns(engine, metadata)  # image_sha256, landmarks on older databases
 
     @property
     def dialect(self) -> str:
@@ -387,6 +408,8 @@ class Catalog:
                     added_version=coll.version,
                     created_at=now,
                     embedding=vector_bytes(f.embedding),
+                    image_sha256=f.image_sha256,
+                    landmarks=json.dumps([list(p) for p in f.landmarks]) if f.landmarks else None,
                 )
             )
             keys.append(_inserted_pk(res))

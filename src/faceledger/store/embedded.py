@@ -28,6 +28,7 @@ import numpy as np
 from sqlalchemy import Connection
 
 from ..errors import ResourceNotFoundException
+from ..permissions import private_dir
 from .catalog import Catalog
 from .index import Distances, Keys, Vectors, check_k, check_query
 
@@ -193,7 +194,7 @@ class EmbeddedIndex:
         self._lock = threading.Lock()
         self._open: dict[int, _Collection] = {}
         if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
+            private_dir(directory, tighten=True)  # templates: owner-only
             for tmp in directory.glob("*.tmp"):
                 tmp.unlink(missing_ok=True)
 
