@@ -8,11 +8,14 @@ photos and on a sample of the 200 x 200 UTKFace crops. One process, one thread p
 the pipeline runs them, in one run, so the ratios between detectors are fair; absolute numbers
 depend on the machine's load (report it with them).
 
-Failures to detect per sex and race come from `faceledger evaluate detection` (see
-docs/accuracy.md, "Detectors compared"), not from here.
+Failures to detect per sex and race on all 2,000 crops come from `faceledger evaluate
+detection` (docs/accuracy.md, "Detectors compared"). `--per-cell K` adds them here on the first K
+crops of each sex x race cell in file-name order, for detectors too slow for the whole set
+(dlib's MMOD): the same images for every detector, with the check and without.
 
     python bench/detectors.py                      # all three detectors, 40 UTKFace crops
     python bench/detectors.py --detectors hog,mtcnn --utk 200
+    python bench/detectors.py --per-cell 41        # + failures to detect on 410 crops per detector
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ def main() -> None:
     ap.add_argument("--faces", type=Path, default=DEFAULT_FACES, help="../shared/faces")
     ap.add_argument("--detectors", default="hog,cnn,mtcnn")
     ap.add_argument("--utk", type=int, default=40, help="UTKFace crops to time (spread evenly)")
+    ap.add_argument("--per-cell", type=int, default=0,
+                    help="failures to detect on the first K crops of each sex x race cell")
     args = ap.parse_args()
 
     from test_detection import labelled_faces, match_counts
@@ -57,6 +62,13 @@ def main() -> None:
     step = max(1, len(utk_all) // max(1, args.utk))
     utk = [decode_image(p.read_bytes(), min_side=1).pixels for p in utk_all[::step][: args.utk]]
     bar = Settings().min_face_probability
+
+    cells: dict[str, list[Path]] = {}
+    for p in utk_all:
+        sex, race = p.relative_to(args.faces / "utkface-balanced").parts[:2]
+        cells.setdefault(f"{sex}/{race}", []).append(p)
+    per_cell = [p for files in cells.values() for p in files[: args.per_cell]]
+    missed: dict[str, dict[str, list[bool]]] = {}
 
     rows = []
     for name in args.detectors.split(","):
@@ -87,6 +99,11 @@ def main() -> None:
             pipe.detect(px)
             utk_ms.append(1000 * (time.perf_counter() - t))
 
+        for p in per_cell:
+            found = pipe.detect(decode_image(p.read_bytes(), min_side=1).pixels)
+            on = not any((d.face_probability or 0.0) >= bar for d in found)
+            missed.setdefault(name, {}).setdefault(str(p), [not found, on])
+
         def n_on(px: np.ndarray) -> str:
             found = pipe.detect(px)
             return f"{len(found)} -> {sum(1 for d in found if (d.face_probability or 0) >= bar)}"
@@ -106,10 +123,38 @@ def main() -> None:
     print("|" + "---|" * len(head))
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.0f} | {r[6]:.0f} | {r[7]:.1f} |")
+    if per_cell:
+        print_missed(missed, per_cell, args.faces / "utkface-balanced")
     base = next((r for r in rows if r[0] == "hog"), None)
     if base is not None:
         for r in rows:
             print(f"{r[0]}: {r[5] / base[5]:.1f}x HOG's time per scene, {r[6] / base[6]:.1f}x per crop")
+
+
+def print_missed(
+    missed: dict[str, dict[str, list[bool]]], paths: list[Path], root: Path
+) -> None:
+    """Failure to detect per sex and race, without -> with the check, Wilson 95% intervals."""
+    from faceledger.rates import wilson_interval
+
+    groups: dict[str, list[str]] = {"all": [str(p) for p in paths]}
+    for p in paths:
+        sex, race = p.relative_to(root).parts[:2]
+        groups.setdefault(sex, []).append(str(p))
+        groups.setdefault(race, []).append(str(p))
+    names = list(missed)
+    print(f"\nno face on the first crops of each cell ({len(paths)}): without -> with the check\n")
+    print("| group | crops | " + " | ".join(names) + " |")
+    print("|---|---:|" + "---:|" * len(names))
+    for g, keys in groups.items():
+        cells = []
+        for name in names:
+            off = sum(1 for k in keys if missed[name][k][0])
+            on = sum(1 for k in keys if missed[name][k][1])
+            lo, hi = wilson_interval(on, len(keys))
+            cells.append(f"{off} -> {on} ({100 * on / len(keys):.1f}% "
+                         f"[{100 * float(lo):.1f}, {100 * float(hi):.1f}])")
+        print(f"| {g} | {len(keys)} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
