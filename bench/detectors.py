@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -48,7 +49,7 @@ def main() -> None:
     from test_detection import labelled_faces, match_counts
 
     from faceledger.imaging import decode_image
-    from faceledger.settings import Settings
+    from faceledger.settings import DetectorName, Settings
     from faceledger.vision import FacePipeline
 
     folder = args.faces / "detection"
@@ -57,7 +58,7 @@ def main() -> None:
     dogs = decode_image((folder / "dogs.jpg").read_bytes()).pixels
     from skimage import data
 
-    astronaut = np.asarray(data.astronaut())
+    astronaut = np.asarray(data.astronaut())  # type: ignore[no-untyped-call]
     utk_all = sorted((args.faces / "utkface-balanced").rglob("*.jpg"))
     step = max(1, len(utk_all) // max(1, args.utk))
     utk = [decode_image(p.read_bytes(), min_side=1).pixels for p in utk_all[::step][: args.utk]]
@@ -74,7 +75,8 @@ def main() -> None:
     for name in args.detectors.split(","):
         # Bar 0: every detection comes back with its face probability; the check is then
         # applied here, so one detection pass gives both columns and the time includes ONet.
-        pipe = FacePipeline(Settings(detector=name, min_face_probability=0.0))  # type: ignore[arg-type]
+        settings = Settings(detector=cast(DetectorName, name), min_face_probability=0.0)
+        pipe = FacePipeline(settings)
         pipe.detect(astronaut)  # load the models before timing
         counts = {"off": [0, 0], "on": [0, 0]}
         scene_ms = []
@@ -122,13 +124,15 @@ def main() -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.0f} | {r[6]:.0f} | {r[7]:.1f} |")
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.0f} | {r[6]:.0f} "
+              f"| {r[7]:.1f} |")
     if per_cell:
         print_missed(missed, per_cell, args.faces / "utkface-balanced")
     base = next((r for r in rows if r[0] == "hog"), None)
     if base is not None:
         for r in rows:
-            print(f"{r[0]}: {r[5] / base[5]:.1f}x HOG's time per scene, {r[6] / base[6]:.1f}x per crop")
+            print(f"{r[0]}: {r[5] / base[5]:.1f}x HOG's time per scene, "
+                  f"{r[6] / base[6]:.1f}x per crop")
 
 
 def print_missed(

@@ -6,7 +6,9 @@ faces", has the measurements behind the threshold, per group)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -14,21 +16,26 @@ from test_detection import labelled_faces, match_counts
 
 from faceledger.imaging import decode_image
 from faceledger.service import FaceService
-from faceledger.settings import Settings
+from faceledger.settings import DetectorName, Settings
 from faceledger.vision import Box, FacePipeline
 from faceledger.vision.types import Detection
 
-_pipelines: dict[tuple[str, float], FacePipeline] = {}
+Pipelines = Callable[..., FacePipeline]
 
 
-def pipeline(detector: str, bar: float | None = None) -> FacePipeline:
-    """One pipeline (models loaded once) per detector and bar for the whole session."""
-    bar = Settings().min_face_probability if bar is None else bar
-    key = (detector, bar)
-    if key not in _pipelines:
-        settings = Settings(detector=detector, min_face_probability=bar)  # type: ignore[arg-type]
-        _pipelines[key] = FacePipeline(settings)
-    return _pipelines[key]
+@pytest.fixture(scope="module")
+def pipeline() -> Pipelines:
+    """pipeline(detector, bar=None): one pipeline (models loaded once) per detector and bar."""
+    made: dict[tuple[str, float], FacePipeline] = {}
+
+    def get(detector: str, bar: float | None = None) -> FacePipeline:
+        bar = Settings().min_face_probability if bar is None else bar
+        if (detector, bar) not in made:
+            name = cast(DetectorName, detector)
+            made[(detector, bar)] = FacePipeline(Settings(detector=name, min_face_probability=bar))
+        return made[(detector, bar)]
+
+    return get
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +58,9 @@ def test_astronaut_portrait_gives_one_face_not_the_mission_patch(
     assert box["Top"] < 0.35  # her face, not the patch on her chest (top ~0.66)
 
 
-def test_without_the_check_hog_also_finds_the_patch(astronaut: np.ndarray) -> None:
+def test_without_the_check_hog_also_finds_the_patch(
+    astronaut: np.ndarray, pipeline: Pipelines
+) -> None:
     """What the check removes: HOG's second box, low on the suit, which ONet calls no face."""
     unchecked = pipeline("hog", 0.0).detect(astronaut)
     assert len(unchecked) == 2
@@ -61,13 +70,17 @@ def test_without_the_check_hog_also_finds_the_patch(astronaut: np.ndarray) -> No
     assert [d.box for d in checked] == [d.box for d in unchecked if d is not patch]
 
 
-def test_every_face_carries_its_face_probability(astronaut: np.ndarray) -> None:
+def test_every_face_carries_its_face_probability(
+    astronaut: np.ndarray, pipeline: Pipelines
+) -> None:
     faces = pipeline("hog").analyze(astronaut, embed=False)
     assert len(faces) == 1
     assert faces[0].face_probability is not None and faces[0].face_probability > 0.99
 
 
-def test_check_keeps_what_reaches_the_bar_and_drops_the_rest(astronaut: np.ndarray) -> None:
+def test_check_keeps_what_reaches_the_bar_and_drops_the_rest(
+    astronaut: np.ndarray, pipeline: Pipelines
+) -> None:
     face, patch = Box(176.5, 77.0, 266.5, 167.0), Box(127.0, 336.0, 217.0, 426.0)
     found = [Detection(patch, 95.0), Detection(face, 99.0)]
     assert [d.box for d in pipeline("hog").check_faces(astronaut, found)] == [face]
@@ -77,7 +90,7 @@ def test_check_keeps_what_reaches_the_bar_and_drops_the_rest(astronaut: np.ndarr
     assert pipeline("hog").check_faces(astronaut, []) == []
 
 
-def test_detector_landmarks_are_kept(astronaut: np.ndarray) -> None:
+def test_detector_landmarks_are_kept(astronaut: np.ndarray, pipeline: Pipelines) -> None:
     """MTCNN's own landmarks stay; only the face probability is added."""
     own = np.arange(10, dtype=np.float32).reshape(5, 2) + 200.0
     d = Detection(Box(176.5, 77.0, 266.5, 167.0), 99.0, own)
@@ -86,7 +99,9 @@ def test_detector_landmarks_are_kept(astronaut: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("detector", ["hog", "mtcnn"])
-def test_recall_stays_43_of_43_and_no_false_faces(faces_dir: Path, detector: str) -> None:
+def test_recall_stays_43_of_43_and_no_false_faces(
+    faces_dir: Path, detector: str, pipeline: Pipelines
+) -> None:
     folder = faces_dir / "detection"
     tp = fp = fn = 0
     for file, truth in labelled_faces(folder).items():
@@ -99,13 +114,15 @@ def test_recall_stays_43_of_43_and_no_false_faces(faces_dir: Path, detector: str
 
 
 @pytest.mark.parametrize("detector", ["hog", "mtcnn"])
-def test_no_faces_on_dogs_with_the_check(faces_dir: Path, detector: str) -> None:
+def test_no_faces_on_dogs_with_the_check(
+    faces_dir: Path, detector: str, pipeline: Pipelines
+) -> None:
     img = decode_image((faces_dir / "detection" / "dogs.jpg").read_bytes())
     assert pipeline(detector).detect(img.pixels) == []
 
 
 @pytest.mark.slow
-def test_mmod_keeps_every_face_it_finds(faces_dir: Path) -> None:
+def test_mmod_keeps_every_face_it_finds(faces_dir: Path, pipeline: Pipelines) -> None:
     """dlib's MMOD CNN (seconds per image on a CPU): the check costs it no labelled face."""
     folder = faces_dir / "detection"
     bar = Settings().min_face_probability
