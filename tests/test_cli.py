@@ -54,6 +54,7 @@ def test_compare_same_person(tmp_path: Path, faces_dir: Path) -> None:
 def test_demo_runs_the_main_job_on_the_embedded_store(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
+    assert "DetectFaces on the astronaut portrait: 1 face(s)" in result.output  # not the patch
     assert "CompareFaces with a mirrored, darker copy" in result.output
     assert "MATCH" in result.output
     assert "1 face(s) indexed" in result.output

@@ -307,6 +307,7 @@ def build_calibration(
             "detector": settings.detector,
             "min_face_px": settings.min_face_px,
             "detect_max_side": settings.detect_max_side,
+            "min_face_probability": settings.min_face_probability,
             "face_choice": "the detected face nearest the image centre (LFW's labelling convention)",
             "failures": "images where no face was found are left out of the pairs (counted above)",
         },

@@ -101,10 +101,14 @@ def quality_stamp() -> tuple[float, ...]:
 
 def cache_key(settings: Settings, model_version: str) -> str:
     """The directory name that identifies a pipeline configuration's results."""
-    return (
+    key = (
         f"{model_version}/{settings.detector}-min{settings.min_face_px}"
         f"-max{settings.detect_max_side}-v{CACHE_FORMAT}"
     )
+    # Entries made before the face check existed are the check turned off: they keep their key.
+    if settings.min_face_probability > 0:
+        key += f"-onet{settings.min_face_probability:g}"
+    return key
 
 
 class EmbeddingCache:

@@ -118,6 +118,7 @@ class Evaluation:
             "pipeline": {
                 "detector": s.detector, "min_face_px": s.min_face_px,
                 "detect_max_side": s.detect_max_side,
+                "min_face_probability": s.min_face_probability,
                 "face_choice": "the detected face nearest the image centre",
             },
             "thresholds": self.threshold_info(),

