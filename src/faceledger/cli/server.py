@@ -28,7 +28,8 @@ def _settings(**overrides: object) -> Settings:
               "or 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="[default: FACELEDGER_SERVER_PORT or 8080]")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Inference threads [default: FACELEDGER_SERVER_WORKERS or 2].")
+              help="Inference worker processes [default: FACELEDGER_SERVER_WORKERS, "
+                   "else one per core]; 1 runs inference in the server process.")
 @click.option("--queue", type=click.IntRange(0, 10_000), default=None,
               help="Requests that may wait for a worker before ThrottlingException [default 32].")
 @click.option("--dev", is_flag=True,
