@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
@@ -26,7 +27,7 @@ from numpy.typing import NDArray
 from ..errors import InternalServerError
 from ..settings import Settings
 from .pipeline import FacePipeline
-from .types import Box, FaceAnalysis, RGBImage
+from .types import Box, Embedder, FaceAnalysis, RGBImage
 
 log = logging.getLogger("faceledger.vision")
 
@@ -39,6 +40,16 @@ def _init_worker(settings_json: str) -> None:
 
     cv2.setNumThreads(1)  # one process per core already; nested threads only contend
     _worker["pipeline"] = FacePipeline(Settings.model_validate_json(settings_json))
+    parent = os.getppid()
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True,
+                     name="faceledger-orphan-watch").start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    # A server killed outright (SIGKILL, OOM) cannot stop its pool: do not outlive it.
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _warm_up() -> tuple[str, int]:
@@ -66,11 +77,15 @@ def default_workers(configured: int = 0) -> int:
 
 
 class _RemoteEmbedder:
-    """What callers read from `pipeline.embedder` (dimension, version) without loading it here."""
+    """`pipeline.embedder` of a pool: its version and dimension, embedding in a worker."""
 
-    def __init__(self, model_version: str, dim: int) -> None:
+    def __init__(self, pool: PipelinePool, model_version: str, dim: int) -> None:
+        self.pool = pool
         self.model_version = model_version
         self.dim = dim
+
+    def embed(self, pixels: RGBImage, boxes: list[Box]) -> NDArray[np.float32]:
+        return self.pool.embed_boxes(pixels, boxes)
 
 
 class PipelinePool(FacePipeline):
@@ -126,10 +141,10 @@ class PipelinePool(FacePipeline):
         except BrokenProcessPool as exc:
             self._discard(pool)
             raise RuntimeError("the pipeline worker processes could not start") from exc
-        self._remote = _RemoteEmbedder(version, dim)
+        self._remote = _RemoteEmbedder(self, version, dim)
 
-    @property  # type: ignore[override]
-    def embedder(self) -> _RemoteEmbedder:  # the models live in the workers
+    @property
+    def embedder(self) -> Embedder:  # the models live in the workers
         if self._remote is None:
             self.warm_up()
         assert self._remote is not None
