@@ -193,7 +193,7 @@ class CollectionOperations(ServiceCore):
                 NewFace(
                     face_id=m.new_id(), image_id=image_id, external_image_id=ext,
                     box=m.box(bounding_box(f.box, img.width, img.height)),
-                    confidence=f.confidence, embedding=m.template(f),
+                    confidence=f.confidence, embedding=m.template(f), image_sha256=img.sha256,
                 )
                 for f in chosen
             ]

@@ -90,7 +90,11 @@ faces = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     # float32 little-endian template
     sa.Column("embedding", sa.LargeBinary, nullable=False),
+    # hex SHA-256 of the image the face was indexed from (resumable bulk enrolment, review);
+    # NULL for faces stored before the column existed
+    sa.Column("image_sha256", sa.String(64), nullable=True),
     sa.Index("ix_fl_faces_collection_face", "collection_pk", "face_id", unique=True),
+    sa.Index("ix_fl_faces_collection_image_sha256", "collection_pk", "image_sha256"),
     sa.Index("ix_fl_faces_collection_version", "collection_pk", "added_version"),
     sa.Index("ix_fl_faces_user", "user_pk"),
     sqlite_autoincrement=True,
@@ -149,6 +153,7 @@ class NewFace:
     box: tuple[float, float, float, float]  # width, height, left, top
     confidence: float
     embedding: NDArray[np.float32]
+    image_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,7 @@ class FaceRow:
     user_pk: int | None
     user_id: str | None
     embedding: NDArray[np.float32] | None = None
+    image_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +221,7 @@ _FACE_COLUMNS = (
     faces.c.confidence,
     faces.c.user_pk,
     users.c.user_id,
+    faces.c.image_sha256,
 )
 
 
@@ -239,6 +246,7 @@ def _face(row: Any, with_embedding: bool) -> FaceRow:
         user_pk=None if row.user_pk is None else int(row.user_pk),
         user_id=row.user_id,
         embedding=bytes_vector(row.embedding) if with_embedding else None,
+        image_sha256=row.image_sha256,
     )
 
 
@@ -253,6 +261,7 @@ class Catalog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         metadata.create_all(engine)
+        _add_missing_columns(engine)
 
     @property
     def dialect(self) -> str:
@@ -387,6 +396,7 @@ class Catalog:
                     added_version=coll.version,
                     created_at=now,
                     embedding=vector_bytes(f.embedding),
+                    image_sha256=f.image_sha256,
                 )
             )
             keys.append(_inserted_pk(res))
@@ -458,6 +468,14 @@ class Catalog:
         if face_ids is not None:
             q = q.where(faces.c.face_id.in_(list(face_ids)))
         return [_face(r, False) for r in conn.execute(q)]
+
+    def image_hashes(self, conn: Connection, coll_pk: int) -> set[str]:
+        """SHA-256 of every image that has a face in the collection (faces stored without one,
+        before the column existed, are not counted)."""
+        return {str(h) for h in conn.execute(
+            sa.select(faces.c.image_sha256).distinct()
+            .where(faces.c.collection_pk == coll_pk, faces.c.image_sha256.is_not(None))
+        ).scalars()}
 
     def changes_since(self, conn: Connection, coll_pk: int, version: int) -> Changes | None:
         """Faces added and removed after `version` (None: the collection is gone)."""
@@ -598,6 +616,31 @@ class Catalog:
         conn.execute(request_tokens.insert().values(
             collection_pk=coll_pk, operation=operation, token=token, request_hash=params_hash,
             response=json.dumps(response), created_at=time.time()))
+
+
+# Columns added after a table was first released: (table, column), added to older databases.
+_LATER_COLUMNS = ((faces, "image_sha256"),)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """ALTER TABLE ... ADD COLUMN (nullable) for columns an older database lacks."""
+    inspector = sa.inspect(engine)
+    for table, name in _LATER_COLUMNS:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        if name in present:
+            continue
+        column = table.c[name]
+        kind = column.type.compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"))
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+            # another process added it between our look and our ALTER
+            if name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+                raise
+        for index in table.indexes:
+            if name in index.columns:
+                index.create(engine, checkfirst=True)
 
 
 def _inserted_pk(res: sa.CursorResult[Any]) -> int:
