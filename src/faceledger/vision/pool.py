@@ -36,8 +36,13 @@ _worker: dict[str, FacePipeline] = {}
 
 
 def _init_worker(settings_json: str) -> None:
+    import signal
+
     import cv2
 
+    # Ctrl-C reaches the whole process group: the parent decides how to stop (finish what is
+    # in progress, then shut the pool down); a worker killed mid-call would break the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)  # one process per core already; nested threads only contend
     _worker["pipeline"] = FacePipeline(Settings.model_validate_json(settings_json))
     parent = os.getppid()
