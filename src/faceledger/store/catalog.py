@@ -260,7 +260,12 @@ class Catalog:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        metadata.create_all(engine)
+        try:
+            metadata.create_all(engine)
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+            # another node created them between our check and our CREATE (servers starting
+            # together on one empty PostgreSQL database)
+            metadata.create_all(engine)
         _add_missing_columns(engine)
 
     @property
