@@ -14,6 +14,7 @@ from ..server.run import build_app, is_loopback
 from ..server.run import serve as run_server
 from ..service import FaceService
 from ..settings import Settings
+from ..vision.pool import default_workers
 from .app import emit_json, main, reports_errors, request_context
 
 
@@ -60,7 +61,8 @@ def serve(host: str | None, port: int | None, workers: int | None, queue: int | 
     scheme = "https" if ssl_certfile else "http"
     click.echo(f"faceledger: Rekognition API at {scheme}://{settings.server_host}:"
                f"{settings.server_port} (region {settings.region}); "
-               f"{len(app.operations)} operations", err=True)
+               f"{len(app.operations)} operations; {default_workers(settings.server_workers)} "
+               "inference worker(s)", err=True)
     extra: dict[str, object] = {}
     if ssl_certfile:
         extra = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
