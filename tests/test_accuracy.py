@@ -98,19 +98,22 @@ def test_calibrated_default_threshold_means_its_false_match_rate(all_pairs: dict
         f"\nSimilarity 99.99 (d={row['threshold']:.4f}): FMR {row['fmr']['value']:.3g} "
         f"[{row['fmr']['low']:.3g}, {row['fmr']['high']:.3g}]"
     )
+    # The table covers the worst measured group, so on LFW (mostly white men) the default keeps
+    # its promise with room to spare: even the upper end of the interval is below it.
     assert row["fmr"]["value"] <= DEFAULT_COMPARE_FMR
-    assert 0.7 * DEFAULT_COMPARE_FMR <= row["fmr"]["high"] <= 1.3 * DEFAULT_COMPARE_FMR
+    assert row["fmr"]["high"] <= DEFAULT_COMPARE_FMR
     table = load_calibration("dlib-resnet-v1")
     assert row["threshold"] == pytest.approx(table.distance_for_fmr(DEFAULT_COMPARE_FMR))
 
 
 def test_shipped_table_is_reproduced_by_the_build(faces_dir: Path, evaluation: Evaluation) -> None:
     # Rebuilding from the same images gives the shipped curve: same floor, same thresholds.
-    from faceledger.calibration.build import build_calibration
+    from faceledger.evaluation.calibrate import build_calibration
 
     raw = build_calibration(
-        faces_dir / "lfw", cache_dir=evaluation.cache_dir, progress=False, validation_splits=0
-    )
+        faces_dir / "lfw", cache_dir=evaluation.cache_dir, progress=False, validation_splits=0,
+        groups_root=faces_dir / "utkface-balanced",
+    )  # fmt: skip
     rebuilt = CalibrationTable.from_dict(raw)
     shipped = load_calibration("dlib-resnet-v1")
     print(f"\nlowest credible FMR: rebuilt {rebuilt.lowest_credible_fmr:.4g}, shipped "
@@ -133,3 +136,26 @@ def test_per_sex_rates_use_within_sex_impostors(all_pairs: dict[str, Any]) -> No
     comps = all_pairs["groups"]["comparisons"]
     assert {c["rate"] for c in comps} == {"fmr", "fnmr"}
     assert all(c["max_over_min"] is None or c["max_over_min"] >= 1.0 for c in comps)
+
+
+def test_held_out_people_of_every_group_get_the_promised_rate(
+    faces_dir: Path, evaluation: Evaluation
+) -> None:
+    # The people of utkface-balanced the calibration never saw (`test` half): within every
+    # sex x race x age-group cell, no threshold's promise is broken (the low end of the 95%
+    # interval is never above 1 - S/100). Before the normalisation and coverage (docs/accuracy.md
+    # §6), 35 of 60 cells broke it, Asian women at 99.99 by ~280x.
+    result = evaluation.impostors(faces_dir / "utkface-balanced", utkface=True, half="test")
+    imp = result["impostors"]
+    assert len(imp["groups"]) == 20
+    for g, cell in sorted(imp["groups"].items()):
+        rates = {r["name"]: r for r in cell["at_thresholds"]}
+        print(f"\n{g}: " + ", ".join(f"{n} {r['fmr']['value']:.2g} ({r['impostor_matches']})"
+                                     for n, r in rates.items()))  # fmt: skip
+        assert cell["pairs"]["impostor"] > 300
+    assert imp["promises_broken"] == []
+    # At 99.9 (FMR <= 1e-3) the adult cells together see about the promised rate or less.
+    adults = [c for g, c in imp["groups"].items() if g.endswith("adult")]
+    matches = sum(c["at_thresholds"][0]["impostor_matches"] for c in adults)
+    pairs = sum(c["pairs"]["impostor"] for c in adults)
+    assert matches / pairs <= 1e-3 * 1.5

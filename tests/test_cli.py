@@ -44,10 +44,10 @@ def test_compare_same_person(tmp_path: Path, faces_dir: Path) -> None:
     a = faces_dir / "lfw" / "Jennifer_Lopez" / "Jennifer_Lopez_0003.jpg"
     b = faces_dir / "lfw" / "Jennifer_Lopez" / "Jennifer_Lopez_0004.jpg"
     out = tmp_path / "match.png"
-    result = CliRunner().invoke(main, ["compare", str(a), str(b), "--threshold", "99.9",
+    result = CliRunner().invoke(main, ["compare", str(a), str(b), "--threshold", "95",
                                        "--annotate", str(out)])
     assert result.exit_code == 0, result.output
-    assert "MATCH" in result.output and "false-match rate 1.0e-03" in result.output
+    assert "MATCH" in result.output and "false-match rate 5.0e-02" in result.output
     assert out.is_file()
 
 

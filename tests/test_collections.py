@@ -180,7 +180,12 @@ def test_search_faces_returns_the_same_person_with_calibrated_similarity(
     r = svc.search_faces(collection_id="people", face_id=probe)
     assert r["SearchedFaceId"] == probe and r["FaceModelVersion"] == "dlib-resnet-v1"
     got = [m["Face"]["ExternalImageId"] for m in r["FaceMatches"]]
-    assert set(got) == {"Ricardo_Lagos_0001", "Ricardo_Lagos_0003", "Ricardo_Lagos_0017"}
+    # The default threshold is strict (it covers the worst measured group): what it returns is
+    # the same man, though it may miss some of his photos (FalseNonMatchRate says how many).
+    assert got and set(got) <= {"Ricardo_Lagos_0001", "Ricardo_Lagos_0003", "Ricardo_Lagos_0017"}
+    loose = svc.search_faces(collection_id="people", face_id=probe, face_match_threshold=99)
+    assert {m["Face"]["ExternalImageId"] for m in loose["FaceMatches"]} == {
+        "Ricardo_Lagos_0001", "Ricardo_Lagos_0003", "Ricardo_Lagos_0017"}
     n = len(ids) - 1
     assert r["FacesSearched"] == n
     assert r["FalseMatchRate"] == pytest.approx(default_search_fmr(n))
@@ -192,8 +197,10 @@ def test_search_faces_returns_the_same_person_with_calibrated_similarity(
     sims = [m["Similarity"] for m in r["FaceMatches"]]
     assert sims == sorted(sims, reverse=True)
     for m in r["FaceMatches"]:
-        d = np.linalg.norm(template(svc, probe) - template(svc, m["Face"]["FaceId"]))
-        assert m["Similarity"] == pytest.approx(float(svc.calibration.similarity(d)), abs=1e-9)
+        # Similarity is the calibration's, of the (normalised) distance it scores
+        d = svc.calibration.distances(template(svc, probe), template(svc, m["Face"]["FaceId"]))
+        assert m["Similarity"] == pytest.approx(float(svc.calibration.similarity(d[0, 0])),
+                                                abs=1e-9)
         assert m["Similarity"] >= r["FaceMatchThreshold"]
 
 
@@ -409,8 +416,10 @@ def test_users(gallery: tuple[FaceService, dict[str, str]], faces_dir: Path) -> 
                                 client_request_token="a-1")
     assert again == r
     wolf = [ids["Paul_Wolfowitz_0002"], ids["Paul_Wolfowitz_0003"]]
-    assert len(svc.associate_faces(collection_id=c, user_id="wolfowitz",
-                                   face_ids=wolf)["AssociatedFaces"]) == 2
+    # The default (99.99) covers the worst measured group, so two LFW photos of one man can fall
+    # short of it; 99 (FMR <= 1e-2 for every group) joins them.
+    assert len(svc.associate_faces(collection_id=c, user_id="wolfowitz", face_ids=wolf,
+                                   user_match_threshold=99)["AssociatedFaces"]) == 2
     taken = svc.associate_faces(collection_id=c, user_id="wolfowitz", face_ids=[lagos[0]])
     assert taken["UnsuccessfulFaceAssociations"][0]["Reasons"] == [
         "ASSOCIATED_TO_A_DIFFERENT_USER"]
@@ -434,7 +443,8 @@ def test_users(gallery: tuple[FaceService, dict[str, str]], faces_dir: Path) -> 
     assert all(f["UserId"] == "lagos" for f in listed)
 
     # search users by a face, by a user, by an image
-    by_face = svc.search_users(collection_id=c, face_id=ids["Ricardo_Lagos_0017"])
+    by_face = svc.search_users(collection_id=c, face_id=ids["Ricardo_Lagos_0017"],
+                               user_match_threshold=99)
     assert [m["User"]["UserId"] for m in by_face["UserMatches"]] == ["lagos"]
     assert by_face["SearchedFace"] == {"FaceId": ids["Ricardo_Lagos_0017"]}
     assert by_face["FacesSearched"] == 5
@@ -442,7 +452,7 @@ def test_users(gallery: tuple[FaceService, dict[str, str]], faces_dir: Path) -> 
     assert by_user["UserMatches"] == [] and by_user["SearchedUser"] == {"UserId": "lagos"}
     loose = svc.search_users(collection_id=c, user_id="lagos", user_match_threshold=0)
     assert [m["User"]["UserId"] for m in loose["UserMatches"]] == ["wolfowitz"]
-    by_image = svc.search_users_by_image(collection_id=c,
+    by_image = svc.search_users_by_image(collection_id=c, user_match_threshold=99,
                                          image={"Bytes": photo(faces_dir, *PROBE)})
     assert [m["User"] for m in by_image["UserMatches"]] == [
         {"UserId": "lagos", "UserStatus": "ACTIVE"}]

@@ -359,11 +359,26 @@ def test_thresholds_below_the_calibration_floor_say_so(tmp_path: Path) -> None:
 
 
 def test_folder_and_pair_evaluations_share_one_metric_implementation() -> None:
-    # The calibration build and `evaluate` both import their rates from evaluation.metrics.
-    from faceledger.calibration import build
-    from faceledger.evaluation import metrics, verification
+    # The calibration build, its bound and `evaluate` all take their rates from faceledger.rates.
+    from faceledger import rates
+    from faceledger.calibration import bound
+    from faceledger.evaluation import calibrate, verification
 
-    assert build.ClusteredPairs is metrics.ClusteredPairs is verification.ClusteredPairs
+    assert calibrate.ClusteredPairs is rates.ClusteredPairs is verification.ClusteredPairs
+    assert bound.ClusteredPairs is rates.ClusteredPairs
+
+
+def test_the_calibration_package_does_not_import_evaluation() -> None:
+    # Layering: rates is a leaf; calibration (the core's scoring) sits on it; evaluation (reports,
+    # table building) sits on both. Nothing in calibration may import evaluation.
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "src" / "faceledger"
+    for module in sorted((root / "calibration").glob("*.py")) + [root / "rates.py"]:
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert "evaluation" not in node.module, f"{module.name} imports {node.module}"
 
 
 def test_folder_dataset_loader_requires_identity_folders(tmp_path: Path) -> None:
@@ -393,3 +408,72 @@ def test_ten_fold_protocol_chooses_each_threshold_on_the_other_folds() -> None:
     assert res["fold_accuracy"] == [pytest.approx(0.9)] * 10
     assert res["accuracy"] == pytest.approx(0.9) and res["standard_error"] == pytest.approx(0.0)
     assert all(0.3 < t < 0.8 for t in res["fold_threshold"])
+
+
+# ---- impostor-only evaluation (sets of distinct people) ----------------------------------------
+
+
+def test_evaluate_impostors_on_utkface_cells(
+    faces_dir: Path, tmp_path: Path, eval_cache: Path
+) -> None:
+    # Three small cells (20 distinct people each, adults and children mixed): within-group and
+    # cross-group rates, the near-duplicate check and the ratio, end to end through the CLI.
+    root = tmp_path / "utk"
+    for sex, race in (("males", "asian"), ("females", "asian"), ("males", "white")):
+        files = sorted((faces_dir / "utkface-balanced" / sex / race).glob("*.jpg"))[:20]
+        (root / sex / race).mkdir(parents=True)
+        for f in files:
+            (root / sex / race / f.name).symlink_to(f)
+    out = tmp_path / "imp"
+    result = CliRunner().invoke(main, [
+        "evaluate", "impostors", str(root), "--utkface", "--by", "sex", "--by", "race",
+        "--out", str(out), "--cache", str(eval_cache), "--quiet", "--replicates", "20",
+        "--similarity", "99", "--similarity", "99.9", "--duplicate-distance", "0.45",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    imp = json.loads((out / "report.json").read_text())["impostors"]
+    assert set(imp["groups"]) == {"male/asian", "female/asian", "male/white"}
+    for g in imp["groups"].values():
+        n = g["images"]
+        assert g["pairs"]["impostor"] == n * (n - 1) // 2  # every pair: distinct people
+        for row in g["at_thresholds"]:
+            f = row["fmr"]
+            assert f["low"] <= f["value"] <= f["high"]
+            assert row["promise_broken"] == (f["low"] > row["nominal_fmr"])
+    assert len(imp["cross_groups"]) == 3
+    assert all(c["pairs"] > 0 for c in imp["cross_groups"])
+    assert {c["rate"] for c in imp["comparisons"]} == {"fmr"}
+    dup = imp["near_duplicates"]
+    assert dup["count"] == len(dup["pairs"]) or len(dup["pairs"]) == 200
+    assert all(p["distance"] <= 0.45 for p in dup["pairs"])
+    html = (out / "report.html").read_text()
+    assert "False-match rates per group" in html and "Possible duplicates" in html
+    assert "possible duplicates" in result.output
+
+
+def test_evaluate_impostors_needs_labels(faces_dir: Path, tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["evaluate", "impostors", str(faces_dir / "detection"), "--quiet"])
+    assert r.exit_code == 2 and "InvalidParameterException" in r.output and "labels" in r.output
+
+
+def test_a_group_without_impostor_pairs_is_reported_not_a_traceback() -> None:
+    # The defect: `evaluate pairs --labels race.tsv --by race` ended in "ValueError: cannot convert
+    # float NaN to integer" when a group had genuine pairs but no impostor pair.
+    from faceledger.rates import ClusteredPairs
+
+    cp = ClusteredPairs.from_pairs([0.3, 0.4], [True, True], [0, 1], [0, 1], 2)
+    rates = cp.verification_rates(thresholds=[0.5], replicates=10)["at_thresholds"][0]
+    assert rates["fmr"] == {"value": None, "low": None, "high": None}
+    assert rates["impostor_matches"] == 0
+    assert rates["fnmr"]["value"] == 0.0
+
+
+def test_people_halves_are_disjoint_stable_and_balanced(faces_dir: Path) -> None:
+    from faceledger.evaluation.datasets import load_images, people_half, select_half
+
+    images = load_images(faces_dir / "utkface-balanced")
+    fit, test = select_half(images, "fit"), select_half(images, "test")
+    assert not set(fit.keys) & set(test.keys)
+    assert len(fit) + len(test) == len(images)
+    assert 0.45 < len(fit) / len(images) < 0.55
+    assert people_half("a/1_0_0_x.jpg") == people_half("b/1_0_0_x.jpg")  # by file name only

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,22 @@ class RequestContext:
     consent: str | None = None
     # Admins may change collection policies; the key store says which keys are admins.
     admin: bool = False
+    # Console roles of the signed-in key (reviewer, auditor, admin); None: not role-restricted
+    # (the local operator, and API requests, which are governed by operation permissions).
+    roles: frozenset[str] | None = None
+    # Collection ids or globs the key may see; None: every collection.
+    collections: tuple[str, ...] | None = None
+
+    def has_role(self, *roles: str) -> bool:
+        """Whether this caller holds one of `roles` (always, when not role-restricted)."""
+        if self.roles is None or self.admin or "admin" in self.roles:
+            return True
+        return any(r in self.roles for r in roles)
+
+    def sees_collection(self, collection_id: str) -> bool:
+        """Whether this caller may see `collection_id`."""
+        return self.collections is None or any(
+            fnmatchcase(collection_id, p) for p in self.collections)
 
 
 # The local operator (CLI, in-process Python API) owns the database, so it is an admin.

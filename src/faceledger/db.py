@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event, inspect, text
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 
 def make_engine(url: str) -> Engine:
@@ -24,3 +25,35 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def add_missing_columns(engine: Engine, metadata: MetaData) -> list[str]:
+    """Add to existing tables the nullable columns `metadata` declares but the database lacks.
+
+    `create_all` makes missing tables, never missing columns: a database made by an older
+    faceledger would otherwise fail on the first query naming a new column. Only nullable
+    columns are added (old rows get NULL, which every reader of such a column accepts).
+    Returns "table.column" for each column added.
+    """
+    added: list[str] = []
+    existing = set(inspect(engine).get_table_names())
+    for table in metadata.sorted_tables:
+        if table.name not in existing:
+            continue
+        have = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have or not column.nullable:
+                continue
+            ddl = (f"ALTER TABLE {table.name} ADD COLUMN {column.name} "
+                   f"{column.type.compile(dialect=engine.dialect)}")
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text(ddl))
+            except (OperationalError, ProgrammingError):
+                # another process added it first; anything else shows on the re-check
+                if column.name not in {c["name"] for c in inspect(engine).get_columns(
+                        table.name)}:
+                    raise
+                continue
+            added.append(f"{table.name}.{column.name}")
+    return added

@@ -9,7 +9,7 @@ distance d, the largest FMR that LFW's data are consistent with at 95% confidenc
     FMR_table(d) = max( U_boot(d), U_wilson(d), FMR_fit(d) ),   made non-decreasing in d
 
 - `U_boot`: the 97.5th percentile of FMR(d) over an identity-resampling bootstrap (every pair
-  moves with both of its people; `evaluation.metrics.ClusteredPairs`). Honest where there are
+  moves with both of its people; `rates.ClusteredPairs`). Honest where there are
   enough pairs; with no pair at or below d it is 0, so it cannot stand alone in the tail.
 - `U_wilson`: the upper end of the Wilson 95% interval of the k(d) impostor pairs at or below d
   out of n, with both deflated by the design effect D (k/D successes out of n_eff = n/D, Kish's
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ..evaluation.metrics import ClusteredPairs, wilson_interval
+from ..rates import ClusteredPairs, wilson_interval
 from .tail import TailFit
 
 F64 = NDArray[np.float64]

@@ -4,7 +4,7 @@
 different people, as measured for this model. A SimilarityThreshold of S therefore means an
 operating false-match rate of 1 - S/100 (99.9 -> 1e-3, 99.99 -> 1e-4).
 
-Table file (JSON, `tables/<model_version>.json`), written by `calibration.build`:
+Table file (JSON, `tables/<model_version>.json`), written by `evaluation.calibrate`:
   distance:   ascending grid of raw distances
   log10_fmr:  log10 of the false-match rate claimed at d: the 95% upper bound of
               P(impostor distance <= d) that the data support, never below the tail fit and
@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .normalise import ScoreNormaliser
+
 
 def similarity_for_fmr(fmr: float) -> float:
     """The Similarity threshold that stands for a false-match rate: 100 x (1 - FMR)."""
@@ -55,6 +57,9 @@ class CalibrationTable:
     log10_fmr: NDArray[np.float64]
     fnmr: NDArray[np.float64]
     provenance: dict[str, Any] = field(default_factory=dict)
+    # Score normalisation the table was built with (None: raw distances); every distance the
+    # service compares with the table goes through it (`distances`).
+    normaliser: ScoreNormaliser | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CalibrationTable:
@@ -66,8 +71,32 @@ class CalibrationTable:
         shapes_ok = d.ndim == 1 and len(d) >= 2 and d.shape == lf.shape == fn.shape
         if not (shapes_ok and np.all(np.diff(d) > 0)):
             raise ValueError("calibration table needs equal-length grids with ascending distance")
-        prov = {k: v for k, v in raw.items() if k not in ("distance", "log10_fmr", "fnmr")}
-        return cls(str(raw["model_version"]), d, lf, fn, prov)
+        skip = ("distance", "log10_fmr", "fnmr", "normalisation")
+        prov = {k: v for k, v in raw.items() if k not in skip}
+        norm = raw.get("normalisation")
+        normaliser = None if norm is None else ScoreNormaliser.from_dict(norm)
+        return cls(str(raw["model_version"]), d, lf, fn, prov, normaliser)
+
+    def half_offsets(self, templates: ArrayLike) -> NDArray[np.float64]:
+        """Each template's share of the score normalisation (zeros without one)."""
+        t = np.asarray(templates, dtype=np.float64)
+        n = 1 if t.ndim == 1 else len(t)
+        if self.normaliser is None:
+            return np.zeros(n)
+        return self.normaliser.half_offsets(t)
+
+    def distances(self, probes: ArrayLike, gallery: ArrayLike) -> NDArray[np.float64]:
+        """The distances this table scores (probes x gallery): Euclidean between templates,
+        then normalised as the table was built."""
+        p = np.atleast_2d(np.asarray(probes, dtype=np.float64))
+        g = np.atleast_2d(np.asarray(gallery, dtype=np.float64))
+        # Exact differences (not the |p|^2 + |g|^2 - 2pg expansion): few probes, <= 4096 faces.
+        d = np.sqrt(((p[:, None, :] - g[None, :, :]) ** 2).sum(axis=2))
+        if self.normaliser is None:
+            return np.asarray(d, dtype=np.float64)
+        return self.normaliser.normalise(
+            d, self.normaliser.half_offsets(p)[:, None], self.normaliser.half_offsets(g)[None, :]
+        )
 
     def fmr(self, distance: ArrayLike) -> NDArray[np.float64]:
         """False-match rate of a threshold at `distance` (share of impostor pairs at or below it)."""

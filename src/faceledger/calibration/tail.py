@@ -12,7 +12,7 @@ below a low enough cut u follow a generalized Pareto distribution (GPD):
 xi < 0 means the tail has an end point (distances cannot go below 0), xi = 0 is exactly the
 "log10 FMR linear in d" model. Both are fitted by maximum likelihood (the GPD through the
 one-parameter profile likelihood of Grimshaw, 1993, with xi >= -1 where the likelihood is
-bounded); `calibration.build` checks them by fitting on some identities and predicting the
+bounded); `evaluation.calibrate` checks them by fitting on some identities and predicting the
 counts in others, and writes that check into the table.
 """
 

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from ..calibration import CalibrationTable, load_calibration, similarity_for_fmr
+from ..calibration.coverage import coverage_lines
 from ..errors import ResourceNotFoundException
 from ..settings import Settings
 from ..vision import FacePipeline
@@ -119,8 +120,10 @@ def calibration(ctx: click.Context, model: str | None, as_json: bool) -> None:
                 else "."
             )
         )
+    click.echo("\n" + "\n".join(coverage_lines(table)))
     if prov.get("created"):
         click.echo(f"built {prov.get('created')} by: {prov.get('command') or '?'}")
+
 
 
 @calibration.command("build")
@@ -145,6 +148,22 @@ def calibration(ctx: click.Context, model: str | None, as_json: bool) -> None:
 )
 @click.option("--workers", type=int, default=None, help="Processes (default: one per core).")
 @click.option(
+    "--groups",
+    "groups_root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="A UTKFace-named set of distinct people (utkface-balanced): normalise scores and move "
+    "the table so that its promise holds for every sex x race group measured there.",
+)
+@click.option(
+    "--no-normalise", is_flag=True, help="With --groups: cover the groups without normalising."
+)
+@click.option(
+    "--adults-only",
+    is_flag=True,
+    help="With --groups: set the thresholds for adults only (children measured, not covered).",
+)
+@click.option(
     "--tail-model",
     type=click.Choice(["gpd", "exponential"]),
     default=None,
@@ -163,16 +182,20 @@ def calibration_build(
     out: str | None,
     cache: str | None,
     workers: int | None,
+    groups_root: str | None,
+    no_normalise: bool,
+    adults_only: bool,
     tail_model: str | None,
     replicates: int,
 ) -> None:
     """Rebuild the calibration table from a folder-per-identity dataset (LFW)."""
-    from ..calibration.build import DEFAULT_TAIL_MODEL, build_calibration, table_path, write_table
+    from ..evaluation.calibrate import DEFAULT_TAIL_MODEL, build_calibration, table_path, write_table
 
     raw = build_calibration(
         Path(lfw), cache_dir=Path(cache) if cache else None, workers=workers,
         tail_model=tail_model or DEFAULT_TAIL_MODEL, replicates=replicates,
-        command=_command_line(),
+        command=_command_line(), groups_root=Path(groups_root) if groups_root else None,
+        normalise=not no_normalise, cover_children=not adults_only,
     )  # fmt: skip
     path = Path(out) if out else table_path(raw["model_version"])
     write_table(raw, path)
@@ -329,6 +352,9 @@ def summary_text(result: dict[str, Any]) -> str:
                     f"FNIR {_pct(r['fnir'])}, false matches {r['false_matches_observed']:.4g} "
                     f"(expected {r['false_matches_expected']:.4g})"
                 )
+    imp = result.get("impostors")
+    if imp:
+        lines.extend(impostor_summary(imp))
     det = result.get("detection")
     if det:
         cells = {"all": det["overall"]} | det.get("groups", {})
@@ -346,6 +372,40 @@ def summary_text(result: dict[str, Any]) -> str:
                 + ("  FLAGGED" if c["flagged"] else "")
             )
     return "\n".join(lines)
+
+
+def impostor_summary(imp: dict[str, Any]) -> list[str]:
+    """Per-group FMR at each threshold, the max/min comparison and what needs a look."""
+    lines = []
+    cells = {"all": imp["overall"]} | imp["groups"]
+    for g, c in cells.items():
+        if "no_data" in c:
+            lines.append(f"{g}: no data ({c['no_data']})")
+            continue
+        rates = "; ".join(
+            f"{r['name']}: {r['fmr']['value']:.2g} [{r['fmr']['low']:.2g}, {r['fmr']['high']:.2g}]"
+            + (" BROKEN" if r["promise_broken"] else "")
+            for r in c["at_thresholds"]
+        )
+        lines.append(f"{g} ({c['pairs']['impostor']:,} pairs): {rates}")
+    for c in imp["comparisons"]:
+        ratio = "-" if c["max_over_min"] is None else f"{c['max_over_min']:.3g}"
+        note = f" ({c['note']})" if c["note"] else ""
+        lines.append(
+            f"{c['threshold']} FMR: highest {c['highest']}, lowest {c['lowest']}, ratio "
+            f"{ratio}{note}" + ("  FLAGGED" if c["flagged"] else "")
+        )
+    dup = imp["near_duplicates"]
+    lines.append(
+        f"possible duplicates (pairs closer than {dup['distance']}): {dup['count']}"
+        + (" (listed in the report: look at them)" if dup["count"] else "")
+    )
+    if imp["promises_broken"]:
+        lines.append(
+            f"promise broken (FMR interval above 1 - S/100) in {len(imp['promises_broken'])} "
+            "group x threshold cells"
+        )
+    return lines
 
 
 @main.group()
@@ -443,6 +503,56 @@ def evaluate_identify(
     """Identification (1:N): FPIR and FNIR against gallery size and threshold."""
     ev = _evaluation(similarities, cache, workers, replicates, quiet)
     result = ev.identify(Path(gallery), probes_root=Path(probes) if probes else None)
+    _finish(result, out)
+
+
+@evaluate.command("impostors")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@_labels("image path (relative to ROOT)")
+@click.option(
+    "--utkface",
+    is_flag=True,
+    help="Read sex, race and age group (child < 18, adult) from UTKFace file names.",
+)
+@_group_by
+@click.option(
+    "--half",
+    type=click.Choice(["fit", "test"]),
+    default=None,
+    help="Only one half of the people (split by file name): `test` is the half the shipped "
+    "calibration never saw.",
+)
+@click.option(
+    "--duplicate-distance",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="List pairs closer than this as possible duplicates (one person twice).",
+)
+@_common
+@reports_errors
+def evaluate_impostors(
+    root: str,
+    labels_file: str | None,
+    utkface: bool,
+    attributes: tuple[str, ...],
+    half: str | None,
+    duplicate_distance: float,
+    out: str,
+    similarities: tuple[float, ...],
+    cache: str | None,
+    workers: int | None,
+    replicates: int,
+    quiet: bool,
+) -> None:
+    """False-match rates per group on images of distinct people (every image a different
+    person): within and across groups, with intervals, near-duplicates and broken promises."""
+    ev = _evaluation(similarities, cache, workers, replicates, quiet)
+    result = ev.impostors(
+        Path(root), labels_file=Path(labels_file) if labels_file else None,
+        attributes=attributes, utkface=utkface, half=half,
+        duplicate_distance=duplicate_distance,
+    )  # fmt: skip
     _finish(result, out)
 
 

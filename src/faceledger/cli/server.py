@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
+import webbrowser
 
 import click
 
 from ..db import make_engine
 from ..server.app import DEV_BANNER
-from ..server.keys import KeyStore, KeyStoreError
+from ..server.keys import ROLES, KeyStore, KeyStoreError
 from ..server.protocol import model_operations
 from ..server.run import build_app, is_loopback
 from ..server.run import serve as run_server
@@ -63,10 +65,37 @@ def serve(host: str | None, port: int | None, workers: int | None, queue: int | 
                f"{settings.server_port} (region {settings.region}); "
                f"{len(app.operations)} operations; {default_workers(settings.server_workers)} "
                "inference worker(s)", err=True)
+    click.echo(f"faceledger: review console at {scheme}://{settings.server_host}:"
+               f"{settings.server_port}/console/", err=True)
     extra: dict[str, object] = {}
     if ssl_certfile:
         extra = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
     run_server(app, settings.server_host, settings.server_port, **extra)
+
+
+@main.command("console")
+@click.option("--port", type=int, default=None, help="[default: FACELEDGER_SERVER_PORT or 8080]")
+@click.option("--no-browser", is_flag=True, help="Only print the address; do not open a browser.")
+@reports_errors
+def console(port: int | None, no_browser: bool) -> None:
+    """Serve the review console for the local data directory on 127.0.0.1 and open it.
+
+    Sign in with an access key that has a console role (`faceledger keys create ... --role
+    reviewer`). The Rekognition API is served on the same port.
+    """
+    settings = _settings(server_host="127.0.0.1", server_port=port)
+    logging.getLogger("faceledger").setLevel(
+        min(logging.getLogger("faceledger").getEffectiveLevel(), logging.INFO)
+    )
+    app = build_app(settings)
+    url = f"http://127.0.0.1:{settings.server_port}/console/"
+    click.echo(f"faceledger: review console for {settings.data_dir} at {url}", err=True)
+    if not any(k.active and k.console_roles for k in _store(service=app.service).list()):
+        click.echo("no active key has a console role: create one with "
+                   "`faceledger keys create NAME -o '*' -c '*' --role reviewer`", err=True)
+    if not no_browser:
+        threading.Timer(1.5, webbrowser.open, [url]).start()
+    run_server(app, settings.server_host, settings.server_port)
 
 
 @main.group()
@@ -98,10 +127,13 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--rate", type=float, default=None,
               help="Requests per second allowed (ProvisionedThroughputExceededException beyond).")
 @click.option("--admin", is_flag=True, help="May change collection policies.")
+@click.option("--role", "roles", multiple=True, type=click.Choice(ROLES),
+              help="Console role (repeatable): reviewer decides review candidates, auditor "
+                   "reads the ledger and reports, admin changes policies.")
 @click.option("--json", "as_json", is_flag=True)
 @reports_errors
 def keys_create(name: str, operations: tuple[str, ...], collections: tuple[str, ...],
-                rate: float | None, admin: bool, as_json: bool) -> None:
+                rate: float | None, admin: bool, roles: tuple[str, ...], as_json: bool) -> None:
     """Issue a key named NAME; its secret is printed once and cannot be shown again."""
     service = FaceService(Settings())  # for its audit hook: no model is loaded
     store = _store(create_kek=True, service=service)
@@ -109,17 +141,19 @@ def keys_create(name: str, operations: tuple[str, ...], collections: tuple[str, 
     with service.audit("CreateAccessKey", request_context(), uses_model=False) as op:
         issued = store.create(
             name, _split(operations), _split(collections), rate, admin=admin,
-            known_operations=model_operations(), conn=op.conn,
+            roles=roles, known_operations=model_operations(), conn=op.conn,
         )
         info = issued.info
         op.record(access_key_id=info.access_key_id, name=info.name,
                   operations=list(info.operations), collections=list(info.collections),
                   rate_limit=info.rate_limit, admin=info.admin)
+        if info.roles:
+            op.record(roles=list(info.roles))
     if as_json:
         emit_json({"AccessKeyId": info.access_key_id, "SecretAccessKey": issued.secret_access_key,
                    "Name": info.name, "Operations": list(info.operations),
                    "Collections": list(info.collections), "RateLimit": info.rate_limit,
-                   "Admin": info.admin})
+                   "Admin": info.admin, "Roles": list(info.roles)})
         return
     click.echo(f"access key id:     {info.access_key_id}")
     click.echo(f"secret access key: {issued.secret_access_key}")
@@ -136,7 +170,7 @@ def keys_list(as_json: bool) -> None:
     if as_json:
         emit_json([{"AccessKeyId": k.access_key_id, "Name": k.name, "Active": k.active,
                     "Operations": list(k.operations), "Collections": list(k.collections),
-                    "RateLimit": k.rate_limit, "Admin": k.admin,
+                    "RateLimit": k.rate_limit, "Admin": k.admin, "Roles": list(k.roles),
                     "CreatedAt": k.created_at.isoformat(),
                     "RevokedAt": k.revoked_at.isoformat() if k.revoked_at else None}
                    for k in rows])
@@ -147,6 +181,7 @@ def keys_list(as_json: bool) -> None:
         state = "active" if k.active else f"revoked {k.revoked_at:%Y-%m-%d %H:%M}"
         rate = "" if k.rate_limit is None else f"  rate {k.rate_limit:g}/s"
         rate += "  admin" if k.admin else ""
+        rate += f"  roles {','.join(k.roles)}" if k.roles else ""
         click.echo(f"{k.access_key_id}  {k.name:<20} {state:<24} "
                    f"operations {','.join(k.operations)}  collections "
                    f"{','.join(k.collections)}{rate}")

@@ -2,5 +2,5 @@
 quality-filter rates, per group, on LFW-format pair lists and folder-per-identity datasets.
 
 The error rates themselves (FMR, FNMR, ROC, confidence intervals) are computed in one place,
-`evaluation.metrics`, which the calibration tables are built from too.
+`faceledger.rates`, which the calibration tables are built from too.
 """

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,9 +208,18 @@ def age_band(age: int) -> str:
     return "70+" if age >= 70 else f"{age // 10 * 10}-{age // 10 * 10 + 9}"
 
 
+ADULT_AGE = 18
+
+
+def age_group(age: int) -> str:
+    """`child` under 18, `adult` from 18: children's faces match far more often by mistake
+    (docs/accuracy.md), so they get rows of their own."""
+    return "child" if age < ADULT_AGE else "adult"
+
+
 def utkface_labels(images: ImageSet) -> Labels:
-    """Sex, race and age band from UTKFace file names (images whose name does not parse are
-    left unlabelled)."""
+    """Sex, race, age band and age group from UTKFace file names (images whose name does not
+    parse are left unlabelled)."""
     by_key: dict[str, dict[str, str]] = {}
     for key in images.keys:
         m = re.fullmatch(r"(\d+)_([01])_([0-4])_.*", Path(key).name)
@@ -218,5 +228,25 @@ def utkface_labels(images: ImageSet) -> Labels:
                 "sex": _UTK_SEX[m.group(2)],
                 "race": _UTK_RACE[m.group(3)],
                 "age_band": age_band(int(m.group(1))),
+                "age_group": age_group(int(m.group(1))),
             }
-    return Labels(["sex", "race", "age_band"], by_key)
+    return Labels(["sex", "race", "age_band", "age_group"], by_key)
+
+
+HALVES = ("fit", "test")
+
+
+def people_half(key: str) -> str:
+    """Which half of a set of distinct people an image belongs to, from its file name alone
+    (SHA-256 of the name, so anyone gets the same split): the shipped calibration and score
+    normalisation are fitted on the `fit` half of utkface-balanced, never on `test`."""
+    digest = hashlib.sha256(Path(key).name.encode("utf-8")).digest()
+    return HALVES[digest[0] & 1]
+
+
+def select_half(images: ImageSet, half: str) -> ImageSet:
+    """The images of one half (`fit` or `test`), each still its own identity."""
+    if half not in HALVES:
+        raise InvalidParameterException(f"half must be one of {', '.join(HALVES)}.")
+    keys = [k for k in images.keys if people_half(k) == half]
+    return ImageSet(images.root, keys, list(range(len(keys))), keys)

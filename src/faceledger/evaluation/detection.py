@@ -14,7 +14,7 @@ from typing import Any
 
 from .enrolment import Enrolment
 from .groups import ratio_and_note
-from .metrics import Interval, intervals_overlap, wilson_interval
+from ..rates import Interval, intervals_overlap, wilson_interval
 
 LEVELS = ("LOW", "MEDIUM", "HIGH")
 

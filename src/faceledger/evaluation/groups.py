@@ -13,8 +13,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .datasets import ImageSet, Labels, PairList
-from .metrics import ClusteredPairs, Interval, intervals_overlap
-from .verification import histogram, score_edges
+from ..rates import ClusteredPairs, Interval, intervals_overlap
+from .verification import HalfOffsets, histogram, offsets_of, score_edges
 
 UNLABELLED = None
 
@@ -106,6 +106,7 @@ def groups_all_pairs(
     *,
     replicates: int = 200,
     seed: int = 0,
+    half_offsets: HalfOffsets | None = None,
 ) -> dict[str, Any]:
     """Per-group FMR (within-group impostor pairs) and FNMR over every pair of a folder set."""
     ident = np.asarray(images.identity)
@@ -116,8 +117,9 @@ def groups_all_pairs(
     for g in labels:
         idx = np.flatnonzero(garr == g)
         cps[g] = ClusteredPairs.from_embeddings(
-            templates[idx], ident[idx], max_fmr=1e-2, min_cutoff=cutoff
-        )
+            templates[idx], ident[idx], max_fmr=1e-2, min_cutoff=cutoff,
+            offsets=offsets_of(templates[idx], half_offsets),
+        )  # fmt: skip
     edges = score_edges(
         *(c.genuine for c in cps.values()),
         *(np.asarray(c.impostor, dtype=np.float64) for c in cps.values()),

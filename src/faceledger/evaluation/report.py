@@ -9,7 +9,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from ..calibration.build import json_safe
+from .calibrate import json_safe
 from .svg import Chart, Series, render
 
 CSS = """
@@ -311,6 +311,61 @@ def _detection_html(det: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _impostors_html(imp: dict[str, Any], result: dict[str, Any]) -> str:
+    parts = [f"<h2>False-match rates per group</h2><p>{escape(imp['design'])}. A threshold's "
+             "promise is broken for a group (<span class=flag>broken</span>) when even the low "
+             "end of the group's 95% interval is above 1 &minus; S/100.</p>"]  # fmt: skip
+    rows = []
+    for g, c in ({"all images": imp["overall"]} | imp["groups"]).items():
+        if "no_data" in c:
+            rows.append([escape(g), _num(c["images"], ","), "0", "no data", "", ""])
+            continue
+        for t in c["at_thresholds"]:
+            rows.append([
+                escape(g), _num(c["images"], ","), _num(c["pairs"]["impostor"], ","),
+                escape(t["name"]), _ci(t["fmr"]) + f" <span class=muted>({t['impostor_matches']:,})</span>",
+                _num(t["nominal_fmr"], ".3g")
+                + (' <span class="flag">broken</span>' if t["promise_broken"] else ""),
+            ])  # fmt: skip
+    parts.append(_table(["group", "images", "impostor pairs", "threshold",
+                         "FMR [95%] (matches)", "promised at most"], rows))  # fmt: skip
+    rows = []
+    for c in imp["comparisons"]:
+        flag = '<span class="flag">differs</span>' if c["flagged"] else "overlap"
+        ratio = _num(c["max_over_min"], ".3g") + (f" <span class=muted>{escape(c['note'])}</span>"
+                                                   if c["note"] else "")  # fmt: skip
+        rows.append([escape(c["threshold"]), escape(c["highest"]), escape(c["lowest"]), ratio,
+                     flag])  # fmt: skip
+    parts.append("<h3>Highest / lowest group</h3>")
+    parts.append(_table(["threshold", "highest", "lowest", "max/min", "95% intervals"], rows))
+    rows = []
+    for c in imp["cross_groups"]:
+        rows.append([escape(" x ".join(c["groups"])), _num(c["pairs"], ",")]
+                    + [_ci(t["fmr"]) for t in c["at_thresholds"]])  # fmt: skip
+    names = [t["name"] for t in imp["overall"]["at_thresholds"]]
+    parts.append("<h3>Across groups</h3><p>Pairs of two people from different groups "
+                 "(Wilson intervals).</p>")  # fmt: skip
+    parts.append(_table(["groups", "pairs", *names], rows))
+    dup = imp["near_duplicates"]
+    parts.append(f"<h3>Possible duplicates</h3><p>{dup['count']:,} pairs closer than "
+                 f"{dup['distance']}: perhaps one person twice. Look at them; they are counted "
+                 "in the rates above.</p>")  # fmt: skip
+    if dup["pairs"]:
+        parts.append(_table(["image", "image", "distance"],
+                            [[escape(p["a"]), escape(p["b"]), _num(p["distance"], ".4f")]
+                             for p in dup["pairs"]]))  # fmt: skip
+    series = []
+    for g, c in imp["groups"].items():
+        if "distributions" in c:
+            x, y = _density(imp["edges"], c["distributions"]["impostor"])
+            series.append(Series(g, x, y, dashed=True))
+    if series:
+        parts.append('<div class="charts">' + render(Chart(
+            "impostor distances per group", "distance", "density", series,
+            marks=_threshold_marks(result, "distance"), uid="imp")) + "</div>")  # fmt: skip
+    return "\n".join(parts)
+
+
 def render_html(result: dict[str, Any]) -> str:
     """The HTML page for an evaluation result."""
     title = f"faceledger evaluate {result['kind']}: {result['model_version']}"
@@ -350,6 +405,8 @@ def render_html(result: dict[str, Any]) -> str:
         parts.append(_groups_html(result["groups"], result))
     if "identification" in result:
         parts.append(_identification_html(result["identification"]))
+    if "impostors" in result:
+        parts.append(_impostors_html(result["impostors"], result))
     if "detection" in result:
         parts.append(_detection_html(result["detection"]))
     parts.append("</body></html>")

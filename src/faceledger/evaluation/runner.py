@@ -13,12 +13,18 @@ from ..errors import InvalidParameterException, ResourceNotFoundException
 from ..service.core import DEFAULT_COMPARE_FMR
 from ..settings import Settings
 from ..vision import FacePipeline
-from .datasets import ImageSet, Labels, load_folders, load_images, load_labels, load_pairs
+from .datasets import (
+    ImageSet, Labels, load_folders, load_images, load_labels, load_pairs, select_half,
+    utkface_labels,
+)  # fmt: skip
 from .detection import detection_rates
 from .enrolment import Enrolment, default_cache_dir, enrol_files, template_matrix
 from .groups import groups_all_pairs, groups_pair_list, image_groups
 from .identification import identification, split_gallery
-from .verification import TAR_FMRS, evaluate_all_pairs, evaluate_pair_list, pair_distances
+from .impostors import DEFAULT_DUPLICATE_DISTANCE, impostor_rates
+from .verification import (
+    TAR_FMRS, HalfOffsets, evaluate_all_pairs, evaluate_pair_list, pair_distances,
+)  # fmt: skip
 
 # The service's CompareFaces default (FMR 1e-4, Similarity 99.99) and the decades either side.
 DEFAULT_SIMILARITIES = tuple(
@@ -66,6 +72,11 @@ class Evaluation:
             raise ResourceNotFoundException(
                 f"{exc}: build one with `faceledger calibration build --lfw PATH`"
             ) from exc
+
+    @property
+    def half_offsets(self) -> HalfOffsets | None:
+        """The calibration's score normalisation, applied to every distance evaluated."""
+        return self.table.half_offsets if self.table.normaliser is not None else None
 
     def thresholds(self) -> dict[str, float]:
         """Named operating thresholds (raw distances) from the calibration table."""
@@ -174,12 +185,14 @@ class Evaluation:
         )
         out["enrolment"] = self.enrolment_summary(pl.images, enr)
         out["verification"] = evaluate_pair_list(
-            pl, tmpl, th, train=train_arg, replicates=self.replicates, seed=self.seed
-        )
+            pl, tmpl, th, train=train_arg, replicates=self.replicates, seed=self.seed,
+            half_offsets=self.half_offsets,
+        )  # fmt: skip
         if groups is not None:
             out["groups"] = groups_pair_list(
-                pl, pair_distances(pl, tmpl), groups, th, replicates=self.replicates, seed=self.seed
-            )
+                pl, pair_distances(pl, tmpl, self.half_offsets), groups, th,
+                replicates=self.replicates, seed=self.seed,
+            )  # fmt: skip
         return out
 
     def folders(
@@ -199,12 +212,13 @@ class Evaluation:
         out["enrolment"] = self.enrolment_summary(images, enr)
         out["verification"], _ = evaluate_all_pairs(
             tmpl, images.identity, th, fmr_targets=TAR_FMRS, replicates=self.replicates,
-            seed=self.seed,
+            seed=self.seed, half_offsets=self.half_offsets,
         )  # fmt: skip
         if groups is not None:
             out["groups"] = groups_all_pairs(
-                tmpl, images, groups, th, replicates=self.replicates, seed=self.seed
-            )
+                tmpl, images, groups, th, replicates=self.replicates, seed=self.seed,
+                half_offsets=self.half_offsets,
+            )  # fmt: skip
         return out
 
     def identify(self, gallery_root: Path, *, probes_root: Path | None = None) -> dict[str, Any]:
@@ -240,8 +254,55 @@ class Evaluation:
         if p_summary is not None:
             out["probe_enrolment"] = p_summary
         out["identification"] = identification(
-            gallery, gallery_ids, probes, probe_ids, th, fmr, seed=self.seed
+            gallery, gallery_ids, probes, probe_ids, th, fmr, seed=self.seed,
+            half_offsets=self.half_offsets,
+        )  # fmt: skip
+        return out
+
+    def impostors(
+        self,
+        root: Path,
+        *,
+        labels_file: Path | None = None,
+        attributes: Sequence[str] = (),
+        utkface: bool = False,
+        half: str | None = None,
+        duplicate_distance: float = DEFAULT_DUPLICATE_DISTANCE,
+    ) -> dict[str, Any]:
+        """False-match rates per group on images of distinct people (no identities needed):
+        within and across groups, near-duplicates listed, promises checked."""
+        images = load_images(root)
+        if half is not None:
+            images = select_half(images, half)
+        labels = None
+        if utkface:
+            labels = utkface_labels(images)
+            attributes = list(attributes) or ["sex", "race", "age_group"]
+        if labels is None and labels_file is None:
+            raise InvalidParameterException(
+                "impostor rates per group need labels: --utkface, or --labels FILE --by ATTRIBUTE."
+            )
+        groups = self._groups(images, labels_file, attributes, labels)
+        assert groups is not None
+        enr = self.enrol(images)
+        th = self.thresholds()
+        nominal = {n: float(v["nominal_fmr"]) for n, v in self.threshold_info().items()}
+        out = self.header(
+            "impostors",
+            {
+                "root": str(root),
+                "labels": "UTKFace file names" if utkface else str(labels_file or ""),
+                "half": half or "all",
+                "assumption": "every image is a different person",
+            },
         )
+        out["enrolment"] = self.enrolment_summary(images, enr)
+        out["impostors"] = impostor_rates(
+            template_matrix(enr), images.keys, groups, th, nominal,
+            duplicate_distance=duplicate_distance, replicates=self.replicates, seed=self.seed,
+            half_offsets=self.half_offsets,
+        )  # fmt: skip
+        out["impostors"]["group_by"] = list(attributes)
         return out
 
     def detection(
@@ -256,8 +317,6 @@ class Evaluation:
         images = load_images(root)
         labels = None
         if utkface:
-            from .datasets import utkface_labels
-
             labels = utkface_labels(images)
             attributes = list(attributes) or ["sex", "race"]
         groups = self._groups(images, labels_file, attributes, labels)

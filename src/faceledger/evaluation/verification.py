@@ -1,6 +1,6 @@
 """Verification (1:1) results: LFW pair-list protocols and all-pairs on folder datasets.
 
-Every number comes from `evaluation.metrics`; this module decides which pairs to score and
+Every number comes from `faceledger.rates`; this module decides which pairs to score and
 assembles the report sections (accuracy protocol, ROC, AUC, TAR at FMR, rates at thresholds).
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .datasets import PairList
-from .metrics import (
+from ..rates import (
     ClusteredPairs,
     accuracy,
     auc,
@@ -39,9 +39,23 @@ def score_edges(*arrays: NDArray[Any], bins: int = 60) -> NDArray[np.float64]:
     return np.linspace(0.0, max(top, 1e-6) * 1.0001, bins + 1)
 
 
-def pair_distances(pairs: PairList, templates: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Distance of each listed pair (+inf where an image failed to enrol)."""
-    return distances_of_pairs(templates, pairs.a, pairs.b)
+# A calibration's score normalisation: each template's half-offset (`CalibrationTable.half_offsets`).
+HalfOffsets = Callable[[NDArray[np.float64]], NDArray[np.float64]]
+
+
+def offsets_of(templates: NDArray[np.float64], half_offsets: HalfOffsets | None) -> NDArray[np.float64] | None:
+    """The normalisation offsets of these templates (None: raw distances)."""
+    return None if half_offsets is None else half_offsets(templates)
+
+
+def pair_distances(
+    pairs: PairList, templates: NDArray[np.float64], half_offsets: HalfOffsets | None = None
+) -> NDArray[np.float64]:
+    """Distance of each listed pair (+inf where an image failed to enrol), normalised as the
+    calibration in use is."""
+    return distances_of_pairs(
+        templates, pairs.a, pairs.b, offsets=offsets_of(templates, half_offsets)
+    )
 
 
 def _clustered(
@@ -147,12 +161,15 @@ def evaluate_pair_list(
     fmr_targets: Sequence[float] = TAR_FMRS,
     replicates: int = 200,
     seed: int = 0,
+    half_offsets: HalfOffsets | None = None,
 ) -> dict[str, Any]:
     """Verification on an LFW-format pair list; `train` = (list, its templates) for View 1."""
-    d = pair_distances(pairs, templates)
+    d = pair_distances(pairs, templates, half_offsets)
     failed = np.asarray(np.isnan(templates).any(axis=1), dtype=bool)
     fte_pairs = int((failed[np.asarray(pairs.a)] | failed[np.asarray(pairs.b)]).sum())
-    train_d = None if train is None else (train[0], pair_distances(train[0], train[1]))
+    train_d = (
+        None if train is None else (train[0], pair_distances(train[0], train[1], half_offsets))
+    )
     cp = _clustered(pairs, d)
     out = verification_section(
         cp, thresholds, fmr_targets=fmr_targets, replicates=replicates, seed=seed
@@ -172,6 +189,7 @@ def evaluate_all_pairs(
     replicates: int = 200,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    half_offsets: HalfOffsets | None = None,
 ) -> tuple[dict[str, Any], ClusteredPairs]:
     """Verification over every genuine and every cross-identity pair of a folder dataset."""
     cp = ClusteredPairs.from_embeddings(
@@ -179,6 +197,7 @@ def evaluate_all_pairs(
         identity,
         max_fmr=max(fmr_targets, default=0.01),
         min_cutoff=max(thresholds.values(), default=0.0),
+        offsets=offsets_of(templates, half_offsets),
         progress=progress,
     )
     return verification_section(

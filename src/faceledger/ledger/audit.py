@@ -59,6 +59,8 @@ class AuditedOperation:
         self.thresholds: dict[str, Any] = {}
         self.params: dict[str, Any] = {}
         self.result: dict[str, Any] = {}
+        # a search's probe face (box and landmarks), kept with candidates held for review
+        self.probe_face: Shape | None = None
         self._conn: Connection | None = None
         self._tx: RootTransaction | None = None
 
@@ -191,6 +193,7 @@ class AuditedOperation:
             requested_by=self.ctx.principal, purpose=self.ctx.purpose, case=self.ctx.case,
             probe_sha256=self.images[0] if self.images else None,
             required=self.policy.reviewers_required, now=utc_now(),
+            probe_face=self.probe_face,
         )
         self.record(held_for_review=ids, reviewers_required=self.policy.reviewers_required)
         held = dict(response)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+from ..db import add_missing_columns
 from ..errors import InvalidParameterException
 from . import schema
 from .events import ChainedEvent, Event, format_time, utc_now
@@ -91,6 +92,7 @@ class Ledger:
         except (OperationalError, ProgrammingError):
             # Another process created them between our check and our CREATE.
             schema.metadata.create_all(self.engine)
+        add_missing_columns(self.engine, schema.metadata)  # probe_face on older databases
         with self.engine.begin() as conn:
             exists = conn.execute(select(schema.head.c.id).where(schema.head.c.id == 1)).first()
         if exists is None:

@@ -42,3 +42,9 @@ class ReviewRefusal(Refusal, AccessDeniedException):
     def __init__(self, rule: str, message: str) -> None:
         super().__init__(message)
         self.rule = rule
+
+
+class RoleRequired(Refusal, AccessDeniedException):
+    """The caller's key lacks the console role this needs (reviewer, auditor or admin)."""
+
+    rule = "role_required"

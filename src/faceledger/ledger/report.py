@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from ..calibration import load_calibration
+from ..calibration.coverage import coverage_lines
 from ..shapes import Shape
 from . import schema
 from .chain import Ledger
@@ -57,7 +58,8 @@ def model_card(model_version: str) -> dict[str, Any]:
         table = load_calibration(model_version)
     except (LookupError, ValueError, KeyError) as exc:
         return {"available": False, "reason": str(exc)}
-    return {"available": True, "provenance": table.provenance}
+    return {"available": True, "populations": coverage_lines(table),
+            "provenance": table.provenance}  # fmt: skip
 
 
 def build(ledger: Ledger, start: datetime, end: datetime, *, generated_by: str,
@@ -260,6 +262,9 @@ def render_html(report: Mapping[str, Any]) -> str:
     for m in report["models"]:
         models.append(f"<h3>{_e(m['model_version'])} <small>({m['events']} events)</small></h3>")
         if m.get("available"):
+            models.append("<h4>Whom the scores were measured for</h4><ul>"
+                          + "".join(f"<li>{_e(line)}</li>" for line in m.get("populations", []))
+                          + "</ul>")  # fmt: skip
             models.append(_table(_flat(m.get("provenance") or {}), ("measured", "value")))
         else:
             models.append(f"<p class=bad>No published calibration: {_e(m.get('reason'))}</p>")

@@ -9,6 +9,7 @@ compares the case file's probe photo with the enrolled photo of that face.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,7 +44,8 @@ class Match:
 
 def hold(conn: Connection, matches: Sequence[Match], *, operation: str, collection: str,
          request_id: str | None, requested_by: str, purpose: str | None, case: str | None,
-         probe_sha256: str | None, required: int, now: datetime) -> list[str]:
+         probe_sha256: str | None, required: int, now: datetime,
+         probe_face: Shape | None = None) -> list[str]:
     """Store `matches` as PENDING candidates; return their ids."""
     ids: list[str] = []
     for m in matches:
@@ -52,7 +54,9 @@ def hold(conn: Connection, matches: Sequence[Match], *, operation: str, collecti
             id=cid, request_id=request_id, operation=operation, collection=collection,
             face_id=m.face_id, user_id=m.user_id, external_image_id=m.external_image_id,
             similarity=float(m.similarity), false_match_rate=m.false_match_rate,
-            probe_sha256=probe_sha256, requested_by=requested_by, purpose=purpose,
+            probe_sha256=probe_sha256,
+            probe_face=None if probe_face is None else json.dumps(probe_face),
+            requested_by=requested_by, purpose=purpose,
             case_ref=case, required=required, status=PENDING, created_at=format_time(now),
         ))
         ids.append(cid)
@@ -87,6 +91,7 @@ def _shape(row: Any, reviews: list[Shape]) -> Shape:
         "Similarity": row.similarity,
         "FalseMatchRate": row.false_match_rate,
         "ProbeImageSha256": row.probe_sha256,
+        "ProbeFace": json.loads(row.probe_face) if row.probe_face else None,
         "RequestId": row.request_id,
         "RequestedBy": row.requested_by,
         "Purpose": row.purpose,

@@ -91,6 +91,8 @@ candidates = Table(
     Column("similarity", Float, nullable=False),
     Column("false_match_rate", Float),
     Column("probe_sha256", HASH),
+    # the probe's face box and landmarks as JSON (ratios of the probe image), for the console
+    Column("probe_face", Text),
     Column("requested_by", NAME, nullable=False),
     Column("purpose", NAME),
     Column("case_ref", NAME),

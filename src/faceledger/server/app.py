@@ -42,6 +42,7 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+ASGIHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PURPOSE_HEADER = "x-faceledger-purpose"
 CASE_HEADER = "x-faceledger-case"
@@ -78,6 +79,7 @@ class RekognitionApp:
         dev_mode: bool = False,
         warm_up: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        console: ASGIHandler | None = None,
     ) -> None:
         if keys is None and not dev_mode:
             raise ValueError("a key store is required unless dev_mode is on")
@@ -97,12 +99,18 @@ class RekognitionApp:
                                        thread_name_prefix="faceledger-worker")
         self.max_skew = timedelta(seconds=s.clock_skew_seconds)
         self.operations = frozenset(protocol.implemented_operations(service))
+        # the review console (faceledger.console), served under /console on the same port
+        self.console = console
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
-            await self._http(scope, receive, send)
+            path = str(scope.get("path", ""))
+            if self.console is not None and (path == "/console" or path.startswith("/console/")):
+                await self.console(scope, receive, send)
+            else:
+                await self._http(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

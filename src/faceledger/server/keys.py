@@ -48,11 +48,15 @@ from sqlalchemy import (
     update,
 )
 
+from ..db import add_missing_columns
 from ..errors import InvalidParameterException, ResourceNotFoundException
 from ..settings import Settings
 from .sigv4 import signing_key
 
 KEY_ID_PREFIX = "FLK"
+# Console roles: reviewers decide review candidates, auditors read the ledger and reports,
+# admins change policies (an admin key has every role).
+ROLES = ("reviewer", "auditor", "admin")
 _BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
 metadata = MetaData()
@@ -71,6 +75,8 @@ api_keys = Table(
     Column("rate_limit", Float, nullable=True),  # requests per second, None: unlimited
     # admins may change collection policies (RequestContext.admin)
     Column("admin", Boolean, nullable=False, default=False),
+    # console roles (JSON list of ROLES); NULL for keys made before roles existed: none
+    Column("roles", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
@@ -92,6 +98,12 @@ class KeyInfo:
     created_at: datetime
     revoked_at: datetime | None
     admin: bool = False
+    roles: tuple[str, ...] = ()
+
+    @property
+    def console_roles(self) -> frozenset[str]:
+        """The roles this key holds in the console (admin keys hold the admin role)."""
+        return frozenset(self.roles) | ({"admin"} if self.admin else set())
 
     @property
     def active(self) -> bool:
@@ -198,6 +210,7 @@ class KeyStore:
         self.engine = engine
         self._kek = kek
         metadata.create_all(engine, checkfirst=True)
+        add_missing_columns(engine, metadata)  # roles, on databases made before it
 
     @classmethod
     def open(cls, settings: Settings, engine: Engine, *, create_kek: bool = False) -> KeyStore:
@@ -211,6 +224,7 @@ class KeyStore:
         rate_limit: float | None = None,
         *,
         admin: bool = False,
+        roles: Iterable[str] = (),
         known_operations: Sequence[str] | None = None,
         conn: Connection | None = None,
     ) -> IssuedKey:
@@ -223,6 +237,12 @@ class KeyStore:
             raise InvalidParameterException("a key name of 1 to 128 characters is required")
         ops = check_patterns(operations, known_operations, "operation")
         cols = check_patterns(collections, None, "collection")
+        role_list = tuple(sorted({r.strip() for r in roles if r.strip()}))
+        unknown = [r for r in role_list if r not in ROLES]
+        if unknown:
+            raise InvalidParameterException(
+                f"unknown role {unknown[0]!r}: roles are {', '.join(ROLES)}")
+        admin = admin or "admin" in role_list  # the admin role is the admin flag
         if rate_limit is not None and not rate_limit > 0:
             raise InvalidParameterException("rate limit must be a positive number of requests/s")
         key_id = _new_key_id()
@@ -236,10 +256,10 @@ class KeyStore:
                     access_key_id=key_id, name=name, sealed_secret=sealed,
                     kek_id=kek_fingerprint(self._kek), operations=json.dumps(ops),
                     collections=json.dumps(cols), rate_limit=rate_limit, admin=admin,
-                    created_at=now,
+                    roles=json.dumps(role_list), created_at=now,
                 )
             )
-        info = KeyInfo(key_id, name, ops, cols, rate_limit, now, None, admin)
+        info = KeyInfo(key_id, name, ops, cols, rate_limit, now, None, admin, role_list)
         return IssuedKey(info, secret)
 
     def list(self) -> list[KeyInfo]:
@@ -320,4 +340,5 @@ class KeyStore:
             created_at=_as_utc(r["created_at"]) or datetime.now(UTC),
             revoked_at=_as_utc(r["revoked_at"]),
             admin=bool(r["admin"]),
+            roles=tuple(json.loads(r["roles"])) if r.get("roles") else (),
         )

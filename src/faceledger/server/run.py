@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import uvicorn
 
+from ..console import build_console
 from ..service import FaceService
 from ..settings import Settings
 from ..vision.pool import PipelinePool, default_workers
@@ -37,6 +38,7 @@ def build_app(
     dev_mode: bool = False,
     service: FaceService | None = None,
     warm_up: bool = True,
+    console: bool = True,
 ) -> RekognitionApp:
     """The app for `settings`: a FaceService reading configured buckets, keys in its database."""
     if service is None:
@@ -49,7 +51,8 @@ def build_app(
     if not dev_mode and not any(k.active for k in keys.list()):
         log.warning("no active API keys: every request will be refused; "
                     "create one with `faceledger keys create`")
-    return RekognitionApp(service, keys, settings, dev_mode=dev_mode, warm_up=warm_up)
+    return RekognitionApp(service, keys, settings, dev_mode=dev_mode, warm_up=warm_up,
+                          console=build_console(service, keys) if console else None)
 
 
 def uvicorn_config(app: RekognitionApp, host: str, port: int, **extra: object) -> uvicorn.Config:

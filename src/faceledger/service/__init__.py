@@ -9,11 +9,12 @@ from .collections import CollectionOperations
 from .core import ServiceCore
 from .governance import GovernanceOperations
 from .images import ImageOperations
+from .oversight import OversightOperations
 from .users import UserOperations
 
 
-class FaceService(ImageOperations, UserOperations, CollectionOperations, GovernanceOperations,
-                  ServiceCore):
+class FaceService(ImageOperations, OversightOperations, UserOperations, CollectionOperations,
+                  GovernanceOperations, ServiceCore):
     """Every faceledger operation, Rekognition request and response shapes."""
 
 

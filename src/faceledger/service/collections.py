@@ -27,7 +27,7 @@ from ..errors import (
     InvalidParameterException,
 )
 from ..ledger import AuditedOperation
-from ..shapes import Shape, bounding_box, face_detail
+from ..shapes import Shape, bounding_box, face_detail, landmarks
 from ..sources import ImageInput
 from ..store import Catalog, CollectionRow, FaceRow, NewFace, VectorIndex, open_store
 from ..store.catalog import request_hash
@@ -44,6 +44,10 @@ from .core import ServiceCore, check_enum
 ARN_PREFIX = "arn:faceledger:rekognition:local:000000000000:collection/"
 
 MAX_SEARCH_FACES = 4096
+# With score normalisation the index's raw-distance ranking is re-scored: candidates fetched
+# per face asked for (at least EXTRA more), so that a face moved up by normalisation is seen.
+NORMALISED_CANDIDATES_FACTOR = 4
+NORMALISED_CANDIDATES_EXTRA = 64
 DEFAULT_SEARCH_FACES = 100
 DEFAULT_LIST_RESULTS = 1000
 MAX_LIST_RESULTS = 4096
@@ -193,7 +197,10 @@ class CollectionOperations(ServiceCore):
                 NewFace(
                     face_id=m.new_id(), image_id=image_id, external_image_id=ext,
                     box=m.box(bounding_box(f.box, img.width, img.height)),
-                    confidence=f.confidence, embedding=m.template(f), image_sha256=img.sha256,
+                    confidence=f.confidence, embedding=m.template(f),
+                    image_sha256=img.sha256,
+                    landmarks=tuple((lm["Type"], lm["X"], lm["Y"])
+                                    for lm in landmarks(f, img.width, img.height)),
                 )
                 for f in chosen
             ]
@@ -345,6 +352,9 @@ class CollectionOperations(ServiceCore):
                     + ("" if qf == "NONE" or not faces else f" that meets QualityFilter {qf}")
                     + ".")
             face = usable[0]
+            # where the probe's face is, kept with any review candidate (never the photo)
+            op.probe_face = {"BoundingBox": bounding_box(face.box, img.width, img.height),
+                             "Landmarks": landmarks(face, img.width, img.height)}
             vec = self.pipeline.embed_boxes(img.pixels, [face.box])[0]
             with self.catalog.read() as conn:  # faces may have come and gone meanwhile
                 coll = self._usable(self.catalog.collection(conn, cid))
@@ -399,15 +409,21 @@ class CollectionOperations(ServiceCore):
         """Candidate faces from the index, re-scored exactly: rows and their distance to the
         nearest probe (float64, from the catalog's templates). Candidates that cannot reach
         `min_similarity` are dropped before the catalog is read."""
+        cal = self.calibration
+        if cal.normaliser is not None:
+            # The index ranks by raw distance; normalisation can reorder neighbours a little:
+            # take more candidates than asked, re-score them all, keep the best.
+            k = max(NORMALISED_CANDIDATES_FACTOR * k, k + NORMALISED_CANDIDATES_EXTRA)
         k = min(k, max(coll.face_count, 1))
         keys: dict[int, None] = {}
         for p in probes:
             near, approx = self.index.nearest(coll.pk, coll.version, p, k)
-            if min_similarity is not None and len(near):
+            if min_similarity is not None and len(near) and cal.normaliser is None:
                 # The engine's float32 distances, shrunk by far more than their rounding error:
                 # an optimistic similarity, so that no face that really passes is dropped.
+                # (Normalised scores depend on each face's template: all are re-scored below.)
                 shrunk = np.maximum(approx.astype(np.float64) * (1 - 1e-4) - 1e-5, 0.0)
-                near = near[self.calibration.similarity(shrunk) >= min_similarity]
+                near = near[cal.similarity(shrunk) >= min_similarity]
             for key in near.tolist():
                 if key not in exclude:
                     keys[key] = None
@@ -417,9 +433,8 @@ class CollectionOperations(ServiceCore):
                 and (not with_user or found[key].user_pk is not None)]
         if not rows:
             return [], np.zeros(0, dtype=np.float64)
-        mat = np.stack([r.embedding for r in rows if r.embedding is not None]).astype(np.float64)
-        pro = np.stack(probes).astype(np.float64)
-        dist = np.sqrt(((mat[:, None, :] - pro[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
+        mat = np.stack([r.embedding for r in rows if r.embedding is not None])
+        dist = cal.distances(np.stack(probes), mat).min(axis=0)
         return rows, dist
 
     def _info(self, name: str, similarity: float, fmr: float, searched: int) -> Shape:

@@ -22,7 +22,7 @@ from ..ledger import Anchor, CollectionPolicy, FaceRemover, retention, review, v
 from ..ledger import export as case_export
 from ..ledger.events import format_time, parse_time, utc_now
 from ..ledger.policy import check_collection_id, load_policy, policies_with_retention, store_policy
-from ..ledger.refusals import AdminRequired
+from ..ledger.refusals import AdminRequired, RoleRequired
 from ..ledger.report import build as build_report
 from ..shapes import Shape
 from .core import ServiceCore, check_enum
@@ -67,6 +67,19 @@ class GovernanceOperations(ServiceCore):
             return
         with self.audit(operation, ctx, collection=collection, uses_model=False):
             raise AdminRequired(f"{operation} needs an admin key; {ctx.principal} is not one.")
+
+    def _require_role(self, operation: str, ctx: RequestContext, roles: Sequence[str],
+                      collection: str | None = None) -> None:
+        """Refuse (and log the refusal) unless the caller holds one of `roles` and may see
+        `collection`."""
+        if collection is not None and not ctx.sees_collection(collection):
+            with self.audit(operation, ctx, collection=collection, uses_model=False):
+                raise RoleRequired(f"{ctx.principal} may not see collection {collection}.")
+        if ctx.has_role(*roles):
+            return
+        with self.audit(operation, ctx, collection=collection, uses_model=False):
+            raise RoleRequired(f"{operation} needs the {' or '.join(roles)} role; "
+                               f"{ctx.principal} does not hold it.")
 
     # -- policies ----------------------------------------------------------------------
 
@@ -135,6 +148,7 @@ class GovernanceOperations(ServiceCore):
         """Confirm or reject a candidate as reviewer `ctx.principal`, with a reason (logged)."""
         current = self.get_review_candidate(candidate_id, ctx=ctx)
         check_enum(decision, review.DECISIONS, "Decision")
+        self._require_role("ReviewCandidate", ctx, ("reviewer",), current["CollectionId"])
         # The decision belongs to the search's case, so the case export carries it.
         rctx = dataclasses.replace(ctx, case=ctx.case or current["CaseReference"],
                                    purpose=ctx.purpose or current["Purpose"])

@@ -92,7 +92,7 @@ class ImageOperations(ServiceCore):
         unmatched: list[Shape] = []
         if targets:
             vectors = np.stack([f.embedding for f in targets if f.embedding is not None])
-            distances = np.linalg.norm(vectors - source_vec, axis=1)
+            distances = cal.distances(source_vec, vectors)[0]
             similarities = cal.similarity(distances)
             for face, sim in zip(targets, similarities):
                 shape = compared_face(face, tgt.width, tgt.height)

@@ -148,9 +148,7 @@ class UserOperations(CollectionOperations):
                     continue
                 assert row.embedding is not None
                 if members:
-                    d = float(np.min(np.linalg.norm(
-                        np.stack(members).astype(np.float64) - row.embedding.astype(np.float64),
-                        axis=1)))
+                    d = float(np.min(self.calibration.distances(row.embedding, np.stack(members))))
                     sim = float(self.calibration.similarity(d))
                     if sim < threshold:
                         failed.append({"FaceId": fid, "UserId": uid, "Confidence": sim,

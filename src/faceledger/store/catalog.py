@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from numpy.typing import NDArray
 from sqlalchemy import Connection, Engine
 
+from ..db import add_missing_columns
 from ..errors import (
     ConflictException,
     IdempotentParameterMismatchException,
@@ -90,9 +91,11 @@ faces = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     # float32 little-endian template
     sa.Column("embedding", sa.LargeBinary, nullable=False),
-    # hex SHA-256 of the image the face was indexed from (resumable bulk enrolment, review);
-    # NULL for faces stored before the column existed
+    # SHA-256 of the image the face was indexed from (NULL for faces indexed before it was
+    # kept): a reviewer's copy of the photo is checked against it; bulk enrolment resumes by it
     sa.Column("image_sha256", sa.String(64), nullable=True),
+    # the five landmarks as JSON [[type, x, y], ...] ratios of the image (NULL: not recorded)
+    sa.Column("landmarks", sa.Text, nullable=True),
     sa.Index("ix_fl_faces_collection_face", "collection_pk", "face_id", unique=True),
     sa.Index("ix_fl_faces_collection_image_sha256", "collection_pk", "image_sha256"),
     sa.Index("ix_fl_faces_collection_version", "collection_pk", "added_version"),
@@ -154,6 +157,7 @@ class NewFace:
     confidence: float
     embedding: NDArray[np.float32]
     image_sha256: str | None = None
+    landmarks: tuple[tuple[str, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,7 @@ class FaceRow:
     user_id: str | None
     embedding: NDArray[np.float32] | None = None
     image_sha256: str | None = None
+    landmarks: tuple[tuple[str, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -222,6 +227,7 @@ _FACE_COLUMNS = (
     faces.c.user_pk,
     users.c.user_id,
     faces.c.image_sha256,
+    faces.c.landmarks,
 )
 
 
@@ -247,7 +253,14 @@ def _face(row: Any, with_embedding: bool) -> FaceRow:
         user_id=row.user_id,
         embedding=bytes_vector(row.embedding) if with_embedding else None,
         image_sha256=row.image_sha256,
+        landmarks=_landmarks(row.landmarks),
     )
+
+
+def _landmarks(text: str | None) -> tuple[tuple[str, float, float], ...]:
+    if not text:
+        return ()
+    return tuple((str(t), float(x), float(y)) for t, x, y in json.loads(text))
 
 
 def request_hash(params: dict[str, Any]) -> str:
@@ -266,7 +279,8 @@ class Catalog:
             # another node created them between our check and our CREATE (servers starting
             # together on one empty PostgreSQL database)
             metadata.create_all(engine)
-        _add_missing_columns(engine)
+        add_missing_columns(engine, metadata)  # image_sha256, landmarks on older databases
+        _add_missing_indexes(engine)
 
     @property
     def dialect(self) -> str:
@@ -402,6 +416,7 @@ class Catalog:
                     created_at=now,
                     embedding=vector_bytes(f.embedding),
                     image_sha256=f.image_sha256,
+                    landmarks=json.dumps([list(p) for p in f.landmarks]) if f.landmarks else None,
                 )
             )
             keys.append(_inserted_pk(res))
@@ -623,29 +638,16 @@ class Catalog:
             response=json.dumps(response), created_at=time.time()))
 
 
-# Columns added after a table was first released: (table, column), added to older databases.
-_LATER_COLUMNS = ((faces, "image_sha256"),)
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """ALTER TABLE ... ADD COLUMN (nullable) for columns an older database lacks."""
-    inspector = sa.inspect(engine)
-    for table, name in _LATER_COLUMNS:
-        present = {c["name"] for c in inspector.get_columns(table.name)}
-        if name in present:
+def _add_missing_indexes(engine: Engine) -> None:
+    """Indexes declared on faces that an older database lacks (create_all skips existing tables)."""
+    have = {ix["name"] for ix in sa.inspect(engine).get_indexes(faces.name)}
+    for index in faces.indexes:
+        if index.name in have:
             continue
-        column = table.c[name]
-        kind = column.type.compile(dialect=engine.dialect)
         try:
-            with engine.begin() as conn:
-                conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"))
+            index.create(engine, checkfirst=True)
         except (sa.exc.OperationalError, sa.exc.ProgrammingError):
-            # another process added it between our look and our ALTER
-            if name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
-                raise
-        for index in table.indexes:
-            if name in index.columns:
-                index.create(engine, checkfirst=True)
+            pass  # another process made it between our look and our CREATE INDEX
 
 
 def _inserted_pk(res: sa.CursorResult[Any]) -> int:

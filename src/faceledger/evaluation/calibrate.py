@@ -1,6 +1,6 @@
 """Building a calibration table from a folder-per-identity dataset (LFW): enrol every image
 through the full pipeline, measure FMR over every cross-identity pair and FNMR over every
-same-identity pair (with `evaluation.metrics`), fit the tail beyond the data
+same-identity pair (with `faceledger.rates`), fit the tail beyond the data
 (`calibration.tail`), and ship the *conservative* curve of `calibration.bound`: at every distance
 the 95% upper bound of FMR that LFW's people support (identity bootstrap, and Wilson with an
 effective sample size), never below the tail fit, and never below what zero observed false
@@ -21,22 +21,28 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ..evaluation.datasets import load_folders
-from ..evaluation.enrolment import default_cache_dir, enrol_files, template_matrix
-from ..evaluation.metrics import ClusteredPairs, cross_identity_distances
+from .datasets import load_folders, load_images, select_half, utkface_labels
+from .enrolment import default_cache_dir, enrol_files, template_matrix
+from ..rates import ClusteredPairs, cross_identity_distances
 from ..settings import Settings
 from ..vision import FacePipeline
-from .bound import bound_provenance, conservative_log10_fmr, empirical_upper_bound
-from .table import MIN_LOG10_FMR, CalibrationTable, similarity_for_fmr
-from .tail import TailFit, extrapolation_check, fit_tail
+from ..calibration.bound import bound_provenance, conservative_log10_fmr, empirical_upper_bound
+from ..calibration.coverage import (
+    MAX_FMR, MIN_COUNT, GroupShift, group_shift, inverse_curve, shifted_curve,
+)  # fmt: skip
+from ..calibration.normalise import ScoreNormaliser, fit_normaliser
+from ..calibration.table import MIN_LOG10_FMR, CalibrationTable, similarity_for_fmr
+from ..calibration.tail import TailFit, extrapolation_check, fit_tail
 
 FORMAT = 2  # 2: the curve is the 95% upper bound with a floor (lowest_credible_fmr)
+FORMAT_COVERED = 3  # 3: format 2 on normalised scores, moved to cover every measured group
 SUMMARY_FMRS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
 # The tail fit starts where fewer than this share of impostor pairs lie below a distance.
 DEFAULT_TAIL_FMR = 1e-4
@@ -60,7 +66,7 @@ UNCERTAINTY_NOTE = (
 
 def table_path(model_version: str) -> Path:
     """Where the package keeps the table for a model version."""
-    return Path(__file__).resolve().parent / "tables" / f"{model_version}.json"
+    return Path(__file__).resolve().parents[1] / "calibration" / "tables" / f"{model_version}.json"
 
 
 def tail_grid(
@@ -113,6 +119,7 @@ def validate_tail(
     replicates: int = 200,
     seed: int = 0,
     ranks: tuple[int, ...] = VALIDATION_RANKS,
+    offsets: NDArray[np.float64] | None = None,
 ) -> dict[str, Any]:
     """Build each curve from the impostor pairs among a random `fit_share` of the identities and
     compare the counts it predicts with those observed among the other identities (disjoint
@@ -129,9 +136,13 @@ def validate_tail(
     for _ in range(splits):
         chosen = rng.permutation(ids)[: round(fit_share * len(ids))]
         in_a = np.isin(identity, chosen)
-        pairs_a = ClusteredPairs.from_embeddings(embeddings[in_a], identity[in_a], max_fmr=1e-3)
+        off_a = None if offsets is None else offsets[in_a]
+        off_b = None if offsets is None else offsets[~in_a]
+        pairs_a = ClusteredPairs.from_embeddings(
+            embeddings[in_a], identity[in_a], max_fmr=1e-3, offsets=off_a
+        )
         imp_a = np.asarray(pairs_a.impostor, dtype=np.float64)
-        imp_b = cross_identity_distances(embeddings[~in_a], identity[~in_a])
+        imp_b = cross_identity_distances(embeddings[~in_a], identity[~in_a], offsets=off_b)
         k = max(10, round(tail_fmr * len(imp_a)))
         curves = {f"{m} fit": tail_grid(fit_tail(imp_a, k, m), imp_a, grid)
                   for m in ("gpd", "exponential")}  # fmt: skip
@@ -198,20 +209,33 @@ def build_calibration(
     seed: int = 0,
     progress: bool = True,
     command: str = "",
+    groups_root: Path | None = None,
+    normalise: bool = True,
+    cover_children: bool = True,
 ) -> dict[str, Any]:
-    """The calibration table (as the JSON dict) for this pipeline's model, measured on `lfw`."""
+    """The calibration table (as the JSON dict) for this pipeline's model, measured on `lfw`,
+    and, with `groups_root` (a UTKFace-named set of distinct people), normalised and moved so
+    that its promise covers every measured group (`calibration.normalise`, `.coverage`)."""
     settings = settings or Settings()
     pipeline = FacePipeline(settings)
+    cache = cache_dir or default_cache_dir()
     images = load_folders(Path(lfw))
     enrolments = enrol_files(
-        images.paths, settings=settings, cache_dir=cache_dir or default_cache_dir(),
+        images.paths, settings=settings, cache_dir=cache,
         workers=workers, progress=progress, label="calibration: enrolling",
     )  # fmt: skip
     failed = [k for k, e in zip(images.keys, enrolments) if e.embedding is None]
     ok = np.array([e.embedding is not None for e in enrolments])
     emb = template_matrix(enrolments)[ok]
     ident = np.asarray(images.identity)[ok]
-    pairs = ClusteredPairs.from_embeddings(emb, ident, max_fmr=0.1)
+    reference = None
+    normaliser: ScoreNormaliser | None = None
+    if groups_root is not None:
+        reference = _reference_groups(Path(groups_root), settings, cache, workers, progress)
+        if normalise:
+            normaliser = fit_normaliser(reference.cohort, provenance=reference.provenance)
+    offsets = None if normaliser is None else normaliser.half_offsets(emb)
+    pairs = ClusteredPairs.from_embeddings(emb, ident, max_fmr=0.1, offsets=offsets)
     imp = pairs.impostor
     k = max(10, round(tail_fmr * len(imp)))
     fit = fit_tail(imp, k, tail_model)
@@ -221,15 +245,25 @@ def build_calibration(
     log10_fmr, bound_info = shipped_curve(pairs, distance, fit, replicates=replicates, seed=seed)
     fit_binds = bound_info.pop("fit_binds")
     lowest = float(bound_info.pop("lowest_credible_fmr"))
+    coverage: dict[str, Any] | None = None
+    if reference is not None:
+        log10_fmr, coverage = _cover_groups(
+            reference, normaliser, distance, log10_fmr, cover_children=cover_children,
+            replicates=replicates, seed=seed,
+        )  # fmt: skip
     fnmr = pairs.fnmr(distance)
     raw: dict[str, Any] = {
         "model_version": pipeline.model_version,
-        "format": FORMAT,
+        "format": FORMAT if reference is None else FORMAT_COVERED,
         "distance": [float(x) for x in distance],
         # Rounded up, so that rounding never lowers the bound.
         "log10_fmr": [math.ceil(float(x) * 1e5) / 1e5 for x in log10_fmr],
         "fnmr": [round(float(x), 6) for x in fnmr],
     }
+    if normaliser is not None:
+        raw["normalisation"] = normaliser.as_dict()
+    if coverage is not None:
+        raw["coverage"] = coverage
     table = CalibrationTable.from_dict(raw)
     targets = [f for f in SUMMARY_FMRS]
     thresholds = [table.distance_for_fmr(f) for f in targets]
@@ -257,7 +291,7 @@ def build_calibration(
     if validation_splits > 0:
         validation = validate_tail(
             emb, ident, tail_fmr=tail_fmr, tail_model=tail_model, distance=distance,
-            splits=validation_splits, replicates=replicates, seed=seed,
+            splits=validation_splits, replicates=replicates, seed=seed, offsets=offsets,
         )  # fmt: skip
     raw.update({
         "dataset": {
@@ -306,6 +340,132 @@ def build_calibration(
         "command": command,
     })  # fmt: skip
     return raw
+
+
+@dataclass(frozen=True)
+class ReferenceGroups:
+    """The fit half of a balanced set of distinct people: the normalisation's cohort and the
+    groups the table must cover."""
+
+    cohort: NDArray[np.float64]  # enrolled templates
+    groups: list[str]  # each cohort row's group (sex/race/age_group)
+    provenance: dict[str, Any]
+
+
+def _reference_groups(
+    root: Path, settings: Settings, cache: Path, workers: int | None, progress: bool
+) -> ReferenceGroups:
+    images = select_half(load_images(root), "fit")
+    labels = utkface_labels(images)
+    enr = enrol_files(
+        images.paths, settings=settings, cache_dir=cache, workers=workers, progress=progress,
+        label="calibration: enrolling reference people",
+    )  # fmt: skip
+    tmpl = template_matrix(enr)
+    ok = np.isfinite(tmpl).all(axis=1)
+    groups = [
+        "/".join(labels.by_key[k][a] for a in ("sex", "race", "age_group"))
+        if k in labels.by_key else ""
+        for k in images.keys
+    ]  # fmt: skip
+    keep = ok & np.array([g != "" for g in groups])
+    return ReferenceGroups(
+        cohort=tmpl[keep],
+        groups=[g for g, k in zip(groups, keep) if k],
+        provenance={
+            "reference": {
+                "name": "utkface-balanced (UTKFace, 200 per sex x race), the `fit` half of its "
+                        "people (split by SHA-256 of the file name); the `test` half is never used",
+                "path": str(root), "images": len(images), "enrolled": int(keep.sum()),
+                "failures_to_enrol": int((~ok).sum()),
+                "licence": "UTKFace: non-commercial research. Only 129 fitted numbers ship, "
+                           "no template of any person",
+            },
+        },
+    )  # fmt: skip
+
+
+def _cover_groups(
+    reference: ReferenceGroups,
+    normaliser: ScoreNormaliser | None,
+    distance: NDArray[np.float64],
+    log10_fmr: NDArray[np.float64],
+    *,
+    cover_children: bool,
+    replicates: int,
+    seed: int,
+) -> tuple[NDArray[np.float64], dict[str, Any]]:
+    """LFW's curve moved to cover every measured group (`calibration.coverage`). Groups are
+    sex x race x age group; where a cell has too few people to measure, its race x age group
+    with both sexes pooled stands in for it."""
+    cells = np.array(reference.groups, dtype=object)
+    pooled = np.array([g.split("/", 1)[1] + " (both sexes)" for g in reference.groups], dtype=object)
+
+    measured: dict[str, ClusteredPairs] = {}
+
+    def shift_of(members: NDArray[np.bool_], name: str) -> GroupShift:
+        t = reference.cohort[members]
+        off = None if normaliser is None else normaliser.half_offsets(t)
+        cp = ClusteredPairs.from_embeddings(t, np.arange(len(t)), max_fmr=0.2, offsets=off)
+        measured[name] = cp
+        bound = empirical_upper_bound(cp, distance, replicates=replicates, seed=seed)
+        return group_shift(name, len(t), bound, distance, log10_fmr)
+
+    def wanted(group: str) -> bool:
+        return cover_children or not group.endswith("/child")
+
+    shifts = [shift_of(cells == g, g) for g in sorted(set(reference.groups))]
+    by_pool = {p: shift_of(pooled == p, p) for p in sorted(set(pooled.tolist()))}
+    covered: list[str] = []
+    stand_ins: dict[str, str] = {}
+    binding: list[GroupShift] = []
+    for s in shifts:
+        if not wanted(s.group):
+            continue
+        pool = by_pool[s.group.split("/", 1)[1] + " (both sexes)"]
+        if s.usable_points > 0:
+            covered.append(s.group)
+            binding.append(s)
+        elif pool.usable_points > 0:
+            covered.append(s.group)
+            stand_ins[s.group] = pool.group
+            binding.append(pool)
+    worst = max(binding, key=lambda s: s.shift) if binding else None
+    shift = 0.0 if worst is None else worst.shift
+    curve = shifted_curve(distance, log10_fmr, shift)
+    # Each group's own FMR at the shipped thresholds (these reference people, point estimates
+    # and counts): the per-group error rates the table publishes.
+    fmrs = (1e-3, 1e-4, 1e-5)
+    at = inverse_curve(distance, curve, np.log10(np.asarray(fmrs)))
+    rates = {
+        g: [{"similarity": round(similarity_for_fmr(f), 6), "promised_fmr": f,
+             "distance": round(float(d), 5), "fmr": float(cp.fmr([d])[0]),
+             "impostor_matches": int(round(float(cp.fmr([d])[0]) * cp.n_impostor))}
+            for f, d in zip(fmrs, at)]
+        for g, cp in measured.items()
+    }  # fmt: skip
+    return curve, {
+        "rule": "FMR_table(d) = FMR_LFW(d + max_g Delta_g): LFW's 95% bound moved by the "
+                "largest shift any covered group needs for the bound to sit above its own 95% "
+                f"upper bound wherever it has >= {MIN_COUNT} impostor pairs and FMR <= {MAX_FMR} "
+                "(faceledger.calibration.coverage); a sex x race x age cell with too few people "
+                "is covered through its race x age group with both sexes pooled",
+        "shift": round(shift, 5),
+        "set_by": None if worst is None else worst.group,
+        "groups": [s.as_dict() | {"covered": s.group in covered,
+                                  "covered_through": stand_ins.get(s.group),
+                                  "at_thresholds": rates[s.group]} for s in shifts],
+        "pooled_groups": [s.as_dict() | {"at_thresholds": rates[s.group]}
+                          for s in by_pool.values()],
+        "covered": covered,
+        "not_covered": [s.group for s in shifts if s.group not in covered],
+        "children": "covered (measured with their own rows; the model separates children's faces "
+                    "far worse than adults', see docs/accuracy.md)" if cover_children else
+                    "not covered: measured and reported (docs/accuracy.md), but the shipped "
+                    "thresholds are not set for them; do not use faceledger on children's faces",
+        "populations_not_measured": "anyone outside LFW's people and utkface-balanced's five "
+                                    "UTKFace race labels x two sexes; few people over 80",
+    }  # fmt: skip
 
 
 def json_safe(value: Any) -> Any:

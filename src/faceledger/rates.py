@@ -51,23 +51,31 @@ def count_cross_pairs(identity: ArrayLike) -> int:
     return (n * n - int((counts.astype(np.int64) ** 2).sum())) // 2
 
 
+def _offsets(offsets: ArrayLike | None, n: int) -> F64:
+    return np.zeros(n) if offsets is None else np.asarray(offsets, dtype=np.float64)
+
+
 def cross_identity_distances(
     embeddings: ArrayLike,
     identity: ArrayLike,
     *,
+    offsets: ArrayLike | None = None,
     chunk_pairs: int = CHUNK_PAIRS,
     progress: Callable[[int], None] | None = None,
 ) -> F32:
     """Every impostor distance (all pairs i < j of different identities), sorted ascending.
 
-    Rows of NaN (images that failed to enrol) give +inf distances."""
+    `offsets` (one per row) are subtracted from both ends of each pair's distance: the score
+    normalisation of `calibration.normalise`. Rows of NaN (images that failed to enrol) give
+    +inf distances."""
     emb = np.asarray(embeddings, dtype=np.float64)
     ident = np.asarray(identity)
     n = len(emb)
+    off = _offsets(offsets, n)
     out = np.empty(count_cross_pairs(ident), dtype=np.float32)
     pos = 0
     for r0, r1 in _row_blocks(n, chunk_pairs):
-        d = pair_distances(emb[r0:r1], emb)
+        d = pair_distances(emb[r0:r1], emb) - off[r0:r1, None] - off[None, :]
         rows = np.arange(r0, r1)[:, None]
         keep = (np.arange(n)[None, :] > rows) & (ident[r0:r1, None] != ident[None, :])
         vals = np.where(np.isnan(d), np.inf, d)[keep]
@@ -81,17 +89,23 @@ def cross_identity_distances(
 
 
 def cross_identity_pairs_below(
-    embeddings: ArrayLike, identity: ArrayLike, cutoff: float, *, chunk_pairs: int = CHUNK_PAIRS
+    embeddings: ArrayLike,
+    identity: ArrayLike,
+    cutoff: float,
+    *,
+    offsets: ArrayLike | None = None,
+    chunk_pairs: int = CHUNK_PAIRS,
 ) -> tuple[I64, I64, F64]:
     """Impostor pairs (i < j) with distance <= cutoff: image indices and distances."""
     emb = np.asarray(embeddings, dtype=np.float64)
     ident = np.asarray(identity)
     n = len(emb)
+    off = _offsets(offsets, n)
     ii: list[I64] = []
     jj: list[I64] = []
     dd: list[F64] = []
     for r0, r1 in _row_blocks(n, chunk_pairs):
-        d = pair_distances(emb[r0:r1], emb)
+        d = pair_distances(emb[r0:r1], emb) - off[r0:r1, None] - off[None, :]
         rows = np.arange(r0, r1)[:, None]
         keep = (np.arange(n)[None, :] > rows) & (ident[r0:r1, None] != ident[None, :])
         keep &= d <= cutoff  # NaN rows compare False: failures never enter
@@ -119,11 +133,14 @@ def same_identity_pairs(identity: ArrayLike) -> tuple[I64, I64]:
     return np.concatenate(ii), np.concatenate(jj)
 
 
-def distances_of_pairs(embeddings: ArrayLike, a: ArrayLike, b: ArrayLike) -> F64:
+def distances_of_pairs(
+    embeddings: ArrayLike, a: ArrayLike, b: ArrayLike, *, offsets: ArrayLike | None = None
+) -> F64:
     """Distances of the listed pairs (+inf where either image failed to enrol)."""
     emb = np.asarray(embeddings, dtype=np.float64)
     ia, ib = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
-    d = np.linalg.norm(emb[ia] - emb[ib], axis=1)
+    off = _offsets(offsets, len(emb))
+    d = np.linalg.norm(emb[ia] - emb[ib], axis=1) - off[ia] - off[ib]
     return np.where(np.isnan(d), np.inf, d)
 
 
@@ -161,12 +178,17 @@ def threshold_for_fmr(impostor_sorted: ArrayLike, fmr: float) -> float:
 def wilson_interval(k: ArrayLike, n: ArrayLike, z: float = 1.96) -> tuple[F64, F64]:
     """Wilson score interval for k successes out of n (valid at k = 0, unlike the normal one)."""
     kk = np.asarray(k, dtype=np.float64)
-    nn = np.maximum(np.asarray(n, dtype=np.float64), 1e-300)
+    n_given = np.asarray(n, dtype=np.float64)
+    # No trials, no interval (NaN): a group without pairs has no rate to bound.
+    empty = n_given <= 0
+    nn = np.where(empty, 1.0, n_given)
     p = kk / nn
     den = 1.0 + z * z / nn
     centre = (p + z * z / (2 * nn)) / den
-    half = z * np.sqrt(p * (1 - p) / nn + z * z / (4 * nn * nn)) / den
-    return np.maximum(centre - half, 0.0), np.minimum(centre + half, 1.0)
+    half = z * np.sqrt(np.maximum(p * (1 - p), 0.0) / nn + z * z / (4 * nn * nn)) / den
+    lo = np.where(empty, np.nan, np.maximum(centre - half, 0.0))
+    hi = np.where(empty, np.nan, np.minimum(centre + half, 1.0))
+    return lo, hi
 
 
 def auc(genuine: ArrayLike, impostor: ArrayLike) -> float:
@@ -282,6 +304,7 @@ class ClusteredPairs:
         max_fmr: float = 0.1,
         min_cutoff: float = 0.0,
         impostor_sorted: ArrayLike | None = None,
+        offsets: ArrayLike | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> ClusteredPairs:
         """All genuine and all cross-identity pairs of a folder-per-identity set.
@@ -293,17 +316,17 @@ class ClusteredPairs:
         uniq, ident = np.unique(ident, return_inverse=True)
         n_ids = len(uniq)
         imp = (
-            cross_identity_distances(emb, ident, progress=progress)
+            cross_identity_distances(emb, ident, offsets=offsets, progress=progress)
             if impostor_sorted is None
             else np.asarray(impostor_sorted)
         )
         # Enough headroom above the largest FMR asked about for every bootstrap replicate.
         t = threshold_for_fmr(imp, min(1.0, 1.5 * max_fmr))
         cutoff = max(float(imp[-1]) if math.isnan(t) else t, min_cutoff)
-        ci, cj, cd = cross_identity_pairs_below(emb, ident, cutoff)
+        ci, cj, cd = cross_identity_pairs_below(emb, ident, cutoff, offsets=offsets)
         order = np.argsort(cd, kind="stable")
         ga, gb = same_identity_pairs(ident)
-        gd = distances_of_pairs(emb, ga, gb)
+        gd = distances_of_pairs(emb, ga, gb, offsets=offsets)
         g_order = np.argsort(gd, kind="stable")
         return cls(
             genuine=gd[g_order], genuine_id=ident[ga][g_order], impostor=np.asarray(imp),
@@ -402,8 +425,10 @@ class ClusteredPairs:
         if len(t):
             fmr = self.fmr(t)
             fnmr = self.fnmr(t)
-            k_imp = np.round(fmr * self.n_impostor)
-            k_gen = np.round(fnmr * self.n_genuine)
+            # A group without impostor (or genuine) pairs has no rate (NaN, reported as None),
+            # and no count.
+            k_imp = np.nan_to_num(np.round(fmr * self.n_impostor))
+            k_gen = np.nan_to_num(np.round(fnmr * self.n_genuine))
             wl_i, wh_i = wilson_interval(k_imp, self.n_impostor)
             wl_g, wh_g = wilson_interval(k_gen, self.n_genuine)
             for c, th in enumerate(t):

@@ -1,0 +1,541 @@
+"""The review console in a real browser: Playwright driving Debian's Chromium against a real
+server (`faceledger serve`'s app on 127.0.0.1), on a real collection and ledger.
+
+Photos: scikit-image's public-domain astronaut portrait is enrolled; its mirror image is the
+probe (a different file of the same person), so identification-mode searches hold candidates.
+Screenshots of every page go to FACELEDGER_SCREENSHOTS or a pytest temp folder, printed at the
+start of the run. The browser tests skip, with the reason, when Chromium is not installed
+(`apt-get install -y chromium`); nothing is downloaded. The service-level tests at the end
+(roles, recorded hashes, sessions) run without a browser on the same data.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image, ImageOps
+from sqlalchemy import text
+
+from faceledger.context import RequestContext
+from faceledger.server.keys import IssuedKey, KeyStore
+from faceledger.server.run import build_app, running
+from faceledger.service import FaceService
+from faceledger.settings import Settings
+
+CHROMIUM = os.environ.get("FACELEDGER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+
+@dataclass
+class World:
+    """The server, its service, keys and the photos a reviewer holds."""
+
+    url: str
+    service: FaceService
+    keys: dict[str, IssuedKey]
+    files: dict[str, Path]
+    candidates: dict[str, str]  # purpose -> candidate id
+    shots: Path
+
+
+def _key(store: KeyStore, name: str, roles: tuple[str, ...]) -> IssuedKey:
+    return store.create(name, ["*"], ["*"], roles=roles)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, service: FaceService,
+          astronaut_jpeg: bytes, request: pytest.FixtureRequest) -> Iterator[World]:
+    data = tmp_path_factory.mktemp("console-data")
+    settings = Settings(data_dir=data)
+    svc = FaceService(settings, pipeline=service.pipeline)  # models loaded once per session
+    store = KeyStore.open(settings, svc.engine, create_kek=True)
+    keys = {name: _key(store, name, roles) for name, roles in {
+        "searcher": ("reviewer",), "reviewer-1": ("reviewer",), "reviewer-2": ("reviewer",),
+        "auditor": ("auditor",), "admin": ("admin",), "leaver": ("reviewer",),
+        "api-only": (),
+    }.items()}
+    files_dir = tmp_path_factory.mktemp("reviewer-files")
+    enrolled = files_dir / "eileen-enrolled.jpg"
+    enrolled.write_bytes(astronaut_jpeg)
+    mirrored = io.BytesIO()
+    ImageOps.mirror(Image.open(io.BytesIO(astronaut_jpeg))).save(mirrored, "JPEG", quality=92)
+    probe = files_dir / "case-probe.jpg"
+    probe.write_bytes(mirrored.getvalue())
+    wrong = files_dir / "some-other-photo.jpg"
+    Image.new("RGB", (200, 200), (120, 90, 60)).save(wrong, "JPEG")
+
+    svc.create_collection("staff")
+    svc.index_faces("staff", {"Bytes": astronaut_jpeg}, external_image_id="eileen-enrolled")
+    svc.put_collection_policy("staff", {"IdentificationMode": True, "ReviewersRequired": 2,
+                                        "RequirePurpose": True, "RetentionDays": 365})
+    searcher = keys["searcher"].info.access_key_id
+    candidates = {}
+    for purpose, case in (("confirm", "INC-1"), ("reject", "INC-2"), ("own", "INC-3")):
+        ctx = RequestContext(principal=searcher, purpose=f"door access ({purpose})", case=case)
+        found = svc.search_faces_by_image("staff", {"Bytes": probe.read_bytes()}, ctx=ctx)
+        assert found["ReviewRequired"], found
+        candidates[purpose] = found["ReviewCandidates"][0]["CandidateId"]
+
+    shots = Path(os.environ.get("FACELEDGER_SCREENSHOTS") or
+                 tmp_path_factory.mktemp("console-screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if capture is not None and reporter is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\nconsole screenshots: {shots}")
+    app = build_app(settings, service=svc, warm_up=False)
+    with running(app) as url:
+        yield World(url, svc, keys, {"enrolled": enrolled, "probe": probe, "wrong": wrong},
+                    candidates, shots)
+    svc.close()
+
+
+@pytest.fixture(scope="module")
+def browser(world: World) -> Iterator[Any]:
+    if shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists():
+        pytest.skip(f"needs Chromium at {CHROMIUM} for the console's browser tests "
+                    "(apt-get install -y chromium; FACELEDGER_CHROMIUM points elsewhere)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _page(browser: Any, viewport: dict[str, int] = DESKTOP, scale: float = 1) -> Any:
+    context = browser.new_context(viewport=viewport, device_scale_factor=scale)
+    return context.new_page()
+
+
+def _sign_in(page: Any, world: World, who: str) -> None:
+    key = world.keys[who]
+    page.goto(f"{world.url}/console/")
+    page.get_by_label("Access key id").fill(key.info.access_key_id)
+    page.get_by_label("Secret access key").fill(key.secret_access_key)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Sign in").click()
+
+
+def _shot(page: Any, world: World, name: str) -> None:
+    page.screenshot(path=str(world.shots / f"{name}.png"), full_page=True)
+
+
+def _no_horizontal_scroll(page: Any) -> bool:
+    return bool(page.evaluate(
+        "document.documentElement.scrollWidth <= document.documentElement.clientWidth + 1"))
+
+
+def _open_photos(page: Any, world: World) -> None:
+    page.get_by_label("Probe photo file").set_input_files(str(world.files["probe"]))
+    page.get_by_label("Enrolled photo file").set_input_files(str(world.files["enrolled"]))
+    for which in ("probe", "enrolled"):
+        page.locator(f'section.face[data-which="{which}"].good').wait_for()
+
+
+def _decide(page: Any, decision: str, reason: str) -> None:
+    page.get_by_label(decision).check()
+    page.get_by_label("Reason (required, recorded in the ledger)").fill(reason)
+    # wait for the form's own navigation (a bare wait_for_load_state can return at once,
+    # on the page that is still loaded, before the POST has answered)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Record decision").click()
+
+
+def test_sign_in_refuses_a_wrong_secret_and_keys_without_a_role(browser: Any,
+                                                                world: World) -> None:
+    page = _page(browser)
+    page.goto(f"{world.url}/console/")
+    assert page.url.endswith("/console/signin")
+    page.keyboard.press("Tab")  # the first stop is the skip link
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    # keyboard only: Tab from the key id to the secret, Enter submits
+    page.get_by_label("Access key id").focus()
+    page.keyboard.type(world.keys["reviewer-1"].info.access_key_id)
+    page.keyboard.press("Tab")
+    page.keyboard.type("not-the-secret")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.get_by_role("alert").inner_text().startswith("Unknown or revoked key")
+    _shot(page, world, "01-signin-refused")
+    _sign_in(page, world, "api-only")
+    assert "has no console role" in page.get_by_role("alert").inner_text()
+    _sign_in(page, world, "auditor")
+    assert page.url.endswith("/console/ledger")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Sign out").click()
+    assert page.url.endswith("/console/signin")
+    page.goto(f"{world.url}/console/ledger")  # the session is gone
+    assert page.url.endswith("/console/signin")
+    page.context.close()
+
+
+def test_confirm_needs_two_reviewers_and_a_wrong_file_is_refused(browser: Any,
+                                                                world: World) -> None:
+    cand = world.candidates["confirm"]
+    page = _page(browser)
+    _sign_in(page, world, "reviewer-1")
+    assert page.url.endswith("/console/queue")
+    row = page.get_by_role("row").filter(has_text="INC-1")
+    assert "door access (confirm)" in row.inner_text()
+    assert "2 of 2" in row.inner_text()  # confirmations still needed
+    _shot(page, world, "02-queue")
+    page.goto(f"{world.url}/console/candidates/{cand}")
+    # the wrong file is refused by its hash and the face is not drawn
+    page.get_by_label("Probe photo file").set_input_files(str(world.files["wrong"]))
+    refused = page.locator('section.face[data-which="probe"].refused .check')
+    refused.wait_for()
+    assert "Refused: this file's SHA-256 is" in refused.inner_text()
+    assert page.get_by_label("Confirm: same person").is_disabled()
+    _shot(page, world, "03-wrong-file-refused")
+    _open_photos(page, world)
+    assert page.get_by_label("Confirm: same person").is_enabled()
+    _shot(page, world, "04-candidate-faces-side-by-side")
+    _decide(page, "Confirm: same person", "Same person: face shape, hairline and ears agree.")
+    assert "now PENDING (1 of 2 confirmations)" in page.locator("#message").inner_text()
+    page.context.close()
+
+    page = _page(browser)
+    _sign_in(page, world, "reviewer-2")
+    page.goto(f"{world.url}/console/candidates/{cand}")
+    _open_photos(page, world)
+    _decide(page, "Confirm: same person", "Agree: same person, badge log matches.")
+    assert "now CONFIRMED (2 of 2 confirmations)" in page.locator("#message").inner_text()
+    assert page.locator(".status").inner_text().startswith("Status: CONFIRMED")
+    _shot(page, world, "05-confirmed")
+    page.context.close()
+    assert world.service.get_review_candidate(cand)["Status"] == "CONFIRMED"
+
+
+def test_one_rejection_settles_a_candidate(browser: Any, world: World) -> None:
+    cand = world.candidates["reject"]
+    page = _page(browser, PHONE)  # a reviewer on a phone-width screen
+    _sign_in(page, world, "reviewer-1")
+    page.goto(f"{world.url}/console/candidates/{cand}")
+    assert _no_horizontal_scroll(page)
+    _open_photos(page, world)
+    _shot(page, world, "06-candidate-phone-faces")
+    # by keyboard: Space picks the radio, Tab moves to the reason, then to the button
+    page.get_by_label("Reject: not the same person, or cannot tell").focus()
+    page.keyboard.press("Space")
+    page.keyboard.press("Tab")
+    page.keyboard.type("Ears differ; cannot confirm.")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Record decision"
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.locator(".status").inner_text().startswith("Status: REJECTED")
+    assert page.get_by_role("button", name="Record decision").count() == 0
+    _shot(page, world, "06-rejected-phone-settled")
+    page.context.close()
+    assert world.service.get_review_candidate(cand)["Status"] == "REJECTED"
+
+
+def test_the_searcher_cannot_review_their_own_search(browser: Any, world: World) -> None:
+    cand = world.candidates["own"]
+    page = _page(browser)
+    _sign_in(page, world, "searcher")
+    page.goto(f"{world.url}/console/candidates/{cand}")
+    _decide(page, "Reject: not the same person, or cannot tell", "Trying to review my own.")
+    message = page.locator("#message").inner_text()
+    assert message.startswith("AccessDeniedException:") and "cannot review" in message
+    _shot(page, world, "07-own-search-refused")
+    page.context.close()
+    assert world.service.get_review_candidate(cand)["Status"] == "PENDING"
+    refused = world.service.ledger_events({"operation": "ReviewCandidate",
+                                           "outcome": "refused"})["Events"]
+    assert any(e["Principal"] == world.keys["searcher"].info.access_key_id for e in refused)
+
+
+def test_a_form_without_the_csrf_token_is_refused(browser: Any, world: World) -> None:
+    cand = world.candidates["own"]
+    page = _page(browser)
+    _sign_in(page, world, "reviewer-2")
+    # the browser context's cookies (the session) go with the forged posts
+    for form in ({"decision": "REJECT", "reason": "forged"},
+                 {"decision": "REJECT", "reason": "forged", "csrf": "guessed"}):
+        answer = page.context.request.post(f"{world.url}/console/candidates/{cand}", form=form,
+                                           max_redirects=0)
+        assert answer.status == 400  # Rekognition's status for AccessDeniedException
+        assert "AccessDeniedException" in answer.text()
+        assert "CSRF token is missing or wrong" in answer.text()
+        assert answer.headers["cache-control"] == "no-store"
+    page.context.close()
+    assert world.service.get_review_candidate(cand)["Reviews"] == []
+
+
+def test_revoking_the_key_ends_its_session(browser: Any, world: World) -> None:
+    page = _page(browser)
+    _sign_in(page, world, "leaver")
+    assert page.url.endswith("/console/queue")
+    store = KeyStore.open(world.service.settings, world.service.engine)
+    store.revoke(world.keys["leaver"].info.access_key_id)
+    page.goto(f"{world.url}/console/queue")
+    assert page.url.endswith("/console/signin")
+    page.context.close()
+
+
+def test_pages_at_phone_width_and_200_percent_zoom_and_never_cached(browser: Any,
+                                                                   world: World) -> None:
+    cand = world.candidates["own"]
+    for label, viewport, scale in (("phone", PHONE, 1), ("zoom200", {"width": 640,
+                                                                      "height": 400}, 2)):
+        page = _page(browser, viewport, scale)
+        _sign_in(page, world, "admin")
+        for path, name in (("queue", "queue"), ("report", "report"),
+                           (f"candidates/{cand}", "candidate"), ("ledger", "ledger"),
+                           ("collections/staff", "collection")):
+            answer = page.goto(f"{world.url}/console/{path}")
+            assert answer.status == 200, page.content()
+            assert answer.headers["cache-control"] == "no-store"
+            _shot(page, world, f"10-{name}-{label}")
+            assert _no_horizontal_scroll(page), f"{path} scrolls sideways at {label}"
+        style = page.goto(f"{world.url}/console/static/review.js")
+        assert style.headers["cache-control"] == "no-store"
+        page.context.close()
+
+
+def test_auditor_browses_the_ledger_and_sees_verify_fail_after_tampering(
+        browser: Any, world: World) -> None:
+    page = _page(browser)
+    _sign_in(page, world, "auditor")
+    assert page.url.endswith("/console/ledger")
+    page.get_by_label("Operation").fill("SearchFacesByImage")
+    page.get_by_label("Case", exact=True).fill("INC-2")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Filter").click()
+    rows = page.locator("tbody tr")
+    assert rows.count() == 1 and "INC-2" in rows.first.inner_text()
+    _shot(page, world, "20-ledger-filtered")
+    with page.expect_navigation():
+        rows.first.get_by_role("link").click()
+    seq = int(page.url.rsplit("/", 1)[1])
+    assert page.get_by_role("heading", level=1).inner_text() == f"Ledger event #{seq}"
+    assert "door access (reject)" in page.locator("pre").inner_text()
+    _shot(page, world, "21-event")
+    world.service.anchor_ledger()
+    page.goto(f"{world.url}/console/ledger")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Verify the whole chain").click()
+    assert "Chain intact." in page.get_by_role("status").inner_text()
+    assert "faceledger-anchor:" in page.locator("dl.facts").inner_text()
+    _shot(page, world, "22-verify-ok")
+    # an insider edits the search's purpose in the database
+    with world.service.engine.begin() as conn:
+        body = conn.execute(text("SELECT body FROM ledger_events WHERE seq = :s"),
+                            {"s": seq}).scalar_one()
+        conn.execute(text("UPDATE ledger_events SET body = :b WHERE seq = :s"),
+                     {"b": body.replace("door access (reject)", "door access (routine)"),
+                      "s": seq})
+    try:
+        page.goto(f"{world.url}/console/ledger/verify")
+        alert = page.get_by_role("alert").inner_text()
+        assert "Verification FAILED." in alert and f"#{seq}" in alert
+        _shot(page, world, "23-verify-failed")
+    finally:
+        with world.service.engine.begin() as conn:
+            conn.execute(text("UPDATE ledger_events SET body = :b WHERE seq = :s"),
+                         {"b": body, "s": seq})
+    # reviewers have no ledger role: the service refuses
+    page.context.close()
+
+
+def test_report_collections_and_export(browser: Any, world: World) -> None:
+    page = _page(browser)
+    _sign_in(page, world, "admin")
+    page.goto(f"{world.url}/console/report")
+    assert page.get_by_role("heading", name="Transparency report").count() == 1
+    assert page.locator(".chart svg").count() >= 4
+    _shot(page, world, "30-report")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="JSON report").click()
+    assert Path(download.value.path()).read_text().lstrip().startswith("{")
+    page.goto(f"{world.url}/console/collections")
+    assert page.get_by_role("img", name="Calibration of model").count() == 1
+    _shot(page, world, "31-collections")
+    with page.expect_navigation():
+        page.get_by_role("link", name="staff").click()
+    # the policy requires a purpose to list faces: refused (and logged) until one is given
+    assert "RequirePurpose" in page.get_by_role("alert").inner_text() or \
+        "purpose" in page.get_by_role("alert").inner_text()
+    page.get_by_label("Purpose of viewing (recorded)").fill("quarterly audit")
+    with page.expect_navigation():
+        page.get_by_role("button", name="List faces").click()
+    assert "eileen-enrolled" in page.get_by_role("region", name="Faces").inner_text()
+    _shot(page, world, "32-collection-staff")
+    page.goto(f"{world.url}/console/candidates/{world.candidates['confirm']}")  # a case view
+    page.goto(f"{world.url}/console/ledger")
+    page.get_by_label("Case reference").fill("INC-1")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export case bundle (admins)").click()
+    assert download.value.suggested_filename == "case-INC-1.zip"
+    with zipfile.ZipFile(download.value.path()) as bundle:
+        assert sorted(bundle.namelist()) == ["README.txt", "case-INC-1.json", "verify.py"]
+        events = json.loads(bundle.read("case-INC-1.json"))["events"]
+    # the search, the views of the case file and the export itself are in the case's record
+    assert {"SearchFacesByImage", "ViewCandidate", "ExportCase"} <= {
+        e["operation"] for e in events}
+    page.context.close()
+
+
+# -- without a browser: the rules live in the service, sessions in the console ----------------
+
+
+def _ctx(world: World, who: str, **extra: Any) -> RequestContext:
+    info = world.keys[who].info
+    return RequestContext(principal=info.access_key_id, roles=info.console_roles,
+                          admin=info.admin, **extra)
+
+
+def test_index_faces_keeps_the_image_hash_and_landmarks_with_the_face(world: World) -> None:
+    import hashlib
+
+    expected = hashlib.sha256(world.files["enrolled"].read_bytes()).hexdigest()
+    cand = world.service.get_review_candidate(world.candidates["own"])
+    case_file = world.service.review_case_file(cand["CandidateId"],
+                                               ctx=_ctx(world, "reviewer-1"))
+    face = case_file["EnrolledFace"]
+    assert face["InCatalog"] and face["ExternalImageId"] == "eileen-enrolled"
+    assert face["ImageSha256"] == face["IndexFacesImageSha256"] == expected
+    assert [lm["Type"] for lm in face["Landmarks"]] == [
+        "eyeLeft", "eyeRight", "nose", "mouthLeft", "mouthRight"]
+    probe = hashlib.sha256(world.files["probe"].read_bytes()).hexdigest()
+    assert cand["ProbeImageSha256"] == case_file["Search"]["ProbeImageSha256"] == probe
+    assert len(cand["ProbeFace"]["Landmarks"]) == 5
+    # the mirrored probe's left eye is where the enrolled photo's right eye was
+    assert cand["ProbeFace"]["Landmarks"][0]["X"] == pytest.approx(
+        1 - face["Landmarks"][1]["X"], abs=0.03)
+    assert case_file["Search"]["FacesSearched"] >= 1
+    views = world.service.ledger_events({"operation": "ViewCandidate"})["Events"]
+    assert views and views[0]["Principal"] == world.keys["reviewer-1"].info.access_key_id
+    assert views[0]["CaseReference"] == "INC-3"  # the view is part of the case's record
+
+
+def test_roles_are_enforced_by_the_service_and_refusals_logged(world: World) -> None:
+    from faceledger.errors import AccessDeniedException
+
+    cand = world.candidates["own"]
+    with pytest.raises(AccessDeniedException, match="reviewer role"):
+        world.service.review_candidate(cand, "CONFIRM", "auditors may not decide",
+                                       ctx=_ctx(world, "auditor"))
+    with pytest.raises(AccessDeniedException, match="auditor role"):
+        world.service.ledger_events(ctx=_ctx(world, "reviewer-1"))
+    with pytest.raises(AccessDeniedException, match="may not see collection"):
+        world.service.review_case_file(cand, ctx=_ctx(world, "reviewer-1",
+                                                      collections=("other-*",)))
+    refused = world.service.ledger_events({"outcome": "refused"})["Events"]
+    assert {"ReviewCandidate", "ListLedgerEvents", "ViewCandidate"} <= {
+        e["Operation"] for e in refused}
+    assert world.service.get_review_candidate(cand)["Reviews"] == []
+    with pytest.raises(Exception, match="unknown role"):
+        KeyStore.open(world.service.settings, world.service.engine).create(
+            "x", ["*"], ["*"], roles=["superuser"])
+
+
+def test_session_cookie_flags_expiry_and_no_store(world: World) -> None:
+    import asyncio
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    import httpx
+
+    from faceledger.console import build_console
+
+    now = [datetime.now(UTC)]
+    store = KeyStore.open(world.service.settings, world.service.engine)
+    app = build_console(world.service, store, clock=lambda: now[0], session_hours=1)
+    key = world.keys["reviewer-2"]
+
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            form = await c.get("/console/signin")
+            assert form.headers["cache-control"] == "no-store"
+            token = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            assert token is not None
+            signed = await c.post("/console/signin", data={
+                "csrf": token.group(1), "access_key_id": key.info.access_key_id,
+                "secret": key.secret_access_key})
+            assert signed.status_code == 303
+            cookie = signed.headers["set-cookie"].lower()
+            for flag in ("httponly", "samesite=strict", "path=/console", "max-age=3600"):
+                assert flag in cookie
+            queue = await c.get("/console/queue")
+            assert queue.status_code == 200 and "Review queue" in queue.text
+            assert queue.headers["cache-control"] == "no-store"
+            now[0] += timedelta(hours=1, seconds=1)  # the session has expired
+            expired = await c.get("/console/queue")
+            assert expired.status_code == 303
+            assert expired.headers["location"] == "/console/signin"
+
+    # in a thread of its own: Playwright's sync API may hold this thread's event loop
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
+
+
+def test_keys_create_with_roles_and_the_console_command(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from faceledger.cli import main
+
+    monkeypatch.setenv("FACELEDGER_DATA_DIR", str(tmp_path))
+    made = CliRunner().invoke(main, ["keys", "create", "rita", "-o", "*", "-c", "staff",
+                                     "--role", "reviewer", "--role", "auditor", "--json"])
+    assert made.exit_code == 0, made.output
+    assert json.loads(made.output)["Roles"] == ["auditor", "reviewer"]
+    wrong = CliRunner().invoke(main, ["keys", "create", "x", "-o", "*", "-c", "*",
+                                      "--role", "boss"])
+    assert wrong.exit_code == 2 and "boss" in wrong.output
+    helped = CliRunner().invoke(main, ["console", "--help"])
+    assert helped.exit_code == 0 and "review console" in helped.output
+
+
+def test_published_group_rates_come_from_the_tables_coverage() -> None:
+    from faceledger.calibration import load_calibration
+    from faceledger.service.oversight import _group_rows
+
+    assert _group_rows(None) == []
+    rows = _group_rows(load_calibration("dlib-resnet-v1").provenance["coverage"])
+    assert len(rows) == 20 and {r["Covered"][:3] for r in rows} == {"yes"}
+    assert {"Group", "People", "Impostor pairs", "FMR at 99.99"} <= set(rows[0])
+
+
+def test_older_databases_gain_the_new_nullable_columns(tmp_path: Path) -> None:
+    from faceledger.db import make_engine
+    from faceledger.ledger import Ledger
+    from faceledger.store.catalog import Catalog
+
+    settings = Settings(data_dir=tmp_path)
+    engine = make_engine(settings.resolved_database_url())
+    Catalog(engine), Ledger(engine), KeyStore.open(settings, engine, create_kek=True)
+    dropped = [("fl_faces", "image_sha256"), ("fl_faces", "landmarks"),
+               ("ledger_candidates", "probe_face"), ("fl_api_keys", "roles")]
+    with engine.begin() as conn:  # as a database made before these columns existed
+        for table, column in dropped:
+            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+    Catalog(engine), Ledger(engine)
+    store = KeyStore.open(settings, engine)
+    from sqlalchemy import inspect
+
+    for table, column in dropped:
+        assert column in {c["name"] for c in inspect(engine).get_columns(table)}
+    assert store.create("old-db", ["*"], ["*"], roles=["auditor"]).info.roles == ("auditor",)
+    engine.dispose()
