@@ -88,13 +88,13 @@ def main() -> int:
           f"{args.rounds} alternating rounds, {n} usable cores ({os.cpu_count()} CPUs)")
     print(f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
           f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
-    print(f"{'mode':<26} {'images':>7} {'indexed':>8} {'not idx':>8} {'failed':>7} "
+    print(f"{'mode':<26} {'images':>7} {'indexed':>8} {'skipped':>8} {'not idx':>8} {'failed':>7} "
           f"{'seconds':>8} {'images/s':>9} {'x seq':>6}")
     base = totals["sequential (1 process)"]
     base_rate = base.done / base.seconds if base.seconds else float("nan")
     for mode, t in totals.items():
         rate = t.done / t.seconds if t.seconds else float("nan")
-        print(f"{mode:<26} {t.done:>7} {t.indexed:>8} {t.not_indexed:>8} {t.failed:>7} "
+        print(f"{mode:<26} {t.done:>7} {t.indexed:>8} {t.skipped:>8} {t.not_indexed:>8} {t.failed:>7} "
               f"{t.seconds:>8.1f} {rate:>9.2f} {rate / base_rate:>6.2f}")
     print(json.dumps({mode: {"images": t.done, "indexed": t.indexed, "seconds": round(t.seconds, 2),
                              "images_per_s": round(t.done / t.seconds, 3) if t.seconds else None}
