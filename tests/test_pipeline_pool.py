@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def pool(service: FaceService) -> Iterator[PipelinePool]:
     p = PipelinePool(service.settings, 2)
+    p.warm_up()  # both processes (the pool otherwise starts them as calls need them)
     yield p
     p.close()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event, inspect, text
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 
 def make_engine(url: str) -> Engine:
@@ -25,6 +25,15 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def create_tables(engine: Engine, metadata: MetaData) -> None:
+    """`metadata.create_all`, tolerating another process creating the same tables at the same
+    moment (several servers starting together on one empty database)."""
+    try:
+        metadata.create_all(engine, checkfirst=True)
+    except (OperationalError, ProgrammingError, IntegrityError):
+        metadata.create_all(engine, checkfirst=True)  # they exist now: nothing left to create
 
 
 def add_missing_columns(engine: Engine, metadata: MetaData) -> list[str]:

@@ -48,7 +48,7 @@ from sqlalchemy import (
     update,
 )
 
-from ..db import add_missing_columns
+from ..db import add_missing_columns, create_tables
 from ..errors import InvalidParameterException, ResourceNotFoundException
 from ..settings import Settings
 from .sigv4 import signing_key
@@ -209,7 +209,7 @@ class KeyStore:
     def __init__(self, engine: Engine, kek: bytes | None) -> None:
         self.engine = engine
         self._kek = kek
-        metadata.create_all(engine, checkfirst=True)
+        create_tables(engine, metadata)
         add_missing_columns(engine, metadata)  # roles, on databases made before it
 
     @classmethod

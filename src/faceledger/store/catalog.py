@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from numpy.typing import NDArray
 from sqlalchemy import Connection, Engine
 
-from ..db import add_missing_columns
+from ..db import add_missing_columns, create_tables
 from ..errors import (
     ConflictException,
     IdempotentParameterMismatchException,
@@ -273,12 +273,7 @@ class Catalog:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        try:
-            metadata.create_all(engine)
-        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
-            # another node created them between our check and our CREATE (servers starting
-            # together on one empty PostgreSQL database)
-            metadata.create_all(engine)
+        create_tables(engine, metadata)
         add_missing_columns(engine, metadata)  # image_sha256, landmarks on older databases
         _add_missing_indexes(engine)
 
