@@ -5,7 +5,8 @@ of N pipeline processes, 2N threads writing through the service) against the seq
 Every image goes through IndexFaces and its ledger event in both modes, each mode into its own
 SQLite data dir. The images are split into rounds; each round runs both modes on the same
 images, the order alternating between rounds, so the drifting load of a shared machine falls
-on both alike. Model loading is outside the timings (both modes warm up first).
+on both alike. Model loading is outside the timings (both modes warm up first). "cores busy"
+is CPU seconds (this process and its workers) per wall second: what the run really got.
 
 Images: ../shared/faces/utkface-balanced (2,000 faces, 200x200), or --images DIR.
 
@@ -24,6 +25,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "faces" / "utkface-balanced"
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its live children (the pool's workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return float(total)
 
 
 def main() -> int:
@@ -58,16 +73,18 @@ def main() -> int:
         services[mode] = svc
     load_before = os.getloadavg()
     totals = {mode: Summary() for mode in modes}
+    cpu = dict.fromkeys(modes, 0.0)  # CPU seconds: did the run get the cores it asked for?
     per_round = -(-len(images) // args.rounds)
     for r in range(args.rounds):
         chunk = images[r * per_round:(r + 1) * per_round]
         order = list(modes) if r % 2 == 0 else list(modes)[::-1]
         for mode in order:
             w = modes[mode]
-            t0 = time.perf_counter()
+            c0, t0 = cpu_seconds(), time.perf_counter()
             s = index_images(services[mode], "ingest", chunk, threads=2 * w if w > 1 else 1,
                              ctx=ctx)
             s.seconds = time.perf_counter() - t0
+            cpu[mode] += cpu_seconds() - c0
             t = totals[mode]
             t.total += s.total
             t.indexed += s.indexed
@@ -77,7 +94,8 @@ def main() -> int:
             t.failed += s.failed
             t.seconds += s.seconds
             print(f"round {r + 1}/{args.rounds} {mode}: {s.done} images in {s.seconds:.1f} s "
-                  f"({s.done / s.seconds:.2f}/s)", file=sys.stderr)
+                  f"({s.done / s.seconds:.2f}/s, {(cpu_seconds() - c0) / s.seconds:.2f} cores "
+                  "busy)", file=sys.stderr)
     load_after = os.getloadavg()
     for mode, svc in services.items():
         svc.close()
@@ -89,13 +107,13 @@ def main() -> int:
     print(f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
           f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     print(f"{'mode':<26} {'images':>7} {'indexed':>8} {'skipped':>8} {'not idx':>8} {'failed':>7} "
-          f"{'seconds':>8} {'images/s':>9} {'x seq':>6}")
+          f"{'seconds':>8} {'images/s':>9} {'x seq':>6} {'cores busy':>10}")
     base = totals["sequential (1 process)"]
     base_rate = base.done / base.seconds if base.seconds else float("nan")
     for mode, t in totals.items():
         rate = t.done / t.seconds if t.seconds else float("nan")
         print(f"{mode:<26} {t.done:>7} {t.indexed:>8} {t.skipped:>8} {t.not_indexed:>8} {t.failed:>7} "
-              f"{t.seconds:>8.1f} {rate:>9.2f} {rate / base_rate:>6.2f}")
+              f"{t.seconds:>8.1f} {rate:>9.2f} {rate / base_rate:>6.2f} {cpu[mode] / t.seconds:>10.2f}")
     print(json.dumps({mode: {"images": t.done, "indexed": t.indexed, "seconds": round(t.seconds, 2),
                              "images_per_s": round(t.done / t.seconds, 3) if t.seconds else None}
                       for mode, t in totals.items()}))
