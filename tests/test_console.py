@@ -529,6 +529,7 @@ def test_older_databases_gain_the_new_nullable_columns(tmp_path: Path) -> None:
     dropped = [("fl_faces", "image_sha256"), ("fl_faces", "landmarks"),
                ("ledger_candidates", "probe_face"), ("fl_api_keys", "roles")]
     with engine.begin() as conn:  # as a database made before these columns existed
+        conn.execute(text("DROP INDEX ix_fl_faces_collection_image_sha256"))  # (bulk index)
         for table, column in dropped:
             conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
     Catalog(engine), Ledger(engine)
@@ -537,5 +538,7 @@ def test_older_databases_gain_the_new_nullable_columns(tmp_path: Path) -> None:
 
     for table, column in dropped:
         assert column in {c["name"] for c in inspect(engine).get_columns(table)}
+    assert "ix_fl_faces_collection_image_sha256" in {
+        ix["name"] for ix in inspect(engine).get_indexes("fl_faces")}
     assert store.create("old-db", ["*"], ["*"], roles=["auditor"]).info.roles == ("auditor",)
     engine.dispose()

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from .permissions import private_dir, private_sqlite
 
@@ -39,6 +39,15 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def create_tables(engine: Engine, metadata: MetaData) -> None:
+    """`metadata.create_all`, tolerating another process creating the same tables at the same
+    moment (several servers starting together on one empty database)."""
+    try:
+        metadata.create_all(engine, checkfirst=True)
+    except (OperationalError, ProgrammingError, IntegrityError):
+        metadata.create_all(engine, checkfirst=True)  # they exist now: nothing left to create
 
 
 def add_missing_columns(engine: Engine, metadata: MetaData) -> list[str]:

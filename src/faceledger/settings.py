@@ -75,9 +75,10 @@ class Settings(BaseSettings):
     server_port: int = 8080
     # The region clients sign for (SigV4 credential scope); any other region is refused.
     region: str = "us-east-1"
-    # Inference threads, and authenticated requests allowed to wait for one; beyond that the
-    # server answers ThrottlingException at once instead of queueing without bound.
-    server_workers: int = 2
+    # Inference worker processes (0: one per core; 1: inference in the server process itself),
+    # and authenticated requests allowed to wait for one; beyond that the server answers
+    # ThrottlingException at once instead of queueing without bound.
+    server_workers: int = 0
     server_queue: int = 32
     # Largest request body: CompareFaces with two 5 MB images, base64-encoded, plus JSON.
     max_request_bytes: int = 16 * 1024 * 1024

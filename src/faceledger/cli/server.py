@@ -16,6 +16,7 @@ from ..server.run import build_app, is_loopback
 from ..server.run import serve as run_server
 from ..service import FaceService
 from ..settings import Settings
+from ..vision.pool import default_workers
 from .app import emit_json, main, reports_errors, request_context
 
 
@@ -30,7 +31,8 @@ def _settings(**overrides: object) -> Settings:
               "or 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="[default: FACELEDGER_SERVER_PORT or 8080]")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Inference threads [default: FACELEDGER_SERVER_WORKERS or 2].")
+              help="Inference worker processes [default: FACELEDGER_SERVER_WORKERS, "
+                   "else one per core]; 1 runs inference in the server process.")
 @click.option("--queue", type=click.IntRange(0, 10_000), default=None,
               help="Requests that may wait for a worker before ThrottlingException [default 32].")
 @click.option("--dev", is_flag=True,
@@ -63,7 +65,8 @@ def serve(host: str | None, port: int | None, workers: int | None, queue: int | 
     scheme = "https" if ssl_certfile else "http"
     click.echo(f"faceledger: Rekognition API at {scheme}://{settings.server_host}:"
                f"{settings.server_port} (region {settings.region}); "
-               f"{len(app.operations)} operations", err=True)
+               f"{len(app.operations)} operations; {default_workers(settings.server_workers)} "
+               "inference worker(s)", err=True)
     click.echo(f"faceledger: review console at {scheme}://{settings.server_host}:"
                f"{settings.server_port}/console/", err=True)
     extra: dict[str, object] = {}

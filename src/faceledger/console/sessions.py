@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, delete, insert, select
 
+from ..db import create_tables
 from ..server.keys import KeyInfo, KeyStore, KeyStoreError
 from ..server.sigv4 import signing_key
 
@@ -60,7 +61,7 @@ class SessionStore:
         self.engine = engine
         self.keys = keys
         self.lifetime = lifetime
-        metadata.create_all(engine, checkfirst=True)
+        create_tables(engine, metadata)  # servers starting together may race to create them
 
     def check_secret(self, access_key_id: str, secret: str, now: datetime) -> KeyInfo | None:
         """The key's record if `secret` is its secret and the key is active, else None."""

@@ -26,6 +26,7 @@ from ..errors import FaceledgerError
 from ..imaging import decode_image, sha256_hex
 from ..settings import Settings
 from ..vision import FacePipeline
+from ..vision.pool import default_workers
 from ..vision.quality import measure_quality, quality_reasons
 from ..vision.types import Box, FaceAnalysis, Pose, Quality
 
@@ -293,7 +294,8 @@ def enrol_files(
             cache.put(fresh)
             out[i] = fresh
     todo = [i for i, e in enumerate(out) if e is None]
-    n_workers = workers if workers is not None else (settings.workers or os.cpu_count() or 1)
+    # the cores this process may run on (a container's CPU set), not the machine's count
+    n_workers = workers if workers is not None else default_workers(settings.workers)
     n_workers = max(1, min(n_workers, len(todo)))
     bar = Progress(len(todo), label) if progress and todo else None
     for i, e in _run(paths, todo, settings, n_workers, embed):

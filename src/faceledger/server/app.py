@@ -32,6 +32,7 @@ from ..errors import (
 from ..service import FaceService
 from ..settings import Settings
 from ..text import install_log_escaping, shown
+from ..vision.pool import default_workers
 from . import protocol, sigv4
 from .keys import KeyInfo, KeyStore, KeyStoreError
 from .limits import Admission, RateLimiter
@@ -90,9 +91,12 @@ class RekognitionApp:
         self.warm_up = warm_up
         self.clock = clock
         s = self.settings
-        self.admission = Admission(s.server_workers, s.server_queue)
+        # Limits live in this one process even with several inference processes (PipelinePool):
+        # every request passes through this event loop, so no state has to be shared.
+        workers = default_workers(s.server_workers)
+        self.admission = Admission(workers, s.server_queue)
         self.rates = RateLimiter()
-        self.pool = ThreadPoolExecutor(max_workers=s.server_workers,
+        self.pool = ThreadPoolExecutor(max_workers=request_threads(workers),
                                        thread_name_prefix="faceledger-worker")
         self.max_skew = timedelta(seconds=s.clock_skew_seconds)
         self.operations = frozenset(protocol.implemented_operations(service))
@@ -320,6 +324,12 @@ class RekognitionApp:
             headers.append((b"x-faceledger-dev-mode", b"unauthenticated"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+
+def request_threads(workers: int) -> int:
+    """Request threads for `workers` inference workers: with worker processes, one more per
+    worker so that a request's decoding and database work overlaps another's inference."""
+    return workers if workers == 1 else 2 * workers
 
 
 def _context_header(request: sigv4.HttpRequest, name: str) -> str | None:

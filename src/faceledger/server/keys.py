@@ -50,7 +50,7 @@ from sqlalchemy import (
     update,
 )
 
-from ..db import add_missing_columns
+from ..db import add_missing_columns, create_tables
 from ..errors import InvalidParameterException, ResourceNotFoundException
 from ..permissions import private_dir
 from ..text import shown
@@ -244,7 +244,7 @@ class KeyStore:
     def __init__(self, engine: Engine, kek: bytes | None) -> None:
         self.engine = engine
         self._kek = kek
-        metadata.create_all(engine, checkfirst=True)
+        create_tables(engine, metadata)
         add_missing_columns(engine, metadata)  # roles, on databases made before it
 
     @classmethod

@@ -15,6 +15,7 @@ import uvicorn
 from ..console import build_console
 from ..service import FaceService
 from ..settings import Settings
+from ..vision.pool import PipelinePool, default_workers
 from .app import RekognitionApp
 from .keys import KeyStore
 from .storage import build_resolver
@@ -41,7 +42,11 @@ def build_app(
 ) -> RekognitionApp:
     """The app for `settings`: a FaceService reading configured buckets, keys in its database."""
     if service is None:
-        service = FaceService(settings, resolver=build_resolver(settings))
+        workers = default_workers(settings.server_workers)
+        # several workers: inference in that many processes (dlib holds the GIL: threads
+        # would share one core); one: in this process, as the CLI and the Python API do
+        pipeline = PipelinePool(settings, workers) if workers > 1 else None
+        service = FaceService(settings, pipeline=pipeline, resolver=build_resolver(settings))
     keys = KeyStore.open(settings, service.engine)
     if not dev_mode and not any(k.active for k in keys.list()):
         log.warning("no active API keys: every request will be refused; "
@@ -75,6 +80,8 @@ def serve(app: RekognitionApp, host: str, port: int, **extra: object) -> None:
     finally:
         app.close()
         app.service.close()
+        if isinstance(app.service.pipeline, PipelinePool):
+            app.service.pipeline.close()
 
 
 @contextmanager

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from numpy.typing import NDArray
 from sqlalchemy import Connection, Engine
 
-from ..db import add_missing_columns
+from ..db import add_missing_columns, create_tables
 from ..errors import (
     ConflictException,
     IdempotentParameterMismatchException,
@@ -92,11 +92,12 @@ faces = sa.Table(
     # float32 little-endian template
     sa.Column("embedding", sa.LargeBinary, nullable=False),
     # SHA-256 of the image the face was indexed from (NULL for faces indexed before it was
-    # kept): a reviewer's copy of the photo is checked against it
+    # kept): a reviewer's copy of the photo is checked against it; bulk enrolment resumes by it
     sa.Column("image_sha256", sa.String(64), nullable=True),
     # the five landmarks as JSON [[type, x, y], ...] ratios of the image (NULL: not recorded)
     sa.Column("landmarks", sa.Text, nullable=True),
     sa.Index("ix_fl_faces_collection_face", "collection_pk", "face_id", unique=True),
+    sa.Index("ix_fl_faces_collection_image_sha256", "collection_pk", "image_sha256"),
     sa.Index("ix_fl_faces_collection_version", "collection_pk", "added_version"),
     sa.Index("ix_fl_faces_user", "user_pk"),
     sqlite_autoincrement=True,
@@ -272,8 +273,9 @@ class Catalog:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        metadata.create_all(engine)
+        create_tables(engine, metadata)
         add_missing_columns(engine, metadata)  # image_sha256, landmarks on older databases
+        _add_missing_indexes(engine)
 
     @property
     def dialect(self) -> str:
@@ -482,6 +484,14 @@ class Catalog:
             q = q.where(faces.c.face_id.in_(list(face_ids)))
         return [_face(r, False) for r in conn.execute(q)]
 
+    def image_hashes(self, conn: Connection, coll_pk: int) -> set[str]:
+        """SHA-256 of every image that has a face in the collection (faces stored without one,
+        before the column existed, are not counted)."""
+        return {str(h) for h in conn.execute(
+            sa.select(faces.c.image_sha256).distinct()
+            .where(faces.c.collection_pk == coll_pk, faces.c.image_sha256.is_not(None))
+        ).scalars()}
+
     def changes_since(self, conn: Connection, coll_pk: int, version: int) -> Changes | None:
         """Faces added and removed after `version` (None: the collection is gone)."""
         current = self.collection_version(conn, coll_pk)
@@ -621,6 +631,18 @@ class Catalog:
         conn.execute(request_tokens.insert().values(
             collection_pk=coll_pk, operation=operation, token=token, request_hash=params_hash,
             response=json.dumps(response), created_at=time.time()))
+
+
+def _add_missing_indexes(engine: Engine) -> None:
+    """Indexes declared on faces that an older database lacks (create_all skips existing tables)."""
+    have = {ix["name"] for ix in sa.inspect(engine).get_indexes(faces.name)}
+    for index in faces.indexes:
+        if index.name in have:
+            continue
+        try:
+            index.create(engine, checkfirst=True)
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+            pass  # another process made it between our look and our CREATE INDEX
 
 
 def _inserted_pk(res: sa.CursorResult[Any]) -> int:

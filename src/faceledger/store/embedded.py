@@ -14,11 +14,13 @@ snapshot or the new one; the catalog's tombstones and versions bring either up t
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -196,7 +198,8 @@ class EmbeddedIndex:
         if directory is not None:
             private_dir(directory, tighten=True)  # templates: owner-only
             for tmp in directory.glob("*.tmp"):
-                tmp.unlink(missing_ok=True)
+                if not _writer_alive(tmp):  # another process's save in progress stays
+                    tmp.unlink(missing_ok=True)
 
     def set_ef_search(self, ef: int) -> None:
         """Search breadth of every HNSW graph (recall against latency; bench/search.py)."""
@@ -332,21 +335,31 @@ class EmbeddedIndex:
         pointer = self._pointer(coll_pk)
         if pointer is None or not isinstance(c.store, _Hnsw):
             return
+        # Several processes (server workers, a bulk `collection index`) may share the directory:
+        # one writer per collection at a time; a busy one is skipped (it snapshots the same data).
+        with _file_lock(pointer.parent / f"c{coll_pk}.lock", exclusive=True,
+                        wait=False) as held:
+            if held:
+                self._write_snapshot(coll_pk, c, pointer)
+
+    def _write_snapshot(self, coll_pk: int, c: _Collection, pointer: Path) -> None:
+        assert isinstance(c.store, _Hnsw)
         d = pointer.parent
         stem = f"c{coll_pk}-v{c.version}"
         graph_path, keys_path = d / f"{stem}.hnsw", d / f"{stem}.keys.npy"
+        mine = f".{os.getpid()}.tmp"  # temporary names of this process only
         try:
-            c.store.graph.save_index(str(graph_path) + ".tmp")
-            with open(str(keys_path) + ".tmp", "wb") as fh:
+            c.store.graph.save_index(str(graph_path) + mine)
+            with open(str(keys_path) + mine, "wb") as fh:
                 np.save(fh, c.store.keys())
             for p in (graph_path, keys_path):
-                _fsync(Path(str(p) + ".tmp"))
-                os.replace(str(p) + ".tmp", p)
+                _fsync(Path(str(p) + mine))
+                os.replace(str(p) + mine, p)
             meta = {"collection_pk": coll_pk, "version": c.version, "dim": c.store.dim,
                     "graph": graph_path.name, "keys": keys_path.name,
                     "graph_bytes": graph_path.stat().st_size, "count": len(c.store),
                     "m": self.params.m, "ef_construction": self.params.ef_construction}
-            tmp = Path(str(pointer) + ".tmp")
+            tmp = Path(str(pointer) + mine)
             tmp.write_text(json.dumps(meta))
             _fsync(tmp)
             os.replace(tmp, pointer)
@@ -356,20 +369,33 @@ class EmbeddedIndex:
             return
         c.dirty = 0
         for old in list(d.glob(f"c{coll_pk}-v*")):
-            if old.name not in (graph_path.name, keys_path.name):
+            if old.name not in (graph_path.name, keys_path.name) and old.suffix != ".tmp":
                 old.unlink(missing_ok=True)
 
     def _read_snapshot(self, coll_pk: int, catalog_version: int) -> _Collection | None:
         pointer = self._pointer(coll_pk)
         if pointer is None or not pointer.is_file():
             return None
+        # shared: another process's snapshot cannot replace these files while they are read
+        with _file_lock(pointer.parent / f"c{coll_pk}.lock", exclusive=False, wait=True):
+            return self._load_snapshot(coll_pk, catalog_version, pointer)
+
+    def _load_snapshot(self, coll_pk: int, catalog_version: int, pointer: Path
+                       ) -> _Collection | None:
         try:
             meta = json.loads(pointer.read_text())
             graph_path = pointer.parent / str(meta["graph"])
             keys_path = pointer.parent / str(meta["keys"])
             version = int(meta["version"])
-            if version > catalog_version or graph_path.stat().st_size != meta["graph_bytes"]:
-                raise ValueError("snapshot is ahead of the catalog or truncated")
+            if version > catalog_version:
+                # Another process may have committed and snapshotted since our read: only a
+                # snapshot ahead of the catalog as it is now (a restored backup) is unusable.
+                with self.catalog.read() as conn:
+                    now = self.catalog.collection_version(conn, coll_pk)
+                if now is None or version > now:
+                    raise ValueError("snapshot is ahead of the catalog")
+            if graph_path.stat().st_size != meta["graph_bytes"]:
+                raise ValueError("snapshot is truncated")
             keys = np.load(keys_path)
             graph = hnswlib.Index(space="l2", dim=int(meta["dim"]))
             graph.load_index(str(graph_path), max_elements=max(len(keys), 1024),
@@ -402,6 +428,39 @@ class EmbeddedIndex:
             head = p.name[1:].split("-", 1)[0].split(".", 1)[0]
             if head.isdigit() and int(head) not in alive:
                 p.unlink(missing_ok=True)
+
+
+@contextmanager
+def _file_lock(path: Path, *, exclusive: bool, wait: bool) -> Iterator[bool]:
+    """An advisory lock (flock) on `path` between processes; yields whether it is held."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, flags)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _writer_alive(tmp: Path) -> bool:
+    """Whether the process named in a temporary file's name (`*.<pid>.tmp`) still runs."""
+    pid = tmp.suffixes[-2][1:] if len(tmp.suffixes) >= 2 else ""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync(path: Path) -> None:

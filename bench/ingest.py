@@ -1,0 +1,125 @@
+"""Bulk enrolment throughput: images/s of `faceledger collection index` on all cores (a pool
+of N pipeline processes, 2N threads writing through the service) against the sequential path
+(one thread, the pipeline in this process), on the same images in one run.
+
+Every image goes through IndexFaces and its ledger event in both modes, each mode into its own
+SQLite data dir. The images are split into rounds; each round runs both modes on the same
+images, the order alternating between rounds, so the drifting load of a shared machine falls
+on both alike. Model loading is outside the timings (both modes warm up first). "cores busy"
+is CPU seconds (this process and its workers) per wall second: what the run really got.
+
+Images: ../shared/faces/utkface-balanced (2,000 faces, 200x200), or --images DIR.
+
+    python bench/ingest.py --limit 2000 --rounds 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGES = REPO.parent / "shared" / "faces" / "utkface-balanced"
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its live children (the pool's workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return float(total)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    ap.add_argument("--limit", type=int, default=2000, help="images to enrol (per mode)")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=0, help="pool processes (0: one per core)")
+    args = ap.parse_args()
+
+    from faceledger.bulk import Summary, find_images, index_images
+    from faceledger.context import RequestContext
+    from faceledger.service import FaceService
+    from faceledger.settings import Settings
+    from faceledger.vision.pool import PipelinePool, default_workers
+
+    if not args.images.is_dir():
+        print(f"no images at {args.images}", file=sys.stderr)
+        return 2
+    images = find_images([args.images], "relative-path")[: args.limit]
+    n = default_workers(args.workers)
+    tmp = Path(tempfile.mkdtemp(prefix="faceledger-bench-ingest-"))
+    ctx = RequestContext(principal="bench", purpose="benchmark")
+    modes = {"sequential (1 process)": 1, f"parallel ({n} processes)": n}
+    services: dict[str, FaceService] = {}
+    for mode, w in modes.items():
+        settings = Settings(data_dir=tmp / mode.split()[0])
+        pipeline = PipelinePool(settings, w) if w > 1 else None
+        svc = FaceService(settings, pipeline=pipeline)
+        svc.pipeline.warm_up()
+        svc.create_collection("ingest", ctx=ctx)
+        services[mode] = svc
+    load_before = os.getloadavg()
+    totals = {mode: Summary() for mode in modes}
+    cpu = dict.fromkeys(modes, 0.0)  # CPU seconds: did the run get the cores it asked for?
+    per_round = -(-len(images) // args.rounds)
+    for r in range(args.rounds):
+        chunk = images[r * per_round:(r + 1) * per_round]
+        order = list(modes) if r % 2 == 0 else list(modes)[::-1]
+        for mode in order:
+            w = modes[mode]
+            c0, t0 = cpu_seconds(), time.perf_counter()
+            s = index_images(services[mode], "ingest", chunk, threads=2 * w if w > 1 else 1,
+                             ctx=ctx)
+            s.seconds = time.perf_counter() - t0
+            cpu[mode] += cpu_seconds() - c0
+            t = totals[mode]
+            t.total += s.total
+            t.indexed += s.indexed
+            t.faces += s.faces
+            t.skipped += s.skipped
+            t.not_indexed += s.not_indexed
+            t.failed += s.failed
+            t.seconds += s.seconds
+            print(f"round {r + 1}/{args.rounds} {mode}: {s.done} images in {s.seconds:.1f} s "
+                  f"({s.done / s.seconds:.2f}/s, {(cpu_seconds() - c0) / s.seconds:.2f} cores "
+                  "busy)", file=sys.stderr)
+    load_after = os.getloadavg()
+    for mode, svc in services.items():
+        svc.close()
+        if isinstance(svc.pipeline, PipelinePool):
+            svc.pipeline.close()
+
+    print(f"faceledger bulk enrolment: {len(images)} images from {args.images} per mode, "
+          f"{args.rounds} alternating rounds, {n} usable cores ({os.cpu_count()} CPUs)")
+    print(f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
+          f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+    print(f"{'mode':<26} {'images':>7} {'indexed':>8} {'skipped':>8} {'not idx':>8} {'failed':>7} "
+          f"{'seconds':>8} {'images/s':>9} {'x seq':>6} {'cores busy':>10}")
+    base = totals["sequential (1 process)"]
+    base_rate = base.done / base.seconds if base.seconds else float("nan")
+    for mode, t in totals.items():
+        rate = t.done / t.seconds if t.seconds else float("nan")
+        print(f"{mode:<26} {t.done:>7} {t.indexed:>8} {t.skipped:>8} {t.not_indexed:>8} {t.failed:>7} "
+              f"{t.seconds:>8.1f} {rate:>9.2f} {rate / base_rate:>6.2f} {cpu[mode] / t.seconds:>10.2f}")
+    print(json.dumps({mode: {"images": t.done, "indexed": t.indexed, "seconds": round(t.seconds, 2),
+                             "images_per_s": round(t.done / t.seconds, 3) if t.seconds else None}
+                      for mode, t in totals.items()}))
+    same = all(t.indexed == base.indexed for t in totals.values())
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Bulk enrolment: files and folders of photos into a collection, on every core, resumable.
+
+Each image goes through the service's IndexFaces as one request would (policies, quality filter,
+one ledger event in the transaction that stores its faces), from several threads of this
+process; with a PipelinePool the detection and embedding of those threads run in as many worker
+processes. Writes stay here, in one process, through the one service.
+
+Resuming is by content: an image whose SHA-256 already has a face in the collection (the faces'
+`image_sha256`) is skipped and counted, so a run stopped by Ctrl-C, a crash or a reboot is
+simply started again. Every image that IndexFaces acknowledged is committed before it is counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from .context import LOCAL, RequestContext
+from .errors import FaceledgerError
+from .imaging import sha256_hex
+from .service import FaceService
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+ExternalIdFrom = Literal["name", "parent", "relative-path"]
+Status = Literal["indexed", "skipped", "not_indexed", "failed"]
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """One photo to enrol and the ExternalImageId it gets."""
+
+    path: Path
+    external_image_id: str
+
+
+def safe_external_id(text: str) -> str:
+    """`text` within Rekognition's ExternalImageId alphabet ([a-zA-Z0-9_.-:], 1-255 chars)."""
+    clean = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "_.-:") else "_"
+                    for ch in text)
+    return (clean or "_")[:255]
+
+
+def external_id(path: Path, root: Path, how: ExternalIdFrom) -> str:
+    """The ExternalImageId of `path` (found under `root`): its name without suffix, its
+    folder's name (one person per folder), or its path under root with ':' for '/'."""
+    match how:
+        case "name":
+            return safe_external_id(path.stem)
+        case "parent":
+            return safe_external_id(path.parent.name or path.stem)
+        case "relative-path":
+            try:
+                rel = path.relative_to(root) if root != path else Path(path.name)
+            except ValueError:
+                rel = Path(path.name)
+            return safe_external_id(":".join(rel.with_suffix("").parts))
+    raise ValueError(f"unknown external id source {how!r}")
+
+
+def find_images(paths: Iterable[Path], how: ExternalIdFrom = "name") -> list[ImageFile]:
+    """Every JPEG/PNG among `paths`, folders searched recursively, in a stable (sorted) order.
+    A file named directly is taken whatever its suffix (IndexFaces judges its content)."""
+    found: dict[Path, ImageFile] = {}
+    for given in paths:
+        if given.is_dir():
+            for p in sorted(given.rglob("*")):
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                    found.setdefault(p.resolve(), ImageFile(p, external_id(p, given, how)))
+        else:
+            found.setdefault(given.resolve(), ImageFile(given, external_id(given, given.parent,
+                                                                           how)))
+    return list(found.values())
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one image (one line of the JSON-lines report)."""
+
+    path: str
+    status: Status
+    sha256: str | None = None
+    external_image_id: str | None = None
+    face_ids: tuple[str, ...] = ()
+    # reasons of each face found but not indexed; ("NO_FACE",) when none was found at all
+    reasons: tuple[tuple[str, ...], ...] = ()
+    error: str | None = None  # Rekognition error code, or the OS error of reading the file
+    message: str | None = None
+
+    def to_json(self) -> str:
+        out: dict[str, Any] = {"path": self.path, "status": self.status, "sha256": self.sha256,
+                               "external_image_id": self.external_image_id,
+                               "face_ids": list(self.face_ids)}
+        if self.reasons:
+            out["unindexed_reasons"] = [list(r) for r in self.reasons]
+        if self.error is not None:
+            out["error"] = {"code": self.error, "message": self.message}
+        return json.dumps(out)
+
+
+@dataclass
+class Summary:
+    """Counts of a run, and what was not indexed and why."""
+
+    total: int = 0
+    indexed: int = 0
+    faces: int = 0
+    skipped: int = 0
+    not_indexed: int = 0
+    failed: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # path, code, message
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    @property
+    def done(self) -> int:
+        return self.indexed + self.skipped + self.not_indexed + self.failed
+
+    def add(self, o: Outcome) -> None:
+        if o.status == "indexed":
+            self.indexed += 1
+            self.faces += len(o.face_ids)
+        elif o.status == "skipped":
+            self.skipped += 1
+        elif o.status == "not_indexed":
+            self.not_indexed += 1
+        else:
+            self.failed += 1
+            self.failures.append((o.path, o.error or "?", o.message or ""))
+        # a face left out of an indexed image still counts, by its reasons
+        for reasons in o.reasons:
+            self.reasons.update(reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": self.total, "processed": self.done, "indexed": self.indexed,
+                "faces_indexed": self.faces, "skipped_already_indexed": self.skipped,
+                "not_indexed": self.not_indexed, "failed": self.failed,
+                "unindexed_faces_by_reason": dict(self.reasons.most_common()),
+                "failed_files": [{"path": p, "code": c, "message": m}
+                                 for p, c, m in self.failures],
+                "interrupted": self.interrupted, "seconds": round(self.seconds, 3),
+                "images_per_second": round(self.done / self.seconds, 3) if self.seconds else None}
+
+
+class _Seen:
+    """Image hashes already in the collection or taken by this run (thread-safe)."""
+
+    def __init__(self, hashes: set[str]) -> None:
+        self._hashes = hashes
+        self._lock = threading.Lock()
+
+    def claim(self, sha: str) -> bool:
+        """True if `sha` is new (and now taken); False if indexed before or in this run."""
+        with self._lock:
+            if sha in self._hashes:
+                return False
+            self._hashes.add(sha)
+            return True
+
+    def release(self, sha: str) -> None:
+        """Give back a claim whose image stored no face (so a later copy is tried again)."""
+        with self._lock:
+            self._hashes.discard(sha)
+
+
+def _index_one(service: FaceService, collection_id: str, item: ImageFile, seen: _Seen,
+               max_faces: int | None, quality_filter: str | None,
+               ctx: RequestContext) -> Outcome:
+    path = str(item.path)
+    try:
+        data = item.path.read_bytes()
+    except OSError as exc:
+        return Outcome(path, "failed", error=type(exc).__name__, message=str(exc))
+    sha = sha256_hex(data)
+    if not seen.claim(sha):
+        return Outcome(path, "skipped", sha, item.external_image_id)
+    stored = False
+    try:
+        # one ledger event per image, each with a request id of its own
+        r = service.index_faces(collection_id, {"Bytes": data}, item.external_image_id,
+                                max_faces=max_faces, quality_filter=quality_filter,
+                                ctx=dataclasses.replace(ctx, request_id=str(uuid.uuid4())))
+        face_ids = tuple(rec["Face"]["FaceId"] for rec in r["FaceRecords"])
+        reasons = tuple(tuple(u["Reasons"]) for u in r["UnindexedFaces"])
+        stored = bool(face_ids)
+        if not face_ids and not reasons:
+            reasons = (("NO_FACE",),)
+        return Outcome(path, "indexed" if stored else "not_indexed", sha,
+                       item.external_image_id, face_ids, reasons)
+    except FaceledgerError as exc:
+        return Outcome(path, "failed", sha, item.external_image_id, error=exc.code,
+                       message=exc.message)
+    finally:
+        if not stored:
+            seen.release(sha)
+
+
+def index_images(
+    service: FaceService,
+    collection_id: str,
+    images: Sequence[ImageFile],
+    *,
+    threads: int = 1,
+    max_faces: int | None = None,
+    quality_filter: str | None = None,
+    ctx: RequestContext = LOCAL,
+    on_outcome: Callable[[Outcome], None] | None = None,
+    stop: threading.Event | None = None,
+) -> Summary:
+    """IndexFaces for every image from `threads` threads; `on_outcome` sees each result in this
+    thread as it comes. KeyboardInterrupt or `stop` end the run cleanly: nothing new starts,
+    images in progress finish (and are reported), and the summary says it was interrupted."""
+    with service.catalog.read() as conn:
+        coll = service.catalog.collection(conn, collection_id)
+        seen = _Seen(service.catalog.image_hashes(conn, coll.pk))
+    summary = Summary(total=len(images))
+    started = time.monotonic()
+    todo: Iterator[ImageFile] = iter(images)
+    # a bounded window of futures: 200,000 files are never all queued at once
+    window = max(2, 4 * threads)
+    pending: set[Future[Outcome]] = set()
+
+    def record(f: Future[Outcome]) -> None:
+        o = f.result()
+        summary.add(o)
+        if on_outcome is not None:
+            on_outcome(o)
+
+    with ThreadPoolExecutor(max_workers=max(1, threads),
+                            thread_name_prefix="faceledger-bulk") as pool:
+        try:
+            while True:
+                while len(pending) < window and not (stop is not None and stop.is_set()):
+                    item = next(todo, None)
+                    if item is None:
+                        break
+                    pending.add(pool.submit(_index_one, service, collection_id, item, seen,
+                                            max_faces, quality_filter, ctx))
+                if not pending:
+                    break
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for f in done:
+                    record(f)
+                if stop is not None and stop.is_set() and not pending:
+                    summary.interrupted = True
+                    break
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            for f in pending:
+                f.cancel()
+            # what is already running finishes: it commits, and it is reported
+            for f in pending:
+                if not f.cancelled():
+                    record(f)
+        if stop is not None and stop.is_set():
+            summary.interrupted = True
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def write_summary(summary: Summary, stream: TextIO) -> None:
+    """The human summary of a run."""
+    state = "INTERRUPTED: " if summary.interrupted else ""
+    rate = summary.done / summary.seconds if summary.seconds else 0.0
+    stream.write(
+        f"{state}{summary.done} of {summary.total} images in {summary.seconds:.1f} s "
+        f"({rate:.1f}/s): {summary.indexed} indexed ({summary.faces} faces), "
+        f"{summary.skipped} skipped (already indexed), {summary.not_indexed} not indexed, "
+        f"{summary.failed} failed\n")
+    for reason, n in summary.reasons.most_common():
+        stream.write(f"  faces not indexed, {reason}: {n}\n")
+    for path, code, message in summary.failures[:20]:
+        stream.write(f"  failed {path}: {code}: {message}\n")
+    if len(summary.failures) > 20:
+        stream.write(f"  ... {len(summary.failures) - 20} more failed files (see --report)\n")
+    if summary.interrupted:
+        stream.write("Run the same command again to continue: indexed images are skipped.\n")

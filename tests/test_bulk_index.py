@@ -1,0 +1,128 @@
+"""Bulk enrolment (`faceledger collection index COLL PATH...`) on real LFW photos: folders,
+external ids, the report and summary, resuming by image SHA-256, and Ctrl-C mid-run.
+
+The CLI runs as a real process (its worker processes and signals are the point); the database
+is then read back to check that what was reported is what was stored, once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from faceledger.bulk import external_id, find_images, safe_external_id
+from faceledger.db import make_engine
+from faceledger.ledger import Ledger
+from faceledger.ledger.verify import verify
+from faceledger.settings import Settings
+from faceledger.store.catalog import Catalog
+
+
+def test_external_ids_and_walking(tmp_path: Path) -> None:
+    (tmp_path / "Ann Lee" / "x").mkdir(parents=True)
+    for p in ("Ann Lee/a.jpg", "Ann Lee/x/b.PNG", "Ann Lee/notes.txt", "c.jpeg"):
+        (tmp_path / p).write_bytes(b"")
+    found = find_images([tmp_path], "relative-path")
+    assert [f.external_image_id for f in found] == ["Ann_Lee:a", "Ann_Lee:x:b", "c"]
+    assert [f.external_image_id for f in find_images([tmp_path], "parent")] == [
+        "Ann_Lee", "x", tmp_path.name]
+    # a file named directly is taken even without an image suffix; duplicates once
+    named = find_images([tmp_path / "Ann Lee" / "notes.txt", tmp_path / "c.jpeg",
+                         tmp_path / "c.jpeg"], "name")
+    assert [f.external_image_id for f in named] == ["notes", "c"]
+    assert external_id(tmp_path / "é.jpg", tmp_path, "name") == "_"
+    assert safe_external_id("x" * 300) == "x" * 255
+
+
+def _cli(data: Path, *args: str, **kw: object) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACELEDGER_")}
+    env.update(FACELEDGER_DATA_DIR=str(data), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    return subprocess.Popen(
+        [sys.executable, "-c", "from faceledger.cli import main; main()", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)  # type: ignore[call-overload]
+
+
+def _stored(data: Path, collection: str) -> tuple[list[str], set[str], bool]:
+    """(face ids, image hashes) in the collection and whether the ledger verifies."""
+    engine = make_engine(Settings(data_dir=data).resolved_database_url())
+    cat = Catalog(engine)
+    with cat.read() as conn:
+        coll = cat.collection(conn, collection)
+        faces = cat.list_faces(conn, coll.pk, 0, 100_000)
+        hashes = cat.image_hashes(conn, coll.pk)
+    ok = verify(Ledger(engine)).ok
+    engine.dispose()
+    return [f.face_id for f in faces], hashes, ok
+
+
+@pytest.mark.slow
+def test_bulk_index_reports_resumes_and_stops_cleanly(tmp_path: Path, faces_dir: Path) -> None:
+    lfw = faces_dir / "lfw"
+    photos = tmp_path / "photos"
+    people = [d for d in sorted(lfw.iterdir()) if d.is_dir()][:40]
+    for d in people:
+        shutil.copytree(d, photos / d.name)
+    (photos / "broken.jpg").write_bytes(b"not a photo")
+    shutil.copy(faces_dir / "detection" / "dogs.jpg", photos / "dogs.jpg")
+    first = next(photos.rglob("*_0001.jpg"))
+    shutil.copy(first, photos / "copy-of-first.jpg")  # same bytes: indexed once
+    total = len(find_images([photos]))
+    data = tmp_path / "data"
+    create = _cli(data, "collection", "create", "bulk")
+    create.communicate(timeout=120)
+    assert create.returncode == 0
+
+    # Ctrl-C once the first images are reported
+    report = tmp_path / "report.jsonl"
+    run = _cli(data, "collection", "index", "bulk", str(photos), "--external-id-from",
+               "parent", "--report", str(report), "--workers", "2", "--max-faces", "1",
+               start_new_session=True)  # a process group of its own, like a terminal's job
+    deadline = time.monotonic() + 300
+    while (not report.is_file() or len(report.read_text().splitlines()) < 3):
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGINT)
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 130, err
+    assert "INTERRUPTED" in out and "Run the same command again" in out
+    lines = [json.loads(x) for x in report.read_text().splitlines()]
+    assert 3 <= len(lines) < total
+    face_ids, hashes, ok = _stored(data, "bulk")
+    reported = [f for x in lines for f in x["face_ids"]]
+    # everything acknowledged is stored, and nothing else
+    assert sorted(reported) == sorted(face_ids) and ok
+    assert {x["sha256"] for x in lines if x["status"] == "indexed"} == hashes
+
+    # run again: what is stored is skipped, the rest is done
+    run = _cli(data, "collection", "index", "bulk", str(photos), "--external-id-from",
+               "parent", "--report", str(report), "--workers", "2", "--max-faces", "1",
+               "--json", "--no-progress")
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 1, err  # broken.jpg failed
+    summary = json.loads(out)
+    before = {x["sha256"] for x in lines if x["status"] == "indexed"}
+    again = [json.loads(x) for x in report.read_text().splitlines()][len(lines):]
+    assert summary["images"] == total == len(again) and not summary["interrupted"]
+    # every photo stored by the first run (and its copy) is skipped, not indexed again
+    assert all(x["status"] == "skipped" for x in again if x["sha256"] in before)
+    assert summary["skipped_already_indexed"] >= len(before)
+    assert summary["failed_files"][0]["code"] == "InvalidImageFormatException"
+    assert summary["unindexed_faces_by_reason"].get("NO_FACE", 0) >= 1  # the dogs
+    face_ids, hashes, ok = _stored(data, "bulk")
+    assert ok and len(face_ids) == len(set(face_ids)) == summary["faces_indexed"] + len(before)
+    indexed = [x for x in lines + again if x["status"] == "indexed"]
+    assert len({x["sha256"] for x in indexed}) == len(indexed) == len(hashes)
+    copies = [x["status"] for x in lines + again
+              if x["path"] in (str(first), str(photos / "copy-of-first.jpg"))]
+    assert sorted(copies)[0] == "indexed" and copies.count("indexed") == 1
+    by_path = {x["path"]: x for x in indexed}
+    assert by_path.get(str(first), by_path.get(str(photos / "copy-of-first.jpg"), {})).get(
+        "external_image_id") in (first.parent.name, photos.name)
