@@ -134,7 +134,9 @@ class OversightOperations(UserOperations, GovernanceOperations):
         return {"ModelVersion": table.model_version, "Available": True,
                 "Dataset": (prov.get("dataset") or {}).get("name"),
                 "LowestCredibleFalseMatchRate": table.lowest_credible_fmr,
-                "OperatingPoints": points, "Populations": coverage_lines(table),
+                "OperatingPoints": points,
+                # the summary lines; the per-group lines are the rows of Groups
+                "Populations": [ln for ln in coverage_lines(table) if not ln.startswith("  ")],
                 "Groups": _group_rows(prov.get("coverage"))}
 
     def calibration_curve(self, points: int = 60) -> Shape:
