@@ -56,3 +56,13 @@ def _tighten(path: Path, mode: int) -> None:
     current = stat.S_IMODE(path.stat().st_mode)
     if current & 0o077:
         os.chmod(path, current & ~0o077 & 0o777 | (mode & 0o700))
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a directory's entries') writes to disk: a rename is durable only
+    once its directory is synced."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 
+from ..permissions import fsync_path
 from ..server.keys import (
     KeyStore,
     KeyStoreError,
@@ -77,7 +78,7 @@ def _rotate(settings: Settings, service: FaceService, to_file: Path | None) -> N
         retired = Path(f"{current_path}.retired-{kek_fingerprint(old)}")
         os.replace(current_path, retired)
     os.replace(pending, target)
-    _fsync_dir(target.parent)
+    fsync_path(target.parent)
     click.echo(f"re-sealed {count} API key(s) under KEK {kek_fingerprint(new)} ({target})")
     if retired is not None:
         click.echo(f"the old KEK is now {retired}: it opens backups taken before this "
@@ -87,9 +88,3 @@ def _rotate(settings: Settings, service: FaceService, to_file: Path | None) -> N
                    " (and drop the old setting)")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,15 @@ NOT_READABLE = ("Unable to get object metadata from S3. "
                 "Check object key, region and/or access permissions.")
 
 
+def not_configured(bucket: str) -> str:
+    """The refusal for a bucket this server does not serve."""
+    return f"Bucket '{shown(bucket)}' is not configured on this server."
+
+
 def _video_too_large(bucket: str, name: str, size: int, limit: int) -> VideoTooLargeException:
     return VideoTooLargeException(
-        f"S3Object {bucket}/{name} is {size} bytes; the limit for stored video is {limit} bytes."
+        f"S3Object {shown(bucket)}/{shown(name, 200)} is {size} bytes; the limit for stored video "
+        f"is {limit} bytes."
     )
 
 
@@ -69,7 +76,7 @@ class LocalBuckets:
     def _path(self, bucket: str, name: str, version: str | None) -> Path:
         root = self.roots.get(bucket)
         if root is None:
-            raise InvalidS3ObjectException(f"Bucket '{shown(bucket)}' is not configured on this server.")
+            raise InvalidS3ObjectException(not_configured(bucket))
         if version is not None:
             raise InvalidS3ObjectException(
                 f"Bucket '{shown(bucket)}' is a local directory: objects have no versions."
@@ -118,22 +125,26 @@ class S3Buckets:
         )
         return cls(settings.s3_buckets, client, settings.max_s3_image_bytes)
 
-    def fetch(self, bucket: str, name: str, version: str | None) -> bytes:
+    @contextmanager
+    def _object(self, bucket: str, name: str, version: str | None, max_bytes: int,
+                too_large: Callable[[str, str, int, int], Exception]) -> Iterator[Any]:
+        """The object's streaming body, after its size was checked against `max_bytes`; every
+        S3 failure becomes InvalidS3ObjectException (the caller's values escaped in the log)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         if bucket not in self.buckets:
-            raise InvalidS3ObjectException(f"Bucket '{shown(bucket)}' is not configured on this server.")
+            raise InvalidS3ObjectException(not_configured(bucket))
         ref: dict[str, str] = {"Bucket": bucket, "Key": name}
         if version is not None:
             ref["VersionId"] = version
         try:
             head = self.client.head_object(**ref)
             size = int(head.get("ContentLength", 0))
-            if size > self.max_bytes:
-                raise _too_large(bucket, name, size, self.max_bytes)
+            if size > max_bytes:
+                raise too_large(bucket, name, size, max_bytes)
             body = self.client.get_object(**ref)["Body"]
             try:
-                data: bytes = body.read(self.max_bytes + 1)
+                yield body
             finally:
                 body.close()
         except ClientError as exc:
@@ -146,6 +157,10 @@ class S3Buckets:
             raise InvalidS3ObjectException(
                 "The object storage endpoint could not be reached; try again later."
             ) from exc
+
+    def fetch(self, bucket: str, name: str, version: str | None) -> bytes:
+        with self._object(bucket, name, version, self.max_bytes, _too_large) as body:
+            data: bytes = body.read(self.max_bytes + 1)
         if len(data) > self.max_bytes:
             raise _too_large(bucket, name, len(data), self.max_bytes)
         return data
@@ -153,38 +168,14 @@ class S3Buckets:
     def download(self, bucket: str, name: str, version: str | None, dest: Path,
                  max_bytes: int) -> None:
         """Stream an object (a stored video) to `dest`; VideoTooLargeException past max_bytes."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        if bucket not in self.buckets:
-            raise InvalidS3ObjectException(f"Bucket {bucket!r} is not configured on this server.")
-        ref: dict[str, str] = {"Bucket": bucket, "Key": name}
-        if version is not None:
-            ref["VersionId"] = version
-        try:
-            head = self.client.head_object(**ref)
-            size = int(head.get("ContentLength", 0))
-            if size > max_bytes:
-                raise _video_too_large(bucket, name, size, max_bytes)
-            body = self.client.get_object(**ref)["Body"]
+        with self._object(bucket, name, version, max_bytes, _video_too_large) as body:
             written = 0
-            try:
-                with dest.open("wb") as out:
-                    for chunk in iter(lambda: body.read(1 << 20), b""):
-                        written += len(chunk)
-                        if written > max_bytes:
-                            raise _video_too_large(bucket, name, written, max_bytes)
-                        out.write(chunk)
-            finally:
-                body.close()
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            log.info("S3 %s/%s (version %s): %s", bucket, name, version, code)
-            raise InvalidS3ObjectException(NOT_READABLE) from exc
-        except BotoCoreError as exc:
-            log.warning("S3 endpoint failed for %s/%s: %s", bucket, name, exc)
-            raise InvalidS3ObjectException(
-                "The object storage endpoint could not be reached; try again later."
-            ) from exc
+            with dest.open("wb") as out:
+                for chunk in iter(lambda: body.read(1 << 20), b""):
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise _video_too_large(bucket, name, written, max_bytes)
+                    out.write(chunk)
 
 
 class BucketRouter:
@@ -196,15 +187,14 @@ class BucketRouter:
     def fetch(self, bucket: str, name: str, version: str | None) -> bytes:
         resolver = self.routes.get(bucket)
         if resolver is None:
-            raise InvalidS3ObjectException(
-                f"Bucket '{shown(bucket)}' is not configured on this server.")
+            raise InvalidS3ObjectException(not_configured(bucket))
         return resolver.fetch(bucket, name, version)
 
     def download(self, bucket: str, name: str, version: str | None, dest: Path,
                  max_bytes: int) -> None:
         resolver = self.routes.get(bucket)
         if not isinstance(resolver, (LocalBuckets, S3Buckets)):
-            raise InvalidS3ObjectException(f"Bucket {bucket!r} is not configured on this server.")
+            raise InvalidS3ObjectException(not_configured(bucket))
         resolver.download(bucket, name, version, dest, max_bytes)
 
 

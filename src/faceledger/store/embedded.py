@@ -30,7 +30,7 @@ import numpy as np
 from sqlalchemy import Connection
 
 from ..errors import ResourceNotFoundException
-from ..permissions import private_dir
+from ..permissions import fsync_path, private_dir
 from .catalog import Catalog
 from .index import Distances, Keys, Vectors, check_k, check_query
 
@@ -353,7 +353,7 @@ class EmbeddedIndex:
             with open(str(keys_path) + mine, "wb") as fh:
                 np.save(fh, c.store.keys())
             for p in (graph_path, keys_path):
-                _fsync(Path(str(p) + mine))
+                fsync_path(Path(str(p) + mine))
                 os.replace(str(p) + mine, p)
             meta = {"collection_pk": coll_pk, "version": c.version, "dim": c.store.dim,
                     "graph": graph_path.name, "keys": keys_path.name,
@@ -361,7 +361,7 @@ class EmbeddedIndex:
                     "m": self.params.m, "ef_construction": self.params.ef_construction}
             tmp = Path(str(pointer) + mine)
             tmp.write_text(json.dumps(meta))
-            _fsync(tmp)
+            fsync_path(tmp)
             os.replace(tmp, pointer)
             _fsync_dir(d)
         except OSError:
@@ -463,12 +463,6 @@ def _writer_alive(tmp: Path) -> bool:
     return True
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
