@@ -20,6 +20,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +69,15 @@ class DecodedImage:
 def sha256_hex(data: bytes) -> str:
     """Hex SHA-256 of bytes: how the ledger names an image without keeping it."""
     return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks (videos and model files may be large)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class PixelBudget:

@@ -22,8 +22,7 @@ from PIL import Image
 from ..calibration import CalibrationTable
 from ..context import LOCAL, RequestContext
 from ..errors import InvalidParameterException
-from ..imaging import decode_image
-from ..video.analysis import file_sha256
+from ..imaging import decode_image, file_sha256
 from ..video.redaction import redact_pixels, redact_video
 from ..vision.types import FaceAnalysis
 from . import collection_members as m

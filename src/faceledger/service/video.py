@@ -44,7 +44,8 @@ from ..errors import (
 from ..ledger.events import Event
 from ..shapes import Shape, bounding_box, face_detail
 from ..store.catalog import request_hash
-from ..video.analysis import Analysis, analyse, file_sha256
+from ..imaging import file_sha256
+from ..video.analysis import Analysis, analyse
 from ..video.decode import probe
 from ..video.jobs import FAILED, IN_PROGRESS, SUCCEEDED, JobRow, JobRunner, JobStore
 from ..video.notify import check_channel, completion_message, publish

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,15 +18,6 @@ class Analysis:
     info: VideoInfo
     persons: list[Person]
     samples: int
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in chunks (videos may be large)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def analyse(path: Path, pipeline: FacePipeline, rate: float, *,

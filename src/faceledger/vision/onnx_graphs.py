@@ -9,7 +9,6 @@ Generated weights live in the data directory (`models/`), never in the repositor
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -20,6 +19,7 @@ import onnx
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
+from ..imaging import file_sha256
 from .dlibnet import (
     AddPrev,
     Affine,
@@ -170,14 +170,6 @@ def build_graph(net: DlibNetwork, name: str, dynamic_size: bool) -> onnx.ModelPr
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cached_graph(

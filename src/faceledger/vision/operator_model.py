@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ResourceNotReadyException
-from .onnx_graphs import file_sha256
+from ..imaging import file_sha256
 from .onnx_models import DlibChipper, ort_session
 from .types import Box, Landmarks5, RGBImage
 
