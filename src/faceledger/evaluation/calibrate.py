@@ -440,9 +440,9 @@ def _cover_groups(
     at = inverse_curve(distance, curve, np.log10(np.asarray(fmrs)))
     rates = {
         g: [{"similarity": round(similarity_for_fmr(f), 6), "promised_fmr": f,
-             "distance": round(float(d), 5), "fmr": float(cp.fmr([d])[0]),
-             "impostor_matches": int(round(float(cp.fmr([d])[0]) * cp.n_impostor))}
-            for f, d in zip(fmrs, at)]
+             "distance": round(float(d), 5), "fmr": float(r),
+             "impostor_matches": int(round(float(r) * cp.n_impostor))}
+            for f, d, r in zip(fmrs, at, cp.fmr(at))]
         for g, cp in measured.items()
     }  # fmt: skip
     return curve, {

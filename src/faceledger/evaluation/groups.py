@@ -46,13 +46,15 @@ def ratio_and_note(high: float, low: float) -> tuple[float | None, str]:
 
 
 def compare_groups(
-    per_group: Mapping[str, Mapping[str, Any]], names: Sequence[str]
+    per_group: Mapping[str, Mapping[str, Any]],
+    names: Sequence[str],
+    rates: Sequence[str] = ("fmr", "fnmr"),
 ) -> list[dict[str, Any]]:
     """For each threshold and rate: highest and lowest group, their ratio, and whether their
     95% intervals overlap (no overlap: the difference is not chance at this sample size)."""
     out: list[dict[str, Any]] = []
     for i, name in enumerate(names):
-        for rate in ("fmr", "fnmr"):
+        for rate in rates:
             vals = {
                 g: _interval(r["at_thresholds"][i][rate])
                 for g, r in per_group.items()

@@ -11,13 +11,14 @@ FMR gives many false matches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ..rates import pair_distances, wilson_interval
+from ..rates import wilson_interval
+from .verification import HalfOffsets, scored_distances
 
 F64 = NDArray[np.float64]
 
@@ -61,7 +62,7 @@ def identification(
     sizes: Sequence[int] | None = None,
     repeats: int = 3,
     seed: int = 0,
-    half_offsets: Callable[[F64], F64] | None = None,
+    half_offsets: HalfOffsets | None = None,
 ) -> dict[str, Any]:
     """FPIR and FNIR against gallery size and threshold, and expected versus observed false
     matches. Gallery rows of NaN (failures to enrol) are not enrolled; probe rows of NaN never
@@ -69,10 +70,7 @@ def identification(
     keep = ~np.isnan(gallery).any(axis=1)
     g = gallery[keep]
     gid = np.asarray(gallery_ids, dtype=object)[keep]
-    p = np.nan_to_num(probes, nan=0.0)
-    d = pair_distances(p, g)
-    if half_offsets is not None:  # the calibration's score normalisation
-        d -= half_offsets(p)[:, None] + half_offsets(g)[None, :]
+    d = scored_distances(np.nan_to_num(probes, nan=0.0), g, half_offsets)
     d[np.isnan(probes).any(axis=1)] = np.inf
     pid = np.asarray(probe_ids, dtype=object)
     rng = np.random.default_rng(seed)

@@ -23,10 +23,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .groups import compare_groups
-from ..rates import (
-    ClusteredPairs, Interval, cross_identity_pairs_below, pair_distances, wilson_interval,
-)  # fmt: skip
-from .verification import HalfOffsets, histogram, offsets_of, score_edges
+from ..rates import ClusteredPairs, Interval, cross_identity_pairs_below, wilson_interval
+from .verification import HalfOffsets, histogram, offsets_of, score_edges, scored_distances
 
 # Pairs of different UTKFace images closer than this are very likely the same person (LFW's
 # closest impostor pairs, at 0.215, were labelling errors and duplicate photos).
@@ -43,7 +41,8 @@ def _within_group(
     seed: int,
     half_offsets: HalfOffsets | None,
 ) -> tuple[dict[str, Any], ClusteredPairs | None]:
-    n = int(np.isfinite(templates).all(axis=1).sum())
+    enrolled = np.isfinite(templates).all(axis=1)
+    n = int(enrolled.sum())
     if n < 2:
         rows = [
             {"name": name, "threshold": float(t), "fmr": Interval(*(float("nan"),) * 3).as_dict(),
@@ -52,7 +51,7 @@ def _within_group(
         ]  # fmt: skip
         return {"images": n, "pairs": {"impostor": 0}, "at_thresholds": rows,
                 "no_data": "fewer than two enrolled images"}, None  # fmt: skip
-    keep = templates[np.isfinite(templates).all(axis=1)]
+    keep = templates[enrolled]
     cutoff = max(thresholds.values(), default=0.0)
     # Every image is its own identity: each image is a person, resampled as one.
     cp = ClusteredPairs.from_embeddings(
@@ -95,10 +94,7 @@ def _cross_groups(
             n = len(xa) * len(xb)
             if n == 0:
                 continue
-            d = pair_distances(xa, xb)
-            if half_offsets is not None:
-                d -= half_offsets(xa)[:, None] + half_offsets(xb)[None, :]
-            d = d.ravel()
+            d = scored_distances(xa, xb, half_offsets).ravel()
             k = (d[None, :] <= t[:, None]).sum(axis=1)
             lo, hi = wilson_interval(k, n)
             out.append({
@@ -158,8 +154,8 @@ def impostor_rates(
     edges = score_edges(*(np.asarray(c.impostor, dtype=np.float64) for c in pairs.values()))
     for g, cp in pairs.items():
         per_group[g]["distributions"] = {"impostor": histogram(np.asarray(cp.impostor), edges)}
-    comparisons = [c for c in compare_groups(per_group_with_fnmr(per_group), list(thresholds))
-                   if c["rate"] == "fmr"]  # fmt: skip
+    # no genuine pairs here: FMR only (groups without data have no value and are left out)
+    comparisons = compare_groups(per_group, list(thresholds), rates=("fmr",))
     return {
         "design": (
             "every image is a different person: impostor pairs within each group (as NIST "
@@ -178,15 +174,5 @@ def impostor_rates(
              "nominal_fmr": r["nominal_fmr"]}
             for g, s in per_group.items() for r in s["at_thresholds"] if r["promise_broken"]
         ],  # fmt: skip
-    }
-
-
-def per_group_with_fnmr(per_group: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The per-group rows in the shape `compare_groups` reads (no genuine pairs: FNMR absent)."""
-    empty = {"value": None, "low": None, "high": None}
-    return {
-        g: {"at_thresholds": [dict(r) | {"fnmr": empty} for r in s["at_thresholds"]]}
-        for g, s in per_group.items()
-        if "no_data" not in s
     }
 

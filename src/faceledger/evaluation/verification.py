@@ -22,6 +22,7 @@ from ..rates import (
     distances_of_pairs,
     roc_curve,
 )
+from ..rates import pair_distances as rates_pair_distances
 
 TAR_FMRS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 
@@ -43,9 +44,22 @@ def score_edges(*arrays: NDArray[Any], bins: int = 60) -> NDArray[np.float64]:
 HalfOffsets = Callable[[NDArray[np.float64]], NDArray[np.float64]]
 
 
-def offsets_of(templates: NDArray[np.float64], half_offsets: HalfOffsets | None) -> NDArray[np.float64] | None:
+def offsets_of(
+    templates: NDArray[np.float64], half_offsets: HalfOffsets | None
+) -> NDArray[np.float64] | None:
     """The normalisation offsets of these templates (None: raw distances)."""
     return None if half_offsets is None else half_offsets(templates)
+
+
+def scored_distances(
+    a: NDArray[np.float64], b: NDArray[np.float64], half_offsets: HalfOffsets | None
+) -> NDArray[np.float64]:
+    """Distances between every row of `a` and every row of `b`, normalised as the calibration
+    in use scores them."""
+    d = rates_pair_distances(a, b)
+    if half_offsets is not None:
+        d -= half_offsets(a)[:, None] + half_offsets(b)[None, :]
+    return d
 
 
 def pair_distances(
