@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DetectorName = Literal["hog", "cnn", "mtcnn"]
+DetectorName = Literal["yunet", "hog", "cnn", "mtcnn"]
 
 
 def default_config_dir() -> Path:
@@ -31,7 +31,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("./faceledger-data"))
     # SQL database for catalog and ledger; default: a SQLite file in data_dir.
     database_url: str | None = None
-    detector: DetectorName = "hog"
+    # YuNet (default: boxes and five landmarks, faces from ~10 px), dlib's HOG or MMOD, MTCNN.
+    detector: DetectorName = "yunet"
+    # YuNet's size ("n": 76 k parameters, best on small faces; "s": 55 k) and the score a
+    # face must reach (docs/accuracy.md, "Detector").
+    yunet_variant: Literal["n", "s"] = "n"
+    yunet_score_threshold: float = Field(default=0.6, gt=0.0, lt=1.0)
     # Rekognition's limit for image bytes sent in the request.
     max_image_bytes: int = 5 * 1024 * 1024
     # Pixels beyond this are refused as a likely decompression bomb (Rekognition: ImageTooLarge).
@@ -55,11 +60,12 @@ class Settings(BaseSettings):
     min_face_probability: float = Field(default=0.5, ge=0.0, le=1.0)
     # Processes used by batch work (evaluate, bench); 0 means one per core.
     workers: int = 0
-    # The face embedder: "dlib" (dlib's ResNet run on ONNX Runtime, the default), "dlib-native"
-    # (the same model through dlib's own runtime, the reference; same templates, ~10x slower),
-    # or "onnx:PATH" (an operator-supplied ONNX model with a model card beside it, see
+    # The face embedder: "reid-0095" (Intel's face-reidentification-retail-0095 on OpenVINO,
+    # model version 2.0, the default), "dlib" (dlib's ResNet on ONNX Runtime, model 1.0),
+    # "dlib-native" (the same model through dlib's own runtime, the reference; same templates,
+    # ~10x slower), or "onnx:PATH" (an operator-supplied ONNX model with a model card beside it, see
     # vision/operator_model.py; its model version comes from the weights' SHA-256).
-    embedder: str = "dlib"
+    embedder: str = "reid-0095"
     # Test-time augmentation for the dlib embedder: "none", "flip" (average with the mirrored
     # chip) or "jitter" (mirror + fixed small shifts/scales/rotations). Any other than "none"
     # is a different template, hence a different model version ("dlib-resnet-v1-flip", ...).
@@ -146,9 +152,9 @@ class Settings(BaseSettings):
     @field_validator("embedder")
     @classmethod
     def _known_embedder(cls, value: str) -> str:
-        if value in ("dlib", "dlib-native") or (value.startswith("onnx:") and len(value) > 5):
+        if value in ("reid-0095", "dlib", "dlib-native") or (value.startswith("onnx:") and len(value) > 5):
             return value
-        raise ValueError("embedder must be dlib, dlib-native or onnx:PATH")
+        raise ValueError("embedder must be reid-0095, dlib, dlib-native or onnx:PATH")
 
     def resolved_model_cache_dir(self) -> Path:
         """`model_cache_dir`, or `data_dir/models`."""

@@ -19,6 +19,7 @@ from .models import HogDetector, MtcnnDetector, OnetLandmarker
 from .onnx_models import OnnxMmodDetector
 from .pose import estimate_pose
 from .quality import measure_quality
+from .yunet import YunetDetector
 from .types import (
     Box,
     Detection,
@@ -33,16 +34,18 @@ from .types import (
 
 def build_detector(name: str, settings: Settings | None = None) -> Detector:
     """The detector class for a configured name."""
+    s = settings or Settings()
     match name:
+        case "yunet":
+            return YunetDetector(s.yunet_variant, s.inference_threads, s.yunet_score_threshold)
         case "hog":
             return HogDetector()
         case "cnn":
-            s = settings or Settings()
             return OnnxMmodDetector(s.resolved_model_cache_dir(), s.inference_threads)
         case "mtcnn":
             return MtcnnDetector()
         case _:
-            raise ValueError(f"unknown detector {name!r}: choose hog, cnn or mtcnn")
+            raise ValueError(f"unknown detector {name!r}: choose yunet, hog, cnn or mtcnn")
 
 
 class FacePipeline:

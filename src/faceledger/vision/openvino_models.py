@@ -1,0 +1,113 @@
+"""Intel's face-reidentification-retail-0095 embedder on OpenVINO (faceledger's model "2.0").
+
+The network is read from Intel's own IR files (vendored in vision/weights/, Apache-2.0) by
+OpenVINO's runtime: on this project's 2-core machines it computes a template in 2.5x less CPU
+time than ONNX Runtime does on the same network (bench/embedders.py), and its outputs equal
+our own IR -> ONNX translation (vision/openvino_ir/) run on ONNX Runtime to 1e-5
+(tests/test_reid_equivalence.py), which is the reference.
+
+Faces are aligned by a similarity transform (least squares) of the five landmarks onto the
+model's template, 128 x 128, BGR, 0-255; templates are L2-normalised 256-d vectors, so the
+Euclidean distance between two is a monotone function of their cosine distance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openvino as ov
+from numpy.typing import NDArray
+
+from .types import Box, Landmarks5, RGBImage
+from .weights import weight_file
+
+REID_EMBEDDER_VERSION = "2.0"
+REID_XML = "face-reidentification-retail-0095/face-reidentification-retail-0095.xml"
+REID_SIZE = 128
+# The model card's landmark positions in normalised crop coordinates (Open Model Zoo):
+# eyeLeft, eyeRight, nose, mouthLeft, mouthRight (image left first, as Rekognition's order).
+REID_TEMPLATE = np.array(
+    [[0.31556875, 0.46157411], [0.68262292, 0.46157411], [0.50026250, 0.64050536],
+     [0.34947188, 0.82469196], [0.65343646, 0.82469196]],
+    dtype=np.float64,
+)  # fmt: skip
+
+
+def similarity_transform(src: NDArray[np.float64], dst: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The 2x3 similarity (rotation, uniform scale, translation) mapping `src` points onto
+    `dst` with least squared error (Umeyama 1991)."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    cov = d.T @ s / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    sign = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[1, 1] = -1
+    r = u @ sign @ vt
+    var = (s**2).sum() / len(src)
+    scale = float(np.trace(np.diag(sig) @ sign) / var) if var > 0 else 1.0
+    t = mu_d - scale * r @ mu_s
+    return np.hstack([scale * r, t[:, None]])
+
+
+def align_face(pixels: RGBImage, landmarks: Landmarks5, template: NDArray[np.float64], size: int) -> RGBImage:
+    """The face warped so its five landmarks best fit `template` (normalised coordinates)."""
+    m = similarity_transform(landmarks.astype(np.float64), template * size)
+    out = cv2.warpAffine(pixels, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def openvino_model(path: Path, threads: int, batch_input: str | None = None) -> ov.CompiledModel:
+    """A network compiled for OpenVINO's CPU plugin: `threads` threads, float32 arithmetic
+    (not the bf16/f16 a CPU plugin may choose by itself), and a dynamic batch on `batch_input`."""
+    core = ov.Core()
+    model = core.read_model(str(path))
+    if batch_input is not None:
+        shape = model.input(batch_input).get_partial_shape()
+        shape[0] = ov.Dimension(-1)
+        model.reshape({batch_input: shape})
+    config = {
+        "INFERENCE_NUM_THREADS": max(1, threads),
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+    }
+    return core.compile_model(model, "CPU", config)
+
+
+class ReidEmbedder:
+    """face-reidentification-retail-0095: 256-d templates, L2-normalised."""
+
+    model_version = REID_EMBEDDER_VERSION
+    dim = 256
+    needs_landmarks = True
+
+    def __init__(self, threads: int = 1) -> None:
+        self.path = weight_file(REID_XML)
+        self._compiled = openvino_model(self.path, threads, batch_input="0")
+
+    def aligned(self, pixels: RGBImage, landmarks: list[Landmarks5]) -> NDArray[np.uint8]:
+        """(n, 128, 128, 3) RGB faces aligned to the model's template."""
+        if not landmarks:
+            return np.zeros((0, REID_SIZE, REID_SIZE, 3), dtype=np.uint8)
+        return np.stack([align_face(pixels, lm, REID_TEMPLATE, REID_SIZE) for lm in landmarks])
+
+    def embed_aligned(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """Templates of (n, 128, 128, 3) RGB aligned faces, in one run."""
+        if len(faces) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        x = np.ascontiguousarray(faces[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32)  # BGR
+        # an infer request per call: the compiled model is shared, a request is not thread-safe
+        out = self._compiled.create_infer_request().infer({0: x})
+        raw = np.asarray(out[self._compiled.output(0)], dtype=np.float32).reshape(len(faces), self.dim)
+        norms = np.linalg.norm(raw, axis=1, keepdims=True)
+        return np.asarray(raw / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
+
+    def embed(
+        self, pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None = None
+    ) -> NDArray[np.float32]:
+        if landmarks is None or len(landmarks) != len(boxes):
+            raise ValueError("the reid-0095 embedder aligns by five landmarks per face")
+        return self.embed_aligned(self.aligned(pixels, landmarks))
