@@ -57,9 +57,29 @@ class FaceLedger:
 
     # --- collections, faces, users and search (faceledger.service.collections) --------------
 
-    def create_collection(self, collection_id: str, tags: dict[str, str] | None = None) -> Shape:
-        """CreateCollection."""
-        return self.service.create_collection(collection_id, tags, ctx=self._ctx())
+    def create_collection(self, collection_id: str, tags: dict[str, str] | None = None,
+                          face_model_version: str | None = None) -> Shape:
+        """CreateCollection (bound to the configured model, or to `face_model_version`)."""
+        return self.service.create_collection(collection_id, tags,
+                                              face_model_version=face_model_version,
+                                              ctx=self._ctx())
+
+    def reenrol_collection(self, source_collection_id: str, target_collection_id: str,
+                           photos: list[str | PathLike[str]],
+                           face_model_version: str | None = None, *,
+                           include_unmatched: bool = False, quality_filter: str = "NONE",
+                           threads: int = 1) -> dict[str, Any]:
+        """Re-enrol a collection into a new one bound to `face_model_version` (default: the
+        configured model) from its original photos (files or folders), matched to its faces
+        by SHA-256; the summary as `faceledger collection reenrol --json` prints it."""
+        from .bulk import find_images, reenrol_images
+
+        result = reenrol_images(self.service, source_collection_id, target_collection_id,
+                                find_images([Path(p) for p in photos]),
+                                model_version=face_model_version,
+                                include_unmatched=include_unmatched, threads=threads,
+                                quality_filter=quality_filter, ctx=self._ctx())
+        return result.to_dict()
 
     def delete_collection(self, collection_id: str) -> Shape:
         """DeleteCollection: the collection and everything it holds."""

@@ -8,6 +8,10 @@ processes. Writes stay here, in one process, through the one service.
 Resuming is by content: an image whose SHA-256 already has a face in the collection (the faces'
 `image_sha256`) is skipped and counted, so a run stopped by Ctrl-C, a crash or a reboot is
 simply started again. Every image that IndexFaces acknowledged is committed before it is counted.
+
+Re-enrolment (`reenrol_images`) is the same run over the photos of a source collection's faces
+(matched by SHA-256), each carrying its source faces to IndexFaces; the per-image function does
+not know which model embeds: the target collection's does.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from typing import Any, Literal, TextIO
 
 from .context import LOCAL, RequestContext
 from .errors import FaceledgerError
-from .imaging import sha256_hex
+from .imaging import file_sha256, sha256_hex
 from .service import FaceService
+from .service.source_faces import ReenrolPlan, ReenrolSource
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 ExternalIdFrom = Literal["name", "parent", "relative-path"]
@@ -39,7 +44,9 @@ class ImageFile:
     """One photo to enrol and the ExternalImageId it gets."""
 
     path: Path
-    external_image_id: str
+    external_image_id: str | None
+    # re-enrolment: the source faces this photo holds (IndexFaces keeps only those)
+    reenrol: ReenrolSource | None = None
 
 
 def safe_external_id(text: str) -> str:
@@ -94,6 +101,9 @@ class Outcome:
     reasons: tuple[tuple[str, ...], ...] = ()
     error: str | None = None  # Rekognition error code, or the OS error of reading the file
     message: str | None = None
+    # re-enrolment: new face id -> source face id, and source faces not found in the photo
+    source_faces: tuple[tuple[str, str], ...] = ()
+    source_faces_not_found: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         out: dict[str, Any] = {"path": self.path, "status": self.status, "sha256": self.sha256,
@@ -103,6 +113,9 @@ class Outcome:
             out["unindexed_reasons"] = [list(r) for r in self.reasons]
         if self.error is not None:
             out["error"] = {"code": self.error, "message": self.message}
+        if self.source_faces or self.source_faces_not_found:
+            out["source_face_ids"] = dict(self.source_faces)
+            out["source_faces_not_found"] = list(self.source_faces_not_found)
         return json.dumps(out)
 
 
@@ -188,6 +201,7 @@ def _index_one(service: FaceService, collection_id: str, item: ImageFile, seen: 
         # one ledger event per image, each with a request id of its own
         r = service.index_faces(collection_id, {"Bytes": data}, item.external_image_id,
                                 max_faces=max_faces, quality_filter=quality_filter,
+                                reenrol_from=item.reenrol,
                                 ctx=dataclasses.replace(ctx, request_id=str(uuid.uuid4())))
         face_ids = tuple(rec["Face"]["FaceId"] for rec in r["FaceRecords"])
         reasons = tuple(tuple(u["Reasons"]) for u in r["UnindexedFaces"])
@@ -195,7 +209,9 @@ def _index_one(service: FaceService, collection_id: str, item: ImageFile, seen: 
         if not face_ids and not reasons:
             reasons = (("NO_FACE",),)
         return Outcome(path, "indexed" if stored else "not_indexed", sha,
-                       item.external_image_id, face_ids, reasons)
+                       item.external_image_id, face_ids, reasons,
+                       source_faces=tuple(r.get("SourceFaceIds", {}).items()),
+                       source_faces_not_found=tuple(r.get("SourceFacesNotFound", ())))
     except FaceledgerError as exc:
         return Outcome(path, "failed", sha, item.external_image_id, error=exc.code,
                        message=exc.message)
@@ -284,3 +300,113 @@ def write_summary(summary: Summary, stream: TextIO) -> None:
         stream.write(f"  ... {len(summary.failures) - 20} more failed files (see --report)\n")
     if summary.interrupted:
         stream.write("Run the same command again to continue: indexed images are skipped.\n")
+
+
+# ---- re-enrolment ----------------------------------------------------------------------------
+
+
+@dataclass
+class ReenrolSummary:
+    """A re-enrolment run: the plan's findings and the indexing summary."""
+
+    plan: ReenrolPlan
+    indexing: Summary
+    photos_not_in_source: list[str] = field(default_factory=list)  # paths
+    # source faces whose photo was indexed but in which the face was not found again
+    source_faces_not_found: list[str] = field(default_factory=list)
+    faces_linked: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.plan
+        return {
+            "source": {"collection": p.source, "model": p.source_model},
+            "target": {"collection": p.target, "model": p.target_model,
+                       "created": p.target_created},
+            "run_id": p.run_id,
+            "faces_linked": self.faces_linked,
+            "photos_not_in_source": self.photos_not_in_source,
+            "source_faces_without_photo": list(p.faces_without_photo),
+            "source_faces_without_image_hash": list(p.faces_without_hash),
+            "source_faces_not_found_in_photo": self.source_faces_not_found,
+            "indexing": self.indexing.to_dict(),
+        }
+
+
+def _hash_file(item: ImageFile) -> tuple[ImageFile, str | None]:
+    try:
+        return item, file_sha256(item.path)
+    except OSError:
+        return item, None  # reported by the indexing run, which reads it again
+
+
+def reenrol_images(
+    service: FaceService,
+    source_id: str,
+    target_id: str,
+    images: Sequence[ImageFile],
+    *,
+    model_version: str | None = None,
+    include_unmatched: bool = False,
+    threads: int = 1,
+    quality_filter: str | None = "NONE",
+    ctx: RequestContext = LOCAL,
+    on_outcome: Callable[[Outcome], None] | None = None,
+    stop: threading.Event | None = None,
+) -> ReenrolSummary:
+    """Re-enrol `source_id` into `target_id` (created, bound to `model_version`, default the
+    configured model) from its original photos among `images`: each photo whose SHA-256 a
+    source face was indexed from is indexed through `index_images`, keeping that source face's
+    ExternalImageId and user; photos of no source face are reported (indexed as plain photos
+    with `include_unmatched`). QualityFilter NONE by default: the source already chose its faces."""
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        hashed = list(pool.map(_hash_file, images))
+    plan = service.start_reenrolment(source_id, target_id,
+                                     [h for _, h in hashed if h is not None],
+                                     model_version, ctx=ctx)
+    todo: list[ImageFile] = []
+    not_in_source: list[str] = []
+    for item, sha in hashed:
+        src = None if sha is None else plan.source_for(sha)
+        if src is not None:
+            ext = next((f.external_image_id for f in src.faces if f.external_image_id), None)
+            todo.append(ImageFile(item.path, ext, src))
+        elif sha is None:
+            todo.append(item)  # unreadable: the run reports its error
+        else:
+            not_in_source.append(str(item.path))
+            if include_unmatched:
+                todo.append(item)
+    result = ReenrolSummary(plan, Summary(), not_in_source)
+
+    def seen(o: Outcome) -> None:
+        result.faces_linked += len(o.source_faces)
+        result.source_faces_not_found.extend(o.source_faces_not_found)
+        if on_outcome is not None:
+            on_outcome(o)
+
+    result.indexing = index_images(service, target_id, todo, threads=threads,
+                                   quality_filter=quality_filter, ctx=ctx, on_outcome=seen,
+                                   stop=stop)
+    return result
+
+
+def write_reenrol_summary(result: ReenrolSummary, stream: TextIO) -> None:
+    """The human summary of a re-enrolment run."""
+    p = result.plan
+    stream.write(f"re-enrolling {p.source} (model {p.source_model}) into {p.target} "
+                 f"(model {p.target_model}{', created' if p.target_created else ''}); "
+                 f"run {p.run_id}\n")
+    write_summary(result.indexing, stream)
+    stream.write(f"  faces linked to their source face: {result.faces_linked}\n")
+    for label, items in (("photos of no face in the source", result.photos_not_in_source),
+                         ("source faces without a photo given", list(p.faces_without_photo)),
+                         ("source faces stored without an image hash",
+                          list(p.faces_without_hash)),
+                         ("source faces not found again in their photo",
+                          result.source_faces_not_found)):
+        if items:
+            stream.write(f"  {label}: {len(items)}\n")
+            for x in items[:10]:
+                stream.write(f"    {x}\n")
+            if len(items) > 10:
+                stream.write(f"    ... {len(items) - 10} more (see --json)\n")

@@ -64,11 +64,15 @@ class Settings(BaseSettings):
     # model version 2.0, the default), "dlib" (dlib's ResNet on ONNX Runtime, model 1.0),
     # "dlib-native" (the same model through dlib's own runtime, the reference; same templates,
     # ~10x slower), or "onnx:PATH" (an operator-supplied ONNX model with a model card beside it, see
-    # vision/operator_model.py; its model version comes from the weights' SHA-256).
+    # vision/operator_model.py; its model version, "100.<n>", comes from the weights' SHA-256).
+    # New collections are bound to this model; CompareFaces uses it.
     embedder: str = "reid-0095"
+    # Operator models (onnx:PATH) this server also runs, for collections bound to them. Built-in
+    # models (1.0, 1.1, 1.2, 2.0) need no entry: a collection's model loads on its first use.
+    extra_embedders: list[str] = Field(default_factory=list)
     # Test-time augmentation for the dlib embedder: "none", "flip" (average with the mirrored
     # chip) or "jitter" (mirror + fixed small shifts/scales/rotations). Any other than "none"
-    # is a different template, hence a different model version ("dlib-resnet-v1-flip", ...).
+    # is a different template, hence a different model version ("1.1" flip, "1.2" jitter).
     embedder_tta: Literal["none", "flip", "jitter"] = "none"
     # ONNX Runtime intra-op threads per model (one session per model per process). 1 measured
     # best on a 2-core machine with one worker process per core (bench/onnx_threads.py).
@@ -155,6 +159,13 @@ class Settings(BaseSettings):
         if value in ("reid-0095", "dlib", "dlib-native") or (value.startswith("onnx:") and len(value) > 5):
             return value
         raise ValueError("embedder must be reid-0095, dlib, dlib-native or onnx:PATH")
+
+    @field_validator("extra_embedders")
+    @classmethod
+    def _operator_models(cls, value: list[str]) -> list[str]:
+        if all(v.startswith("onnx:") and len(v) > 5 for v in value):
+            return value
+        raise ValueError("extra_embedders lists operator models only: onnx:PATH")
 
     def resolved_model_cache_dir(self) -> Path:
         """`model_cache_dir`, or `data_dir/models`."""

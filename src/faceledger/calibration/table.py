@@ -4,7 +4,8 @@
 different people, as measured for this model. A SimilarityThreshold of S therefore means an
 operating false-match rate of 1 - S/100 (99.9 -> 1e-3, 99.99 -> 1e-4).
 
-Table file (JSON, `tables/<model_version>.json`), written by `evaluation.calibrate`:
+Table file (JSON, `tables/<model_version>.json` in the package, or `<data_dir>/calibration/
+<model_version>.json` for an operator-built one), written by `evaluation.calibrate`:
   distance:   ascending grid of raw distances
   log10_fmr:  log10 of the false-match rate claimed at d: the 95% upper bound of
               P(impostor distance <= d) that the data support, never below the tail fit and
@@ -26,11 +27,13 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ..model_versions import canonical, legacy_names
 from .normalise import ScoreNormaliser
 
 
@@ -75,7 +78,8 @@ class CalibrationTable:
         prov = {k: v for k, v in raw.items() if k not in skip}
         norm = raw.get("normalisation")
         normaliser = None if norm is None else ScoreNormaliser.from_dict(norm)
-        return cls(str(raw["model_version"]), d, lf, fn, prov, normaliser)
+        # tables built before the numbering carry a name ("dlib-resnet-v1"): answer the number
+        return cls(canonical(str(raw["model_version"])), d, lf, fn, prov, normaliser)
 
     def half_offsets(self, templates: ArrayLike) -> NDArray[np.float64]:
         """Each template's share of the score normalisation (zeros without one)."""
@@ -151,12 +155,43 @@ class CalibrationTable:
         return self.distance_for_fmr(self.fmr_for_similarity(similarity))
 
 
+def _names(model_version: str) -> tuple[str, ...]:
+    """File names a table of `model_version` may have: its number, then legacy names."""
+    v = canonical(model_version)
+    return (v, *legacy_names(v))
+
+
 @lru_cache(maxsize=8)
 def load_calibration(model_version: str) -> CalibrationTable:
-    """The table shipped in the package for `model_version`."""
-    path = resources.files("faceledger.calibration") / "tables" / f"{model_version}.json"
+    """The table shipped in the package for `model_version` (a number or a legacy name)."""
+    tables = resources.files("faceledger.calibration") / "tables"
+    for name in _names(model_version):
+        try:
+            raw = json.loads((tables / f"{name}.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            continue
+        return CalibrationTable.from_dict(raw)
+    raise LookupError(f"no calibration table ships for model {canonical(model_version)!r}")
+
+
+def calibration_path(data_dir: Path, model_version: str) -> Path:
+    """Where an operator-built calibration table for `model_version` is kept."""
+    return data_dir / "calibration" / f"{canonical(model_version)}.json"
+
+
+def find_calibration(model_version: str, data_dir: Path | None = None) -> CalibrationTable:
+    """The table for `model_version`: shipped in the package, else built by the operator into
+    data_dir/calibration (`faceledger calibration build`; a table written under a legacy name
+    such as onnx-<hex>.json is found too). LookupError saying where to build one if neither."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise LookupError(f"no calibration table ships for model {model_version!r}") from exc
-    return CalibrationTable.from_dict(raw)
+        return load_calibration(model_version)
+    except LookupError:
+        if data_dir is None:
+            raise
+    for name in _names(model_version):
+        path = data_dir / "calibration" / f"{name}.json"
+        if path.is_file():
+            return CalibrationTable.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    raise LookupError(
+        f"no calibration table for model {canonical(model_version)!r}: none ships with "
+        f"faceledger and none was built into {calibration_path(data_dir, model_version)}")

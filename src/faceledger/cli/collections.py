@@ -19,7 +19,9 @@ from ..bulk import (
     Outcome,
     find_images,
     index_images,
+    reenrol_images,
     safe_external_id,
+    write_reenrol_summary,
     write_summary,
 )
 from ..evaluation.enrolment import Progress
@@ -63,11 +65,13 @@ def collection() -> None:
 
 @collection.command("create")
 @click.argument("collection_id")
+@click.option("--model", default=None,
+              help="Face model version, e.g. 1.0 or 2.0 [default: the configured one].")
 @reports_errors
-def create(collection_id: str) -> None:
+def create(collection_id: str, model: str | None) -> None:
     """Create an empty collection."""
     with _client() as c:
-        r = c.create_collection(collection_id)
+        r = c.create_collection(collection_id, face_model_version=model)
     click.echo(f"created {collection_id} ({r['FaceModelVersion']})")
 
 
@@ -191,6 +195,73 @@ def index(collection_id: str, paths: tuple[Path, ...], external_id: str | None,
     if summary.interrupted:
         raise SystemExit(130)
     if summary.failed:
+        raise SystemExit(1)
+
+
+@collection.command("reenrol")
+@click.argument("source_collection")
+@click.argument("photos", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))
+@click.option("--into", "target", required=True,
+              help="The new collection (created if absent, with the source's policy).")
+@click.option("--model", default=None,
+              help="Face model of the new collection, e.g. 2.0 [default: the configured one].")
+@click.option("--include-unmatched", is_flag=True,
+              help="Also index photos none of whose SHA-256 is a source face's (as `collection "
+                   "index` would); by default they are reported and skipped.")
+@click.option("--quality-filter", type=QUALITY, default="NONE", show_default=True,
+              help="The source already chose its faces; a stricter filter drops some of them.")
+@click.option("--workers", type=click.IntRange(0, 256), default=None,
+              help="Inference processes [default: FACELEDGER_WORKERS, else one per core].")
+@click.option("--report", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              default=None, help="Append one JSON line per photo (with source_face_ids).")
+@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@reports_errors
+def reenrol(source_collection: str, photos: tuple[Path, ...], target: str, model: str | None,
+            include_unmatched: bool, quality_filter: str, workers: int | None,
+            report: Path | None, no_progress: bool, as_json: bool) -> None:
+    """Re-enrol SOURCE_COLLECTION into a new collection bound to another face model, from its
+    original PHOTOS (files and folders): each photo is matched to the source's faces by
+    SHA-256 and indexed with their ExternalImageId and users; the ledger links the two
+    collections. Resumable like `collection index`. Exit status 1 if a file failed."""
+    images = find_images(photos, "name")
+    if not images:
+        raise click.UsageError("no .jpg, .jpeg or .png files in the paths given")
+    settings = Settings()
+    n = min(default_workers(settings.workers if workers is None else workers), len(images))
+    pipeline = PipelinePool(settings, n) if n > 1 else None
+    service = FaceService(settings, pipeline=pipeline)
+    bar = None if no_progress else Progress(len(images), f"re-enrolling into {target}")
+    out = report.open("a", encoding="utf-8") if report is not None else None
+
+    def show(o: Outcome) -> None:
+        if out is not None:
+            out.write(o.to_json() + "\n")
+            out.flush()
+        if bar is not None:
+            bar.advance()
+
+    try:
+        result = reenrol_images(service, source_collection, target, images, model_version=model,
+                                include_unmatched=include_unmatched,
+                                threads=2 * n if n > 1 else 1, quality_filter=quality_filter,
+                                ctx=request_context(), on_outcome=show)
+    finally:
+        if out is not None:
+            out.close()
+        service.close()
+        if pipeline is not None:
+            pipeline.close()
+    if bar is not None and bar.tty and bar.done < bar.total:
+        click.echo("", err=True)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        write_reenrol_summary(result, click.get_text_stream("stdout"))
+    if result.indexing.interrupted:
+        raise SystemExit(130)
+    if result.indexing.failed:
         raise SystemExit(1)
 
 

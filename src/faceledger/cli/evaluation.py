@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from collections.abc import Callable
@@ -11,9 +12,16 @@ from typing import Any, TypeVar
 
 import click
 
-from ..calibration import CalibrationTable, load_calibration, similarity_for_fmr
+from ..calibration import (
+    CalibrationTable,
+    calibration_path,
+    find_calibration,
+    load_calibration,
+    similarity_for_fmr,
+)
 from ..calibration.coverage import coverage_lines
 from ..errors import ResourceNotFoundException
+from ..model_versions import BUILT_IN, canonical, describe, is_operator
 from ..settings import Settings
 from ..vision import FacePipeline
 from .app import emit_json, main, reports_errors
@@ -28,11 +36,36 @@ def _command_line() -> str:
 
 
 def _table(model: str | None) -> CalibrationTable:
-    version = model or FacePipeline(Settings()).model_version
+    """The table of `model` (default: the configured one): shipped, or built by the operator
+    into data_dir/calibration (`faceledger calibration build` for a slot model)."""
+    settings = Settings()
+    version = canonical(model) if model else FacePipeline(settings).model_version
     try:
-        return load_calibration(version)
+        return find_calibration(version, settings.data_dir)
     except LookupError as exc:
         raise ResourceNotFoundException(str(exc)) from exc
+
+
+def card_lines(version: str) -> list[str]:
+    """The model card of a version, as lines (built-in models; an operator model's card is
+    the JSON beside its file)."""
+    card = BUILT_IN.get(canonical(version))
+    if card is None:
+        if is_operator(version):
+            return [f"Model {describe(version)}: its card is the JSON file beside the ONNX file "
+                    "(vision/operator_model.py)."]
+        return [f"Model {version}: no model card."]
+    return [
+        f"Model {card.version}: {card.name} ({card.dim}-d templates)",
+        f"  source: {card.source}",
+        f"  licence: {card.licence}",
+        "  files: " + ", ".join(f"{f} sha256 {h}" for f, h in card.checksums),
+        f"  runtime: {card.runtime}",
+        f"  alignment: {card.alignment}",
+        f"  training data: {card.training_data}",
+        f"  not stated by the publisher: {card.not_stated}",
+        "  measured error rates per group: docs/accuracy.md; this table's below.",
+    ]
 
 
 def calibration_rows(table: CalibrationTable) -> list[dict[str, Any]]:
@@ -57,7 +90,8 @@ def calibration_rows(table: CalibrationTable) -> list[dict[str, Any]]:
 
 
 @main.group(invoke_without_command=True)
-@click.option("--model", default=None, help="Model version (default: the configured pipeline's).")
+@click.option("--model", default=None,
+              help="Model version, e.g. 1.0 or 2.0 (default: the configured embedder's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows and provenance as JSON.")
 @click.pass_context
 @reports_errors
@@ -72,11 +106,16 @@ def calibration(ctx: click.Context, model: str | None, as_json: bool) -> None:
         brief = {k: v for k, v in prov.items() if k not in ("summary",)}
         if "dataset" in brief:
             brief["dataset"] = {k: v for k, v in brief["dataset"].items() if k != "failed_images"}
-        emit_json({"model_version": table.model_version, "rows": rows, "provenance": brief})
+        card = BUILT_IN.get(table.model_version)
+        emit_json({"model_version": table.model_version, "name": describe(table.model_version),
+                   "card": None if card is None else dataclasses.asdict(card),
+                   "rows": rows, "provenance": brief})
         return
     ds, pairs, tail = prov.get("dataset", {}), prov.get("pairs", {}), prov.get("tail", {})
+    click.echo("\n".join(card_lines(table.model_version)) + "\n")
     click.echo(
-        f"Calibration of {table.model_version}: Similarity = 100 x (1 - FMR at that distance)"
+        f"Calibration of {describe(table.model_version)}: Similarity = 100 x (1 - FMR at that "
+        "distance)"
     )
     if ds:
         click.echo(
@@ -200,11 +239,9 @@ def calibration_build(
     version = str(raw["model_version"])
     if out:
         path = Path(out)
-    elif version.startswith("onnx-"):
+    elif is_operator(version):
         # an operator model's table lives with the operator's data, not in the package
-        from ..service.core import calibration_path
-
-        path = calibration_path(Settings(), version)
+        path = calibration_path(Settings().data_dir, version)
     else:
         path = table_path(version)
     write_table(raw, path)

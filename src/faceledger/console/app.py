@@ -396,8 +396,10 @@ class Console:
         data = await self.call(self.service.collection_overview,
                                request.path_params["collection_id"],
                                ctx=self.ctx(session, purpose=purpose))
-        curve = await self.call(self.service.calibration_curve)
-        rates = await self.call(self.service.published_error_rates)
+        # the collection's own model: its templates are scored with that model's table
+        model = data["Description"]["FaceModelVersion"]
+        curve = await self.call(self.service.calibration_curve, model_version=model)
+        rates = await self.call(self.service.published_error_rates, model)
         return self.render(request, "collection.html", {
             "c": data, "chart": calibration_chart(curve), "rates": rates,
             "purpose": purpose or "", "nav": "collections"})

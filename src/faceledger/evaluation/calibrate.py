@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from .datasets import load_folders, load_images, select_half, utkface_labels
 from .enrolment import default_cache_dir, enrol_files, template_matrix
 from ..rates import ClusteredPairs, cross_identity_distances
+from ..model_versions import canonical
 from ..settings import Settings
 from ..vision import FacePipeline
 from ..calibration.bound import bound_provenance, conservative_log10_fmr, empirical_upper_bound
@@ -66,7 +67,8 @@ UNCERTAINTY_NOTE = (
 
 def table_path(model_version: str) -> Path:
     """Where the package keeps the table for a model version."""
-    return Path(__file__).resolve().parents[1] / "calibration" / "tables" / f"{model_version}.json"
+    name = canonical(model_version)
+    return Path(__file__).resolve().parents[1] / "calibration" / "tables" / f"{name}.json"
 
 
 def tail_grid(

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 
 from ..errors import FaceledgerError
 from ..imaging import decode_image, sha256_hex
+from ..model_versions import canonical, legacy_names
 from ..settings import Settings
 from ..vision import FacePipeline
 from ..vision.pool import default_workers
@@ -102,8 +103,11 @@ def quality_stamp() -> tuple[float, ...]:
 
 def cache_key(settings: Settings, model_version: str) -> str:
     """The directory name that identifies a pipeline configuration's results."""
+    # Models named before the numbering keep their old directory ("dlib-resnet-v1" for 1.0):
+    # caches of hours of enrolment stay valid across the rename.
+    name = (legacy_names(model_version) or (canonical(model_version),))[0]
     key = (
-        f"{model_version}/{settings.detector}-min{settings.min_face_px}"
+        f"{name}/{settings.detector}-min{settings.min_face_px}"
         f"-max{settings.detect_max_side}-v{CACHE_FORMAT}"
     )
     # Entries made before the face check existed are the check turned off: they keep their key.

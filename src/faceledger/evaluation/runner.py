@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..calibration import CalibrationTable, load_calibration, similarity_for_fmr
+from ..calibration import CalibrationTable, find_calibration, similarity_for_fmr
 from ..errors import InvalidParameterException, ResourceNotFoundException
 from ..service.core import DEFAULT_COMPARE_FMR
 from ..settings import Settings
@@ -67,7 +67,8 @@ class Evaluation:
     @property
     def table(self) -> CalibrationTable:
         try:
-            return load_calibration(self.model_version)
+            # shipped, or built by the operator into data_dir/calibration (slot models)
+            return find_calibration(self.model_version, self.settings.data_dir)
         except LookupError as exc:
             raise ResourceNotFoundException(
                 f"{exc}: build one with `faceledger calibration build --lfw PATH`"

@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from ..calibration import load_calibration
 from ..calibration.coverage import coverage_lines
+from ..model_versions import canonical, describe
 from ..shapes import Shape
 from . import schema
 from .chain import Ledger
@@ -73,6 +74,9 @@ def build(ledger: Ledger, start: datetime, end: datetime, *, generated_by: str,
     refusals_op: Counter[str] = Counter()
     per_day: dict[str, Counter[str]] = defaultdict(Counter)
     models: Counter[str] = Counter()
+    # events keep the model name they were written with ("dlib-resnet-v1" before versions were
+    # numbers): counted under the number, with every name seen listed
+    recorded_as: dict[str, set[str]] = defaultdict(set)
     n = matches = held = confirmed = rejected = decisions = 0
     expected_fm = 0.0
     deleted_faces = delete_requests = expired_faces = sweeps = collections_deleted = 0
@@ -84,7 +88,9 @@ def build(ledger: Ledger, start: datetime, end: datetime, *, generated_by: str,
         operations[op][outcome] += 1
         per_day[str(body.get("time", ""))[:10]][outcome] += 1
         if body.get("model_version"):
-            models[str(body["model_version"])] += 1
+            version = canonical(str(body["model_version"]))
+            models[version] += 1
+            recorded_as[version].add(str(body["model_version"]))
         if outcome == REFUSED:
             refusals_rule[str(body.get("rule") or "unspecified")] += 1
             refusals_op[op] += 1
@@ -143,7 +149,8 @@ def build(ledger: Ledger, start: datetime, end: datetime, *, generated_by: str,
         "indexing": {"faces_indexed": indexed},
         "per_day": {d: {"done": c["done"], "refused": c[REFUSED]}
                     for d, c in sorted(per_day.items())},
-        "models": [{"model_version": m, "events": k, **model_card(m)}
+        "models": [{"model_version": m, "name": describe(m), "events": k,
+                    "recorded_as": sorted(recorded_as[m]), **model_card(m)}
                    for m, k in sorted(models.items())],
     }
 
@@ -260,7 +267,10 @@ def render_html(report: Mapping[str, Any]) -> str:
                  "collections deleted": d["collections_deleted"]}
     models = []
     for m in report["models"]:
-        models.append(f"<h3>{_e(m['model_version'])} <small>({m['events']} events)</small></h3>")
+        names = [n for n in m.get("recorded_as", []) if n != m["model_version"]]
+        aka = f"; recorded as {', '.join(names)}" if names else ""
+        models.append(f"<h3>{_e(m.get('name') or m['model_version'])} "
+                      f"<small>({m['events']} events{_e(aka)})</small></h3>")
         if m.get("available"):
             models.append("<h4>Whom the scores were measured for</h4><ul>"
                           + "".join(f"<li>{_e(line)}</li>" for line in m.get("populations", []))

@@ -11,12 +11,14 @@ from .governance import GovernanceOperations
 from .images import ImageOperations
 from .oversight import OversightOperations
 from .redaction import RedactionOperations
+from .reenrolment import ReenrolmentOperations
 from .users import UserOperations
 from .video import VideoOperations
 
 
 class FaceService(VideoOperations, RedactionOperations, ImageOperations, OversightOperations,
-                  UserOperations, CollectionOperations, GovernanceOperations, ServiceCore):
+                  UserOperations, ReenrolmentOperations, CollectionOperations,
+                  GovernanceOperations, ServiceCore):
     """Every faceledger operation, Rekognition request and response shapes."""
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ..model_versions import canonical, is_valid
 from ..errors import InvalidParameterException
 from ..shapes import Shape
 from ..sources import ImageInput
@@ -38,6 +39,14 @@ def match(value: Any, pattern: re.Pattern[str], field: str) -> str:
         raise InvalidParameterException(
             f"{field} must be a string matching {pattern.pattern}; got '{shown(value)}'.")
     return value
+
+
+def model_version(value: Any) -> str:
+    """A face model version ("1.0", "2.0", "100.<n>"; legacy names accepted and mapped)."""
+    if not isinstance(value, str) or not is_valid(canonical(value)):
+        raise InvalidParameterException(
+            "FaceModelVersion must be a model version such as 1.0 or 2.0 (pattern [0-9.]+).")
+    return canonical(value)
 
 
 def image(value: ImageInput | None) -> ImageInput:

@@ -6,6 +6,10 @@ right after the collection's row lock, so locks go collection first, ledger head
 ledger event is appended in it, so a change and its event commit together or not at all.
 Validation errors leave no event; policy refusals are logged as refused and change nothing.
 
+Each collection keeps the face model that made its templates (`FaceModelVersion`): indexing
+into it and searching it embed with that model, whatever the configured default (which new
+collections get), and score with that model's calibration table.
+
 Searches re-score the index's candidates exactly from the catalog's templates, report calibrated
 Similarity, and state how many faces were searched and how many false matches the threshold
 lets through on average (see store/thresholds.py for the default threshold); the threshold goes
@@ -23,8 +27,10 @@ from numpy.typing import NDArray
 from sqlalchemy import Connection
 
 from ..context import LOCAL, RequestContext
+from ..calibration import CalibrationTable
 from ..errors import (
     InvalidParameterException,
+    ResourceNotReadyException,
 )
 from ..ledger import AuditedOperation
 from ..shapes import Shape, bounding_box, face_detail, landmarks
@@ -41,6 +47,7 @@ from ..vision.types import FaceAnalysis
 from . import collection_members as m
 from . import paging
 from .core import ServiceCore, check_enum
+from .source_faces import NOT_IN_SOURCE, ReenrolSource, SourceFace, link_faces, match_faces
 
 ARN_PREFIX = "arn:faceledger:rekognition:local:000000000000:collection/"
 
@@ -90,13 +97,18 @@ class CollectionOperations(ServiceCore):
 
     def create_collection(self, collection_id: str | None = None,
                           tags: Mapping[str, str] | None = None, *,
+                          face_model_version: str | None = None,
                           ctx: RequestContext = LOCAL) -> Shape:
-        """CreateCollection: an empty collection bound to this server's face model."""
+        """CreateCollection: an empty collection bound to the configured face model, or to
+        `face_model_version` (not a Rekognition parameter: the CLI and Python API's, for
+        re-enrolment into a chosen model)."""
         cid = m.collection_id(collection_id)
         tag_map = m.tags(tags)
-        model = self.pipeline.model_version
-        dim = int(self.pipeline.embedder.dim)
+        model = self.pipeline.model_version if face_model_version is None else (
+            m.model_version(face_model_version))
+        dim = int(self.pipeline.embedder_for(model).dim)  # the model must run here
         with self.audit("CreateCollection", ctx, collection=cid) as op:
+            op.model_version = model
             op.note(TagKeys=sorted(tag_map) if tag_map else None)
             conn = op.conn  # the insert takes the write lock before the ledger head
             coll = self.catalog.create_collection(conn, cid, model, dim, tag_map)
@@ -181,9 +193,12 @@ class CollectionOperations(ServiceCore):
                     external_image_id: str | None = None,
                     detection_attributes: Sequence[str] | None = None,
                     max_faces: int | None = None, quality_filter: str | None = None, *,
+                    reenrol_from: ReenrolSource | None = None,
                     ctx: RequestContext = LOCAL) -> Shape:
         """IndexFaces: detect, filter by quality (default AUTO), keep the MaxFaces largest, store
-        their templates (never the photo)."""
+        their templates (never the photo). `reenrol_from` (re-enrolment, not a Rekognition
+        parameter): keep only the faces of the photo that are these source faces, each with its
+        source face's ExternalImageId, user and retention clock, and link them in the event."""
         cid = m.collection_id(collection_id)
         ext = None if external_image_id is None else m.match(
             external_image_id, m.EXTERNAL_IMAGE_ID, "ExternalImageId")
@@ -191,20 +206,32 @@ class CollectionOperations(ServiceCore):
         limit = None if max_faces is None else m.integer(max_faces, 1, (1 << 31) - 1, "MaxFaces")
         qf = "AUTO" if quality_filter is None else check_enum(
             quality_filter, QUALITY_FILTERS, "QualityFilter")
-        model = self.pipeline.model_version
         # consent and purpose are checked on entry, before the photo is even decoded
         with self.audit("IndexFaces", ctx, collection=cid) as op:
             with self.catalog.read() as conn:
-                self._usable(self.catalog.collection(conn, cid))
+                model = self._usable(self.catalog.collection(conn, cid), op).face_model_version
             img = self.decode(m.image(image))
             op.image(img.sha256)
             op.note(MaxFaces=limit, QualityFilter=qf, ExternalImageId=ext,
                     DetectionAttributes=list(detection_attributes or []) or None)
-            found = self.pipeline.analyze(img.pixels, embed=True)
+            found = self.pipeline.analyze(img.pixels, embed=True, model_version=model)
+            carried: dict[int, SourceFace] = {}
+            if reenrol_from is not None:
+                op.note(ReenrolRun=reenrol_from.run_id,
+                        SourceCollectionId=reenrol_from.collection_id,
+                        SourceFaceModelVersion=reenrol_from.model_version)
+                carried = {i: reenrol_from.faces[j] for i, j in match_faces(
+                    reenrol_from.faces,
+                    [{"BoundingBox": bounding_box(f.box, img.width, img.height),
+                      "Landmarks": landmarks(f, img.width, img.height)} for f in found],
+                    img.width, img.height).items()}
             chosen: list[FaceAnalysis] = []
+            sources: list[SourceFace | None] = []
             unindexed: list[Shape] = []
-            for face in found:
+            for i, face in enumerate(found):
                 reasons = quality_reasons(qf, face.confidence, face.box, face.pose, face.quality)
+                if reenrol_from is not None and i not in carried:
+                    reasons = [NOT_IN_SOURCE]  # a face the source collection never held
                 if not reasons and limit is not None and len(chosen) >= limit:
                     reasons = ["EXCEEDS_MAX_FACES"]
                 if reasons:
@@ -212,25 +239,36 @@ class CollectionOperations(ServiceCore):
                                       "FaceDetail": face_detail(face, img.width, img.height)})
                 else:
                     chosen.append(face)
+                    sources.append(carried.get(i))
             image_id = m.new_id()
             new = [
                 NewFace(
-                    face_id=m.new_id(), image_id=image_id, external_image_id=ext,
+                    face_id=m.new_id(), image_id=image_id,
+                    external_image_id=ext if sf is None else sf.external_image_id,
                     box=m.box(bounding_box(f.box, img.width, img.height)),
                     confidence=f.confidence, embedding=m.template(f),
                     image_sha256=img.sha256,
                     landmarks=tuple((lm["Type"], lm["X"], lm["Y"])
                                     for lm in landmarks(f, img.width, img.height)),
                 )
-                for f in chosen
+                for f, sf in zip(chosen, sources)
             ]
+            keys: list[int] = []
+            coll_pk = 0
             if new:
                 conn = op.conn  # the write transaction: collection lock first
-                coll = self._usable(self.catalog.lock_collection(conn, cid))
+                coll = self._usable(self.catalog.lock_collection(conn, cid), op, model)
                 keys = self.catalog.add_faces(conn, coll, new)
+                coll_pk = coll.pk
                 self.index.add(conn, coll.pk, keys,
                                np.stack([n.embedding for n in new]).astype(np.float32))
             op.indexed([n.face_id for n in new])
+            link: Shape = {}
+            if reenrol_from is not None:  # after `indexed`: the source's retention clocks win
+                link = link_faces(self.catalog, op, reenrol_from, coll_pk, {
+                    n.face_id: (key, sf) for n, key, sf in zip(new, keys, sources)
+                    if sf is not None})
+                op.record(**link)
             op.record(faces_detected=len(found), unindexed=[u["Reasons"] for u in unindexed])
             if new:
                 op.record(image_id=image_id)
@@ -243,10 +281,14 @@ class CollectionOperations(ServiceCore):
                 "Confidence": f.confidence,
                 "IndexFacesModelVersion": model,
             }
-            if ext is not None:
-                shape["ExternalImageId"] = ext
+            if n.external_image_id is not None:
+                shape["ExternalImageId"] = n.external_image_id
             records.append({"Face": shape, "FaceDetail": face_detail(f, img.width, img.height)})
-        return {"FaceRecords": records, "FaceModelVersion": model, "UnindexedFaces": unindexed}
+        out = {"FaceRecords": records, "FaceModelVersion": model, "UnindexedFaces": unindexed}
+        if reenrol_from is not None:  # faceledger's, for the re-enrolment report
+            out["SourceFaceIds"] = link["source_face_ids"]
+            out["SourceFacesNotFound"] = link["source_faces_not_found"]
+        return out
 
     def list_faces(self, collection_id: str | None = None, next_token: str | None = None,
                    max_results: int | None = None, user_id: str | None = None,
@@ -331,13 +373,14 @@ class CollectionOperations(ServiceCore):
         with self.audit("SearchFaces", ctx, collection=cid) as op:
             op.note(FaceId=fid, MaxFaces=k)
             with self.catalog.read() as conn:
-                coll = self._usable(self.catalog.collection(conn, cid))
+                # templates are compared with templates: the model itself need not be loaded
+                coll = self._usable(self.catalog.collection(conn, cid), op, embeds=False)
                 probe = self.catalog.faces_by_id(conn, coll.pk, [fid],
                                                  with_embedding=True).get(fid)
             if probe is None or probe.embedding is None:
                 raise InvalidParameterException(f"faceId {fid} was not found in the collection.")
             searched = max(coll.face_count - 1, 0)  # the searched face itself is excluded
-            point = self._threshold(op, threshold, searched, "FaceMatchThreshold")
+            point = self._threshold(op, coll, threshold, searched, "FaceMatchThreshold")
             matches, info = self._search(coll, probe.embedding, k, point, searched,
                                          exclude={probe.pk})
             response = {"SearchedFaceId": fid, "FaceMatches": matches,
@@ -358,9 +401,10 @@ class CollectionOperations(ServiceCore):
         with self.audit("SearchFacesByImage", ctx, collection=cid) as op:
             op.note(MaxFaces=k, QualityFilter=qf)
             with self.catalog.read() as conn:
-                coll = self._usable(self.catalog.collection(conn, cid))
+                coll = self._usable(self.catalog.collection(conn, cid), op)
+            model = coll.face_model_version
             # the floor is checked before the photo is processed (a refusal analyses nothing)
-            point = self._threshold(op, threshold, coll.face_count, "FaceMatchThreshold")
+            point = self._threshold(op, coll, threshold, coll.face_count, "FaceMatchThreshold")
             img = self.decode(m.image(image))
             op.image(img.sha256)
             faces = self.pipeline.analyze(img.pixels, embed=False)
@@ -375,9 +419,10 @@ class CollectionOperations(ServiceCore):
             # where the probe's face is, kept with any review candidate (never the photo)
             op.probe_face = {"BoundingBox": bounding_box(face.box, img.width, img.height),
                              "Landmarks": landmarks(face, img.width, img.height)}
-            vec = self.pipeline.embed_boxes(img.pixels, [face.box], [face.landmarks])[0]
+            vec = self.pipeline.embed_boxes(img.pixels, [face.box], [face.landmarks],
+                                            model_version=model)[0]
             with self.catalog.read() as conn:  # faces may have come and gone meanwhile
-                coll = self._usable(self.catalog.collection(conn, cid))
+                coll = self._usable(self.catalog.collection(conn, cid), op, model)
             searched = coll.face_count
             matches, info = self._search(coll, vec, k, point, searched, exclude=set())
             response = {
@@ -395,27 +440,32 @@ class CollectionOperations(ServiceCore):
         fmr, sim_threshold = point
         rows, dist = self._nearest(coll, [probe], k + len(exclude), exclude,
                                    min_similarity=sim_threshold)
-        sims = self.calibration.similarity(dist)
+        sims = self._calibration_of(coll).similarity(dist)
         order = [i for i in np.lexsort((np.arange(len(rows)), dist)) if sims[i] >= sim_threshold]
         matches = [{"Similarity": float(sims[i]),
                     "Face": m.face_shape(rows[i], coll.face_model_version)}
                    for i in order[:k]]
-        return matches, self._info("FaceMatchThreshold", sim_threshold, fmr, searched)
+        return matches, self._info(coll, "FaceMatchThreshold", sim_threshold, fmr, searched)
 
-    def _operating_point(self, threshold: float | None, searched: int) -> tuple[float, float]:
+    def _calibration_of(self, coll: CollectionRow) -> CalibrationTable:
+        """The calibration table of the collection's model."""
+        return self.calibration_for(coll.face_model_version)
+
+    def _operating_point(self, coll: CollectionRow, threshold: float | None, searched: int
+                         ) -> tuple[float, float]:
         """(FMR, Similarity threshold): the caller's, or the default for `searched` faces."""
         if threshold is None:
             fmr = default_search_fmr(searched, self.settings.search_expected_false_matches,
-                                     self.calibration.lowest_credible_fmr)
+                                     self._calibration_of(coll).lowest_credible_fmr)
             return fmr, similarity_for_fmr(fmr)
         return fmr_for_similarity(threshold), threshold
 
-    def _threshold(self, op: AuditedOperation, requested: float | None, searched: int,
-                   name: str) -> tuple[float, float]:
+    def _threshold(self, op: AuditedOperation, coll: CollectionRow, requested: float | None,
+                   searched: int, name: str) -> tuple[float, float]:
         """The (FMR, Similarity) a search uses: the caller's threshold or the default for
         `searched` faces, after the collection policy's floor (a lower request is refused);
         recorded in the event with the exact FMR the response states."""
-        fmr, default = self._operating_point(None, searched)
+        fmr, default = self._operating_point(coll, None, searched)
         similarity = op.threshold(requested, default=default, name=name)
         if requested is not None or similarity != default:
             fmr = fmr_for_similarity(similarity)
@@ -429,7 +479,7 @@ class CollectionOperations(ServiceCore):
         """Candidate faces from the index, re-scored exactly: rows and their distance to the
         nearest probe (float64, from the catalog's templates). Candidates that cannot reach
         `min_similarity` are dropped before the catalog is read."""
-        cal = self.calibration
+        cal = self._calibration_of(coll)
         if cal.normaliser is not None:
             # The index ranks by raw distance; normalisation can reorder neighbours a little:
             # take more candidates than asked, re-score them all, keep the best.
@@ -457,21 +507,46 @@ class CollectionOperations(ServiceCore):
         dist = cal.distances(np.stack(probes), mat).min(axis=0)
         return rows, dist
 
-    def _info(self, name: str, similarity: float, fmr: float, searched: int) -> Shape:
-        cal = self.calibration
+    def _info(self, coll: CollectionRow, name: str, similarity: float, fmr: float,
+              searched: int) -> Shape:
+        cal = self._calibration_of(coll)
         fnmr = float(cal.fnmr_at(cal.distance_for_fmr(fmr))) if fmr < 1.0 else 0.0
         return m.search_info(name, similarity, fmr, searched, fnmr)
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _usable(self, coll: CollectionRow) -> CollectionRow:
-        """The collection, if its templates come from this server's model (never mixed)."""
+    def _usable(self, coll: CollectionRow, op: AuditedOperation | None = None,
+                model: str | None = None, *, embeds: bool = True) -> CollectionRow:
+        """The collection, if this server can run its model (`embeds`: the operation embeds a
+        photo with it); ResourceNotReadyException saying why not. The operation's event names
+        the collection's model. `model`: the one the operation started with, which must still
+        be the collection's (a collection deleted and re-created meanwhile may have another)."""
+        version = coll.face_model_version
+        if model is not None and version != model:
+            raise InvalidParameterException(
+                f"Collection {coll.collection_id} now holds templates of face model {version}, "
+                f"not {model}: retry the request.")
+        if op is not None:
+            op.model_version = version
+        if embeds:
+            try:
+                self.pipeline.embedder_for(version)
+            except ResourceNotReadyException as exc:
+                raise ResourceNotReadyException(
+                    f"Collection {coll.collection_id} is bound to face model {version}, which "
+                    f"this server cannot run: {exc.message}") from exc
+        return coll
+
+    def _same_model(self, coll: CollectionRow) -> CollectionRow:
+        """The collection, if its templates come from the configured model: video analysis
+        and redaction embed with that one only."""
         model = self.pipeline.model_version
         if coll.face_model_version != model:
             raise InvalidParameterException(
                 f"Collection {coll.collection_id} holds templates of face model "
-                f"{coll.face_model_version}; this server uses {model}, and templates of "
-                "different models cannot be compared. Index the faces into a new collection.")
+                f"{coll.face_model_version}; video and redaction run the configured model "
+                f"{model}, and templates of different models cannot be compared. Re-enrol the "
+                "collection into the configured model (faceledger collection reenrol).")
         return coll
 
     def _recall(self, op: AuditedOperation, coll: CollectionRow, name: str, token: str | None,

@@ -10,7 +10,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from ..calibration import CalibrationTable, load_calibration
+from ..calibration import CalibrationTable, find_calibration
+from ..calibration import calibration_path as _calibration_path
 from ..context import RequestContext
 from ..db import make_engine
 from ..errors import InvalidParameterException, ResourceNotReadyException
@@ -28,7 +29,7 @@ DEFAULT_COMPARE_FMR = 1e-4
 
 def calibration_path(settings: Settings, model_version: str) -> Path:
     """Where an operator-built calibration table for `model_version` is kept."""
-    return settings.data_dir / "calibration" / f"{model_version}.json"
+    return _calibration_path(settings.data_dir, model_version)
 
 
 class ServiceCore:
@@ -72,26 +73,32 @@ class ServiceCore:
         return audited(self.ledger, operation, ctx, collection=collection,
                        model_version=self.pipeline.model_version if uses_model else None)
 
-    @cached_property
+    @property
     def calibration(self) -> CalibrationTable:
-        """The model's table: shipped in the package, or built by the operator into
-        data_dir/calibration (`faceledger calibration build`). Without one, comparisons and
-        searches are refused: a Similarity without a measured FMR behind it would mislead."""
-        version = self.pipeline.model_version
-        try:
-            return load_calibration(version)
-        except LookupError:
-            pass
-        path = calibration_path(self.settings, version)
-        if path.is_file():
-            import json
+        """The configured model's table (CompareFaces, redaction): see `calibration_for`."""
+        return self.calibration_for(self.pipeline.model_version)
 
-            return CalibrationTable.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        raise ResourceNotReadyException(
-            f"Face model {version} has no calibration table, so its distances cannot be turned "
-            f"into a Similarity with a known false-match rate. Build one with `faceledger "
-            f"calibration build` (it writes {path}) before comparing or searching faces."
-        )
+    def calibration_for(self, model_version: str) -> CalibrationTable:
+        """The table of `model_version` (a collection's model): shipped in the package, or
+        built by the operator into data_dir/calibration (`faceledger calibration build`).
+        Without one, comparisons and searches are refused: a Similarity without a measured FMR
+        behind it would mislead."""
+        tables: dict[str, CalibrationTable] = self.__dict__.setdefault("_calibrations", {})
+        found = tables.get(model_version)
+        if found is not None:
+            return found
+        try:
+            found = find_calibration(model_version, self.settings.data_dir)
+        except LookupError:
+            path = calibration_path(self.settings, model_version)
+            raise ResourceNotReadyException(
+                f"Face model {model_version} has no calibration table, so its distances cannot "
+                f"be turned into a Similarity with a known false-match rate. Build one with "
+                f"`faceledger calibration build` (it writes {path}) before comparing or "
+                f"searching faces."
+            ) from None
+        tables[model_version] = found  # a table once found is kept (a missing one is not)
+        return found
 
     def decode(self, image: ImageInput, field: str = "Image") -> DecodedImage:
         """Resolve and decode an `Image` parameter, refusing bad input with Rekognition codes."""

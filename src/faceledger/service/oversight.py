@@ -24,11 +24,13 @@ from ..errors import (
     InvalidParameterException,
     PolicyRefusedException,
     ResourceNotFoundException,
+    ResourceNotReadyException,
 )
 from ..ledger import review, schema
 from ..ledger.events import SEARCH_OPERATIONS, format_time, parse_time
 from ..ledger.policy import check_collection_id, load_policy
 from ..ledger.refusals import RoleRequired
+from ..model_versions import canonical
 from ..shapes import Shape
 from .governance import GovernanceOperations
 from .users import UserOperations
@@ -117,13 +119,15 @@ class OversightOperations(UserOperations, GovernanceOperations):
         face["ExpectedSha256"] = face.get("IndexFacesImageSha256") or face["ImageSha256"]
         return face
 
-    def published_error_rates(self) -> Shape:
-        """The model's published error rates from its calibration table: operating points,
-        and per group where the table measured groups (rows as the table gives them)."""
+    def published_error_rates(self, model_version: str | None = None) -> Shape:
+        """A model's (default: the configured one's) published error rates from its
+        calibration table: operating points, and per group where the table measured groups
+        (rows as the table gives them)."""
+        version = canonical(model_version or self.pipeline.model_version)
         try:
-            table = self.calibration
-        except LookupError:
-            return {"ModelVersion": self.pipeline.model_version, "Available": False}
+            table = self.calibration_for(version)
+        except (LookupError, ResourceNotReadyException):
+            return {"ModelVersion": version, "Available": False}
         points = []
         for fmr in (1e-3, 1e-4, 1e-5):
             d = table.distance_for_fmr(fmr)
@@ -139,9 +143,14 @@ class OversightOperations(UserOperations, GovernanceOperations):
                 "Populations": [ln for ln in coverage_lines(table) if not ln.startswith("  ")],
                 "Groups": _group_rows(prov.get("coverage"))}
 
-    def calibration_curve(self, points: int = 60) -> Shape:
-        """The calibration as (distance, Similarity, FMR, FNMR) points for a chart."""
-        t = self.calibration
+    def calibration_curve(self, points: int = 60, model_version: str | None = None) -> Shape:
+        """A model's (default: the configured one's) calibration as (distance, Similarity,
+        FMR, FNMR) points for a chart; no points when it has no table."""
+        version = canonical(model_version or self.pipeline.model_version)
+        try:
+            t = self.calibration_for(version)
+        except (LookupError, ResourceNotReadyException):
+            return {"ModelVersion": version, "Points": []}
         n = len(t.distance)
         step = max(1, n // points)
         idx = list(range(0, n, step)) + ([n - 1] if (n - 1) % step else [])

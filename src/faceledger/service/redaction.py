@@ -88,7 +88,7 @@ class RedactionOperations(CollectionOperations):
         cid = m.collection_id(collection_id)
         out: list[NDArray[np.float32]] = []
         with self.catalog.read() as conn:
-            coll = self._usable(self.catalog.collection(conn, cid))
+            coll = self._same_model(self.catalog.collection(conn, cid))
             for ident in keep:
                 if m.FACE_ID.fullmatch(ident):
                     row = self.catalog.faces_by_id(conn, coll.pk, [ident],

@@ -124,7 +124,8 @@ class UserOperations(CollectionOperations):
             op.note(UserId=uid, FaceIds=fids, ClientRequestToken=token)
             op.note_threshold("UserMatchThreshold", threshold)
             conn = op.conn
-            coll = self._usable(self.catalog.lock_collection(conn, cid))
+            coll = self._usable(self.catalog.lock_collection(conn, cid), op, embeds=False)
+            cal = self._calibration_of(coll)
             earlier = self._recall(op, coll, "AssociateFaces", token, params)
             if earlier is not None:
                 return earlier
@@ -149,8 +150,8 @@ class UserOperations(CollectionOperations):
                     continue
                 assert row.embedding is not None
                 if members:
-                    d = float(np.min(self.calibration.distances(row.embedding, np.stack(members))))
-                    sim = float(self.calibration.similarity(d))
+                    d = float(np.min(cal.distances(row.embedding, np.stack(members))))
+                    sim = float(cal.similarity(d))
                     if sim < threshold:
                         failed.append({"FaceId": fid, "UserId": uid, "Confidence": sim,
                                        "Reasons": ["LOW_MATCH_CONFIDENCE"]})
@@ -224,7 +225,7 @@ class UserOperations(CollectionOperations):
         with self.audit("SearchUsers", ctx, collection=cid) as op:
             op.note(FaceId=fid, UserId=uid, MaxUsers=k)
             with self.catalog.read() as conn:
-                coll = self._usable(self.catalog.collection(conn, cid))
+                coll = self._usable(self.catalog.collection(conn, cid), op, embeds=False)
                 if fid is not None:
                     row = self.catalog.faces_by_id(conn, coll.pk, [fid],
                                                    with_embedding=True).get(fid)
@@ -243,7 +244,7 @@ class UserOperations(CollectionOperations):
                     out["SearchedUser"] = {"UserId": uid}
                 searched = max(self.catalog.associated_face_count(conn, coll.pk) - sum(
                     1 for r in probes if r.user_pk is not None), 0)
-            point = self._threshold(op, threshold, searched, "UserMatchThreshold")
+            point = self._threshold(op, coll, threshold, searched, "UserMatchThreshold")
             vecs = [r.embedding for r in probes if r.embedding is not None]
             matches, info = self._search_users(coll, vecs, k, point, exclude_faces,
                                                exclude_user, searched)
@@ -266,10 +267,11 @@ class UserOperations(CollectionOperations):
         with self.audit("SearchUsersByImage", ctx, collection=cid) as op:
             op.note(MaxUsers=k, QualityFilter=qf)
             with self.catalog.read() as conn:
-                coll = self._usable(self.catalog.collection(conn, cid))
+                coll = self._usable(self.catalog.collection(conn, cid), op)
                 searched = self.catalog.associated_face_count(conn, coll.pk)
+            model = coll.face_model_version
             # the floor is checked before the photo is processed (a refusal analyses nothing)
-            point = self._threshold(op, threshold, searched, "UserMatchThreshold")
+            point = self._threshold(op, coll, threshold, searched, "UserMatchThreshold")
             img = self.decode(m.image(image))
             op.image(img.sha256)
             searched_face: FaceAnalysis | None = None
@@ -284,14 +286,15 @@ class UserOperations(CollectionOperations):
                 unsearched.append({"FaceDetails": face_detail(f, img.width, img.height),
                                    "Reasons": reasons})
             with self.catalog.read() as conn:  # faces may have come and gone meanwhile
-                coll = self._usable(self.catalog.collection(conn, cid))
+                coll = self._usable(self.catalog.collection(conn, cid), op, model)
                 searched = self.catalog.associated_face_count(conn, coll.pk)
             response: dict[str, Any] = {"FaceModelVersion": coll.face_model_version,
                                         "UnsearchedFaces": unsearched}
             vecs: list[NDArray[np.float32]] = []
             if searched_face is not None:
                 vecs = [self.pipeline.embed_boxes(img.pixels, [searched_face.box],
-                                                  [searched_face.landmarks])[0]]
+                                                  [searched_face.landmarks],
+                                                  model_version=model)[0]]
                 response["SearchedFace"] = {
                     "FaceDetail": face_detail(searched_face, img.width, img.height)}
             matches, info = self._search_users(coll, vecs, k, point, set(), None, searched)
@@ -303,7 +306,7 @@ class UserOperations(CollectionOperations):
                       exclude_user: int | None, searched: int) -> tuple[list[Shape], Shape]:
         fmr, sim_threshold = point
         if not probes:  # no face to search with: nothing was compared
-            return [], self._info("UserMatchThreshold", sim_threshold, fmr, 0)
+            return [], self._info(coll, "UserMatchThreshold", sim_threshold, fmr, 0)
         rows, dist = self._nearest(coll, probes, USER_CANDIDATES, exclude_faces, with_user=True,
                                    min_similarity=sim_threshold)
         best: dict[int, float] = {}
@@ -315,10 +318,10 @@ class UserOperations(CollectionOperations):
             users = self.catalog.users_by_pk(conn, [pk for pk, _ in ranked])
         matches: list[Shape] = []
         for pk, d in ranked:
-            sim = float(self.calibration.similarity(d))
+            sim = float(self._calibration_of(coll).similarity(d))
             if sim >= sim_threshold and pk in users and len(matches) < k:
                 u = users[pk]
                 matches.append({"Similarity": sim, "User": {
                     "UserId": u.user_id, "UserStatus": m.status(u.face_count)}})
-        return matches, self._info("UserMatchThreshold", sim_threshold, fmr, searched)
+        return matches, self._info(coll, "UserMatchThreshold", sim_threshold, fmr, searched)
 

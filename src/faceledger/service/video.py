@@ -165,8 +165,8 @@ class VideoOperations(CollectionOperations):
                     earlier = None if tok is None else store.by_token(conn, ctx.principal, kind,
                                                                       tok)
                     running = store.running(conn)
-                    coll = None if collection is None else self._usable(
-                        self.catalog.collection(conn, collection))
+                    coll = None if collection is None else self._same_model(self._usable(
+                        self.catalog.collection(conn, collection), op, embeds=False))
                 if earlier is not None:
                     if earlier.request_hash != digest:
                         raise IdempotentParameterMismatchException(
@@ -179,8 +179,8 @@ class VideoOperations(CollectionOperations):
                         f"({self.settings.video_max_jobs}); retry when one has ended.")
                 point: tuple[float, float] | None = None
                 if coll is not None:  # the floor applies before the video is even read
-                    point = self._threshold(op, options["FaceMatchThreshold"], coll.face_count,
-                                            "FaceMatchThreshold")
+                    point = self._threshold(op, coll, options["FaceMatchThreshold"],
+                                            coll.face_count, "FaceMatchThreshold")
                 job_id = uuid.uuid4().hex
                 spool = self._spool_dir() / job_id
                 # the spool file goes if anything below fails, the commit included
@@ -312,7 +312,8 @@ class VideoOperations(CollectionOperations):
         with self.audit(JOB_EVENTS[SEARCH], self._context(row), collection=cid) as op:
             self._job_event(op, row, analysis)
             with self.catalog.read() as conn:
-                coll = self._usable(self.catalog.collection(conn, cid))
+                coll = self.catalog.collection(conn, cid)
+                coll = self._same_model(self._usable(coll, op, embeds=False))
             searched = coll.face_count
             if point is None:  # pragma: no cover - StartFaceSearch always stores it
                 raise InvalidParameterException("The job has no threshold.")
@@ -328,7 +329,7 @@ class VideoOperations(CollectionOperations):
                     continue
                 rows, dist = self._nearest(coll, templates, DEFAULT_SEARCH_FACES, set(),
                                            min_similarity=similarity)
-                sims = self.calibration.similarity(dist)
+                sims = self._calibration_of(coll).similarity(dist)
                 order = sorted((i for i in range(len(rows)) if sims[i] >= similarity),
                                key=lambda i: -float(sims[i]))
                 matches = [{"Similarity": float(sims[i]),
@@ -337,7 +338,7 @@ class VideoOperations(CollectionOperations):
                 per_person[person.index] = matches
                 flat.extend(matches)
             persons_searched = sum(1 for p in analysis.persons if p.templates())
-            info_shape = self._info("FaceMatchThreshold", similarity, fmr, searched)
+            info_shape = self._info(coll, "FaceMatchThreshold", similarity, fmr, searched)
             info_shape["PersonsSearched"] = persons_searched
             released = op.release({"FaceMatches": flat}, "FaceMatches",
                                   compared=searched * persons_searched)

@@ -35,6 +35,7 @@ from ..errors import (
     ResourceAlreadyExistsException,
     ResourceNotFoundException,
 )
+from ..model_versions import canonical
 
 metadata = sa.MetaData()
 
@@ -276,6 +277,7 @@ class Catalog:
         create_tables(engine, metadata)
         add_missing_columns(engine, metadata)  # image_sha256, landmarks on older databases
         _add_missing_indexes(engine)
+        _number_model_versions(engine)
 
     @property
     def dialect(self) -> str:
@@ -643,6 +645,20 @@ def _add_missing_indexes(engine: Engine) -> None:
             index.create(engine, checkfirst=True)
         except (sa.exc.OperationalError, sa.exc.ProgrammingError):
             pass  # another process made it between our look and our CREATE INDEX
+
+
+def _number_model_versions(engine: Engine) -> None:
+    """Rewrite model names stored before versions were numbers ("dlib-resnet-v1" -> "1.0",
+    "onnx-<hex>" -> "100.<n>"; model_versions.py). Idempotent, one UPDATE per name found; the
+    templates are untouched (the same model, another name). Ledger events keep their text."""
+    col = collections.c.face_model_version
+    with engine.begin() as conn:
+        stored = conn.execute(sa.select(col).distinct()).scalars().all()
+        for name in stored:
+            number = canonical(str(name))
+            if number != name:
+                conn.execute(collections.update().where(col == name)
+                             .values(face_model_version=number))
 
 
 def _inserted_pk(res: sa.CursorResult[Any]) -> int:

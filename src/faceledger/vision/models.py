@@ -19,9 +19,10 @@ import dlib
 import numpy as np
 from numpy.typing import NDArray
 
+from ..model_versions import DLIB
 from .types import Box, Detection, Landmarks5, RGBImage
 
-DLIB_EMBEDDER_VERSION = "dlib-resnet-v1"
+DLIB_EMBEDDER_VERSION = DLIB  # "1.0"
 
 
 def _dlib_model_path(filename: str) -> str:

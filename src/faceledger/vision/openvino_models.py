@@ -20,10 +20,11 @@ import numpy as np
 import openvino as ov
 from numpy.typing import NDArray
 
+from ..model_versions import REID_0095
 from .types import Box, Landmarks5, RGBImage
 from .weights import weight_file
 
-REID_EMBEDDER_VERSION = "2.0"
+REID_EMBEDDER_VERSION = REID_0095  # "2.0"
 REID_XML = "face-reidentification-retail-0095/face-reidentification-retail-0095.xml"
 REID_SIZE = 128
 # The model card's landmark positions in normalised crop coordinates (Open Model Zoo):

@@ -11,10 +11,10 @@ aligned faces) puts its ONNX file at PATH and a model card beside it, `PATH.json
 `alignment` is "arcface-112" (the similarity transform of the five landmarks onto ArcFace's
 standard 112x112 template, scaled to input_size) or "dlib-5point-chip" (dlib's 5-point
 predictor and get_face_chips at input_size, padding 0.25). Optional: "layout" ("NCHW", default,
-or "NHWC"), "l2_normalize" (default false). The model version is "onnx-" + the first 12 hex
-digits of the weights' SHA-256, so another file is another version: collections stay bound
-to the version that made their templates, and the service answers comparisons only once
-`faceledger calibration build` has made a table for it.
+or "NHWC"), "l2_normalize" (default false). The model version is "100." + the first 12 hex
+digits of the weights' SHA-256 read as a decimal number (model_versions.py), so another file is
+another version: collections stay bound to the version that made their templates, and the
+service answers comparisons only once `faceledger calibration build` has made a table for it.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 
 from ..errors import ResourceNotReadyException
 from ..imaging import file_sha256
+from ..model_versions import operator_version
 from .onnx_models import DlibChipper, ort_session
 from .types import Box, Landmarks5, RGBImage
 
@@ -107,8 +108,8 @@ class ModelCard:
 
 
 def model_version_for(path: Path) -> str:
-    """"onnx-" + the first 12 hex digits of the model file's SHA-256."""
-    return "onnx-" + file_sha256(path)[:12]
+    """The model file's version: "100.<n>", n the first 12 hex digits of its SHA-256."""
+    return operator_version(file_sha256(path))
 
 
 def arcface_align(pixels: RGBImage, landmarks: Landmarks5, size: tuple[int, int]) -> NDArray[np.uint8]:

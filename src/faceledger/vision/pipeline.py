@@ -1,6 +1,8 @@
 """The face pipeline: scale for detection, detect, place landmarks, measure pose and quality, embed.
 
-Models load on first use and stay loaded for the life of the pipeline (one per process).
+Models load on first use and stay loaded for the life of the pipeline (one per process). One
+detector serves every collection; embedders are per model version (`embedder_for`): the
+configured one, and any other a collection is bound to, each loaded once, on its first use.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from ..model_versions import canonical
 from ..settings import Settings
-from .embedders import build_embedder, embedder_version
+from .embedders import build_embedder, embedder_version, settings_for_version
 from .models import HogDetector, MtcnnDetector, OnetLandmarker
 from .onnx_models import OnnxMmodDetector
 from .pose import estimate_pose
@@ -55,6 +58,8 @@ class FacePipeline:
         self.settings = settings or Settings()
         # dlib and OpenCV networks are not documented as thread-safe: one caller at a time.
         self._lock = threading.Lock()
+        self._other_embedders: dict[str, Embedder] = {}
+        self._embedders_lock = threading.Lock()
 
     @cached_property
     def detector(self) -> Detector:
@@ -70,8 +75,24 @@ class FacePipeline:
 
     @cached_property
     def model_version(self) -> str:
-        """The embedding model's version: what collections and calibration tables are keyed by."""
+        """The configured embedding model's version (new collections get it; CompareFaces uses
+        it): what collections and calibration tables are keyed by."""
         return embedder_version(self.settings)
+
+    def embedder_for(self, model_version: str | None) -> Embedder:
+        """The embedder of `model_version` (None: the configured one), loaded on first use and
+        kept; ResourceNotReadyException if this server cannot run that model."""
+        if model_version is None:
+            return self.embedder
+        version = canonical(model_version)
+        if version == self.model_version:
+            return self.embedder
+        with self._embedders_lock:
+            found = self._other_embedders.get(version)
+            if found is None:
+                found = build_embedder(settings_for_version(self.settings, version))
+                self._other_embedders[version] = found
+            return found
 
     def warm_up(self) -> None:
         """Load every model now rather than on the first request."""
@@ -136,11 +157,13 @@ class FacePipeline:
         return [d for d in checked if (d.face_probability or 0.0) >= bar]
 
     def analyze(
-        self, pixels: RGBImage, *, embed: bool = True, max_faces: int | None = None
+        self, pixels: RGBImage, *, embed: bool = True, max_faces: int | None = None,
+        model_version: str | None = None,
     ) -> list[FaceAnalysis]:
         """Every face (up to `max_faces`, largest first) with landmarks, pose, quality and,
-        if `embed`, its template."""
+        if `embed`, its template by model `model_version` (None: the configured model)."""
         limit = self.settings.max_faces if max_faces is None else max_faces
+        embedder = self.embedder_for(model_version) if embed else None
         with self._lock:
             detections = self.detect(pixels)[:limit]
             if not detections:
@@ -148,7 +171,7 @@ class FacePipeline:
             boxes = [d.box for d in detections]
             # check_faces gave every box landmarks (its detector's or ONet's)
             placed_all = [d.landmarks for d in detections if d.landmarks is not None]
-            vectors = self.embedder.embed(pixels, boxes, placed_all) if embed else None
+            vectors = None if embedder is None else embedder.embed(pixels, boxes, placed_all)
         faces = []
         for i, d in enumerate(detections):
             lm = d.landmarks
@@ -167,11 +190,13 @@ class FacePipeline:
         return faces
 
     def embed_boxes(
-        self, pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None = None
+        self, pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None = None,
+        model_version: str | None = None,
     ) -> NDArray[np.float32]:
-        """Templates for given boxes (used by evaluation to embed a known face); an embedder
-        that aligns by landmarks gets ONet's unless they are given."""
+        """Templates by model `model_version` (None: the configured one) for given boxes; an
+        embedder that aligns by landmarks gets ONet's unless they are given."""
+        embedder = self.embedder_for(model_version)
         with self._lock:
-            if landmarks is None and self.embedder.needs_landmarks:
+            if landmarks is None and embedder.needs_landmarks:
                 landmarks = self.landmarker.landmarks(pixels, boxes)
-            return self.embedder.embed(pixels, boxes, landmarks)
+            return embedder.embed(pixels, boxes, landmarks)

@@ -9,6 +9,9 @@ catalog, the vector index, the ledger and the admission limits) and sends each `
 Pixels travel pickled through a pipe (a 1280x960 RGB image is 3.7 MB: about a millisecond).
 A worker that dies (a crash inside a native library) breaks the pool; the call that saw it
 fails with InternalServerError and the next call starts a fresh pool.
+
+Every call names the model version to embed with; each worker loads an embedder the first time
+it is asked for its version (collections bound to another model than the configured one).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InternalServerError
+from ..model_versions import canonical
 from ..settings import Settings
 from .pipeline import FacePipeline
 from .types import Box, Embedder, FaceAnalysis, Landmarks5, RGBImage
@@ -63,14 +67,22 @@ def _warm_up() -> tuple[str, int, bool]:
     return p.model_version, int(p.embedder.dim), bool(p.embedder.needs_landmarks)
 
 
-def _analyze(pixels: RGBImage, embed: bool, max_faces: int | None) -> list[FaceAnalysis]:
-    return _worker["pipeline"].analyze(pixels, embed=embed, max_faces=max_faces)
+def _describe(model_version: str) -> tuple[str, int, bool]:
+    e = _worker["pipeline"].embedder_for(model_version)
+    return str(e.model_version), int(e.dim), bool(e.needs_landmarks)
+
+
+def _analyze(pixels: RGBImage, embed: bool, max_faces: int | None,
+             model_version: str | None = None) -> list[FaceAnalysis]:
+    return _worker["pipeline"].analyze(pixels, embed=embed, max_faces=max_faces,
+                                       model_version=model_version)
 
 
 def _embed_boxes(
-    pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None
+    pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None,
+    model_version: str | None = None,
 ) -> NDArray[np.float32]:
-    return _worker["pipeline"].embed_boxes(pixels, boxes, landmarks)
+    return _worker["pipeline"].embed_boxes(pixels, boxes, landmarks, model_version)
 
 
 def default_workers(configured: int = 0) -> int:
@@ -97,7 +109,7 @@ class _RemoteEmbedder:
     def embed(
         self, pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None = None
     ) -> NDArray[np.float32]:
-        return self.pool.embed_boxes(pixels, boxes, landmarks)
+        return self.pool.embed_boxes(pixels, boxes, landmarks, self.model_version)
 
 
 class PipelinePool(FacePipeline):
@@ -111,6 +123,7 @@ class PipelinePool(FacePipeline):
         self._pool: ProcessPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._remote: _RemoteEmbedder | None = None
+        self._remotes: dict[str, _RemoteEmbedder] = {}
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._pool_lock:
@@ -162,17 +175,35 @@ class PipelinePool(FacePipeline):
         assert self._remote is not None
         return self._remote
 
+    def embedder_for(self, model_version: str | None) -> Embedder:
+        """The embedder of `model_version` as the workers run it (its dimension and whether it
+        aligns by landmarks asked of one worker once; each worker loads it on first use)."""
+        if model_version is None:
+            return self.embedder
+        version = canonical(model_version)
+        if version == self.model_version:
+            return self.embedder
+        found = self._remotes.get(version)
+        if found is None:
+            out = self._call(_describe, version)
+            assert isinstance(out, tuple)
+            found = _RemoteEmbedder(self, *out)
+            self._remotes[version] = found
+        return found
+
     def analyze(
-        self, pixels: RGBImage, *, embed: bool = True, max_faces: int | None = None
+        self, pixels: RGBImage, *, embed: bool = True, max_faces: int | None = None,
+        model_version: str | None = None,
     ) -> list[FaceAnalysis]:
-        out = self._call(_analyze, pixels, embed, max_faces)
+        out = self._call(_analyze, pixels, embed, max_faces, model_version)
         assert isinstance(out, list)
         return out
 
     def embed_boxes(
-        self, pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None = None
+        self, pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None = None,
+        model_version: str | None = None,
     ) -> NDArray[np.float32]:
-        out = self._call(_embed_boxes, pixels, boxes, landmarks)
+        out = self._call(_embed_boxes, pixels, boxes, landmarks, model_version)
         assert isinstance(out, np.ndarray)
         return out
 

@@ -3,7 +3,7 @@ copies of each chip (deterministic: the same transforms every time, no random ge
 
 dlib's published 99.38% on LFW averages over jittered copies; "flip" averages a chip with its
 mirror image, "jitter" with the mirror plus small shifts, scales and rotations, each also
-mirrored. Either is another template, so another model version ("dlib-resnet-v1-flip", ...).
+mirrored. Either is another template, so another model version ("1.1" flip, "1.2" jitter).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from .models import DLIB_EMBEDDER_VERSION
+from ..model_versions import DLIB_FLIP, DLIB_JITTER
 from .onnx_models import OnnxResnetEmbedder
 from .types import Box, Landmarks5, RGBImage
 
@@ -37,6 +37,14 @@ def _warp(chips: NDArray[np.uint8], dx: float, dy: float, scale: float, angle: f
     return np.stack(out).astype(np.uint8)
 
 
+def tta_version(mode: str) -> str:
+    """The model version of dlib's ResNet averaged over `mode`'s copies."""
+    versions = {"flip": DLIB_FLIP, "jitter": DLIB_JITTER}
+    if mode not in versions:
+        raise ValueError(f"unknown test-time augmentation {mode!r}")
+    return versions[mode]
+
+
 def augmented(chips: NDArray[np.uint8], mode: str) -> list[NDArray[np.uint8]]:
     """The transformed copies of `chips` (each (n, h, w, 3)) that `mode` averages over."""
     if mode == "flip":
@@ -59,7 +67,7 @@ class TtaEmbedder:
     def __init__(self, base: OnnxResnetEmbedder, mode: str) -> None:
         self.base = base
         self.mode = mode
-        self.model_version = f"{DLIB_EMBEDDER_VERSION}-{mode}"
+        self.model_version = tta_version(mode)
 
     def embed_chips(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
         if len(chips) == 0:
