@@ -102,7 +102,7 @@ def test_calibrated_default_threshold_means_its_false_match_rate(all_pairs: dict
     # its promise with room to spare: even the upper end of the interval is below it.
     assert row["fmr"]["value"] <= DEFAULT_COMPARE_FMR
     assert row["fmr"]["high"] <= DEFAULT_COMPARE_FMR
-    table = load_calibration("dlib-resnet-v1")
+    table = load_calibration("1.0")
     assert row["threshold"] == pytest.approx(table.distance_for_fmr(DEFAULT_COMPARE_FMR))
 
 
@@ -115,7 +115,7 @@ def test_shipped_table_is_reproduced_by_the_build(faces_dir: Path, evaluation: E
         groups_root=faces_dir / "utkface-balanced",
     )  # fmt: skip
     rebuilt = CalibrationTable.from_dict(raw)
-    shipped = load_calibration("dlib-resnet-v1")
+    shipped = load_calibration("1.0")
     print(f"\nlowest credible FMR: rebuilt {rebuilt.lowest_credible_fmr:.4g}, shipped "
           f"{shipped.lowest_credible_fmr:.4g}")  # fmt: skip
     assert rebuilt.lowest_credible_fmr == pytest.approx(shipped.lowest_credible_fmr, rel=0.05)

@@ -340,7 +340,7 @@ def test_table_needs_a_grid() -> None:
 
 
 def test_shipped_table_is_consistent_and_documented() -> None:
-    table = load_calibration("dlib-resnet-v1")
+    table = load_calibration("1.0")
     p = table.provenance
     assert p["format"] == 3  # normalised, and covering every measured group
     assert p["dataset"]["images"] == 4992 and p["dataset"]["identities"] == 3095
@@ -364,7 +364,7 @@ def test_shipped_table_is_consistent_and_documented() -> None:
 
 
 def test_shipped_table_covers_every_measured_group() -> None:
-    table = load_calibration("dlib-resnet-v1")
+    table = load_calibration("1.0")
     cov = table.provenance["coverage"]
     groups = {g["group"]: g for g in cov["groups"]}
     # Ten sex x race cells, adults and children each: every one covered, directly or pooled.
@@ -388,7 +388,7 @@ def test_shipped_table_covers_every_measured_group() -> None:
 
 
 def test_shipped_table_never_claims_less_than_lfw_can_show() -> None:
-    table = load_calibration("dlib-resnet-v1")
+    table = load_calibration("1.0")
     p = table.provenance
     n = p["pairs"]["impostor"]
     lowest = table.lowest_credible_fmr
@@ -427,7 +427,7 @@ def test_calibration_command_prints_the_table() -> None:
     assert set(rows) >= {1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6}
     d = [rows[f]["distance"] for f in (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)]
     assert d == sorted(d, reverse=True)  # stricter FMR, smaller distance (or the floor)
-    assert data["model_version"] == "dlib-resnet-v1"
+    assert data["model_version"] == "1.0"
     assert data["provenance"]["lowest_credible_fmr"] > 0
 
 

@@ -34,7 +34,7 @@ def test_collection_commands(run, faces_dir: Path) -> None:  # type: ignore[no-u
     assert r.exit_code == 0 and len(r.output.strip().splitlines()) == 3
     assert "Hans_Blix_0002" in r.output
     r = run("collection", "list")
-    assert r.output.strip() == "cli\tdlib-resnet-v1"
+    assert r.output.strip() == "cli\t1.0"
     r = run("collection", "search", "cli", str(blix[4]))
     assert r.exit_code == 0, r.output
     assert r.output.count("MATCH") >= 1 and "false matches expected" in r.output

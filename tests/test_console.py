@@ -513,7 +513,7 @@ def test_published_group_rates_come_from_the_tables_coverage() -> None:
     from faceledger.service.oversight import _group_rows
 
     assert _group_rows(None) == []
-    rows = _group_rows(load_calibration("dlib-resnet-v1").provenance["coverage"])
+    rows = _group_rows(load_calibration("1.0").provenance["coverage"])
     assert len(rows) == 20 and {r["Covered"][:3] for r in rows} == {"yes"}
     assert {"Group", "People", "Impostor pairs", "FMR at 99.99"} <= set(rows[0])
 

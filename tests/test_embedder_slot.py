@@ -78,7 +78,7 @@ def test_operator_model_embeds_through_the_pipeline(
 ) -> None:
     pipeline = FacePipeline(Settings(embedder=f"onnx:{tiny}", data_dir=tmp_path))
     sha = hashlib.sha256(tiny.read_bytes()).hexdigest()
-    assert pipeline.model_version == f"onnx-{sha[:12]}"
+    assert pipeline.model_version == f"100.{int(sha[:12], 16)}"
     faces = pipeline.analyze(astronaut_pixels)
     assert len(faces) >= 1
     emb = faces[0].embedding
@@ -141,8 +141,8 @@ def test_dlib_resnet_graph_through_the_slot_gives_the_default_templates(
         "licence": "public domain (dlib)", "source": "dlib_face_recognition_resnet_model_v1.dat",
     }))  # fmt: skip
     slot = FacePipeline(Settings(embedder=f"onnx:{model}", data_dir=tmp_path))
-    default = FacePipeline(Settings(data_dir=tmp_path))
-    assert slot.model_version.startswith("onnx-") and default.model_version == "dlib-resnet-v1"
+    default = FacePipeline(Settings(embedder="dlib", data_dir=tmp_path))
+    assert slot.model_version.startswith("100.") and default.model_version == "1.0"
     a = slot.analyze(astronaut_pixels)[0].embedding
     b = default.analyze(astronaut_pixels)[0].embedding
     assert a is not None and b is not None
@@ -182,12 +182,19 @@ def test_no_comparison_without_a_calibration_table_then_build_one(
 
 def test_collections_stay_bound_to_their_model(tiny: Path, astronaut_jpeg: bytes, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    dlib_service = FaceService(Settings(data_dir=data))
+    dlib_service = FaceService(Settings(embedder="dlib", data_dir=data))
     dlib_service.create_collection("staff")
     dlib_service.index_faces("staff", {"Bytes": astronaut_jpeg})
+    # a server configured with the operator model still embeds into "staff" with 1.0 ...
     operator = FaceService(Settings(embedder=f"onnx:{tiny}", data_dir=data))
+    r = operator.index_faces("staff", {"Bytes": astronaut_jpeg})
+    assert r["FaceModelVersion"] == "1.0"
+    assert r["FaceRecords"][0]["Face"]["IndexFacesModelVersion"] == "1.0"
+    # ... but redaction (and video) run the configured model only: refused, with the way out
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(astronaut_jpeg)
     with pytest.raises(InvalidParameterException, match="different models cannot be compared"):
-        operator.index_faces("staff", {"Bytes": astronaut_jpeg})
+        operator.redact(photo, tmp_path / "out.jpg", ["someone"], "staff")
 
 
 def test_boto3_gets_resource_not_ready_from_an_uncalibrated_model(

@@ -349,7 +349,7 @@ def test_thresholds_below_the_calibration_floor_say_so(tmp_path: Path) -> None:
 
     ev = Evaluation(cache_dir=tmp_path, progress=False, similarities=[99.99, 99.99999])
     info = ev.threshold_info()
-    table = load_calibration("dlib-resnet-v1")
+    table = load_calibration("1.0")
     ok, strict = info["Similarity 99.99"], info["Similarity 99.99999"]
     assert ok["credible"] and ok["table_fmr"] == pytest.approx(1e-4, rel=1e-6)
     # FMR 1e-7 is below what LFW can show: the evaluation uses the floor and says its real FMR.

@@ -142,6 +142,8 @@ def test_cache_key_tells_checked_results_from_unchecked() -> None:
     """Cached enrolments made before the check existed are the check turned off."""
     from faceledger.evaluation.enrolment import cache_key
 
-    off = cache_key(Settings(min_face_probability=0.0), "dlib-resnet-v1")
+    # model 1.0 keeps the cache directory it had as "dlib-resnet-v1"
+    off = cache_key(Settings(min_face_probability=0.0, detector="hog"), "1.0")
     assert off == "dlib-resnet-v1/hog-min40-max1280-v1"
-    assert cache_key(Settings(min_face_probability=0.5), "dlib-resnet-v1") == off + "-onet0.5"
+    assert cache_key(Settings(min_face_probability=0.5, detector="hog"), "dlib-resnet-v1") == (
+        off + "-onet0.5")

@@ -42,7 +42,7 @@ from faceledger.service import FaceService
 from faceledger.settings import Settings
 
 ADMIN = RequestContext(principal="admin", admin=True)
-MODEL = "dlib-resnet-v1"
+MODEL = "1.0"
 PROBE = ("Ricardo_Lagos", "0022")  # never indexed
 MISSING_FACE = "11111111-2222-3333-4444-555555555555"
 

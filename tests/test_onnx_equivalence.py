@@ -95,7 +95,7 @@ def lfw_subset(lfw: Path, images: int, tmp: Path) -> Path:
 
 def enrol_both_ways(root: Path, tmp: Path) -> Both:
     """Enrol every image of `root` with the ONNX embedder and with dlib's own runtime, each
-    into its own cache directory (both carry model version dlib-resnet-v1)."""
+    into its own cache directory (both carry model version 1.0)."""
     from faceledger.evaluation.datasets import load_folders
     from faceledger.evaluation.enrolment import enrol_files
 
@@ -165,7 +165,7 @@ def test_calibration_built_with_onnx_equals_dlibs(
             workers=1, replicates=20, validation_splits=0, progress=False,
         )  # fmt: skip
     a, b = tables["dlib"], tables["dlib-native"]
-    assert a["model_version"] == b["model_version"] == "dlib-resnet-v1"
+    assert a["model_version"] == b["model_version"] == "1.0"
     assert a["pairs"]["impostor"] == b["pairs"]["impostor"] > 50_000
     assert len(a["summary"]) == len(b["summary"]) >= 3
     for ra, rb in zip(a["summary"], b["summary"]):

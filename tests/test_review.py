@@ -40,7 +40,7 @@ def _search(svc: FaceService, ctx: RequestContext = SEARCHER) -> dict[str, Any]:
             {"Similarity": 99.995, "Face": {"FaceId": "face-a", "ExternalImageId": "enrol-a"}},
             {"Similarity": 99.95, "Face": {"FaceId": "face-b", "UserId": "user-b"}},
         ],
-        "FaceModelVersion": "dlib-resnet-v1",
+        "FaceModelVersion": "1.0",
     }
     with svc.audit("SearchFacesByImage", ctx, collection="wanted") as op:
         op.threshold(None, default=99.9)

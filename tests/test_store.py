@@ -307,7 +307,7 @@ def test_default_threshold_keeps_expected_false_matches_under_the_bound() -> Non
 def test_default_search_threshold_never_claims_below_the_calibration_floor() -> None:
     from faceledger.calibration import load_calibration
 
-    floor = load_calibration("dlib-resnet-v1").lowest_credible_fmr
+    floor = load_calibration("1.0").lowest_credible_fmr
     assert 1e-7 < floor < 1e-5
     assert default_search_fmr(1000, 0.01, floor) == pytest.approx(1e-5)
     assert default_search_fmr(10_000_000, 0.01, floor) == floor

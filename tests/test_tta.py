@@ -24,9 +24,9 @@ def chips(astronaut_jpeg: bytes, tmp_path_factory: pytest.TempPathFactory) -> tu
 
 
 def test_default_is_no_augmentation_and_each_mode_is_its_own_version(tmp_path: Path) -> None:
-    assert FacePipeline(Settings(data_dir=tmp_path)).model_version == "dlib-resnet-v1"
-    assert FacePipeline(Settings(embedder_tta="flip")).model_version == "dlib-resnet-v1-flip"
-    assert FacePipeline(Settings(embedder_tta="jitter")).model_version == "dlib-resnet-v1-jitter"
+    assert FacePipeline(Settings(embedder="dlib", data_dir=tmp_path)).model_version == "1.0"
+    assert FacePipeline(Settings(embedder="dlib", embedder_tta="flip")).model_version == "1.1"
+    assert FacePipeline(Settings(embedder="dlib", embedder_tta="jitter")).model_version == "1.2"
 
 
 def test_flip_averages_the_chip_and_its_mirror(chips: tuple[OnnxResnetEmbedder, np.ndarray]) -> None:
