@@ -25,6 +25,7 @@ from faceledger.errors import (
     InvalidParameterException,
     ResourceAlreadyExistsException,
     ResourceNotFoundException,
+    ResourceNotReadyException,
     ServiceQuotaExceededException,
 )
 from faceledger.service import FaceService
@@ -324,18 +325,19 @@ def test_quality_filter_and_max_faces(fresh: FaceService, faces_dir: Path) -> No
 
 
 def test_collections_never_mix_model_versions(fresh: FaceService, faces_dir: Path) -> None:
-    """A collection made by a server running another model (written straight to the catalog)."""
+    """A collection made by a server running a model this one cannot run (written straight to
+    the catalog): its photos are never embedded by another model; it is not ready."""
     with fresh.catalog.begin() as conn:
-        fresh.catalog.create_collection(conn, "old", "other-model-v9", 128)
+        fresh.catalog.create_collection(conn, "old", "9.0", 128)
     img = {"Bytes": photo(faces_dir, *PROBE)}
-    with pytest.raises(InvalidParameterException, match="other-model-v9"):
+    with pytest.raises(ResourceNotReadyException, match="bound to face model 9.0"):
         fresh.index_faces(collection_id="old", image=img)
-    with pytest.raises(InvalidParameterException, match="other-model-v9"):
+    with pytest.raises(ResourceNotReadyException, match="bound to face model 9.0"):
         fresh.search_faces_by_image(collection_id="old", image=img)
-    with pytest.raises(InvalidParameterException, match="other-model-v9"):
+    with pytest.raises(ResourceNotReadyException, match="bound to face model 9.0"):
         fresh.search_users_by_image(collection_id="old", image=img)
-    assert fresh.describe_collection(collection_id="old")["FaceModelVersion"] == "other-model-v9"
-    assert fresh.list_collections()["FaceModelVersions"] == ["other-model-v9"]
+    assert fresh.describe_collection(collection_id="old")["FaceModelVersion"] == "9.0"
+    assert fresh.list_collections()["FaceModelVersions"] == ["9.0"]
 
 
 def test_deleting_faces_and_collections_removes_them(fresh: FaceService, faces_dir: Path
