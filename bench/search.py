@@ -2,8 +2,8 @@
 search, side by side in one run, on synthetic face-like templates.
 
 The gallery imitates dlib templates of real people: identity centres and per-photo variation are
-drawn from Gaussians whose total variances and effective dimensions were fitted to dlib-resnet-v1
-templates of 482 LFW photos (between identities: 0.247 total variance, effective dimension ~30;
+drawn from Gaussians whose total variances and effective dimensions were fitted to model 1.0
+(dlib ResNet) templates of 482 LFW photos (between identities: 0.247 total variance, effective dimension ~30;
 within an identity: 0.097, ~49; so two photos of one person lie ~0.44 apart and two people
 ~0.83, as measured). Each identity has 2-8 near-duplicates (photos), as real galleries do.
 Probes are new photos of enrolled identities.
@@ -124,7 +124,7 @@ def build(workdir: Path, vecs: NDArray[np.float32]) -> dict[str, float]:
 
     catalog = Catalog(make_engine(f"sqlite:///{workdir / 'faceledger.db'}"))
     with catalog.begin() as conn:
-        catalog.create_collection(conn, "bench", "dlib-resnet-v1", DIM)
+        catalog.create_collection(conn, "bench", "1.0", DIM)
     t = time.perf_counter()
     batch = 10_000
     for s in range(0, len(vecs), batch):
@@ -136,7 +136,7 @@ def build(workdir: Path, vecs: NDArray[np.float32]) -> dict[str, float]:
     bulk_s = time.perf_counter() - t
     # IndexFaces commits one image (one face) per transaction, fsynced: time a sample of those
     with catalog.begin() as conn:
-        catalog.create_collection(conn, "single", "dlib-resnet-v1", DIM)
+        catalog.create_collection(conn, "single", "1.0", DIM)
     n_single = 300
     t = time.perf_counter()
     for i in range(n_single):

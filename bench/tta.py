@@ -165,7 +165,7 @@ def main() -> None:
         rows = pairs.verification_rates(fmr_targets=[1e-3, 1e-4], replicates=args.replicates)["at_fmr"]
         # the same seed resamples the same identities for both settings: paired replicates
         boots.append(pairs.bootstrap(fmr_targets=[1e-3, 1e-4], replicates=args.replicates)["tar"])
-        version = "dlib-resnet-v1" if mode == "none" else f"dlib-resnet-v1-{mode}"
+        version = {"none": "1.0", "flip": "1.1", "jitter": "1.2"}[mode]
         print(f"| {mode} | {version} | {acc['accuracy']:.4f} +- {acc['standard_error']:.4f} | "
               f"{_cell(rows[0])} | {_cell(rows[1])} | {ms[mode]:.1f} |")
     print(f"({pairs.n_genuine:,} genuine, {pairs.n_impostor:,} impostor pairs)")

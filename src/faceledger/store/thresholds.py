@@ -9,9 +9,9 @@ DEFAULT_EXPECTED_FALSE_MATCHES per search (one false match in a hundred searches
 
 - MAX_DEFAULT_FMR (1e-4, CompareFaces' default): a tiny collection is never searched more
   loosely than a 1:1 comparison.
-- the floor: the calibration table's `lowest_credible_fmr` (1.9e-6 for dlib-resnet-v1), the
+- the floor: the calibration table's `lowest_credible_fmr` (1.9e-6 for model 1.0), the
   smallest false-match rate LFW's data can demonstrate. A default never claims more than that,
-  so a collection larger than bound / floor (about 5,200 faces for dlib-resnet-v1 at the default
+  so a collection larger than bound / floor (about 5,200 faces for model 1.0 at the default
   bound) is searched at the floor, and its answers state the larger ExpectedFalseMatches (and
   FalseNonMatchRate, the share of true matches such a strict threshold misses) rather than
   pretend to a rate nobody measured. MIN_DEFAULT_FMR is the floor used without a table.

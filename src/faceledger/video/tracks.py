@@ -26,7 +26,7 @@ from scipy.optimize import linear_sum_assignment
 
 from ..vision.types import Box, FaceAnalysis
 
-# dlib-resnet-v1: same-person templates are mostly below 0.5, different people mostly above 0.6.
+# Model 1.0 (dlib): same-person templates are mostly below 0.5, different people mostly above 0.6.
 LINK_DISTANCE = 0.6
 REID_DISTANCE = 0.5
 # A view must score this much above a person's worst kept view to be worth a template (scores
