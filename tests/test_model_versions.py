@@ -379,3 +379,21 @@ def test_reenrol_a_collection_into_model_2(data_dir: Path, lfw: Path, tmp_path: 
     assert again["indexing"]["skipped_already_indexed"] == len(new)
     assert not again["target"]["created"]
     api.close()
+
+
+def test_dlib_models_embed_the_faces_of_their_own_detector(tmp_path: Path) -> None:
+    """1.x templates were made from HOG's boxes (dlib's aligner starts from the box): a 1.x
+    collection's photos are detected by `dlib_detector`, whatever the configured detector."""
+    from faceledger.evaluation.enrolment import cache_key
+
+    pipeline = FacePipeline(Settings(data_dir=tmp_path))
+    assert pipeline.settings.detector == "yunet" and pipeline.settings.dlib_detector == "hog"
+    for version in ("1.0", "1.1", "dlib-resnet-v1"):
+        assert pipeline.detector_for(version).name == "hog"
+    assert pipeline.detector_for("1.0") is pipeline.detector_for("1.2")  # loaded once
+    assert pipeline.detector_for("2.0") is pipeline.detector is pipeline.detector_for(None)
+    same = FacePipeline(Settings(data_dir=tmp_path, dlib_detector=None))
+    assert same.detector_for("1.0") is same.detector
+    # evaluation caches of 1.0 keep the directory they had before the numbering
+    assert cache_key(Settings(), "1.0").startswith("dlib-resnet-v1/hog-min40-")
+    assert cache_key(Settings(), "2.0").startswith("2.0/yunet-min40-")

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # YuNet (default: boxes and five landmarks, faces from ~10 px), dlib's HOG or MMOD, MTCNN.
     detector: DetectorName = "yunet"
+    # The detector whose boxes dlib's models (1.x) embed, whatever `detector` is: dlib's 5-point
+    # aligner places its points from the box, and 1.x collections and the 1.0 table were made
+    # from HOG's. YuNet's boxes move a 1.0 template by 0.08 (median; p99 0.26, against 0.27 at
+    # FMR 1e-4) on LFW (docs/models.md). None: the configured detector for every model.
+    dlib_detector: DetectorName | None = "hog"
     # YuNet's size ("n": 76 k parameters, best on small faces; "s": 55 k) and the score a
     # face must reach (docs/accuracy.md, "Detector").
     yunet_variant: Literal["n", "s"] = "n"

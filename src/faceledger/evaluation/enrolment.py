@@ -27,6 +27,7 @@ from ..imaging import decode_image, sha256_hex
 from ..model_versions import canonical, legacy_names
 from ..settings import Settings
 from ..vision import FacePipeline
+from ..vision.pipeline import detector_name
 from ..vision.pool import default_workers
 from ..vision.quality import measure_quality, quality_reasons
 from ..vision.types import Box, FaceAnalysis, Pose, Quality
@@ -107,7 +108,7 @@ def cache_key(settings: Settings, model_version: str) -> str:
     # caches of hours of enrolment stay valid across the rename.
     name = (legacy_names(model_version) or (canonical(model_version),))[0]
     key = (
-        f"{name}/{settings.detector}-min{settings.min_face_px}"
+        f"{name}/{detector_name(settings, model_version)}-min{settings.min_face_px}"
         f"-max{settings.detect_max_side}-v{CACHE_FORMAT}"
     )
     # Entries made before the face check existed are the check turned off: they keep their key.
@@ -177,7 +178,8 @@ def enrol_pixels(
 ) -> Enrolment:
     """Detect every face, keep the one nearest the centre, and embed it if asked."""
     h, w = pixels.shape[:2]
-    faces = pipeline.analyze(pixels, embed=False)
+    # the model's own detector (dlib's 1.x embed HOG's faces: Settings.dlib_detector)
+    faces = pipeline.analyze(pixels, embed=False, model_version=pipeline.model_version)
     if not faces:
         return Enrolment(sha256, 0, w, h, None, None)
     f = faces[central_face(faces, w, h)]
@@ -186,7 +188,8 @@ def enrol_pixels(
          f.pose.pitch, f.pose.roll, f.quality.brightness, f.quality.sharpness],
         dtype=np.float64,
     )  # fmt: skip
-    vec = pipeline.embed_boxes(pixels, [f.box], [f.landmarks])[0] if embed else None
+    vec = pipeline.embed_boxes(pixels, [f.box], [f.landmarks],
+                               model_version=pipeline.model_version)[0] if embed else None
     return Enrolment(sha256, len(faces), w, h, row, vec)
 
 

@@ -407,7 +407,7 @@ class CollectionOperations(ServiceCore):
             point = self._threshold(op, coll, threshold, coll.face_count, "FaceMatchThreshold")
             img = self.decode(m.image(image))
             op.image(img.sha256)
-            faces = self.pipeline.analyze(img.pixels, embed=False)
+            faces = self.pipeline.analyze(img.pixels, embed=False, model_version=model)
             usable = [f for f in faces
                       if not quality_reasons(qf, f.confidence, f.box, f.pose, f.quality)]
             if not usable:

@@ -78,7 +78,9 @@ class ImageOperations(ServiceCore):
         cal = self.calibration
         src = self.decode(source_image, "SourceImage")
         tgt = self.decode(target_image, "TargetImage")
-        source_faces = [f for f in self.pipeline.analyze(src.pixels, embed=False) if passes(f, qf)]
+        model = cal.model_version  # the configured model's faces, templates and table
+        source_faces = [f for f in self.pipeline.analyze(src.pixels, embed=False,
+                                                         model_version=model) if passes(f, qf)]
         if not source_faces:
             raise InvalidParameterException(
                 "No face was found in SourceImage"
@@ -86,8 +88,10 @@ class ImageOperations(ServiceCore):
                 + "."
             )
         source = source_faces[0]
-        source_vec = self.pipeline.embed_boxes(src.pixels, [source.box], [source.landmarks])[0]
-        targets = [f for f in self.pipeline.analyze(tgt.pixels, embed=True) if passes(f, qf)]
+        source_vec = self.pipeline.embed_boxes(src.pixels, [source.box], [source.landmarks],
+                                               model_version=model)[0]
+        targets = [f for f in self.pipeline.analyze(tgt.pixels, embed=True, model_version=model)
+                   if passes(f, qf)]
         matches: list[tuple[float, Shape]] = []
         unmatched: list[Shape] = []
         if targets:

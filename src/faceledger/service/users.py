@@ -276,7 +276,7 @@ class UserOperations(CollectionOperations):
             op.image(img.sha256)
             searched_face: FaceAnalysis | None = None
             unsearched: list[Shape] = []
-            for f in self.pipeline.analyze(img.pixels, embed=False):
+            for f in self.pipeline.analyze(img.pixels, embed=False, model_version=model):
                 reasons = quality_reasons(qf, f.confidence, f.box, f.pose, f.quality)
                 if not reasons and searched_face is None:
                     searched_face = f

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from ..model_versions import canonical
+from ..model_versions import DLIB, DLIB_FLIP, DLIB_JITTER, canonical
 from ..settings import Settings
 from .embedders import build_embedder, embedder_version, settings_for_version
 from .models import HogDetector, MtcnnDetector, OnetLandmarker
@@ -51,6 +51,17 @@ def build_detector(name: str, settings: Settings | None = None) -> Detector:
             raise ValueError(f"unknown detector {name!r}: choose yunet, hog, cnn or mtcnn")
 
 
+def detector_name(settings: Settings, model_version: str | None) -> str:
+    """The detector whose faces model `model_version` embeds: the configured one, except
+    `Settings.dlib_detector` for dlib's models (1.x), whose templates depend on the box.
+    None (no template, or the caller's choice): the configured detector."""
+    special = settings.dlib_detector
+    if model_version is not None and special is not None and canonical(model_version) in (
+            DLIB, DLIB_FLIP, DLIB_JITTER):
+        return special
+    return settings.detector
+
+
 class FacePipeline:
     """Detect, describe and embed faces with the models chosen in Settings."""
 
@@ -59,6 +70,7 @@ class FacePipeline:
         # dlib and OpenCV networks are not documented as thread-safe: one caller at a time.
         self._lock = threading.Lock()
         self._other_embedders: dict[str, Embedder] = {}
+        self._other_detectors: dict[str, Detector] = {}
         self._embedders_lock = threading.Lock()
 
     @cached_property
@@ -98,25 +110,37 @@ class FacePipeline:
         """Load every model now rather than on the first request."""
         _ = self.detector, self.landmarker, self.embedder
 
-    def detection_scale(self, width: int, height: int) -> float:
+    def detector_for(self, model_version: str | None) -> Detector:
+        """The detector whose faces model `model_version` embeds (`detector_name`)."""
+        name = detector_name(self.settings, model_version)
+        if name == self.settings.detector:
+            return self.detector
+        with self._embedders_lock:
+            found = self._other_detectors.get(name)
+            if found is None:
+                found = self._other_detectors[name] = build_detector(name, self.settings)
+            return found
+
+    def detection_scale(self, width: int, height: int, detector: Detector | None = None) -> float:
         """Resize factor for detection: small images are upsampled so that faces of
         `min_face_px` reach the detector's native minimum; large ones are downscaled."""
         s = self.settings
-        up = max(self.detector.native_min_face / s.min_face_px, 1.0)
+        up = max((detector or self.detector).native_min_face / s.min_face_px, 1.0)
         down = s.detect_max_side / max(width, height)
         return min(up, down)
 
-    def detect(self, pixels: RGBImage) -> list[Detection]:
+    def detect(self, pixels: RGBImage, model_version: str | None = None) -> list[Detection]:
         """Face boxes in `pixels` coordinates that pass the face check, largest first, each
-        with its five landmarks and face probability."""
+        with its five landmarks and face probability (found by `detector_for(model_version)`)."""
         h, w = pixels.shape[:2]
-        scale = self.detection_scale(w, h)
+        detector = self.detector_for(model_version)
+        scale = self.detection_scale(w, h, detector)
         work = pixels
         if abs(scale - 1.0) > 1e-3:
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             interp = cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA
             work = np.ascontiguousarray(cv2.resize(pixels, size, interpolation=interp))
-        found = self.detector.detect(work)
+        found = detector.detect(work)
         out: list[Detection] = []
         for d in found:
             box = d.box.scaled(1.0 / scale).clipped(w, h)
@@ -161,11 +185,12 @@ class FacePipeline:
         model_version: str | None = None,
     ) -> list[FaceAnalysis]:
         """Every face (up to `max_faces`, largest first) with landmarks, pose, quality and,
-        if `embed`, its template by model `model_version` (None: the configured model)."""
+        if `embed`, its template by model `model_version` (None: the configured model); the
+        faces are found by that model's detector even when `embed` is false."""
         limit = self.settings.max_faces if max_faces is None else max_faces
         embedder = self.embedder_for(model_version) if embed else None
         with self._lock:
-            detections = self.detect(pixels)[:limit]
+            detections = self.detect(pixels, model_version)[:limit]
             if not detections:
                 return []
             boxes = [d.box for d in detections]
