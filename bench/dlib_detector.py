@@ -20,7 +20,8 @@ from faceledger.imaging import decode_image
 from faceledger.settings import Settings
 from faceledger.vision import FacePipeline
 
-LFW = Path(os.environ.get("FACELEDGER_SHARED_FACES", Path(__file__).parents[2] / "shared" / "faces")) / "lfw"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "faces"
+LFW = Path(os.environ.get("FACELEDGER_SHARED_FACES", SHARED)) / "lfw"
 
 
 def main() -> None:

@@ -3,9 +3,10 @@ search, side by side in one run, on synthetic face-like templates.
 
 The gallery imitates dlib templates of real people: identity centres and per-photo variation are
 drawn from Gaussians whose total variances and effective dimensions were fitted to model 1.0
-(dlib ResNet) templates of 482 LFW photos (between identities: 0.247 total variance, effective dimension ~30;
-within an identity: 0.097, ~49; so two photos of one person lie ~0.44 apart and two people
-~0.83, as measured). Each identity has 2-8 near-duplicates (photos), as real galleries do.
+(dlib ResNet) templates of 482 LFW photos (between identities: 0.247 total variance, effective
+dimension ~30; within an identity: 0.097, ~49; so two photos of one person lie ~0.44 apart and
+two people ~0.83, as measured). Each identity has 2-8 near-duplicates (photos), as real galleries
+do.
 Probes are new photos of enrolled identities.
 
 Measured per size: ingest rate into the catalog (bulk transactions, and single-face

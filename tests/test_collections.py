@@ -95,12 +95,13 @@ def template(svc: FaceService, face_id: str) -> np.ndarray:
 
 def test_collection_lifecycle(fresh: FaceService) -> None:
     r = fresh.create_collection(collection_id="a.b-c_1", tags={"team": "x"})
-    assert r == {"StatusCode": 200, "FaceModelVersion": "1.0",
+    assert r == {"StatusCode": 200, "FaceModelVersion": fresh.pipeline.model_version,
                  "CollectionArn": r["CollectionArn"]}
     assert r["CollectionArn"].endswith(":collection/a.b-c_1")
     d = fresh.describe_collection(collection_id="a.b-c_1")
     assert d["FaceCount"] == 0 and d["UserCount"] == 0
-    assert d["FaceModelVersion"] == "1.0" and isinstance(d["CreationTimestamp"], float)
+    assert d["FaceModelVersion"] == fresh.pipeline.model_version
+    assert isinstance(d["CreationTimestamp"], float)
     with pytest.raises(ResourceAlreadyExistsException):
         fresh.create_collection(collection_id="a.b-c_1")
     for cid in ("b", "c"):
@@ -109,7 +110,8 @@ def test_collection_lifecycle(fresh: FaceService) -> None:
     while True:
         page = fresh.list_collections(next_token=token, max_results=1)
         seen += page["CollectionIds"]
-        assert page["FaceModelVersions"] == ["1.0"] * len(page["CollectionIds"])
+        assert page["FaceModelVersions"] == [fresh.pipeline.model_version] * len(
+            page["CollectionIds"])
         pages += 1
         token = page.get("NextToken")
         if token is None:
@@ -164,13 +166,13 @@ def test_index_faces_response_shape(gallery: tuple[FaceService, dict[str, str]])
     assert all(UUID.fullmatch(f) for f in ids.values())
     assert len(set(ids.values())) == len(ids)
     listed = svc.list_faces(collection_id="people")
-    assert listed["FaceModelVersion"] == "1.0"
+    assert listed["FaceModelVersion"] == svc.pipeline.model_version
     by_ext = {f["ExternalImageId"]: f for f in listed["Faces"]}
     assert {e: f["FaceId"] for e, f in by_ext.items()} == ids
     face = by_ext["Paul_Wolfowitz_0002"]
     assert UUID.fullmatch(face["ImageId"]) and 0 < face["Confidence"] <= 100
     assert set(face["BoundingBox"]) == {"Width", "Height", "Left", "Top"}
-    assert face["IndexFacesModelVersion"] == "1.0" and "UserId" not in face
+    assert face["IndexFacesModelVersion"] == svc.pipeline.model_version and "UserId" not in face
     assert svc.describe_collection(collection_id="people")["FaceCount"] == len(ids)
 
 
@@ -179,7 +181,7 @@ def test_search_faces_returns_the_same_person_with_calibrated_similarity(
     svc, ids = gallery
     probe = ids["Ricardo_Lagos_0002"]
     r = svc.search_faces(collection_id="people", face_id=probe)
-    assert r["SearchedFaceId"] == probe and r["FaceModelVersion"] == "1.0"
+    assert r["SearchedFaceId"] == probe and r["FaceModelVersion"] == svc.pipeline.model_version
     got = [m["Face"]["ExternalImageId"] for m in r["FaceMatches"]]
     # The default threshold is strict (it covers the worst measured group): what it returns is
     # the same man, though it may miss some of his photos (FalseNonMatchRate says how many).

@@ -8,6 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from faceledger.cli import main
+from faceledger.settings import Settings
+from faceledger.vision import FacePipeline
 
 
 @pytest.fixture
@@ -34,7 +36,8 @@ def test_collection_commands(run, faces_dir: Path) -> None:  # type: ignore[no-u
     assert r.exit_code == 0 and len(r.output.strip().splitlines()) == 3
     assert "Hans_Blix_0002" in r.output
     r = run("collection", "list")
-    assert r.output.strip() == "cli\t1.0"
+    # bound to the configured model
+    assert r.output.strip() == f"cli\t{FacePipeline(Settings()).model_version}"
     r = run("collection", "search", "cli", str(blix[4]))
     assert r.exit_code == 0, r.output
     assert r.output.count("MATCH") >= 1 and "false matches expected" in r.output

@@ -40,9 +40,10 @@ from faceledger.server import RekognitionApp, running
 from faceledger.server.keys import KeyStore
 from faceledger.service import FaceService
 from faceledger.settings import Settings
+from faceledger.vision.embedders import embedder_version
 
 ADMIN = RequestContext(principal="admin", admin=True)
-MODEL = "1.0"
+MODEL = embedder_version(Settings())  # the configured model (what new collections get)
 PROBE = ("Ricardo_Lagos", "0022")  # never indexed
 MISSING_FACE = "11111111-2222-3333-4444-555555555555"
 

@@ -38,7 +38,7 @@ def test_detect_faces_is_logged_with_context_and_image_digest(fl: FaceLedger,
     assert (ev["purpose"], ev["case"]) == ("passport photo check", "PP-301")
     assert ev["images"] == [hashlib.sha256(astronaut_jpeg).hexdigest()]
     assert ev["result"] == {"faces": len(out["FaceDetails"])} and ev["result"]["faces"] >= 1
-    assert ev["model_version"] == "1.0" and ev["request_id"]
+    assert ev["model_version"] == fl.service.pipeline.model_version and ev["request_id"]
     assert "Bytes" not in json.dumps(ev) and len(json.dumps(ev)) < 2000  # never the image
 
 

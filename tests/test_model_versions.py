@@ -77,7 +77,8 @@ def test_an_old_database_is_renumbered_on_open(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
     catalog = Catalog(engine)
     with catalog.begin() as conn:  # rows as an older faceledger wrote them
-        for cid, model, dim in (("old", "dlib-resnet-v1", 128), ("flip", "dlib-resnet-v1-flip", 128),
+        for cid, model, dim in (("old", "dlib-resnet-v1", 128),
+                                ("flip", "dlib-resnet-v1-flip", 128),
                                 ("slot", "onnx-0123456789ab", 32), ("new", "2.0", 256)):
             catalog.create_collection(conn, cid, model, dim)
     reopened = Catalog(engine)

@@ -91,7 +91,7 @@ class OversightOperations(UserOperations, GovernanceOperations):
                       face_ids=[cand["FaceId"]] if cand["FaceId"] else [],
                       search_request_id=cand["RequestId"])
         return {"Candidate": cand, "Search": search, "EnrolledFace": enrolled,
-                "PublishedErrorRates": self.published_error_rates()}
+                "PublishedErrorRates": self.published_error_rates(search.get("FaceModelVersion"))}
 
     def _enrolled_face(self, conn: Connection, cid: str, face_id: str) -> Shape:
         """The face's record in the catalog and the IndexFaces event that added it."""
@@ -290,7 +290,10 @@ def _search_facts(conn: Connection, request_id: str | None) -> Shape:
                 "FacesSearched": result.get("compared"),
                 "ExpectedFalseMatches": result.get("expected_false_matches"),
                 "ThresholdFalseMatchRate": thresholds.get("FalseMatchRate"),
-                "ProbeImageSha256": (body.get("images") or [None])[0]}
+                "ProbeImageSha256": (body.get("images") or [None])[0],
+                # the model that ran (events keep the name they were written with)
+                "FaceModelVersion": canonical(str(body["model_version"]))
+                if body.get("model_version") else None}
     return {}
 
 

@@ -108,7 +108,8 @@ def match_faces(source: Sequence[SourceFace], found: Sequence[Shape], width: int
             else:
                 b = f["BoundingBox"]
                 c_src = ((sl + sw / 2) * width, (st + sh / 2) * height)
-                c_new = ((b["Left"] + b["Width"] / 2) * width, (b["Top"] + b["Height"] / 2) * height)
+                c_new = ((b["Left"] + b["Width"] / 2) * width,
+                         (b["Top"] + b["Height"] / 2) * height)
                 cost = math.dist(c_src, c_new) / max(sw * width, sh * height, 1e-9)
             if cost <= MATCH_DISTANCE:
                 costs.append((cost, i, j))
