@@ -374,7 +374,12 @@ class CollectionOperations(ServiceCore):
             face = usable[0]
             # where the probe's face is, kept with any review candidate (never the photo)
             op.probe_face = {"BoundingBox": bounding_box(face.box, img.width, img.height),
-                             "Landmarks": landmarks(face, img.width, img.height)}
+                             "Landmarks": landmarks(face, img.width, img.height),
+                             # what the detector measured, shown to the reviewer
+                             "Pose": {"Roll": face.pose.roll, "Yaw": face.pose.yaw,
+                                      "Pitch": face.pose.pitch},
+                             "Quality": {"Brightness": face.quality.brightness,
+                                         "Sharpness": face.quality.sharpness}}
             vec = self.pipeline.embed_boxes(img.pixels, [face.box], [face.landmarks])[0]
             with self.catalog.read() as conn:  # faces may have come and gone meanwhile
                 coll = self._usable(self.catalog.collection(conn, cid))
