@@ -443,6 +443,15 @@ def test_auditor_browses_the_ledger_and_sees_verify_fail_after_tampering(
     assert page.url.endswith("/console/ledger")
     page.get_by_label("Operation").select_option("SearchFacesByImage")
     page.get_by_label("Case", exact=True).fill("INC-2")
+    page.get_by_label("From (UTC date or time)").fill("yesterday")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Filter").click()
+    # a bad filter is named in words; the other filters stay as typed
+    assert "is not an ISO 8601 date" in page.get_by_role("alert").inner_text()
+    assert page.get_by_label("Case", exact=True).input_value() == "INC-2"
+    assert page.get_by_label("Operation").input_value() == "SearchFacesByImage"
+    assert "Exception" not in page.locator("main").inner_text()
+    page.get_by_label("From (UTC date or time)").fill("")
     with page.expect_navigation():
         page.get_by_role("button", name="Filter").click()
     rows = page.locator("tbody tr")
@@ -492,6 +501,10 @@ def test_report_collections_and_export(browser: Any, world: World) -> None:
     with page.expect_download() as download:
         page.get_by_role("link", name="JSON report").click()
     assert Path(download.value.path()).read_text().lstrip().startswith("{")
+    page.goto(f"{world.url}/console/rates")
+    groups = page.get_by_role("table", name="groups").inner_text()
+    assert "95%" in groups and "0e+00" not in groups and " of " in groups
+    _shot(page, world, "33-error-rates")
     page.goto(f"{world.url}/console/collections")
     assert page.get_by_role("img", name="Calibration of model").count() == 1
     _shot(page, world, "31-collections")
@@ -666,7 +679,9 @@ def test_older_databases_gain_the_new_nullable_columns(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     engine = make_engine(settings.resolved_database_url())
     Catalog(engine), Ledger(engine), KeyStore.open(settings, engine, create_kek=True)
-    dropped = [("fl_faces", "image_sha256"), ("fl_faces", "landmarks"),
+    dropped = [("fl_faces", "image_sha256"), ("fl_faces", "landmarks"), ("fl_faces", "detail"),
+               ("ledger_reviews", "probe_sha256"), ("ledger_reviews", "enrolled_sha256"),
+               ("ledger_reviews", "stage"),
                ("ledger_candidates", "probe_face"), ("fl_api_keys", "roles")]
     with engine.begin() as conn:  # as a database made before these columns existed
         conn.execute(text("DROP INDEX ix_fl_faces_collection_image_sha256"))  # (bulk index)

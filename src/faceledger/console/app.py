@@ -297,6 +297,8 @@ class Console:
             "probe_json": json.dumps(cand.get("ProbeFace") or {}),
             "enrolled_json": json.dumps({
                 k: (data["EnrolledFace"] or {}).get(k) for k in ("BoundingBox", "Landmarks")}),
+            "enrolled_detail": {k: (data["EnrolledFace"] or {}).get(k)
+                                for k in ("Pose", "Quality")},
         }, status=status)
 
     async def decide(self, request: Request) -> Response:

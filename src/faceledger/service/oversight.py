@@ -240,6 +240,7 @@ class OversightOperations(UserOperations, GovernanceOperations):
                 "ImageSha256": row.image_sha256,
                 "BoundingBox": {"Width": w, "Height": h, "Left": left, "Top": top},
                 "Landmarks": [{"Type": t, "X": x, "Y": y} for t, x, y in row.landmarks],
+                **(dict(row.detail) if row.detail else {}),
             })
         indexed = index_event(conn, cid, face_id)
         face.setdefault("ImageSha256", None)

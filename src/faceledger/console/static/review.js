@@ -33,13 +33,20 @@ function geometryPx(item) {
   return out;
 }
 
-function draw(canvas, item) {
+function draw(canvas, item, which) {
   const ctx = canvas.getContext("2d");
   const W = canvas.width, H = canvas.height;
   ctx.setTransform(1, 0, 0, 1, 0, 0);
   ctx.fillStyle = "#222";
   ctx.fillRect(0, 0, W, H);
-  if (!item) return;
+  if (!item) {
+    ctx.fillStyle = "#ddd";
+    ctx.font = "24px system-ui, sans-serif";
+    ctx.textAlign = "center";
+    ctx.fillText(`Open the ${which} photo below`, W / 2, H / 2);
+    ctx.fillText("(its hash is checked first)", W / 2, H / 2 + 34);
+    return;
+  }
   const g = geometryPx(item);
   let cx = g.iw / 2, cy = g.ih / 2, angle = 0, scale = Math.min(W / g.iw, H / g.ih);
   if (g.eyes) {
@@ -102,7 +109,7 @@ function describe(which, item, figure) {
 
 function redraw() {
   for (const figure of document.querySelectorAll(".compare figure")) {
-    draw(figure.querySelector("canvas"), state[figure.dataset.which]);
+    draw(figure.querySelector("canvas"), state[figure.dataset.which], figure.dataset.which);
   }
 }
 
