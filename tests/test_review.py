@@ -271,3 +271,13 @@ def test_blind_review_hides_others_decisions_until_one_decides(svc: FaceService)
     done = svc.review_candidate(cid, "CONFIRM", "verified", **EVIDENCE, ctx=r2)
     assert [r["Stage"] for r in done["Reviews"]] == ["independent", "verification"]
     assert _events(svc, "ReviewCandidate")[-1]["result"]["stage"] == "verification"
+
+
+def test_cli_policy_sets_open_verification(tmp_path: Path) -> None:
+    env = {"FACELEDGER_DATA_DIR": str(tmp_path)}
+    out = CliRunner().invoke(main, ["policy", "set", "wanted", "--identification",
+                                    "--verifier-sees-earlier"], env=env)
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["Policy"]["VerifierSeesEarlierDecisions"] is True
+    back = CliRunner().invoke(main, ["policy", "set", "wanted", "--blind-verifier"], env=env)
+    assert json.loads(back.output)["Policy"]["VerifierSeesEarlierDecisions"] is False

@@ -330,12 +330,14 @@ class Console:
                    for name in ("operation", "collection", "principal", "purpose", "case",
                                 "outcome")}
         before = q.get("before")
+        hide_views = q.get("views") == "hide"
         error: str | None = None
         try:
             data = await self.call(
                 self.service.ledger_events, filters, (q.get("from") or "").strip() or None,
                 (q.get("to") or "").strip() or None,
-                int(before) if before and before.isdigit() else None, ctx=self.ctx(session))
+                int(before) if before and before.isdigit() else None,
+                hide_page_views=hide_views, ctx=self.ctx(session))
         except InvalidParameterException as exc:  # a bad filter: say so, keep the filters
             error = exc.message
             data = await self.call(self.service.ledger_events, {}, limit=1,
@@ -344,6 +346,7 @@ class Console:
         return self.render(request, "ledger.html", {
             "events": data, "filters": filters, "time_from": q.get("from", ""),
             "time_to": q.get("to", ""), "nav": "ledger", "error": error,
+            "hide_views": hide_views,
             "query": {k: v for k, v in q.items() if k != "before"}},
             status=400 if error else 200)
 

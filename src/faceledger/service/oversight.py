@@ -27,7 +27,7 @@ from ..errors import (
     ResourceNotFoundException,
 )
 from ..ledger import review, schema
-from ..ledger.events import SEARCH_OPERATIONS, format_time, parse_time
+from ..ledger.events import PAGE_VIEWS, SEARCH_OPERATIONS, format_time, parse_time
 from ..ledger.policy import check_collection_id, load_policy
 from ..ledger.refusals import RoleRequired
 from ..rates import wilson_interval
@@ -295,11 +295,13 @@ class OversightOperations(UserOperations, GovernanceOperations):
     def ledger_events(self, filters: Mapping[str, str | None] | None = None,
                       time_from: str | None = None, time_to: str | None = None,
                       before_seq: int | None = None, limit: int = 50, *,
+                      hide_page_views: bool = False,
                       ctx: RequestContext = LOCAL) -> Shape:
         """Events matching the filters, newest first, each with its review decision and
         candidates (auditors; events hold hashes and ids, never images or templates, so
         browsing them is not itself logged). A scoped auditor sees only its collections'
-        events and its own collection-less ones."""
+        events and its own collection-less ones; `hide_page_views` leaves out the console's
+        page views (ViewCandidate, ViewReviewQueue, ...)."""
         self._need_role("ListLedgerEvents", ctx, LEDGER_READERS)
         if not 1 <= limit <= MAX_EVENTS:
             raise InvalidParameterException(f"MaxResults must be from 1 to {MAX_EVENTS}.")
@@ -322,6 +324,8 @@ class OversightOperations(UserOperations, GovernanceOperations):
                     raise InvalidParameterException(
                         f"{field} {value!r} is not an ISO 8601 date or time.") from exc
                 q = q.where(e.c.time >= bound if after else e.c.time < bound)
+        if hide_page_views:
+            q = q.where(e.c.operation.not_in(sorted(PAGE_VIEWS)))
         events: list[Shape] = []
         more: int | None = None
         cursor = before_seq
