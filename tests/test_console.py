@@ -677,7 +677,8 @@ def test_published_group_rates_come_from_the_tables_coverage() -> None:
         for t in r["AtThresholds"]:
             # counts and a 95% interval around each group's own rate (0 of n still has one)
             assert t["FalseMatches"] == round(t["FalseMatchRate"] * r["ImpostorPairs"])
-            assert t["Low"] - 1e-12 <= t["FalseMatchRate"] <= t["High"] and t["High"] > 0
+            assert t["Low"] <= t["FalseMatchRate"] <= t["High"] and t["High"] > 0
+            assert t["AbovePromise"] == (t["Low"] > t["PromisedFalseMatchRate"])
 
 
 def test_older_databases_gain_the_new_nullable_columns(tmp_path: Path) -> None:

@@ -511,11 +511,15 @@ def _group_rows(coverage: Any) -> list[Shape]:
         for t in g.get("at_thresholds", []):
             k = int(t["impostor_matches"])
             lo, hi = wilson_interval(k, pairs)
+            low = 0.0 if k == 0 else float(lo)  # (not 1e-19 from rounding)
+            promised = float(t["promised_fmr"])
             points.append({"Similarity": float(t["similarity"]),
-                           "PromisedFalseMatchRate": float(t["promised_fmr"]),
+                           "PromisedFalseMatchRate": promised,
                            "FalseMatches": k, "FalseMatchRate": float(t["fmr"]),
-                           "Low": float(lo), "High": float(hi),
-                           "Within": float(t["fmr"]) <= float(t["promised_fmr"])})
+                           "Low": low, "High": float(hi),
+                           # above the promise beyond chance: the whole interval is above it
+                           "AbovePromise": low > promised,
+                           "PointAbovePromise": float(t["fmr"]) > promised})
         rows.append({"Group": g["group"], "People": int(g["images"]),
                      "ImpostorPairs": pairs, "Covered": bool(g["covered"]),
                      "CoveredThrough": g.get("covered_through"), "AtThresholds": points})

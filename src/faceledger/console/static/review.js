@@ -186,6 +186,8 @@ for (const section of document.querySelectorAll("section.face")) {
     if (input.files && input.files[0]) check(section, input.files[0]);
   });
 }
+const viewer = document.getElementById("viewer");
+if (viewer) viewer.hidden = false;  // without this script the viewer could show nothing
 const zoom = document.getElementById("zoom");
 if (zoom) {
   zoom.addEventListener("input", () => {
