@@ -276,7 +276,13 @@ class OversightOperations(UserOperations, GovernanceOperations):
                 "Populations": [ln.rstrip(":") for ln in coverage_lines(table)
                                 if not ln.startswith("  ")],
                 "Groups": groups, "GroupsMeasured": len(groups), "GroupsCovered": covered,
-                "GroupsNotCovered": [g["Group"] for g in groups if not g["Covered"]]}
+                "GroupsNotCovered": [g["Group"] for g in groups if not g["Covered"]],
+                # groups whose own rate at a shipped threshold is above the promise beyond
+                # chance (the whole 95% interval above it): said next to every decision
+                "GroupsAbovePromise": [
+                    {"Group": g["Group"], "Similarity": t["Similarity"],
+                     "FalseMatches": t["FalseMatches"], "ImpostorPairs": g["ImpostorPairs"]}
+                    for g in groups for t in g["AtThresholds"] if t["AbovePromise"]]}
 
     def calibration_curve(self, points: int = 60) -> Shape:
         """The calibration as (distance, Similarity, FMR, FNMR) points for a chart."""
