@@ -227,6 +227,12 @@ def test_blind_review_two_reviewers_confirm_and_a_wrong_file_is_refused(
     weak = _search_block(page, "INC-2026-210").inner_text()
     assert "ran at 50" in weak and "false matches expected" in weak
     _shot(page, world, "02-queue")
+    # a weak search says so at the top of its candidates' pages, in words
+    page.goto(f"{world.url}/console/candidates/{world.candidates['weak']}")
+    warning = page.locator(".strength .warn-box").first.inner_text()
+    assert warning.startswith("This search ran at 50, below the default")
+    assert "1 in 2 pairs of different people score this high" in warning
+    _shot(page, world, "02-weak-candidate")
     page.goto(f"{world.url}/console/candidates/{cand}")
     # the wrong file is refused by its hash, the page says which file is expected
     page.get_by_label("Probe photo file").set_input_files(str(world.files["wrong"]))
