@@ -307,15 +307,33 @@ def _like(text: str) -> str:
 
 def _group_rows(coverage: Any) -> list[Shape]:
     """One row per group the calibration measured: people, pairs, whether the promise covers
-    it, and the group's own FMR at the shipped 99.9 / 99.99 / 99.999 thresholds."""
+    it (per threshold where the table checked it on held-out people), and the group's own FMR
+    at the shipped 99.9 / 99.99 / 99.999 thresholds."""
     if not isinstance(coverage, Mapping):
         return []
-    rows: list[Shape] = []
+    held = coverage.get("held_out")
+    if isinstance(held, Mapping):
+        rows: list[Shape] = []
+        for g in held.get("groups", []):
+            row: Shape = {"Group": g["group"], "Held-out people": g["people"],
+                          "Impostor pairs": g["impostor_pairs"]}
+            for t in g["thresholds"]:
+                status = {"covered": "yes", "not shown": "no (not shown)",
+                          "broken": "NO (broken)"}.get(t["status"], "no")
+                row[f"Covered at {t['similarity']:g}"] = status
+                fmr = t.get("fmr")
+                if isinstance(fmr, Mapping) and fmr.get("value") is not None:
+                    row[f"FMR at {t['similarity']:g}"] = (
+                        f"{fmr['value']:.1e} ({t['impostor_matches']} of "
+                        f"{g['impostor_pairs']:,})")
+            rows.append(row)
+        return rows
+    rows = []
     for g in coverage.get("groups", []):
-        row: Shape = {"Group": g["group"], "People": g["images"],
-                      "Impostor pairs": g["impostor_pairs"],
-                      "Covered": ("yes" if g["covered"] else "no")
-                      + (f" (through {g['covered_through']})" if g.get("covered_through") else "")}
+        row = {"Group": g["group"], "People": g["images"],
+               "Impostor pairs": g["impostor_pairs"],
+               "Covered": ("yes" if g["covered"] else "no")
+               + (f" (through {g['covered_through']})" if g.get("covered_through") else "")}
         for t in g.get("at_thresholds", []):
             row[f"FMR at {t['similarity']:g}"] = (f"{t['fmr']:.1e} ({t['impostor_matches']} of "
                                                    f"{g['impostor_pairs']:,})")
