@@ -507,26 +507,35 @@ def _event_row(r: Any) -> Shape:
 def _group_rows(coverage: Any) -> list[Shape]:
     """One row per group the calibration measured: people, impostor pairs, whether the
     published rate covers it, and at each shipped threshold the group's own false matches
-    (count of pairs), rate and 95% Wilson interval."""
+    (count of pairs), rate and 95% Wilson interval. Tables of format 4 and later measure
+    groups on held-out people and decide coverage per threshold ("covered", "not shown",
+    "broken"); older ones decided it per group."""
     if not isinstance(coverage, Mapping):
         return []
+    held = coverage.get("held_out")
+    per_threshold = isinstance(held, Mapping)
+    groups = held.get("groups", []) if isinstance(held, Mapping) else coverage.get("groups", [])
     rows: list[Shape] = []
-    for g in coverage.get("groups", []):
+    for g in groups:
         pairs = int(g["impostor_pairs"])
         points = []
-        for t in g.get("at_thresholds", []):
+        for t in g.get("thresholds" if per_threshold else "at_thresholds", []):
             k = int(t["impostor_matches"])
             lo, hi = wilson_interval(k, pairs)
             low = 0.0 if k == 0 else float(lo)  # (not 1e-19 from rounding)
-            promised = float(t["promised_fmr"])
+            promised = float(t.get("promised_fmr", 1.0 - float(t["similarity"]) / 100.0))
+            raw = t.get("fmr")
+            fmr = float(raw.get("value") or 0.0) if isinstance(raw, Mapping) else float(raw or 0.0)
+            status = str(t["status"]) if per_threshold else ("covered" if g["covered"] else "not covered")
             points.append({"Similarity": float(t["similarity"]),
                            "PromisedFalseMatchRate": promised,
-                           "FalseMatches": k, "FalseMatchRate": float(t["fmr"]),
-                           "Low": low, "High": float(hi),
+                           "FalseMatches": k, "FalseMatchRate": fmr,
+                           "Low": low, "High": float(hi), "Status": status,
                            # above the promise beyond chance: the whole interval is above it
                            "AbovePromise": low > promised,
-                           "PointAbovePromise": float(t["fmr"]) > promised})
-        rows.append({"Group": g["group"], "People": int(g["images"]),
-                     "ImpostorPairs": pairs, "Covered": bool(g["covered"]),
+                           "PointAbovePromise": fmr > promised})
+        covered = all(p["Status"] == "covered" for p in points) if per_threshold else bool(g["covered"])
+        rows.append({"Group": g["group"], "People": int(g["people"] if per_threshold else g["images"]),
+                     "ImpostorPairs": pairs, "Covered": covered, "HeldOut": per_threshold,
                      "CoveredThrough": g.get("covered_through"), "AtThresholds": points})
     return rows
