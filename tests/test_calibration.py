@@ -492,3 +492,113 @@ def test_group_shift_moves_the_curve_to_cover_a_denser_group() -> None:
     few = np.array([1.1, 1.15])
     b3 = upper_bound_from_replicates(grid, few, np.tile(np.searchsorted(few, grid, "right") / 2, (20, 1)))
     assert group_shift("none", 2, b3, grid, ref).usable_points == 0
+
+
+# ---- one face under two names: reviewed duplicates (pure) --------------------------------------
+
+
+def test_duplicate_list_joins_images_of_one_person_and_keeps_reviewed_different_pairs() -> None:
+    from faceledger.evaluation.duplicates import parse_duplicates
+
+    dups = parse_duplicates(
+        ["a\tb\tverdict\tnote", "x.jpg\ty.jpg\tsame-image\tre-crop",
+         "sub/y.jpg\tz.jpg\tsame-person\t", "p.jpg\tq.jpg\tdifferent\tunsure: kept"],
+        "test",
+    )  # fmt: skip
+    assert dups.counts() == {"same-image": 1, "same-person": 1, "different": 1}
+    keys = ["m/x.jpg", "f/y.jpg", "z.jpg", "p.jpg", "q.jpg"]
+    person = dups.clusters(keys)
+    # x, y, z are one person (first key's index); a `different` verdict joins nothing
+    assert person.tolist() == [0, 0, 0, 3, 4]
+    with pytest.raises(Exception, match="verdict"):
+        parse_duplicates(["a\tb\tverdict", "x.jpg\ty.jpg\tmaybe"], "bad")
+
+
+def test_shipped_duplicate_list_is_reviewed_file_names_only() -> None:
+    from faceledger.evaluation.duplicates import VERDICTS, shipped_duplicates
+
+    dups = shipped_duplicates()
+    assert len(dups.same) >= 39  # the 39 pairs found in utkface-balanced alone, at least
+    for p in dups.pairs:
+        assert p.verdict in VERDICTS and "/" not in p.a + p.b and p.a != p.b
+        assert p.a.endswith(".jpg") and p.b.endswith(".jpg")
+    assert len({frozenset((p.a, p.b)) for p in dups.pairs}) == len(dups.pairs)
+
+
+def test_impostor_rates_leave_out_pairs_of_one_person() -> None:
+    from faceledger.evaluation.impostors import impostor_rates
+
+    rng = np.random.default_rng(3)
+    t = rng.normal(size=(40, 8))
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    t[1] = t[0]  # one face under two names
+    t[20] = t[19] + 1e-3  # the same across two groups (labelled differently)
+    keys = [f"{i}.jpg" for i in range(40)]
+    groups = ["a"] * 20 + ["b"] * 20
+    th = {"S": 0.01}
+    nominal = {"S": 1e-4}
+    raw = impostor_rates(t, keys, groups, th, nominal, replicates=20)
+    assert raw["groups"]["a"]["at_thresholds"][0]["impostor_matches"] == 1
+    person = list(range(40))
+    person[1] = 0
+    person[20] = 19
+    clean = impostor_rates(t, keys, groups, th, nominal, replicates=20, person=person)
+    a = clean["groups"]["a"]
+    assert a["at_thresholds"][0]["impostor_matches"] == 0
+    assert a["pairs"]["impostor"] == 20 * 19 // 2 - 1 and a["people"] == 19
+    assert clean["groups"]["b"]["people"] == 20
+    cross = clean["cross_groups"][0]
+    assert cross["pairs"] == 20 * 20 - 1 and cross["at_thresholds"][0]["impostor_matches"] == 0
+    assert clean["near_duplicates"]["count"] == 0 and raw["near_duplicates"]["count"] == 2
+    assert clean["near_duplicates"]["joined_images"] == 2
+
+
+def test_select_half_keeps_a_person_in_one_half() -> None:
+    from faceledger.evaluation.datasets import ImageSet, people_half, select_half
+
+    keys = [f"{i}_0_0_x.jpg" for i in range(200)]
+    images = ImageSet(__import__("pathlib").Path("."), keys, list(range(200)), keys)
+    a, b = next((i, j) for i in range(200) for j in range(200)
+                if people_half(keys[i]) == "fit" and people_half(keys[j]) == "test")  # fmt: skip
+    person = list(range(200))
+    person[b] = a  # b is a's second photo: it goes with a
+    fit = select_half(images, "fit", person)
+    test = select_half(images, "test", person)
+    assert keys[a] in fit.keys and keys[b] in fit.keys and keys[b] not in test.keys
+    assert len(fit) + len(test) == 200
+    # without the list, the split is today's (file-name hash) split
+    assert select_half(images, "test").keys == [k for k in keys if people_half(k) == "test"]
+
+
+def test_held_out_coverage_marks_each_group_and_threshold() -> None:
+    from faceledger.evaluation.calibrate import ReferenceGroups, held_out_coverage
+
+    rng = np.random.default_rng(5)
+    grid = np.round(np.arange(0.0, 2.0, 0.01), 6)
+    # a table whose FMR 1e-2 threshold lies at distance ~0.9 (random 64-d unit vectors: ~1.41)
+    table = CalibrationTable.from_dict({
+        "model_version": "t", "distance": grid.tolist(),
+        "log10_fmr": np.clip(-2 + 8 * (grid - 0.9), -8, 0).tolist(), "fnmr": np.zeros(len(grid)).tolist(),
+    })  # fmt: skip
+
+    def people(n: int, spread: float) -> np.ndarray:
+        c = rng.normal(size=16)
+        x = c + spread * rng.normal(size=(n, 16))
+        return np.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float64)
+
+    big = people(400, 6.0)  # spread out: no pair near 0.9
+    tight = people(60, 0.05)  # packed: most pairs closer than any threshold
+    few = people(20, 6.0)
+    test = np.vstack([big, tight, few])
+    groups = ["big"] * 400 + ["tight"] * 60 + ["few"] * 20
+    ref = ReferenceGroups(cohort=test, groups=groups, person=np.arange(480), provenance={},
+                          test=test, test_groups=groups, test_person=np.arange(480))  # fmt: skip
+    out = held_out_coverage(ref, table, cover_children=True, replicates=20, seed=0,
+                            fmrs=(1e-2, 1e-4))  # fmt: skip
+    status = {g["group"]: [t["status"] for t in g["thresholds"]] for g in out["held_out"]["groups"]}
+    # 79,800 pairs show 1e-2 and 1e-4 only if none match; 190 pairs can show neither
+    assert status["few"] == ["not shown", "not shown"]
+    assert status["tight"] == ["broken", "broken"]
+    assert status["big"][0] == "covered"
+    by = out["held_out"]["by_threshold"]["99"]
+    assert "big" in by["covered"] and by["broken"] == ["tight"] and by["not_shown"] == ["few"]

@@ -513,7 +513,9 @@ def test_a_user_holds_at_most_100_faces(fresh: FaceService) -> None:
 def test_remove_faces_for_retention_deletes_faces_of_users_too(fresh: FaceService) -> None:
     """The retention sweep's entry point: inside the caller's transaction, no user exemption."""
     fresh.create_collection(collection_id="r")
-    vecs = np.random.default_rng(1).normal(0, 0.01, (3, 128)).astype(np.float32)
+    with fresh.catalog.read() as conn:  # the configured model's template size
+        dim = fresh.catalog.collection(conn, "r").dim
+    vecs = np.random.default_rng(1).normal(0, 0.01, (3, dim)).astype(np.float32)
     fids = [f"{i:08x}-0000-4000-8000-000000000001" for i in range(3)]
     with fresh.catalog.begin() as conn:
         coll = fresh.catalog.lock_collection(conn, "r")

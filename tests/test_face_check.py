@@ -143,7 +143,12 @@ def test_cache_key_tells_checked_results_from_unchecked() -> None:
     from faceledger.evaluation.enrolment import cache_key
 
     # model 1.0 keeps the cache directory it had as "dlib-resnet-v1"
-    off = cache_key(Settings(min_face_probability=0.0, detector="hog"), "1.0")
+    off = cache_key(Settings(detector="hog", min_face_probability=0.0), "dlib-resnet-v1")
     assert off == "dlib-resnet-v1/hog-min40-max1280-v1"
-    assert cache_key(Settings(min_face_probability=0.5, detector="hog"), "dlib-resnet-v1") == (
+    assert cache_key(Settings(detector="hog", min_face_probability=0.5), "1.0") == (
         off + "-onet0.5")
+    # YuNet's size and threshold are part of the configuration
+    base = cache_key(Settings(), "2.0")
+    assert base == "2.0/yunet-min40-max1280-v1-onet0.5"
+    assert cache_key(Settings(yunet_variant="s"), "2.0") != base
+    assert cache_key(Settings(yunet_score_threshold=0.7), "2.0") != base

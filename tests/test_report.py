@@ -35,6 +35,11 @@ def _search(svc: FaceService, ctx: RequestContext, collection: str, n: int,
         return op.release({"FaceMatches": matches}, compared=10_000)
 
 
+def held_probe(svc: FaceService, candidate_id: str) -> str:
+    """The probe SHA-256 the candidate's search recorded."""
+    return str(svc.get_review_candidate(candidate_id)["ProbeImageSha256"])
+
+
 @pytest.fixture(scope="module")
 def populated(tmp_path_factory: pytest.TempPathFactory, astronaut_jpeg: bytes
               ) -> tuple[FaceService, Path]:
@@ -57,9 +62,15 @@ def populated(tmp_path_factory: pytest.TempPathFactory, astronaut_jpeg: bytes
             _search(svc, bad, "watch", 1)
     with pytest.raises(AccessDeniedException):
         _search(svc, officer, "watch", 1, threshold=90.0)
+    enrol = RequestContext(principal="admin", admin=True, purpose="enrolment")
+    with svc.audit("IndexFaces", enrol, collection="watch") as op:  # the enrolled photo
+        op.image("e1" * 32)
+        op.record(face_ids=["face-0", "face-1"])
     r1, r2 = RequestContext(principal="rev-1"), RequestContext(principal="rev-2")
-    svc.review_candidate(held[0]["CandidateId"], "CONFIRM", "match", ctx=r1)
-    svc.review_candidate(held[0]["CandidateId"], "CONFIRM", "match", ctx=r2)
+    compared = {"probe_sha256": held_probe(svc, held[0]["CandidateId"]),
+                "enrolled_sha256": "e1" * 32}
+    svc.review_candidate(held[0]["CandidateId"], "CONFIRM", "match", **compared, ctx=r1)
+    svc.review_candidate(held[0]["CandidateId"], "CONFIRM", "match", **compared, ctx=r2)
     svc.review_candidate(held[1]["CandidateId"], "REJECT", "different person", ctx=r1)
     with svc.audit("DeleteFaces", officer, collection="staff") as op:
         op.deleted(["face-0", "face-1"])
@@ -80,13 +91,20 @@ def test_report_counts_what_happened(populated: tuple[FaceService, Path]) -> Non
     assert s["matches_found"] == 6  # 2 + 1 held for review, 3 returned
     # Each search ran at max(default 99.9, floor 99.5) = FMR 1e-3 over 10,000 faces.
     assert s["expected_false_matches"] == pytest.approx(3 * 10_000 * 1e-3)
-    assert rep["identification"] == {"candidates_returned": 3, "confirmed": 1, "rejected": 1,
-                                     "review_decisions": 3}
+    # what the searchers saw: 3 matches returned (staff), 3 candidates held instead (watch)
+    assert (s["matches_returned"], s["candidates_held"]) == (3, 3)
+    assert [(t["threshold"], t["searches"]) for t in s["by_threshold"]] == [("99.9", 3)]
+    ident = rep["identification"]
+    assert (ident["candidates_held"], ident["pending"], ident["confirmed"], ident["rejected"],
+            ident["inconclusive"], ident["review_decisions"]) == (3, 1, 1, 1, 0, 3)
+    assert ident["decisions"]["same person (CONFIRM)"] == 2
     assert rep["refusals"]["by_rule"] == {"purpose_required": 1, "threshold_floor": 1}
+    assert rep["refusals"]["of_operations"]["total"] == 2
+    assert rep["refusals"]["of_page_views"]["total"] == 0
     assert rep["deletions"]["faces_deleted"] == 2
     (model,) = rep["models"]
-    # 2 detections, 5 searches (2 refused) and 1 deletion ran under the service's model.
-    assert model["model_version"] == svc.pipeline.model_version and model["events"] == 8
+    # 2 detections, 5 searches (2 refused), 1 enrolment and 1 deletion ran under the model.
+    assert model["model_version"] == svc.pipeline.model_version and model["events"] == 9
     # The published error rates come from the shipped calibration table, if it ships yet.
     assert model["available"] == ("provenance" in model)
     empty = svc.transparency_report("2000-01-01", "2000-01-02", ctx=ADMIN)
@@ -115,9 +133,10 @@ def test_report_escapes_what_callers_wrote() -> None:
         "chain": {}, "totals": {"events": 1, "done": 1, "refused": 0}, "operations": {},
         "searches": {"total": 1, "by_purpose": {"<script>alert(1)</script>": 1},
                      "by_principal": {}, "by_collection": {}, "matches_found": 0,
+                     "matches_returned": 0, "candidates_held": 0, "by_threshold": [],
                      "expected_false_matches": 0.0},
-        "identification": {"candidates_returned": 0, "confirmed": 0, "rejected": 0,
-                           "review_decisions": 0},
+        "identification": {"candidates_held": 0, "pending": 0, "confirmed": 0, "rejected": 0,
+                           "inconclusive": 0, "review_decisions": 0},
         "refusals": {"by_rule": {}}, "deletions": {"faces_deleted": 0, "faces_expired": 0,
                                                    "collections_deleted": 0},
         "indexing": {"faces_indexed": 0}, "per_day": {}, "models": [],

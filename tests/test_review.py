@@ -8,6 +8,7 @@ in identification mode are covered end to end in tests/test_ledger_collections.p
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 
 from faceledger.cli import main
 from faceledger.context import RequestContext
+from faceledger.ledger import schema
 from faceledger.errors import (
     AccessDeniedException,
     ConflictException,
@@ -30,9 +32,13 @@ from faceledger.settings import Settings
 ADMIN = RequestContext(principal="admin", admin=True)
 SEARCHER = RequestContext(principal="officer-1", purpose="missing person", case="MP-12")
 PROBE = "c0" * 32
+ENROLLED = "e1" * 32
+# the two photos a reviewer compared: a confirmation (or an inconclusive) names them
+EVIDENCE = {"probe_sha256": PROBE, "enrolled_sha256": ENROLLED}
 
 
-def _search(svc: FaceService, ctx: RequestContext = SEARCHER) -> dict[str, Any]:
+def _search(svc: FaceService, ctx: RequestContext = SEARCHER,
+            enrolled: str = ENROLLED) -> dict[str, Any]:
     response = {
         "SearchedFaceBoundingBox": {"Width": 0.2, "Height": 0.2, "Left": 0.1, "Top": 0.1},
         "SearchedFaceConfidence": 99.9,
@@ -42,6 +48,9 @@ def _search(svc: FaceService, ctx: RequestContext = SEARCHER) -> dict[str, Any]:
         ],
         "FaceModelVersion": "1.0",
     }
+    with svc.audit("IndexFaces", ADMIN, collection="wanted") as op:  # the enrolled photo
+        op.image(enrolled)
+        op.record(face_ids=["face-a", "face-b"])
     with svc.audit("SearchFacesByImage", ctx, collection="wanted") as op:
         op.threshold(None, default=99.9)
         op.image(PROBE)
@@ -82,14 +91,14 @@ def test_identification_mode_holds_matches_as_candidates(svc: FaceService) -> No
 def test_two_independent_reviewers_confirm_and_nobody_confirms_twice(svc: FaceService) -> None:
     cid = _search(svc)["ReviewCandidates"][0]["CandidateId"]
     with pytest.raises(AccessDeniedException, match="ran the search"):
-        svc.review_candidate(cid, "CONFIRM", "looks like him", ctx=SEARCHER)
+        svc.review_candidate(cid, "CONFIRM", "looks like him", **EVIDENCE, ctx=SEARCHER)
     r1 = RequestContext(principal="reviewer-1")
     r2 = RequestContext(principal="reviewer-2")
-    first = svc.review_candidate(cid, "CONFIRM", "ear shape and scar match", ctx=r1)
+    first = svc.review_candidate(cid, "CONFIRM", "ear shape and scar match", **EVIDENCE, ctx=r1)
     assert (first["Status"], first["Confirmations"]) == ("PENDING", 1)
     with pytest.raises(ConflictException, match="already reviewed"):
-        svc.review_candidate(cid, "CONFIRM", "still sure", ctx=r1)
-    second = svc.review_candidate(cid, "CONFIRM", "independent check: same person", ctx=r2)
+        svc.review_candidate(cid, "CONFIRM", "still sure", **EVIDENCE, ctx=r1)
+    second = svc.review_candidate(cid, "CONFIRM", "independent check: same person", **EVIDENCE, ctx=r2)
     assert (second["Status"], second["Confirmations"]) == ("CONFIRMED", 2)
     assert second["DecidedAt"] is not None
     assert [r["Reviewer"] for r in second["Reviews"]] == ["reviewer-1", "reviewer-2"]
@@ -127,7 +136,7 @@ def test_reviewers_required_follows_the_policy(svc: FaceService) -> None:
     svc.put_collection_policy("wanted", {"IdentificationMode": True, "ReviewersRequired": 1},
                               ctx=ADMIN)
     cid = _search(svc)["ReviewCandidates"][0]["CandidateId"]
-    out = svc.review_candidate(cid, "CONFIRM", "sure", ctx=RequestContext(principal="r1"))
+    out = svc.review_candidate(cid, "CONFIRM", "sure", **EVIDENCE, ctx=RequestContext(principal="r1"))
     assert out["Status"] == "CONFIRMED"
 
 
@@ -166,20 +175,109 @@ def test_pagination_walks_every_candidate_once(svc: FaceService) -> None:
 def test_cli_review_list_confirm_reject(tmp_path: Path) -> None:
     svc = FaceService(Settings(data_dir=tmp_path))
     svc.put_collection_policy("wanted", {"IdentificationMode": True}, ctx=ADMIN)
-    ids = [c["CandidateId"] for c in _search(svc)["ReviewCandidates"]]
+    ids = [c["CandidateId"] for c in _search(
+        svc, enrolled=hashlib.sha256(b"enrolled photo").hexdigest())["ReviewCandidates"]]
     env = {"FACELEDGER_DATA_DIR": str(tmp_path)}
     runner = CliRunner()
     listed = json.loads(runner.invoke(main, ["review", "list"], env=env).output)
     assert {c["CandidateId"] for c in listed["Candidates"]} == set(ids)
+    photos = tmp_path / "probe.jpg", tmp_path / "enrolled.jpg"
+    for path, content in zip(photos, (b"probe photo", b"enrolled photo"), strict=True):
+        path.write_bytes(content)
+    files = ["--probe", str(photos[0]), "--enrolled", str(photos[1])]
+    with svc.engine.begin() as conn:  # the search saw this probe file
+        conn.execute(schema.candidates.update().values(
+            probe_sha256=hashlib.sha256(b"probe photo").hexdigest()))
+    missing = runner.invoke(main, ["review", "confirm", ids[0], "--reason", "match",
+                                   "--reviewer", "ana"], env=env)
+    assert missing.exit_code == 2 and "--probe" in missing.output
     for reviewer in ("ana", "ben"):
         out = runner.invoke(main, ["review", "confirm", ids[0], "--reason", "match",
-                                   "--reviewer", reviewer], env=env)
+                                   "--reviewer", reviewer, *files], env=env)
         assert out.exit_code == 0, out.output
     assert json.loads(out.output)["Status"] == "CONFIRMED"
     again = runner.invoke(main, ["review", "confirm", ids[0], "--reason", "x", "--reviewer",
-                                 "ana"], env=env)
+                                 "ana", *files], env=env)
     assert again.exit_code == 2 and "ConflictException" in again.output
     rej = runner.invoke(main, ["review", "reject", ids[1], "--reason", "no"], env=env)
     assert rej.exit_code == 0 and json.loads(rej.output)["Status"] == "REJECTED"
     pending = json.loads(runner.invoke(main, ["review", "list"], env=env).output)
     assert pending["Candidates"] == []
+
+
+def test_confirm_and_inconclusive_need_the_recorded_photos_hashes(svc: FaceService) -> None:
+    cid = _search(svc)["ReviewCandidates"][0]["CandidateId"]
+    r1 = RequestContext(principal="reviewer-1")
+    for decision in ("CONFIRM", "INCONCLUSIVE"):
+        with pytest.raises(AccessDeniedException, match="must name the probe photo"):
+            svc.review_candidate(cid, decision, "looked", ctx=r1)
+        with pytest.raises(AccessDeniedException, match="enrolled photo you compared"):
+            svc.review_candidate(cid, decision, "looked", probe_sha256=PROBE,
+                                 enrolled_sha256="ab" * 32, ctx=r1)
+    with pytest.raises(InvalidParameterException, match="64 hex digits"):
+        svc.review_candidate(cid, "CONFIRM", "looked", probe_sha256="xyz",
+                             enrolled_sha256=ENROLLED, ctx=r1)
+    assert svc.get_review_candidate(cid)["Reviews"] == []
+    refused = [e for e in _events(svc, "ReviewCandidate") if e["outcome"] == "refused"]
+    assert [e["rule"] for e in refused] == ["evidence_required", "evidence_mismatch"] * 2
+    assert refused[1]["params"]["submitted_enrolled_sha256"] == "ab" * 32
+    done = svc.review_candidate(cid, "CONFIRM", "same", probe_sha256=PROBE.upper(),
+                                enrolled_sha256=ENROLLED, ctx=r1)
+    assert done["Reviews"][0]["ProbeImageSha256"] == PROBE
+    event = _events(svc, "ReviewCandidate")[-1]
+    assert event["images"] == [PROBE, ENROLLED]
+    assert event["result"]["compared"] == {"probe_sha256": PROBE, "enrolled_sha256": ENROLLED}
+
+
+def test_an_inconclusive_settles_the_candidate_apart_from_rejections(svc: FaceService) -> None:
+    cid = _search(svc)["ReviewCandidates"][0]["CandidateId"]
+    r1, r2 = RequestContext(principal="reviewer-1"), RequestContext(principal="reviewer-2")
+    svc.review_candidate(cid, "CONFIRM", "same", **EVIDENCE, ctx=r1)
+    out = svc.review_candidate(cid, "INCONCLUSIVE", "probe too blurred", **EVIDENCE, ctx=r2)
+    assert out["Status"] == "INCONCLUSIVE" and out["DecidedAt"]
+    assert svc.list_review_candidates("wanted", "INCONCLUSIVE")["Candidates"][0][
+        "CandidateId"] == cid
+    report = svc.transparency_report("2000-01-01", "2100-01-01")["identification"]
+    assert (report["inconclusive"], report["rejected"], report["confirmed"]) == (1, 0, 0)
+    assert report["decisions"]["inconclusive"] == 1
+    # a rejection needs no photos (the reviewer may exclude on what the case file shows)
+    other = _search(svc)["ReviewCandidates"][1]["CandidateId"]
+    assert svc.review_candidate(other, "REJECT", "different", ctx=r1)["Status"] == "REJECTED"
+
+
+def test_blind_review_hides_others_decisions_until_one_decides(svc: FaceService) -> None:
+    cid = _search(svc)["ReviewCandidates"][0]["CandidateId"]
+    r1 = RequestContext(principal="reviewer-1", roles=frozenset({"reviewer"}))
+    r2 = RequestContext(principal="reviewer-2", roles=frozenset({"reviewer"}))
+    auditor = RequestContext(principal="aud", roles=frozenset({"auditor"}))
+    svc.review_candidate(cid, "CONFIRM", "ears match", **EVIDENCE, ctx=r1)
+    seen = svc.review_case_file(cid, ctx=r2)["Candidate"]
+    assert seen["DecisionsHidden"] and seen["Reviews"] == [] and seen["Confirmations"] is None
+    assert seen["YourPart"]["State"] == "needs_decision"
+    queued = next(c for c in svc.review_queue(ctx=r2)["Candidates"] if c["CandidateId"] == cid)
+    assert queued["Reviews"] == [] and queued["Confirmations"] is None
+    mine = svc.review_case_file(cid, ctx=r1)["Candidate"]
+    assert not mine["DecisionsHidden"] and mine["YourPart"]["State"] == "decided"
+    assert svc.review_case_file(cid, ctx=auditor)["Candidate"]["Reviews"][0]["Reason"] == (
+        "ears match")
+    # the view event says whether decisions were shown
+    views = _events(svc, "ViewCandidate")
+    assert [v["result"]["decisions_shown"] for v in views] == [False, True, True]
+    # the policy may open the final verification: the last reviewer sees the earlier ones
+    svc.put_collection_policy("wanted", {"IdentificationMode": True,
+                                         "VerifierSeesEarlierDecisions": True}, ctx=ADMIN)
+    opened = svc.review_case_file(cid, ctx=r2)["Candidate"]
+    assert opened["Stage"] == "verification" and opened["Reviews"][0]["Reason"] == "ears match"
+    done = svc.review_candidate(cid, "CONFIRM", "verified", **EVIDENCE, ctx=r2)
+    assert [r["Stage"] for r in done["Reviews"]] == ["independent", "verification"]
+    assert _events(svc, "ReviewCandidate")[-1]["result"]["stage"] == "verification"
+
+
+def test_cli_policy_sets_open_verification(tmp_path: Path) -> None:
+    env = {"FACELEDGER_DATA_DIR": str(tmp_path)}
+    out = CliRunner().invoke(main, ["policy", "set", "wanted", "--identification",
+                                    "--verifier-sees-earlier"], env=env)
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["Policy"]["VerifierSeesEarlierDecisions"] is True
+    back = CliRunner().invoke(main, ["policy", "set", "wanted", "--blind-verifier"], env=env)
+    assert json.loads(back.output)["Policy"]["VerifierSeesEarlierDecisions"] is False

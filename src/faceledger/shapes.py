@@ -26,6 +26,13 @@ def landmarks(face: FaceAnalysis, width: int, height: int) -> list[Shape]:
     ]
 
 
+def pose_quality(face: FaceAnalysis) -> Shape:
+    """The detector's pose and quality of a face (kept with enrolled faces and probes)."""
+    return {"Pose": {"Roll": face.pose.roll, "Yaw": face.pose.yaw, "Pitch": face.pose.pitch},
+            "Quality": {"Brightness": face.quality.brightness,
+                        "Sharpness": face.quality.sharpness}}
+
+
 def compared_face(face: FaceAnalysis, width: int, height: int) -> Shape:
     """Rekognition's ComparedFace (also the base of FaceDetail's default attributes)."""
     return {

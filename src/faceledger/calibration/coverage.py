@@ -112,6 +112,22 @@ def shifted_curve(distance: F64, log10_fmr: F64, shift: float) -> F64:
     return np.asarray(np.interp(distance + shift, distance, log10_fmr), dtype=np.float64)
 
 
+def _status_word(status: str) -> str:
+    return {"covered": "yes", "broken": "BROKEN", "not covered": "no"}.get(status, "not shown")
+
+
+def held_out_status(table: CalibrationTable) -> dict[str, dict[float, str]]:
+    """Per group, per promised FMR: `covered`, `not shown` (too few held-out pairs to show the
+    promise: not covered at that threshold), `broken` or `not covered` (format 4 tables; empty
+    for older ones, whose coverage is per group)."""
+    cov = table.provenance.get("coverage") or {}
+    held = cov.get("held_out") or {}
+    return {
+        g["group"]: {float(t["promised_fmr"]): str(t["status"]) for t in g["thresholds"]}
+        for g in held.get("groups", [])
+    }
+
+
 def coverage_lines(table: CalibrationTable) -> list[str]:
     """Whom the table's promise was measured for, and whom not (for every surface that shows
     the calibration: this command, the transparency report, the console)."""
@@ -130,19 +146,47 @@ def coverage_lines(table: CalibrationTable) -> list[str]:
             f"Scores are normalised by local density (no demographic label used): fitted on "
             f"{norm.provenance.get('cohort_size')} people of {ref.get('name', '?')}."
         )
-    lines.append(
-        f"The promise covers these groups (within-group impostor pairs; the table is LFW's "
-        f"bound moved by {cov['shift']:.4f}, set by {cov['set_by']}):"
-    )
-    for g in cov["groups"]:
-        state = "covered" if g["covered"] else "NOT covered"
-        if g.get("covered_through"):
-            state += f" (too few people: through {g['covered_through']})"
-        shift = f"{g['shift']:.4f}" if g["measured"] else "   -  "
+    held = cov.get("held_out")
+    if held:
+        by_t = held.get("by_threshold", {})
+        sims = list(by_t)
         lines.append(
-            f"  {g['group']:<22} {g['images']:>4} people, {g['impostor_pairs']:>6,} pairs, "
-            f"shift {shift}  {state}"
+            f"The table is LFW's bound moved by {cov['shift']:.4f} (set by {cov['set_by']}) to "
+            "cover every group's fit people. A group is covered at a threshold only where its "
+            "held-out people (never used to fit) show the promise; elsewhere it is NOT covered "
+            "at that threshold (not shown: too few pairs to show it; BROKEN: shown above it)."
         )
+        for s in sims:
+            t = by_t[s]
+            lines.append(
+                f"Similarity {s}: covered for {len(t['covered'])} of "
+                f"{len(t['covered']) + len(t['not_shown']) + len(t['broken'])} groups"
+                + (f"; BROKEN for {', '.join(t['broken'])}" if t["broken"] else "")
+            )
+        lines.append(
+            f"  {'group':<22} {'held-out people':>15} {'pairs':>9}  "
+            + "  ".join(f"{s:>9}" for s in sims)
+        )
+        for g in held["groups"]:
+            marks = [_status_word(t["status"]) for t in g["thresholds"]]
+            lines.append(
+                f"  {g['group']:<22} {g['people']:>15} {g['impostor_pairs']:>9,}  "
+                + "  ".join(f"{m:>9}" for m in marks)
+            )
+    else:
+        lines.append(
+            f"The promise covers these groups (within-group impostor pairs; the table is LFW's "
+            f"bound moved by {cov['shift']:.4f}, set by {cov['set_by']}):"
+        )
+        for g in cov["groups"]:
+            state = "covered" if g["covered"] else "NOT covered"
+            if g.get("covered_through"):
+                state += f" (too few people: through {g['covered_through']})"
+            shift = f"{g['shift']:.4f}" if g["measured"] else "   -  "
+            lines.append(
+                f"  {g['group']:<22} {g['images']:>4} people, {g['impostor_pairs']:>6,} pairs, "
+                f"shift {shift}  {state}"
+            )
     lines.append(f"Children: {cov['children']}.")
     lines.append(f"Not measured: {cov['populations_not_measured']}.")
     return lines

@@ -8,7 +8,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import click
 
@@ -188,19 +188,37 @@ def calibration(ctx: click.Context, model: str | None, as_json: bool) -> None:
 @click.option("--workers", type=int, default=None, help="Processes (default: one per core).")
 @click.option(
     "--groups",
-    "groups_root",
-    type=click.Path(file_okay=False),
+    "groups_roots",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A UTKFace-named folder of distinct people (repeatable: utkface-balanced and "
+    "utkface-more): move the table so that its promise holds for every sex x race x age group "
+    "measured on the `fit` half of its people, and mark each group x threshold covered only "
+    "where the held-out `test` half shows it.",
+)
+@click.option(
+    "--duplicates",
+    "duplicates_file",
+    type=click.Path(exists=True, dir_okay=False),
     default=None,
-    help="A UTKFace-named set of distinct people (utkface-balanced): normalise scores and move "
-    "the table so that its promise holds for every sex x race group measured there.",
+    help="With --groups: reviewed one-face-two-names pairs (TSV: a, b, verdict) [default: the "
+    "shipped list for utkface-balanced + utkface-more].",
 )
 @click.option(
-    "--no-normalise", is_flag=True, help="With --groups: cover the groups without normalising."
+    "--no-duplicates", is_flag=True, help="With --groups: count every pair as an impostor pair."
 )
 @click.option(
-    "--adults-only",
-    is_flag=True,
-    help="With --groups: set the thresholds for adults only (children measured, not covered).",
+    "--normalise/--no-normalise",
+    default=None,
+    help="With --groups: normalise scores by local density (default: the model's adopted "
+    "choice, see docs/accuracy.md: on for 1.0, off for 2.0).",
+)
+@click.option(
+    "--adults-only/--with-children",
+    "adults_only",
+    default=None,
+    help="With --groups: set the thresholds for adults only (children measured, not covered) "
+    "[default: the model's adopted choice: children covered for 1.0, not for 2.0].",
 )
 @click.option(
     "--tail-model",
@@ -221,20 +239,36 @@ def calibration_build(
     out: str | None,
     cache: str | None,
     workers: int | None,
-    groups_root: str | None,
-    no_normalise: bool,
-    adults_only: bool,
+    groups_roots: tuple[str, ...],
+    duplicates_file: str | None,
+    no_duplicates: bool,
+    normalise: bool | None,
+    adults_only: bool | None,
     tail_model: str | None,
     replicates: int,
 ) -> None:
     """Rebuild the calibration table from a folder-per-identity dataset (LFW)."""
-    from ..evaluation.calibrate import DEFAULT_TAIL_MODEL, build_calibration, table_path, write_table
+    from ..evaluation.calibrate import (
+        DEFAULT_TAIL_MODEL, build_calibration, default_cover_children, default_normalise,
+        default_split, table_path, write_table,
+    )  # fmt: skip
+    from ..evaluation.duplicates import load_duplicates, shipped_duplicates
 
+    settings = Settings()
+    dups = None
+    if groups_roots and not no_duplicates:
+        dups = load_duplicates(Path(duplicates_file)) if duplicates_file else shipped_duplicates()
+    version = FacePipeline(settings).model_version
+    if normalise is None:
+        normalise = default_normalise(version)
+    if adults_only is None:
+        adults_only = not default_cover_children(version)
     raw = build_calibration(
-        Path(lfw), cache_dir=Path(cache) if cache else None, workers=workers,
+        Path(lfw), settings=settings, cache_dir=Path(cache) if cache else None, workers=workers,
         tail_model=tail_model or DEFAULT_TAIL_MODEL, replicates=replicates,
-        command=_command_line(), groups_root=Path(groups_root) if groups_root else None,
-        normalise=not no_normalise, cover_children=not adults_only,
+        command=_command_line(), groups_root=[Path(g) for g in groups_roots] or None,
+        normalise=normalise, cover_children=not adults_only, duplicates=dups,
+        split=default_split(version),
     )  # fmt: skip
     version = str(raw["model_version"])
     if out:
@@ -442,6 +476,12 @@ def impostor_summary(imp: dict[str, Any]) -> list[str]:
             f"{ratio}{note}" + ("  FLAGGED" if c["flagged"] else "")
         )
     dup = imp["near_duplicates"]
+    excluded = dup.get("excluded") or {}
+    if excluded:
+        lines.append(
+            f"reviewed duplicates ({excluded.get('list')}): {dup.get('joined_images', 0)} images "
+            "joined to another image of the same person; their pairs are not impostor pairs"
+        )
     lines.append(
         f"possible duplicates (pairs closer than {dup['distance']}): {dup['count']}"
         + (" (listed in the report: look at them)" if dup["count"] else "")
@@ -553,7 +593,7 @@ def evaluate_identify(
 
 
 @evaluate.command("impostors")
-@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@click.argument("roots", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @_labels("image path (relative to ROOT)")
 @click.option(
     "--utkface",
@@ -575,15 +615,28 @@ def evaluate_identify(
     show_default=True,
     help="List pairs closer than this as possible duplicates (one person twice).",
 )
+@click.option(
+    "--duplicates",
+    "duplicates_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Reviewed one-face-two-names pairs (TSV: a, b, verdict) not counted as impostor pairs "
+    "[default with --utkface: the shipped list for utkface-balanced + utkface-more].",
+)
+@click.option(
+    "--no-duplicates", is_flag=True, help="Count every pair, even reviewed duplicates."
+)
 @_common
 @reports_errors
 def evaluate_impostors(
-    root: str,
+    roots: tuple[str, ...],
     labels_file: str | None,
     utkface: bool,
     attributes: tuple[str, ...],
     half: str | None,
     duplicate_distance: float,
+    duplicates_file: str | None,
+    no_duplicates: bool,
     out: str,
     similarities: tuple[float, ...],
     cache: str | None,
@@ -592,12 +645,20 @@ def evaluate_impostors(
     quiet: bool,
 ) -> None:
     """False-match rates per group on images of distinct people (every image a different
-    person): within and across groups, with intervals, near-duplicates and broken promises."""
+    person): within and across groups, with intervals, near-duplicates and broken promises.
+    Several ROOTS are read as one set (utkface-balanced utkface-more)."""
+    from ..evaluation.duplicates import DuplicateList, load_duplicates
+
+    dups: DuplicateList | None | Literal["default"] = "default"
+    if no_duplicates:
+        dups = None
+    elif duplicates_file:
+        dups = load_duplicates(Path(duplicates_file))
     ev = _evaluation(similarities, cache, workers, replicates, quiet)
     result = ev.impostors(
-        Path(root), labels_file=Path(labels_file) if labels_file else None,
+        [Path(r) for r in roots], labels_file=Path(labels_file) if labels_file else None,
         attributes=attributes, utkface=utkface, half=half,
-        duplicate_distance=duplicate_distance,
+        duplicate_distance=duplicate_distance, duplicates=dups,
     )  # fmt: skip
     _finish(result, out)
 

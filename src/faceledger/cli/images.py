@@ -120,8 +120,12 @@ def demo(out: str) -> None:
     first = jpeg(portrait)
     # The same face mirrored and darker: a different photo of the same person.
     second = jpeg((portrait[:, ::-1] * 0.8).astype(np.uint8))
-    client = FaceLedger(Settings(data_dir=folder / "data"), context=request_context())
+    settings = Settings(data_dir=folder / "data")
+    client = FaceLedger(settings, context=request_context())
     try:
+        click.echo(f"Model {client.service.pipeline.model_version}: detector {settings.detector}, "
+                   f"embedder {settings.embedder} (faceledger calibration prints what its "
+                   "scores mean; docs/models.md has its card)")
         found = client.detect_faces(first)["FaceDetails"]
         click.echo(f"1. DetectFaces on the astronaut portrait: {len(found)} face(s)")
         for i, f in enumerate(found):

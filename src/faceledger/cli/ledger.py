@@ -4,6 +4,8 @@ the audit ledger and governance from the shell (the local operator is an admin).
 from __future__ import annotations
 
 import json
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import click
 
 from ..context import RequestContext
 from ..errors import InvalidParameterException
+from ..imaging import file_sha256
 from ..ledger.chain import Anchor
 from ..ledger.export import write_bundle
 from ..ledger.report import render_html
@@ -119,11 +122,9 @@ def log(case: str | None, last: int) -> None:
 @click.option("--anchor", "anchor_tokens", multiple=True, help="An anchor you hold; repeatable.")
 @reports_errors
 def verify_bundle(bundle: str, anchor_tokens: tuple[str, ...]) -> None:
-    """Check a case export's chain segment (no database needed)."""
-    try:
-        data = json.loads(Path(bundle).read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise InvalidParameterException(f"{bundle} is not JSON: {exc}") from exc
+    """Check a case export's chain segment (no database needed): the bundle's JSON, or the
+    zip the console exports (its case-*.json is checked)."""
+    data = _read_bundle(Path(bundle))
     anchors = [(a.seq, a.hash) for a in (Anchor.parse(t) for t in anchor_tokens)]
     result = verify_segment(data if isinstance(data, dict) else {}, anchors)
     for p in result["problems"]:
@@ -131,6 +132,25 @@ def verify_bundle(bundle: str, anchor_tokens: tuple[str, ...]) -> None:
     click.echo(f"{'OK' if result['ok'] else 'FAILED'}: {result['checked']} linked events, "
                f"{result['disclosed']} disclosed; anchors matched: {result['anchors_matched']}")
     raise SystemExit(0 if result["ok"] else 1)
+
+
+def _read_bundle(path: Path) -> Any:
+    """The bundle JSON from a .json file or from the console's zip (case-*.json inside)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist()
+                     if n.startswith("case-") and n.endswith(".json") and "/" not in n]
+            if len(names) != 1:
+                raise InvalidParameterException(
+                    f"{path} is a zip without exactly one case-*.json bundle in it.")
+            raw = zf.read(names[0])
+        where = f"{path}:{names[0]}"
+    else:
+        raw, where = path.read_bytes(), str(path)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError
+        raise InvalidParameterException(f"{where} is not a JSON bundle: {exc}") from exc
 
 
 # -- policy --------------------------------------------------------------------------------
@@ -158,6 +178,9 @@ def policy_get(collection: str) -> None:
 @click.option("--identification/--no-identification", default=None,
               help="Hold search results for human review.")
 @click.option("--reviewers", type=int, default=None, help="Reviewers needed to confirm (1-10).")
+@click.option("--verifier-sees-earlier/--blind-verifier", "verifier_sees_earlier",
+              default=None, help="Whether the reviewer giving the last confirmation sees the "
+                                 "earlier conclusions (ACE-V verification); default blind.")
 @click.option("--retention-days", type=int, default=None)
 @click.option("--no-retention", is_flag=True, help="Keep faces until deleted.")
 @click.option("--reset", is_flag=True, help="Start from the default policy.")
@@ -165,6 +188,7 @@ def policy_get(collection: str) -> None:
 def policy_set(collection: str, min_threshold: float | None, no_min_threshold: bool,
                require_purpose: bool | None, require_consent: bool | None,
                identification: bool | None, reviewers: int | None,
+               verifier_sees_earlier: bool | None,
                retention_days: int | None, no_retention: bool, reset: bool) -> None:
     """Change the options given; keep the others (logged in the ledger)."""
     service = _service()
@@ -174,6 +198,7 @@ def policy_set(collection: str, min_threshold: float | None, no_min_threshold: b
         "MinSimilarityThreshold": min_threshold, "RequirePurpose": require_purpose,
         "RequireConsent": require_consent, "IdentificationMode": identification,
         "ReviewersRequired": reviewers, "RetentionDays": retention_days,
+        "VerifierSeesEarlierDecisions": verifier_sees_earlier,
     }
     new = {**current, **{k: v for k, v in changes.items() if v is not None}}
     if no_min_threshold:
@@ -192,7 +217,8 @@ def review() -> None:
 
 @review.command("list")
 @click.option("--collection", default=None)
-@click.option("--status", type=click.Choice(["PENDING", "CONFIRMED", "REJECTED", "ALL"]),
+@click.option("--status", type=click.Choice(["PENDING", "CONFIRMED", "REJECTED",
+                                            "INCONCLUSIVE", "ALL"]),
               default="PENDING", show_default=True)
 @click.option("--case", "case", default=None)
 @click.option("--request-id", default=None, help="Candidates of one search request.")
@@ -205,9 +231,12 @@ def review_list(collection: str | None, status: str, case: str | None,
         ctx=_ctx()))
 
 
-def _decide(candidate: str, decision: str, reason: str, reviewer: str | None) -> None:
+def _decide(candidate: str, decision: str, reason: str, reviewer: str | None,
+            probe: str | None = None, enrolled: str | None = None) -> None:
+    evidence = {"probe_sha256": None if probe is None else file_sha256(Path(probe)),
+                "enrolled_sha256": None if enrolled is None else file_sha256(Path(enrolled))}
     emit_json(_service().review_candidate(candidate, decision, reason,
-                                          ctx=_ctx(principal=reviewer)))
+                                          ctx=_ctx(principal=reviewer), **evidence))
 
 
 _REVIEWER = click.option(
@@ -215,24 +244,52 @@ _REVIEWER = click.option(
     help="Your reviewer identity (default: the local principal); over HTTP it is your key.")
 
 
+def _photos(required: bool) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    need = "required" if required else "optional; checked when given"
+    probe = click.option("--probe", type=click.Path(exists=True, dir_okay=False),
+                         required=required,
+                         help=f"The probe photo you compared (its SHA-256 must be the "
+                              f"recorded one; {need}).")
+    enrolled = click.option("--enrolled", type=click.Path(exists=True, dir_okay=False),
+                            required=required,
+                            help=f"The enrolled photo you compared ({need}).")
+    return lambda fn: probe(enrolled(fn))
+
+
 @review.command("confirm")
 @click.argument("candidate")
 @click.option("--reason", required=True, help="Why the identification is right.")
+@_photos(True)
 @_REVIEWER
 @reports_errors
-def review_confirm(candidate: str, reason: str, reviewer: str | None) -> None:
-    """Confirm a candidate as one independent reviewer."""
-    _decide(candidate, "CONFIRM", reason, reviewer)
+def review_confirm(candidate: str, reason: str, probe: str, enrolled: str,
+                   reviewer: str | None) -> None:
+    """Confirm a candidate as one independent reviewer (names the two photos compared)."""
+    _decide(candidate, "CONFIRM", reason, reviewer, probe, enrolled)
+
+
+@review.command("inconclusive")
+@click.argument("candidate")
+@click.option("--reason", required=True, help="Why the photos allow no conclusion.")
+@_photos(True)
+@_REVIEWER
+@reports_errors
+def review_inconclusive(candidate: str, reason: str, probe: str, enrolled: str,
+                        reviewer: str | None) -> None:
+    """The pair allows no conclusion (settles the candidate as INCONCLUSIVE)."""
+    _decide(candidate, "INCONCLUSIVE", reason, reviewer, probe, enrolled)
 
 
 @review.command("reject")
 @click.argument("candidate")
 @click.option("--reason", required=True, help="Why the identification is wrong.")
+@_photos(False)
 @_REVIEWER
 @reports_errors
-def review_reject(candidate: str, reason: str, reviewer: str | None) -> None:
-    """Reject a candidate (one rejection settles it)."""
-    _decide(candidate, "REJECT", reason, reviewer)
+def review_reject(candidate: str, reason: str, probe: str | None, enrolled: str | None,
+                  reviewer: str | None) -> None:
+    """Reject a candidate: not the same person (one rejection settles it)."""
+    _decide(candidate, "REJECT", reason, reviewer, probe, enrolled)
 
 
 # -- retention -----------------------------------------------------------------------------

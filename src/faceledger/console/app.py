@@ -11,6 +11,7 @@ import hmac
 import io
 import json
 import logging
+import re
 import secrets
 import tempfile
 import uuid
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup, escape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -36,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..context import RequestContext
 from ..errors import AccessDeniedException, FaceledgerError, InvalidParameterException
 from ..ledger.export import write_bundle
-from ..ledger.report import bar_chart, day_chart, render_html
+from ..ledger.report import bar_chart, day_chart, render_html, review_funnel, search_sentence
 from ..server.keys import KeyStore
 from ..service import FaceService
 from .charts import calibration_chart
@@ -98,7 +100,8 @@ class Console:
         env.filters["fmr"] = _fmr
         env.filters["pct"] = lambda v: "–" if v is None else f"{float(v):.4g}%"
         env.filters["when"] = _when
-        env.filters["num"] = lambda v: "–" if v is None else f"{float(v):.3g}"
+        env.filters["num"] = _num
+        env.filters["rate"] = _rate
         self.templates = Jinja2Templates(env=env)
 
     # -- plumbing ----------------------------------------------------------------------
@@ -120,6 +123,7 @@ class Console:
             Route("/report.{fmt:str}", self.page(self.report_download)),
             Route("/collections", self.page(self.collections)),
             Route("/collections/{collection_id}", self.page(self.collection)),
+            Route("/rates", self.page(self.rates)),
             Mount("/static", StaticFiles(packages=[("faceledger.console", "static")]),
                   name="static"),
         ]
@@ -159,7 +163,20 @@ class Console:
     def render(self, request: Request, name: str, context: Mapping[str, Any],
                status: int = 200) -> Response:
         session = request.scope.get("fl_session")
-        full = {"session": session, "prefix": PREFIX, **context}
+        full = {"session": session, "prefix": PREFIX, "can": _can(session), **context}
+        names = {k.access_key_id: k.name for k in self.keys.list()} if session else {}
+
+        def who(key_id: Any) -> Markup:
+            """A key's display name, its id on hover."""
+            if not key_id:
+                return Markup("–")
+            name = names.get(str(key_id))
+            if name is None:
+                return Markup('<code>{}</code>').format(key_id)
+            return Markup('<span class="who-name" title="{}">{}</span>').format(key_id, name)
+
+        full["who"] = who
+        full["names"] = names
         if session is not None:
             full.setdefault("csrf", session.csrf)
         return self.templates.TemplateResponse(request, name, full, status_code=status)
@@ -207,14 +224,15 @@ class Console:
         if session is None:
             return RedirectResponse(f"{PREFIX}/signin", 303)
         roles = session.key.console_roles
-        target = "queue" if roles & {"reviewer", "admin"} else "ledger"
+        target = "queue" if roles & {"reviewer", "admin"} else (
+            "ledger" if "auditor" in roles else "collections")
         return RedirectResponse(f"{PREFIX}/{target}", 303)
 
     async def signin_form(self, request: Request, error: str | None = None,
-                          status: int = 200) -> Response:
+                          status: int = 200, key_id: str = "") -> Response:
         token = secrets.token_urlsafe(32)
-        response = self.render(request, "signin.html", {"csrf": token, "error": error},
-                               status=status)
+        response = self.render(request, "signin.html", {"csrf": token, "error": error,
+                                                        "key_id": key_id}, status=status)
         self._cookie(request, response, SIGNIN_COOKIE, token, 600)
         return response
 
@@ -228,7 +246,7 @@ class Console:
         if key is None:
             log.info("console sign-in refused for %r", key_id[:64])
             return await self.signin_form(request, "Unknown or revoked key, or wrong secret.",
-                                          401)
+                                          401, key_id[:64])
         if not key.console_roles:
             return await self.signin_form(
                 request, f"Key {key.access_key_id} has no console role (reviewer, auditor or "
@@ -261,23 +279,26 @@ class Console:
 
     async def queue(self, request: Request) -> Response:
         session = self.require(request)
-        data = await self.call(self.service.review_queue, ctx=self.ctx(session))
-        return self.render(request, "queue.html", {"queue": data, "nav": "queue"})
+        mine = request.query_params.get("mine") == "1"
+        data = await self.call(self.service.review_queue, ctx=self.ctx(session),
+                               needs_my_decision=mine)
+        return self.render(request, "queue.html", {"queue": data, "nav": "queue",
+                                                   "mine": mine})
 
     async def candidate(self, request: Request, message: str | None = None,
-                        status: int = 200) -> Response:
+                        status: int = 200, good: bool = False) -> Response:
         session = self.require(request)
         cid = request.path_params["candidate_id"]
         data = await self.call(self.service.review_case_file, cid, ctx=self.ctx(session))
         cand = data["Candidate"]
-        reviewed = any(r["Reviewer"] == session.key.access_key_id for r in cand["Reviews"])
         return self.render(request, "candidate.html", {
-            "file": data, "c": cand, "nav": "queue", "message": message,
-            "own_search": cand["RequestedBy"] == session.key.access_key_id,
-            "reviewed": reviewed,
+            "file": data, "c": cand, "s": data["Search"], "nav": "queue", "message": message,
+            "message_ok": good,
             "probe_json": json.dumps(cand.get("ProbeFace") or {}),
             "enrolled_json": json.dumps({
                 k: (data["EnrolledFace"] or {}).get(k) for k in ("BoundingBox", "Landmarks")}),
+            "enrolled_detail": {k: (data["EnrolledFace"] or {}).get(k)
+                                for k in ("Pose", "Quality")},
         }, status=status)
 
     async def decide(self, request: Request) -> Response:
@@ -286,15 +307,19 @@ class Console:
         cid = request.path_params["candidate_id"]
         decision = str(form.get("decision") or "")
         reason = str(form.get("reason") or "")
+        hashes = {name: (str(form.get(name) or "").strip() or None)
+                  for name in ("probe_sha256", "enrolled_sha256")}
         try:
             decided = await self.call(self.service.review_candidate, cid, decision, reason,
-                                      ctx=self.ctx(session))
+                                      ctx=self.ctx(session), **hashes)
         except FaceledgerError as exc:
-            # the service's refusal, shown on the candidate's page with its code
-            return await self.candidate(request, f"{exc.code}: {exc.message}", exc.status)
-        note = (f"Recorded: {decision}. The candidate is now {decided['Status']} "
+            # the service's refusal, shown on the candidate's page, in words
+            return await self.candidate(request, f"Not recorded: {exc.message}", exc.status)
+        words = {"CONFIRM": "same person", "REJECT": "not the same person",
+                 "INCONCLUSIVE": "inconclusive"}.get(decision, decision)
+        note = (f"Recorded: {words}. The candidate is now {decided['Status']} "
                 f"({decided['Confirmations']} of {decided['ReviewersRequired']} confirmations).")
-        return await self.candidate(request, note)
+        return await self.candidate(request, note, good=True)
 
     # -- ledger ------------------------------------------------------------------------
 
@@ -305,21 +330,34 @@ class Console:
                    for name in ("operation", "collection", "principal", "purpose", "case",
                                 "outcome")}
         before = q.get("before")
-        data = await self.call(
-            self.service.ledger_events, filters, (q.get("from") or "").strip() or None,
-            (q.get("to") or "").strip() or None,
-            int(before) if before and before.isdigit() else None, ctx=self.ctx(session))
+        hide_views = q.get("views") == "hide"
+        error: str | None = None
+        try:
+            data = await self.call(
+                self.service.ledger_events, filters, (q.get("from") or "").strip() or None,
+                (q.get("to") or "").strip() or None,
+                int(before) if before and before.isdigit() else None,
+                hide_page_views=hide_views, ctx=self.ctx(session))
+        except InvalidParameterException as exc:  # a bad filter: say so, keep the filters
+            error = exc.message
+            data = await self.call(self.service.ledger_events, {}, limit=1,
+                                   ctx=self.ctx(session))
+            data["Events"], data["NextBeforeSeq"] = [], None
         return self.render(request, "ledger.html", {
             "events": data, "filters": filters, "time_from": q.get("from", ""),
-            "time_to": q.get("to", ""), "nav": "ledger",
-            "query": {k: v for k, v in q.items() if k != "before"}})
+            "time_to": q.get("to", ""), "nav": "ledger", "error": error,
+            "hide_views": hide_views,
+            "query": {k: v for k, v in q.items() if k != "before"}},
+            status=400 if error else 200)
 
     async def event(self, request: Request) -> Response:
         session = self.require(request)
         data = await self.call(self.service.ledger_event, request.path_params["seq"],
                                ctx=self.ctx(session))
         pretty = json.dumps(data["Body"], indent=2, ensure_ascii=False, sort_keys=True)
-        return self.render(request, "event.html", {"e": data, "pretty": pretty, "nav": "ledger"})
+        body = data["Body"] if isinstance(data["Body"], dict) else {}
+        return self.render(request, "event.html", {
+            "e": data, "pretty": _linked(pretty, body, session), "nav": "ledger"})
 
     async def verify(self, request: Request) -> Response:
         session = self.require(request)
@@ -354,17 +392,18 @@ class Console:
             "per_day": day_chart(rep["per_day"]),
             "by_purpose": bar_chart(rep["searches"]["by_purpose"]),
             "by_collection": bar_chart(rep["searches"]["by_collection"]),
-            "review": bar_chart({"candidates returned":
-                                 rep["identification"]["candidates_returned"],
-                                 "confirmed": rep["identification"]["confirmed"],
-                                 "rejected": rep["identification"]["rejected"]}),
-            "refusals": bar_chart(rep["refusals"]["by_rule"], color="#b5473a"),
+            "review": bar_chart(review_funnel(rep["identification"])),
+            "refusals": bar_chart(rep["refusals"]["of_operations"]["by_rule"],
+                                  color="#b5473a"),
+            "view_refusals": bar_chart(rep["refusals"]["of_page_views"]["by_rule"],
+                                       color="#b5473a"),
             "deletions": bar_chart({"faces deleted on request": d["faces_deleted"],
                                     "faces expired (retention)": d["faces_expired"],
                                     "collections deleted": d["collections_deleted"]}),
         }
-        return self.render(request, "report.html", {"r": rep, "charts": charts, "from": start,
-                                                    "to": end, "nav": "report"})
+        return self.render(request, "report.html", {
+            "r": rep, "charts": charts, "from": start, "to": end, "nav": "report",
+            "search_sentence": search_sentence(rep["searches"])})
 
     async def report_download(self, request: Request) -> Response:
         session = self.require(request)
@@ -404,6 +443,11 @@ class Console:
             "c": data, "chart": calibration_chart(curve), "rates": rates,
             "purpose": purpose or "", "nav": "collections"})
 
+    async def rates(self, request: Request) -> Response:
+        self.require(request)
+        rates = await self.call(self.service.published_error_rates)
+        return self.render(request, "rates.html", {"rates": rates, "nav": "rates"})
+
 
 class _SignInNeeded(AccessDeniedException):
     """No live session: the page answers with the sign-in form."""
@@ -427,6 +471,62 @@ def _zip_bundle(bundle: Mapping[str, Any]) -> bytes:
             for path in paths:
                 zf.write(path, path.name)
     return buf.getvalue()
+
+
+def _can(session: Session | None) -> dict[str, bool]:
+    """What the signed-in key may do in the console: pages and buttons show only these."""
+    roles = session.key.console_roles if session is not None else frozenset()
+    admin = "admin" in roles
+    return {"review": admin or "reviewer" in roles,
+            "read_cases": admin or bool(roles & {"reviewer", "auditor"}),
+            "audit": admin or "auditor" in roles, "export": admin}
+
+
+_UUID = re.compile(r"&#34;([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})&#34;")
+
+
+def _linked(pretty: str, body: Mapping[str, Any], session: Session) -> Markup:
+    """The event body, escaped, with held candidates linked to their case file and face ids
+    to the collection's page (where the signed-in role can open them)."""
+    raw_result, raw_params = body.get("result"), body.get("params")
+    result: Mapping[str, Any] = raw_result if isinstance(raw_result, dict) else {}
+    params: Mapping[str, Any] = raw_params if isinstance(raw_params, dict) else {}
+    candidates = {str(c) for c in (result.get("held_for_review") or [])}
+    for where in (result, params):
+        if isinstance(where.get("candidate_id"), str):
+            candidates.add(where["candidate_id"])
+    faces = {str(f) for f in (result.get("face_ids") or [])}
+    coll = body.get("collection")
+    can = _can(session)
+
+    def link(m: re.Match[str]) -> str:
+        value = m.group(1)
+        if value in candidates and can["read_cases"]:
+            return f'&#34;<a href="{PREFIX}/candidates/{value}">{value}</a>&#34;'
+        if value in faces and isinstance(coll, str):
+            return (f'&#34;<a href="{PREFIX}/collections/{escape(coll)}#face-{value}">'
+                    f"{value}</a>&#34;")
+        return m.group(0)
+
+    return Markup(_UUID.sub(link, str(escape(pretty))))
+
+
+def _num(v: Any) -> str:
+    """A count or an estimate for people: 0 as 0, otherwise 3 significant digits."""
+    if v is None:
+        return "–"
+    f = float(v)
+    return "0" if f == 0 else f"{f:.3g}"
+
+
+def _rate(v: Any) -> str:
+    """A rate as a plain number (0 as 0, no exponent below 1e-6)."""
+    if v is None:
+        return "–"
+    f = float(v)
+    if f == 0:
+        return "0"
+    return f"{f:.2g}" if f >= 1e-4 else f"{f:.1e}"
 
 
 def _same(a: str, b: str) -> bool:

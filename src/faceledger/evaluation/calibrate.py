@@ -28,7 +28,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .datasets import load_folders, load_images, select_half, utkface_labels
+from collections.abc import Sequence
+
+from .datasets import DEFAULT_SPLIT, load_folders, load_image_roots, select_half, utkface_labels
+from .duplicates import DuplicateList
 from .enrolment import default_cache_dir, enrol_files, template_matrix
 from ..rates import ClusteredPairs, cross_identity_distances
 from ..model_versions import canonical
@@ -44,6 +47,11 @@ from ..calibration.tail import TailFit, extrapolation_check, fit_tail
 
 FORMAT = 2  # 2: the curve is the 95% upper bound with a floor (lowest_credible_fmr)
 FORMAT_COVERED = 3  # 3: format 2 on normalised scores, moved to cover every measured group
+# 4: format 3 (normalised or not), each group's shift measured down to its closest impostor
+# pair, and each group x threshold marked covered only where held-out people show the promise
+FORMAT_HELD_OUT = 4
+# The thresholds whose coverage is checked on held-out people, group by group.
+COVERAGE_FMRS = (1e-2, 1e-3, 1e-4, 1e-5)
 SUMMARY_FMRS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
 # The tail fit starts where fewer than this share of impostor pairs lie below a distance.
 DEFAULT_TAIL_FMR = 1e-4
@@ -211,13 +219,22 @@ def build_calibration(
     seed: int = 0,
     progress: bool = True,
     command: str = "",
-    groups_root: Path | None = None,
+    groups_root: Path | Sequence[Path] | None = None,
     normalise: bool = True,
     cover_children: bool = True,
+    duplicates: DuplicateList | None = None,
+    min_count: int = MIN_COUNT,
+    split: str = DEFAULT_SPLIT,
 ) -> dict[str, Any]:
     """The calibration table (as the JSON dict) for this pipeline's model, measured on `lfw`,
-    and, with `groups_root` (a UTKFace-named set of distinct people), normalised and moved so
-    that its promise covers every measured group (`calibration.normalise`, `.coverage`)."""
+    and, with `groups_root` (one or more UTKFace-named folders of distinct people), normalised
+    (unless `normalise` is False) and moved so that its promise covers every measured group
+    (`calibration.normalise`, `.coverage`). `duplicates`: reviewed one-face-two-names pairs of
+    those folders, never counted as impostor pairs and kept in one half of the people.
+
+    The groups' people are split in two by file name (`datasets.people_half`): the table is
+    fitted on the `fit` half; the `test` half is used only to check, per group and threshold,
+    whether the promise can be shown on people the fit never saw (format 4)."""
     settings = settings or Settings()
     pipeline = FacePipeline(settings)
     cache = cache_dir or default_cache_dir()
@@ -233,7 +250,12 @@ def build_calibration(
     reference = None
     normaliser: ScoreNormaliser | None = None
     if groups_root is not None:
-        reference = _reference_groups(Path(groups_root), settings, cache, workers, progress)
+        roots = [Path(groups_root)] if isinstance(groups_root, (str, Path)) else [
+            Path(r) for r in groups_root
+        ]
+        reference = _reference_groups(
+            roots, settings, cache, workers, progress, duplicates, split
+        )
         if normalise:
             normaliser = fit_normaliser(reference.cohort, provenance=reference.provenance)
     offsets = None if normaliser is None else normaliser.half_offsets(emb)
@@ -251,12 +273,12 @@ def build_calibration(
     if reference is not None:
         log10_fmr, coverage = _cover_groups(
             reference, normaliser, distance, log10_fmr, cover_children=cover_children,
-            replicates=replicates, seed=seed,
+            replicates=replicates, seed=seed, min_count=min_count,
         )  # fmt: skip
     fnmr = pairs.fnmr(distance)
     raw: dict[str, Any] = {
         "model_version": pipeline.model_version,
-        "format": FORMAT if reference is None else FORMAT_COVERED,
+        "format": FORMAT if reference is None else FORMAT_HELD_OUT,
         "distance": [float(x) for x in distance],
         # Rounded up, so that rounding never lowers the bound.
         "log10_fmr": [math.ceil(float(x) * 1e5) / 1e5 for x in log10_fmr],
@@ -264,9 +286,13 @@ def build_calibration(
     }
     if normaliser is not None:
         raw["normalisation"] = normaliser.as_dict()
-    if coverage is not None:
-        raw["coverage"] = coverage
     table = CalibrationTable.from_dict(raw)
+    if coverage is not None and reference is not None:
+        coverage = coverage | held_out_coverage(
+            reference, table, cover_children=cover_children, replicates=replicates, seed=seed
+        ) | {"reference": reference.provenance["reference"]}
+        raw["coverage"] = coverage
+        table = CalibrationTable.from_dict(raw)
     targets = [f for f in SUMMARY_FMRS]
     thresholds = [table.distance_for_fmr(f) for f in targets]
     rates = pairs.verification_rates(
@@ -347,22 +373,26 @@ def build_calibration(
 
 @dataclass(frozen=True)
 class ReferenceGroups:
-    """The fit half of a balanced set of distinct people: the normalisation's cohort and the
-    groups the table must cover."""
+    """A UTKFace-named set of distinct people split in two: the `fit` half (the normalisation's
+    cohort and the groups the table is moved to cover) and the held-out `test` half."""
 
-    cohort: NDArray[np.float64]  # enrolled templates
+    cohort: NDArray[np.float64]  # enrolled templates of the fit half
     groups: list[str]  # each cohort row's group (sex/race/age_group)
+    person: NDArray[np.int64]  # each cohort row's person (reviewed duplicates joined)
     provenance: dict[str, Any]
+    test: NDArray[np.float64] | None = None  # enrolled templates of the test half
+    test_groups: list[str] | None = None
+    test_person: NDArray[np.int64] | None = None
 
 
-def _reference_groups(
-    root: Path, settings: Settings, cache: Path, workers: int | None, progress: bool
-) -> ReferenceGroups:
-    images = select_half(load_images(root), "fit")
+def _labelled_templates(
+    images: Any, settings: Settings, cache: Path, workers: int | None, progress: bool,
+    duplicates: DuplicateList | None, label: str,
+) -> tuple[NDArray[np.float64], list[str], NDArray[np.int64], int, int]:
     labels = utkface_labels(images)
     enr = enrol_files(
         images.paths, settings=settings, cache_dir=cache, workers=workers, progress=progress,
-        label="calibration: enrolling reference people",
+        label=label,
     )  # fmt: skip
     tmpl = template_matrix(enr)
     ok = np.isfinite(tmpl).all(axis=1)
@@ -371,21 +401,67 @@ def _reference_groups(
         if k in labels.by_key else ""
         for k in images.keys
     ]  # fmt: skip
-    keep = ok & np.array([g != "" for g in groups])
+    person = (np.arange(len(images.keys), dtype=np.int64) if duplicates is None
+              else duplicates.clusters(images.keys))  # fmt: skip
+    keep = ok & np.array([g != "" for g in groups], dtype=bool)
+    return (tmpl[keep], [g for g, k in zip(groups, keep) if k], person[keep],
+            len(images), int((~ok).sum()))  # fmt: skip
+
+
+def _reference_groups(
+    roots: Sequence[Path], settings: Settings, cache: Path, workers: int | None, progress: bool,
+    duplicates: DuplicateList | None = None,
+    split: str = DEFAULT_SPLIT,
+) -> ReferenceGroups:
+    every = load_image_roots(roots)
+    person_all = None if duplicates is None else duplicates.clusters(every.keys)
+    fit = select_half(every, "fit", person_all, split)
+    test = select_half(every, "test", person_all, split)
+    cohort, groups, person, n_fit, failed_fit = _labelled_templates(
+        fit, settings, cache, workers, progress, duplicates,
+        "calibration: enrolling reference people",
+    )  # fmt: skip
+    t_tmpl, t_groups, t_person, n_test, failed_test = _labelled_templates(
+        test, settings, cache, workers, progress, duplicates,
+        "calibration: enrolling held-out people",
+    )  # fmt: skip
+    names = " + ".join(Path(r).name for r in roots)
+    dup_note = None if duplicates is None else {
+        "list": duplicates.source, **duplicates.counts(),
+        "rule": "images joined by a same-image or same-person verdict are one person: their "
+                "pairs are never impostor pairs, and the person stays in one half",
+    }  # fmt: skip
     return ReferenceGroups(
-        cohort=tmpl[keep],
-        groups=[g for g, k in zip(groups, keep) if k],
+        cohort=cohort, groups=groups, person=person,
+        test=t_tmpl, test_groups=t_groups, test_person=t_person,
         provenance={
             "reference": {
-                "name": "utkface-balanced (UTKFace, 200 per sex x race), the `fit` half of its "
-                        "people (split by SHA-256 of the file name); the `test` half is never used",
-                "path": str(root), "images": len(images), "enrolled": int(keep.sum()),
-                "failures_to_enrol": int((~ok).sum()),
-                "licence": "UTKFace: non-commercial research. Only 129 fitted numbers ship, "
+                "name": f"{names} (UTKFace), the `fit` half of its people (split `{split}`: "
+                        "SHA-256 of the file name; a person seen twice goes with the first name); "
+                        "the `test` half is never used to fit, only to check the promise per group",
+                "split": split,
+                "path": ", ".join(str(r) for r in roots), "images": n_fit,
+                "enrolled": int(len(cohort)), "failures_to_enrol": failed_fit,
+                "people": int(len(np.unique(person))),
+                "held_out": {"images": n_test, "enrolled": int(len(t_tmpl)),
+                             "failures_to_enrol": failed_test,
+                             "people": int(len(np.unique(t_person)))},
+                "duplicates": dup_note,
+                "licence": "UTKFace: non-commercial research. Only fitted numbers ship, "
                            "no template of any person",
             },
         },
     )  # fmt: skip
+
+
+def _cell_pairs(
+    templates: NDArray[np.float64], person: NDArray[np.int64],
+    normaliser: ScoreNormaliser | None, max_fmr: float, min_cutoff: float = 0.0,
+) -> ClusteredPairs:
+    off = None if normaliser is None else normaliser.half_offsets(templates)
+    return ClusteredPairs.from_embeddings(
+        templates, person, max_fmr=max_fmr, min_cutoff=min_cutoff, offsets=off
+    )
 
 
 def _cover_groups(
@@ -397,6 +473,7 @@ def _cover_groups(
     cover_children: bool,
     replicates: int,
     seed: int,
+    min_count: int = MIN_COUNT,
 ) -> tuple[NDArray[np.float64], dict[str, Any]]:
     """LFW's curve moved to cover every measured group (`calibration.coverage`). Groups are
     sex x race x age group; where a cell has too few people to measure, its race x age group
@@ -407,12 +484,10 @@ def _cover_groups(
     measured: dict[str, ClusteredPairs] = {}
 
     def shift_of(members: NDArray[np.bool_], name: str) -> GroupShift:
-        t = reference.cohort[members]
-        off = None if normaliser is None else normaliser.half_offsets(t)
-        cp = ClusteredPairs.from_embeddings(t, np.arange(len(t)), max_fmr=0.2, offsets=off)
+        cp = _cell_pairs(reference.cohort[members], reference.person[members], normaliser, 0.2)
         measured[name] = cp
         bound = empirical_upper_bound(cp, distance, replicates=replicates, seed=seed)
-        return group_shift(name, len(t), bound, distance, log10_fmr)
+        return group_shift(name, cp.n_ids, bound, distance, log10_fmr, min_count=min_count)
 
     def wanted(group: str) -> bool:
         return cover_children or not group.endswith("/child")
@@ -450,9 +525,10 @@ def _cover_groups(
     return curve, {
         "rule": "FMR_table(d) = FMR_LFW(d + max_g Delta_g): LFW's 95% bound moved by the "
                 "largest shift any covered group needs for the bound to sit above its own 95% "
-                f"upper bound wherever it has >= {MIN_COUNT} impostor pairs and FMR <= {MAX_FMR} "
+                f"upper bound wherever it has >= {min_count} impostor pairs and FMR <= {MAX_FMR} "
                 "(faceledger.calibration.coverage); a sex x race x age cell with too few people "
                 "is covered through its race x age group with both sexes pooled",
+        "min_count": min_count,
         "shift": round(shift, 5),
         "set_by": None if worst is None else worst.group,
         "groups": [s.as_dict() | {"covered": s.group in covered,
@@ -466,9 +542,91 @@ def _cover_groups(
                     "far worse than adults', see docs/accuracy.md)" if cover_children else
                     "not covered: measured and reported (docs/accuracy.md), but the shipped "
                     "thresholds are not set for them; do not use faceledger on children's faces",
-        "populations_not_measured": "anyone outside LFW's people and utkface-balanced's five "
-                                    "UTKFace race labels x two sexes; few people over 80",
+        "populations_not_measured": "anyone outside LFW's people and UTKFace's five race "
+                                    "labels x two sexes; few people over 80",
     }  # fmt: skip
+
+
+def held_out_coverage(
+    reference: ReferenceGroups,
+    table: CalibrationTable,
+    *,
+    cover_children: bool,
+    replicates: int,
+    seed: int,
+    fmrs: Sequence[float] = COVERAGE_FMRS,
+) -> dict[str, Any]:
+    """Whether each group's held-out people show the promise at each threshold: `covered`
+    where the upper end of the 95% interval of the group's FMR at the table's distance is at
+    or below 1 - S/100; `broken` where even its lower end is above; otherwise `not shown`
+    (too few pairs to show it, or a rate between): not covered at that threshold."""
+    if reference.test is None or reference.test_groups is None or reference.test_person is None:
+        return {}
+    cells = np.array(reference.test_groups, dtype=object)
+    thresholds = [table.distance_for_fmr(f) for f in fmrs]
+    out: list[dict[str, Any]] = []
+    for g in sorted(set(reference.test_groups)):
+        members = cells == g
+        t, p = reference.test[members], reference.test_person[members]
+        row: dict[str, Any] = {"group": g, "images": int(members.sum()),
+                               "people": int(len(np.unique(p)))}  # fmt: skip
+        if len(np.unique(p)) < 2:
+            row |= {"impostor_pairs": 0, "thresholds": [
+                {"similarity": round(similarity_for_fmr(f), 6), "promised_fmr": f,
+                 "status": "not shown", "why": "fewer than two held-out people"} for f in fmrs]}
+            out.append(row)
+            continue
+        cp = _cell_pairs(t, p, table.normaliser, 1e-2, max(thresholds))
+        rates = cp.verification_rates(thresholds=thresholds, replicates=replicates, seed=seed)
+        rows = []
+        for f, d, r in zip(fmrs, thresholds, rates["at_thresholds"]):
+            fmr = r["fmr"]
+            assert isinstance(fmr, dict)
+            low, high = fmr.get("low"), fmr.get("high")
+            if high is not None and float(high) <= f:
+                status, why = "covered", "shown on held-out people"
+            elif low is not None and float(low) > f:
+                status, why = "broken", "held-out people show a higher rate"
+            elif int(str(r["impostor_matches"])) == 0:
+                status, why = "not shown", (f"0 false matches in {cp.n_impostor:,} pairs: too "
+                                            f"few to show {f:g}")
+            else:
+                status, why = "not shown", "the held-out interval straddles the promise"
+            if not cover_children and g.endswith("/child"):
+                status, why = "not covered", "children are not covered by this table"
+            rows.append({"similarity": round(similarity_for_fmr(f), 6), "promised_fmr": f,
+                         "distance": round(d, 5), "fmr": fmr,
+                         "impostor_matches": r["impostor_matches"], "status": status,
+                         "why": why})  # fmt: skip
+        out.append(row | {"impostor_pairs": cp.n_impostor, "thresholds": rows})
+    at = {
+        f"{similarity_for_fmr(f):.6g}": {
+            "covered": [r["group"] for r in out if r["thresholds"][i]["status"] == "covered"],
+            "not_shown": [r["group"] for r in out if r["thresholds"][i]["status"] == "not shown"],
+            "broken": [r["group"] for r in out if r["thresholds"][i]["status"] == "broken"],
+        }
+        for i, f in enumerate(fmrs)
+    }
+    return {
+        "held_out": {
+            "rule": "a group is covered at a threshold only where its held-out people (never used "
+                    "to fit) show the promise: the upper end of the 95% interval of their "
+                    "within-group FMR (people-resampling bootstrap widened to Wilson) is at or "
+                    "below 1 - S/100; otherwise it is NOT covered at that threshold (not shown: "
+                    "too few pairs, or broken)",
+            "groups": out,
+            "by_threshold": at,
+        }
+    }
+
+
+def table_split(table: CalibrationTable) -> str:
+    """The people split a table was fitted with (`evaluate impostors --half` uses it)."""
+    for where in ((table.provenance.get("coverage") or {}).get("reference"),
+                  (table.normaliser.provenance.get("reference") if table.normaliser else None)):
+        if isinstance(where, dict) and where.get("split"):
+            return str(where["split"])
+    return DEFAULT_SPLIT
 
 
 def json_safe(value: Any) -> Any:
@@ -488,3 +646,29 @@ def write_table(raw: dict[str, Any], path: Path) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(json_safe(raw), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+# Whether `calibration build --groups` normalises scores by default, per model version: the
+# adoption rule (docs/accuracy.md §6 and §9) decided it for each model by measurement.
+NORMALISE_BY_MODEL = {"2.0": False}
+# The people split each model's table was built with (datasets.SPLITS): 1.0's predates
+# utkface-more, whose names all fall into the first split's `fit` half.
+SPLIT_BY_MODEL = {"2.0": "salted-sha256"}
+# Children: whether a model's table is moved to cover them (1.0: yes; 2.0 packs children's faces
+# so tightly that covering them would refuse nearly every genuine pair: docs/accuracy.md §9).
+COVER_CHILDREN_BY_MODEL = {"2.0": False}
+
+
+def default_normalise(model_version: str) -> bool:
+    """The adopted score normalisation choice for a model (on unless measured otherwise)."""
+    return NORMALISE_BY_MODEL.get(model_version, True)
+
+
+def default_split(model_version: str) -> str:
+    """The people split a model's table is built with."""
+    return SPLIT_BY_MODEL.get(model_version, DEFAULT_SPLIT)
+
+
+def default_cover_children(model_version: str) -> bool:
+    """Whether a model's table covers children by default."""
+    return COVER_CHILDREN_BY_MODEL.get(model_version, True)

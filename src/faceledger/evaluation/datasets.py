@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import InvalidParameterException
 
@@ -91,6 +96,20 @@ def load_images(root: Path) -> ImageSet:
         raise InvalidParameterException(f"{root} has no .jpg or .png images.")
     keys = [str(p.relative_to(root)) for p in files]
     return ImageSet(root, keys, list(range(len(keys))), keys)
+
+
+def load_image_roots(roots: Sequence[Path]) -> ImageSet:
+    """Every image under each root (`load_images`), as one set of distinct images keyed by paths
+    relative to the roots' common parent (utkface-balanced and utkface-more together)."""
+    paths = [Path(r) for r in roots]
+    if len(paths) == 1:
+        return load_images(paths[0])
+    sets = [load_images(r) for r in paths]
+    parent = Path(os.path.commonpath([str(r.resolve()) for r in paths]))
+    keys = [str((s.root.resolve() / k).relative_to(parent)) for s in sets for k in s.keys]
+    if len(set(keys)) != len(keys):
+        raise InvalidParameterException("the image folders overlap: give each folder once.")
+    return ImageSet(parent, keys, list(range(len(keys))), keys)
 
 
 def lfw_image_key(name: str, number: int) -> str:
@@ -236,17 +255,42 @@ def utkface_labels(images: ImageSet) -> Labels:
 HALVES = ("fit", "test")
 
 
-def people_half(key: str) -> str:
+# How a set of distinct people is split in two, by file name alone (anyone gets the same split):
+# - "name-sha256" (the first, used for model 1.0's table): parity of the first byte of SHA-256
+#   of the file name. utkface-more's names all fall into its `fit` half (their first digest
+#   byte is even), so it cannot hold any of that set out;
+# - "salted-sha256" (model 2.0's table): the same with a salt, which splits both UTKFace
+#   folders about evenly (and differs from the first split).
+SPLITS = ("name-sha256", "salted-sha256")
+DEFAULT_SPLIT = "name-sha256"
+_SALT = b"faceledger people split 2\x00"
+
+
+def people_half(key: str, split: str = DEFAULT_SPLIT) -> str:
     """Which half of a set of distinct people an image belongs to, from its file name alone
-    (SHA-256 of the name, so anyone gets the same split): the shipped calibration and score
-    normalisation are fitted on the `fit` half of utkface-balanced, never on `test`."""
-    digest = hashlib.sha256(Path(key).name.encode("utf-8")).digest()
+    (so anyone gets the same split; see SPLITS): a table's calibration and score normalisation
+    are fitted on the `fit` half, never on `test`."""
+    name = Path(key).name.encode("utf-8")
+    if split == "name-sha256":
+        digest = hashlib.sha256(name).digest()
+    elif split == "salted-sha256":
+        digest = hashlib.sha256(_SALT + name).digest()
+    else:
+        raise InvalidParameterException(f"split must be one of {', '.join(SPLITS)}.")
     return HALVES[digest[0] & 1]
 
 
-def select_half(images: ImageSet, half: str) -> ImageSet:
-    """The images of one half (`fit` or `test`), each still its own identity."""
+def select_half(
+    images: ImageSet,
+    half: str,
+    person: Sequence[int] | NDArray[np.int64] | None = None,
+    split: str = DEFAULT_SPLIT,
+) -> ImageSet:
+    """The images of one half (`fit` or `test`), each still its own identity. With `person`
+    (an index into `images.keys` per image: the first image of the same person, from a
+    reviewed duplicate list), every image of a person goes to the half of that first image."""
     if half not in HALVES:
         raise InvalidParameterException(f"half must be one of {', '.join(HALVES)}.")
-    keys = [k for k in images.keys if people_half(k) == half]
+    first = list(range(len(images.keys))) if person is None else [int(p) for p in person]
+    keys = [k for k, p in zip(images.keys, first) if people_half(images.keys[p], split) == half]
     return ImageSet(images.root, keys, list(range(len(keys))), keys)

@@ -107,10 +107,12 @@ def cache_key(settings: Settings, model_version: str) -> str:
     # Models named before the numbering keep their old directory ("dlib-resnet-v1" for 1.0):
     # caches of hours of enrolment stay valid across the rename.
     name = (legacy_names(model_version) or (canonical(model_version),))[0]
-    key = (
-        f"{name}/{detector_name(settings, model_version)}-min{settings.min_face_px}"
-        f"-max{settings.detect_max_side}-v{CACHE_FORMAT}"
-    )
+    detector = detector_name(settings, model_version)
+    key = f"{name}/{detector}-min{settings.min_face_px}-max{settings.detect_max_side}-v{CACHE_FORMAT}"
+    # YuNet's size and score threshold, where they are not the defaults the key began with
+    yunet = (settings.yunet_variant, settings.yunet_score_threshold)
+    if detector == "yunet" and yunet != ("n", 0.6):
+        key += f"-yunet{settings.yunet_variant}{settings.yunet_score_threshold:g}"
     # Entries made before the face check existed are the check turned off: they keep their key.
     if settings.min_face_probability > 0:
         key += f"-onet{settings.min_face_probability:g}"

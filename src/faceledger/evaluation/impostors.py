@@ -8,10 +8,14 @@ operating thresholds, with 95% intervals; the highest/lowest within-group ratio 
 the two intervals do not overlap, and a threshold whose promise (FMR at most 1 - S/100) is
 broken for a group is flagged as such.
 
-"Every image a different person" is an assumption a dataset can break: pairs closer than
-`duplicate_distance` are listed as possible duplicates (the same person twice) for a person to
-look at, and they are counted, not silently removed. (Duplicates are judged on raw distance;
-rates on the distances the calibration scores, normalised if it normalises.)
+"Every image a different person" is an assumption a dataset can break (UTKFace holds some
+images under two names, and some people many times). A reviewed list of such pairs
+(`evaluation.duplicates`; the shipped one for utkface-balanced + utkface-more is used with
+`--utkface` by default) joins the images of one person: their pairs are left out of every count,
+within and across groups. Pairs closer than `duplicate_distance` that no list joins are listed as
+possible duplicates for a person to look at, and they are counted, not silently removed.
+(Duplicates are judged on raw distance; rates on the distances the calibration scores,
+normalised if it normalises.)
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ MAX_LISTED_DUPLICATES = 200
 
 def _within_group(
     templates: NDArray[np.float64],
+    person: NDArray[np.int64],
     thresholds: Mapping[str, float],
     nominal: Mapping[str, float],
     replicates: int,
@@ -53,9 +58,10 @@ def _within_group(
                 "no_data": "fewer than two enrolled images"}, None  # fmt: skip
     keep = templates[enrolled]
     cutoff = max(thresholds.values(), default=0.0)
-    # Every image is its own identity: each image is a person, resampled as one.
+    # Every image is its own person, except images a reviewed duplicate list joins: pairs
+    # within a person are not impostor pairs, and each person is resampled as one.
     cp = ClusteredPairs.from_embeddings(
-        keep, np.arange(len(keep)), max_fmr=1e-2, min_cutoff=cutoff,
+        keep, person[enrolled], max_fmr=1e-2, min_cutoff=cutoff,
         offsets=offsets_of(keep, half_offsets),
     )  # fmt: skip
     rates = cp.verification_rates(
@@ -72,11 +78,13 @@ def _within_group(
             # broken: even the lower end of the 95% interval is above what the threshold promises
             "promise_broken": low is not None and float(low) > nominal[name],
         })  # fmt: skip
-    return {"images": n, "pairs": {"impostor": cp.n_impostor}, "at_thresholds": rows}, cp
+    return {"images": n, "people": cp.n_ids, "pairs": {"impostor": cp.n_impostor},
+            "at_thresholds": rows}, cp  # fmt: skip
 
 
 def _cross_groups(
     templates: NDArray[np.float64],
+    person: NDArray[np.int64],
     garr: NDArray[np.object_],
     labels: Sequence[str],
     thresholds: Mapping[str, float],
@@ -88,13 +96,17 @@ def _cross_groups(
     t = np.asarray(list(thresholds.values()), dtype=np.float64)
     ok = np.isfinite(templates).all(axis=1)
     for i, a in enumerate(labels):
-        xa = templates[(garr == a) & ok]
+        in_a = (garr == a) & ok
+        xa, pa = templates[in_a], person[in_a]
         for b in labels[i + 1 :]:
-            xb = templates[(garr == b) & ok]
-            n = len(xa) * len(xb)
+            in_b = (garr == b) & ok
+            xb, pb = templates[in_b], person[in_b]
+            # one person labelled into two groups (a reviewed duplicate): not an impostor pair
+            other = (pa[:, None] != pb[None, :]).ravel()
+            n = int(other.sum())
             if n == 0:
                 continue
-            d = scored_distances(xa, xb, half_offsets).ravel()
+            d = scored_distances(xa, xb, half_offsets).ravel()[other]
             k = (d[None, :] <= t[:, None]).sum(axis=1)
             lo, hi = wilson_interval(k, n)
             out.append({
@@ -109,13 +121,18 @@ def _cross_groups(
 
 
 def near_duplicates(
-    templates: NDArray[np.float64], keys: Sequence[str], duplicate_distance: float
+    templates: NDArray[np.float64],
+    keys: Sequence[str],
+    duplicate_distance: float,
+    person: NDArray[np.int64] | None = None,
 ) -> dict[str, Any]:
-    """Pairs closer than `duplicate_distance`: possibly one person twice (listed, closest first)."""
+    """Pairs closer than `duplicate_distance` that no reviewed list joins: possibly one person
+    twice (listed, closest first, for a person to look at)."""
     ok = np.flatnonzero(np.isfinite(templates).all(axis=1))
     if len(ok) < 2:
         return {"distance": duplicate_distance, "count": 0, "pairs": []}
-    i, j, d = cross_identity_pairs_below(templates[ok], np.arange(len(ok)), duplicate_distance)
+    ident = np.arange(len(ok)) if person is None else person[ok]
+    i, j, d = cross_identity_pairs_below(templates[ok], ident, duplicate_distance)
     order = np.argsort(d, kind="stable")
     listed = [
         {"a": keys[int(ok[i[o]])], "b": keys[int(ok[j[o]])], "distance": round(float(d[o]), 4)}
@@ -135,22 +152,30 @@ def impostor_rates(
     replicates: int = 200,
     seed: int = 0,
     half_offsets: HalfOffsets | None = None,
+    person: Sequence[int] | None = None,
+    duplicates: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Within-group and cross-group FMR at each threshold, the overall FMR, the max/min
-    comparison between groups and the near-duplicate check."""
+    comparison between groups and the near-duplicate check. `person` (an id per image, from a
+    reviewed duplicate list) joins images of one person: their pairs are not impostor pairs."""
     tmpl = np.asarray(templates, dtype=np.float64)
+    pid = (np.arange(len(tmpl), dtype=np.int64) if person is None
+           else np.asarray(person, dtype=np.int64))  # fmt: skip
     garr = np.array([g if g is not None else "" for g in groups], dtype=object)
     labels = sorted({g for g in groups if g is not None})
     per_group: dict[str, dict[str, Any]] = {}
     pairs: dict[str, ClusteredPairs] = {}
     for g in labels:
         section, cp = _within_group(
-            tmpl[garr == g], thresholds, nominal_fmr, replicates, seed, half_offsets
+            tmpl[garr == g], pid[garr == g], thresholds, nominal_fmr, replicates, seed,
+            half_offsets,
         )
         per_group[g] = section
         if cp is not None:
             pairs[g] = cp
-    overall, _ = _within_group(tmpl, thresholds, nominal_fmr, replicates, seed, half_offsets)
+    overall, _ = _within_group(
+        tmpl, pid, thresholds, nominal_fmr, replicates, seed, half_offsets
+    )
     edges = score_edges(*(np.asarray(c.impostor, dtype=np.float64) for c in pairs.values()))
     for g, cp in pairs.items():
         per_group[g]["distributions"] = {"impostor": histogram(np.asarray(cp.impostor), edges)}
@@ -166,9 +191,11 @@ def impostor_rates(
         "groups": per_group,
         "no_data": [g for g, s in per_group.items() if "no_data" in s],
         "comparisons": comparisons,
-        "cross_groups": _cross_groups(tmpl, garr, labels, thresholds, half_offsets),
+        "cross_groups": _cross_groups(tmpl, pid, garr, labels, thresholds, half_offsets),
         "edges": edges.tolist(),
-        "near_duplicates": near_duplicates(tmpl, keys, duplicate_distance),
+        "near_duplicates": near_duplicates(tmpl, keys, duplicate_distance, pid)
+        | {"excluded": dict(duplicates or {}),
+           "joined_images": int(len(pid) - len(np.unique(pid)))},
         "promises_broken": [
             {"group": g, "threshold": r["name"], "fmr": r["fmr"]["value"],
              "nominal_fmr": r["nominal_fmr"]}

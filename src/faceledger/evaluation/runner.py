@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..calibration import CalibrationTable, find_calibration, similarity_for_fmr
 from ..errors import InvalidParameterException, ResourceNotFoundException
@@ -14,9 +14,10 @@ from ..service.core import DEFAULT_COMPARE_FMR
 from ..settings import Settings
 from ..vision import FacePipeline
 from .datasets import (
-    ImageSet, Labels, load_folders, load_images, load_labels, load_pairs, select_half,
-    utkface_labels,
+    ImageSet, Labels, load_folders, load_image_roots, load_images, load_labels, load_pairs,
+    select_half, utkface_labels,
 )  # fmt: skip
+from .duplicates import DuplicateList, shipped_duplicates
 from .detection import detection_rates
 from .enrolment import Enrolment, default_cache_dir, enrol_files, template_matrix
 from .groups import groups_all_pairs, groups_pair_list, image_groups
@@ -263,19 +264,33 @@ class Evaluation:
 
     def impostors(
         self,
-        root: Path,
+        root: Path | Sequence[Path],
         *,
         labels_file: Path | None = None,
         attributes: Sequence[str] = (),
         utkface: bool = False,
         half: str | None = None,
         duplicate_distance: float = DEFAULT_DUPLICATE_DISTANCE,
+        duplicates: DuplicateList | None | Literal["default"] = "default",
     ) -> dict[str, Any]:
         """False-match rates per group on images of distinct people (no identities needed):
-        within and across groups, near-duplicates listed, promises checked."""
-        images = load_images(root)
+        within and across groups, near-duplicates listed, promises checked.
+
+        `root` may be several folders (utkface-balanced and utkface-more). `duplicates`: a
+        reviewed list of one-face-two-names pairs whose pairs are not counted as impostor pairs
+        (and whose people stay in one half); "default" is the shipped UTKFace list with
+        `utkface`, none otherwise."""
+        roots = [Path(root)] if isinstance(root, (str, Path)) else [Path(r) for r in root]
+        images = load_image_roots(roots)
+        dups = (shipped_duplicates() if utkface else None) if duplicates == "default" else duplicates
+        person = None if dups is None else dups.clusters(images.keys)
+        split = None
         if half is not None:
-            images = select_half(images, half)
+            from .calibrate import table_split
+
+            split = table_split(self.table)
+            images = select_half(images, half, person, split)
+            person = None if dups is None else dups.clusters(images.keys)
         labels = None
         if utkface:
             labels = utkface_labels(images)
@@ -292,17 +307,21 @@ class Evaluation:
         out = self.header(
             "impostors",
             {
-                "root": str(root),
+                "root": ", ".join(str(r) for r in roots),
                 "labels": "UTKFace file names" if utkface else str(labels_file or ""),
                 "half": half or "all",
-                "assumption": "every image is a different person",
+                "split": split,
+                "assumption": "every image is a different person"
+                + ("" if dups is None else f", except the pairs reviewed in {dups.source}"),
             },
         )
         out["enrolment"] = self.enrolment_summary(images, enr)
+        excluded = None if dups is None else {"list": dups.source} | dups.counts()
         out["impostors"] = impostor_rates(
             template_matrix(enr), images.keys, groups, th, nominal,
             duplicate_distance=duplicate_distance, replicates=self.replicates, seed=self.seed,
-            half_offsets=self.half_offsets,
+            half_offsets=self.half_offsets, person=None if person is None else person.tolist(),
+            duplicates=excluded,
         )  # fmt: skip
         out["impostors"]["group_by"] = list(attributes)
         return out

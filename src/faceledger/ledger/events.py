@@ -31,6 +31,11 @@ SEARCH_OPERATIONS = frozenset(
 )
 DELETE_OPERATIONS = frozenset({"DeleteFaces", "DeleteCollection", "DeleteUser", "ExpireFaces"})
 LIST_OPERATIONS = frozenset({"ListFaces", "ListUsers"})
+# The review console's page reads: a refusal of one is a refused page view, not of an operation
+# on faces (reports count them apart).
+PAGE_VIEWS = frozenset({"ViewReviewQueue", "ViewCandidate", "ListLedgerEvents",
+                        "GetLedgerEvent", "VerifyLedger", "TransparencyReport",
+                        "ListCollections", "ViewCollection"})
 
 EVENT_VERSION = 1
 

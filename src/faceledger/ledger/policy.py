@@ -7,6 +7,9 @@
     IdentificationMode      search results are candidates, held for human review until
                             ReviewersRequired independent reviewers confirm them
                             (EU AI Act Art. 14(5): at least two for remote biometric identification)
+    VerifierSeesEarlierDecisions  the reviewer who would give the last of ReviewersRequired
+                            confirmations sees the earlier conclusions (open verification,
+                            ACE-V); otherwise every reviewer decides blind (the default)
     RetentionDays           faces expire this many days after indexing (or their last renewal);
                             the retention sweep deletes them and logs it
 
@@ -45,6 +48,7 @@ class CollectionPolicy(BaseModel):
     identification_mode: bool = Field(default=False, alias="IdentificationMode")
     reviewers_required: int = Field(default=DEFAULT_REVIEWERS, ge=1, le=10,
                                     alias="ReviewersRequired")
+    verifier_sees_earlier: bool = Field(default=False, alias="VerifierSeesEarlierDecisions")
     retention_days: int | None = Field(default=None, ge=1, le=36500, alias="RetentionDays")
 
     def to_wire(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ from . import schema
 from .chain import Ledger
 from .events import (
     INDEX_OPERATIONS,
+    PAGE_VIEWS,
     REFUSED,
     SEARCH_OPERATIONS,
     format_time,
@@ -63,25 +64,42 @@ def model_card(model_version: str) -> dict[str, Any]:
             "provenance": table.provenance}  # fmt: skip
 
 
+def _threshold_label(thresholds: Mapping[str, Any]) -> str:
+    named = [v for k, v in thresholds.items() if k != "FalseMatchRate"]
+    if not named or not isinstance(named[0], (int, float)):
+        return "(not recorded)"
+    return f"{float(named[0]):g}"
+
+
 def build(ledger: Ledger, start: datetime, end: datetime, *, generated_by: str,
-          chain: Mapping[str, Any] | None = None) -> Shape:
-    """The report over [start, end)."""
+          chain: Mapping[str, Any] | None = None,
+          include: Callable[[Mapping[str, Any]], bool] | None = None) -> Shape:
+    """The report over [start, end), of the events `include` accepts (all by default)."""
     operations: dict[str, Counter[str]] = defaultdict(Counter)
     by_purpose: Counter[str] = Counter()
     by_principal: Counter[str] = Counter()
     by_collection: Counter[str] = Counter()
     refusals_rule: Counter[str] = Counter()
     refusals_op: Counter[str] = Counter()
+    view_refusals_rule: Counter[str] = Counter()
+    op_refusals_rule: Counter[str] = Counter()
     per_day: dict[str, Counter[str]] = defaultdict(Counter)
     models: Counter[str] = Counter()
     # events keep the model name they were written with ("dlib-resnet-v1" before versions were
     # numbers): counted under the number, with every name seen listed
     recorded_as: dict[str, set[str]] = defaultdict(set)
-    n = matches = held = confirmed = rejected = decisions = 0
+    by_threshold: dict[str, Counter[str]] = defaultdict(Counter)
+    expected_by_threshold: dict[str, float] = defaultdict(float)
+    decisions_by_kind: Counter[str] = Counter()
+    settled: dict[str, str] = {}
+    held_ids: list[str] = []
+    n = returned = held = 0
     expected_fm = 0.0
     deleted_faces = delete_requests = expired_faces = sweeps = collections_deleted = 0
     indexed = 0
     for body in _bodies(ledger, start, end):
+        if include is not None and not include(body):
+            continue
         n += 1
         op, outcome = str(body.get("operation")), str(body.get("outcome"))
         result = body.get("result") or {}
@@ -92,22 +110,40 @@ def build(ledger: Ledger, start: datetime, end: datetime, *, generated_by: str,
             models[version] += 1
             recorded_as[version].add(str(body["model_version"]))
         if outcome == REFUSED:
-            refusals_rule[str(body.get("rule") or "unspecified")] += 1
+            rule = str(body.get("rule") or "unspecified")
+            refusals_rule[rule] += 1
             refusals_op[op] += 1
+            (view_refusals_rule if op in PAGE_VIEWS else op_refusals_rule)[rule] += 1
             continue
         if op in SEARCH_OPERATIONS:
             by_purpose[str(body.get("purpose") or NONE_LABEL)] += 1
             by_principal[str(body.get("principal"))] += 1
             by_collection[str(body.get("collection"))] += 1
-            matches += len(result.get("similarities") or [])
-            held += len(result.get("held_for_review") or [])
-            expected_fm += float(result.get("expected_false_matches") or 0.0)
+            ids = list(result.get("held_for_review") or [])
+            found = len(result.get("similarities") or [])
+            label = _threshold_label(body.get("thresholds") or {})
+            t = by_threshold[label]
+            t["searches"] += 1
+            t["faces_searched"] += int(result.get("compared") or 0)
+            if ids:  # identification mode: the searcher saw no match, candidates were held
+                held += len(ids)
+                held_ids.extend(ids)
+                t["candidates_held"] += len(ids)
+            else:
+                returned += found
+                t["matches_returned"] += found
+            efm = float(result.get("expected_false_matches") or 0.0)
+            expected_fm += efm
+            expected_by_threshold[label] += efm
         elif op in INDEX_OPERATIONS:
             indexed += len(result.get("face_ids") or [])
         elif op == "ReviewCandidate":
-            decisions += 1
-            confirmed += result.get("status") == "CONFIRMED"
-            rejected += result.get("status") == "REJECTED"
+            params = body.get("params") or {}
+            decisions_by_kind[str(params.get("decision") or "unrecorded")] += 1
+            status = result.get("status")
+            cid = result.get("candidate_id")
+            if isinstance(cid, str) and status in ("CONFIRMED", "REJECTED", "INCONCLUSIVE"):
+                settled[cid] = str(status)
         elif op == "DeleteFaces":
             delete_requests += 1
             deleted_faces += len(result.get("face_ids") or [])
@@ -117,12 +153,23 @@ def build(ledger: Ledger, start: datetime, end: datetime, *, generated_by: str,
         elif op == "DeleteCollection":
             collections_deleted += 1
     searches = sum(operations[o]["done"] for o in SEARCH_OPERATIONS if o in operations)
+    outcomes = Counter(settled.values())
+    thresholds = []
+    for label in sorted(by_threshold, key=lambda x: (x == "(not recorded)", _num(x))):
+        c = by_threshold[label]
+        thresholds.append({"threshold": label, "searches": c["searches"],
+                           "faces_searched": c["faces_searched"],
+                           "matches_returned": c["matches_returned"],
+                           "candidates_held": c["candidates_held"],
+                           "expected_false_matches": expected_by_threshold[label]})
+    view_refused = sum(view_refusals_rule.values())
     return {
         "format": REPORT_FORMAT,
         "period": {"from": format_time(start), "to": format_time(end)},
         "generated_at": format_time(utc_now()),
         "generated_by": generated_by,
         "chain": dict(chain or {}),
+        "scoped": include is not None,
         "totals": {"events": n, "done": sum(c["done"] for c in operations.values()),
                    "refused": sum(c[REFUSED] for c in operations.values())},
         "operations": {o: {"done": c["done"], "refused": c[REFUSED]}
@@ -132,17 +179,33 @@ def build(ledger: Ledger, start: datetime, end: datetime, *, generated_by: str,
             "by_purpose": dict(by_purpose.most_common()),
             "by_principal": dict(by_principal.most_common()),
             "by_collection": dict(by_collection.most_common()),
-            "matches_found": matches,
+            # what searchers were shown, and what was held back for review instead
+            "matches_returned": returned,
+            "candidates_held": held,
+            "matches_found": returned + held,
             "expected_false_matches": expected_fm,
+            "by_threshold": thresholds,
         },
         "identification": {
-            "candidates_returned": held,
-            "confirmed": confirmed,
-            "rejected": rejected,
-            "review_decisions": decisions,
+            "candidates_held": held,
+            "candidates_returned": held,  # (older name of candidates_held)
+            # of the candidates held in this period, still undecided at its end
+            "pending": sum(1 for i in held_ids if i not in settled),
+            # candidates settled in this period (held in it or before)
+            "confirmed": outcomes["CONFIRMED"],
+            "rejected": outcomes["REJECTED"],
+            "inconclusive": outcomes["INCONCLUSIVE"],
+            "review_decisions": sum(decisions_by_kind.values()),
+            "decisions": {"same person (CONFIRM)": decisions_by_kind["CONFIRM"],
+                          "not the same person (REJECT)": decisions_by_kind["REJECT"],
+                          "inconclusive": decisions_by_kind["INCONCLUSIVE"]},
         },
         "refusals": {"by_rule": dict(refusals_rule.most_common()),
-                     "by_operation": dict(refusals_op.most_common())},
+                     "by_operation": dict(refusals_op.most_common()),
+                     "of_operations": {"total": sum(op_refusals_rule.values()),
+                                       "by_rule": dict(op_refusals_rule.most_common())},
+                     "of_page_views": {"total": view_refused,
+                                       "by_rule": dict(view_refusals_rule.most_common())}},
         "deletions": {"faces_deleted": deleted_faces, "delete_requests": delete_requests,
                       "faces_expired": expired_faces, "expiry_sweeps": sweeps,
                       "collections_deleted": collections_deleted},
@@ -153,6 +216,29 @@ def build(ledger: Ledger, start: datetime, end: datetime, *, generated_by: str,
                     "recorded_as": sorted(recorded_as[m]), **model_card(m)}
                    for m, k in sorted(models.items())],
     }
+
+
+def _num(label: str) -> float:
+    try:
+        return float(label)
+    except ValueError:
+        return float("inf")
+
+
+def review_funnel(ident: Mapping[str, Any]) -> dict[str, float]:
+    """The review chart's bars: held, still pending, and each outcome."""
+    return {"candidates held for review": ident["candidates_held"],
+            "still pending": ident["pending"],
+            "confirmed: same person": ident["confirmed"],
+            "rejected: not the same person": ident["rejected"],
+            "inconclusive": ident["inconclusive"]}
+
+
+def search_sentence(s: Mapping[str, Any]) -> str:
+    """What the searchers saw, in one sentence (returned vs held for review)."""
+    return (f"{s['matches_returned']} matches returned to searchers; {s['candidates_held']} "
+            f"candidates held for human review instead (their searchers were shown no match). "
+            f"Expected false matches at the thresholds used: {s['expected_false_matches']:.3g}.")
 
 
 # -- HTML ----------------------------------------------------------------------------------
@@ -259,8 +345,11 @@ def render_html(report: Mapping[str, Any]) -> str:
         chain_line = (f'<p class="bad">Ledger verification FAILED: first bad event '
                       f'#{_e(first_bad and first_bad["seq"])}: '
                       f'{_e(first_bad and first_bad["message"])}</p>')
-    funnel = {"candidates returned": ident["candidates_returned"],
-              "confirmed": ident["confirmed"], "rejected": ident["rejected"]}
+    funnel = review_funnel(ident)
+    thresholds = [(t["threshold"], t["searches"], t["faces_searched"], t["matches_returned"],
+                   t["candidates_held"], round(t["expected_false_matches"], 3))
+                  for t in s.get("by_threshold", [])]
+    refusals = report["refusals"]
     d = report["deletions"]
     deletions = {"faces deleted on request": d["faces_deleted"],
                  "faces expired (retention)": d["faces_expired"],
@@ -292,16 +381,24 @@ def render_html(report: Mapping[str, Any]) -> str:
         "<h3>Events per day</h3>", day_chart(report["per_day"]),
         "<h2>Operations</h2>", _table(ops, ("operation", "done", "refused")),
         f"<h2>Searches ({s['total']})</h2>",
-        (f"<p>{s['matches_found']} matches found (held for review included); expected false "
-         f"matches at the thresholds used: {s['expected_false_matches']:.3g}.</p>"),
+        f"<p>{_e(search_sentence(s))}</p>",
+        "<h3>By threshold</h3>",
+        _table(thresholds, ("threshold (Similarity)", "searches", "faces searched",
+                            "matches returned", "candidates held", "expected false matches")),
         "<h3>By purpose</h3>", bar_chart(s["by_purpose"]),
         "<h3>By principal</h3>", bar_chart(s["by_principal"]),
         "<h3>By collection</h3>", bar_chart(s["by_collection"]),
         "<h2>Identification mode: human review</h2>",
         bar_chart(funnel),
-        f"<p>{ident['review_decisions']} review decisions recorded.</p>",
-        "<h2>Refusals by policy rule</h2>", bar_chart(report["refusals"]["by_rule"],
-                                                     color=REFUSED_COLOR),
+        (f"<p>{ident['review_decisions']} review decisions recorded: "
+         + ", ".join(f"{v} {_e(k)}" for k, v in ident.get("decisions", {}).items())
+         + ".</p>"),
+        (f"<h2>Refusals of operations ({refusals['of_operations']['total']})</h2>"
+         if "of_operations" in refusals else "<h2>Refusals by policy rule</h2>"),
+        bar_chart((refusals.get("of_operations") or refusals)["by_rule"], color=REFUSED_COLOR),
+        *([f"<h2>Refused console page views ({refusals['of_page_views']['total']})</h2>",
+           bar_chart(refusals["of_page_views"]["by_rule"], color=REFUSED_COLOR)]
+          if "of_page_views" in refusals else []),
         "<h2>Deletions and expiries</h2>", bar_chart(deletions),
         f"<p>{report['indexing']['faces_indexed']} faces indexed.</p>",
         "<h2>Models and their published error rates</h2>",

@@ -1,10 +1,21 @@
 """The human review queue: identification-mode search results held as candidates.
 
-A candidate is CONFIRMED once `required` distinct reviewers confirmed it, and REJECTED as soon
-as one reviewer rejects it (an identification stands only if every reviewer agrees). The
-principal who ran the search may not review its results, and no reviewer decides twice. No image
-is kept: a candidate names the probe by its SHA-256 and the face by its ids, and the reviewer
-compares the case file's probe photo with the enrolled photo of that face.
+Each reviewer answers one of three: CONFIRM (same person), REJECT (not the same person) or
+INCONCLUSIVE (the pair does not allow a conclusion), always with a reason. A candidate is
+CONFIRMED once `required` distinct reviewers confirmed it; the first answer that is not a
+confirmation settles it, as REJECTED or INCONCLUSIVE (an identification stands only if every
+reviewer says "same person"; an inconclusive is not an exclusion, so it is kept apart). The
+principal who ran the search may not review its results, and no reviewer decides twice.
+
+Evidence: a CONFIRM or INCONCLUSIVE carries the SHA-256 of the two photos the reviewer compared,
+and they must equal the recorded ones (the probe's, from the search; the enrolled photo's, from
+its IndexFaces). No image is kept: a candidate names the probe by its SHA-256 and the face by
+its ids.
+
+Blind review: until a reviewer has decided, `blind` hides the other reviewers' decisions and
+reasons (and the count of confirmations) from them; with the collection policy's
+VerifierSeesEarlierDecisions, the reviewer who would give the last confirmation sees the
+earlier conclusions (the V of ACE-V, as a declared, recorded stage).
 """
 
 from __future__ import annotations
@@ -24,11 +35,17 @@ from . import schema
 from .events import format_time
 from .refusals import ReviewConflict, ReviewRefusal
 
-PENDING, CONFIRMED, REJECTED = "PENDING", "CONFIRMED", "REJECTED"
-STATUSES = (PENDING, CONFIRMED, REJECTED)
+PENDING, CONFIRMED, REJECTED, INCONCLUSIVE = "PENDING", "CONFIRMED", "REJECTED", "INCONCLUSIVE"
+STATUSES = (PENDING, CONFIRMED, REJECTED, INCONCLUSIVE)
 CONFIRM, REJECT = "CONFIRM", "REJECT"
-DECISIONS = (CONFIRM, REJECT)
+DECISIONS = (CONFIRM, REJECT, INCONCLUSIVE)
+# what settles a candidate at once (the first answer that is not "same person")
+SETTLES = {REJECT: REJECTED, INCONCLUSIVE: INCONCLUSIVE}
+# answers that say something about the photos, so they must name the photos compared
+NEEDS_EVIDENCE = (CONFIRM, INCONCLUSIVE)
+INDEPENDENT, VERIFICATION = "independent", "verification"
 MAX_REASON = 2000
+SHA256_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
@@ -74,7 +91,8 @@ def _reviews(conn: Connection, candidate_ids: Sequence[str]) -> dict[str, list[S
     for row in rows:
         found[row.candidate_id].append({
             "Reviewer": row.reviewer, "Decision": row.decision, "Reason": row.reason,
-            "Time": row.time,
+            "Time": row.time, "ProbeImageSha256": row.probe_sha256,
+            "EnrolledImageSha256": row.enrolled_sha256, "Stage": row.stage or INDEPENDENT,
         })
     return found
 
@@ -135,13 +153,94 @@ def query(conn: Connection, *, collection: str | None = None, status: str | None
     return [_shape(r, reviews[r.id]) for r in rows]
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """The SHA-256 of the two photos a reviewer compared (lower-case hex), as submitted."""
+
+    probe_sha256: str | None = None
+    enrolled_sha256: str | None = None
+
+
+def _hex(value: str | None) -> str | None:
+    if value is None:
+        return None
+    v = value.strip().lower()
+    return v if v else None
+
+
+def check_evidence(decision: str, given: Evidence, probe: str | None,
+                   enrolled: str | None) -> Evidence:
+    """The evidence as recorded, or a refusal: a CONFIRM or INCONCLUSIVE must carry both
+    hashes and each must equal the recorded one; a REJECT's hashes, when given, too."""
+    shown = Evidence(_hex(given.probe_sha256), _hex(given.enrolled_sha256))
+    needed = decision in NEEDS_EVIDENCE
+    for label, value, recorded in (("probe", shown.probe_sha256, probe),
+                                   ("enrolled", shown.enrolled_sha256, enrolled)):
+        if value is None:
+            if needed:
+                raise ReviewRefusal(
+                    "evidence_required",
+                    f"A {decision} must name the {label} photo you compared by its SHA-256 "
+                    "(the console sends it once the file's hash matched the ledger's).")
+            continue
+        if len(value) != 64 or not set(value) <= SHA256_HEX:
+            raise InvalidParameterException(f"The {label} photo's SHA-256 must be 64 hex digits.")
+        if recorded is None:
+            raise ReviewRefusal(
+                "evidence_unrecorded",
+                f"The ledger recorded no SHA-256 for the {label} photo, so no file can be shown "
+                "to be it; this candidate can only be rejected.")
+        if value != recorded.lower():
+            raise ReviewRefusal(
+                "evidence_mismatch",
+                f"The {label} photo you compared (SHA-256 {value[:12]}…) is not the recorded "
+                f"one ({recorded[:12]}…).")
+    return shown
+
+
+def has_decided(cand: Shape, reviewer: str) -> bool:
+    return any(r["Reviewer"] == reviewer for r in cand["Reviews"])
+
+
+def verification_stage(cand: Shape, verifier_sees_earlier: bool) -> bool:
+    """Whether the next decision is the open final verification (policy, N > 1, all earlier
+    decisions confirmations and one short of N)."""
+    return (verifier_sees_earlier and cand["Status"] == PENDING
+            and int(cand["ReviewersRequired"]) > 1
+            and int(cand["Confirmations"]) == int(cand["ReviewersRequired"]) - 1)
+
+
+def blind(cand: Shape, viewer: str, *, may_decide: bool, verifier_sees_earlier: bool) -> Shape:
+    """The candidate as `viewer` may see it: others' decisions, reasons and the count of
+    confirmations are withheld while the viewer may still decide it (unless the policy opens
+    the final verification). Adds MyDecision, DecisionsHidden and Stage."""
+    out = dict(cand)
+    mine = next((r for r in cand["Reviews"] if r["Reviewer"] == viewer), None)
+    out["MyDecision"] = None if mine is None else mine["Decision"]
+    stage = VERIFICATION if verification_stage(cand, verifier_sees_earlier) else INDEPENDENT
+    out["Stage"] = stage
+    open_ = (cand["Status"] != PENDING or mine is not None or not may_decide
+             or stage == VERIFICATION)
+    out["DecisionsHidden"] = not open_
+    if not open_:
+        out["Reviews"] = []
+        out["Confirmations"] = None
+    return out
+
+
 def decide(conn: Connection, candidate_id: str, reviewer: str, decision: str, reason: str,
-           now: datetime) -> Shape:
-    """Record one reviewer's decision and settle the candidate's status; return the candidate."""
+           now: datetime, *, evidence: Evidence = Evidence(),
+           recorded: tuple[str | None, str | None] = (None, None),
+           verifier_sees_earlier: bool = False) -> Shape:
+    """Record one reviewer's decision and settle the candidate's status; return the candidate.
+
+    `recorded` is (probe, enrolled) SHA-256 as the ledger has them; `evidence` what the reviewer
+    compared (checked with `check_evidence`)."""
     if decision not in DECISIONS:
         raise InvalidParameterException(f"Decision must be one of {', '.join(DECISIONS)}.")
     if not isinstance(reason, str) or not reason.strip():
-        raise InvalidParameterException("Reason is required: say why you confirm or reject.")
+        raise InvalidParameterException(
+            "Reason is required: say why you confirm, reject or find it inconclusive.")
     if len(reason) > MAX_REASON:
         raise InvalidParameterException(f"Reason must be at most {MAX_REASON} characters.")
     c, r = schema.candidates, schema.reviews
@@ -163,14 +262,18 @@ def decide(conn: Connection, candidate_id: str, reviewer: str, decision: str, re
         raise ReviewConflict("duplicate_review",
                              f"{reviewer} has already reviewed candidate {candidate_id} "
                              f"({done[0]}); each reviewer decides once.")
+    shown = check_evidence(decision, evidence, *recorded)
+    before = get(conn, candidate_id)
+    stage = VERIFICATION if verification_stage(before, verifier_sees_earlier) else INDEPENDENT
     conn.execute(insert(r).values(candidate_id=candidate_id, reviewer=reviewer,
                                   decision=decision, reason=reason.strip(),
-                                  time=format_time(now)))
+                                  time=format_time(now), probe_sha256=shown.probe_sha256,
+                                  enrolled_sha256=shown.enrolled_sha256, stage=stage))
     confirmations = int(conn.execute(
         select(func.count()).select_from(r).where(r.c.candidate_id == candidate_id,
                                                   r.c.decision == CONFIRM)
     ).scalar_one())
-    status = REJECTED if decision == REJECT else (
+    status = SETTLES.get(decision) or (
         CONFIRMED if confirmations >= int(row.required) else PENDING
     )
     if status != PENDING:

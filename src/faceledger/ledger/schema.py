@@ -112,6 +112,11 @@ reviews = Table(
     Column("decision", String(16), nullable=False),
     Column("reason", Text, nullable=False),
     Column("time", TIME, nullable=False),
+    # the SHA-256 of the two photos the reviewer's browser verified (CONFIRM, INCONCLUSIVE)
+    Column("probe_sha256", HASH),
+    Column("enrolled_sha256", HASH),
+    # "independent" (blind) or "verification" (saw the earlier conclusions, by policy)
+    Column("stage", String(16)),
 )
 
 retention = Table(

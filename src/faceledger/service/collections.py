@@ -33,7 +33,7 @@ from ..errors import (
     ResourceNotReadyException,
 )
 from ..ledger import AuditedOperation
-from ..shapes import Shape, bounding_box, face_detail, landmarks
+from ..shapes import Shape, bounding_box, face_detail, landmarks, pose_quality
 from ..sources import ImageInput
 from ..store import Catalog, CollectionRow, FaceRow, NewFace, VectorIndex, open_store
 from ..store.catalog import request_hash
@@ -250,6 +250,7 @@ class CollectionOperations(ServiceCore):
                     image_sha256=img.sha256,
                     landmarks=tuple((lm["Type"], lm["X"], lm["Y"])
                                     for lm in landmarks(f, img.width, img.height)),
+                    detail=pose_quality(f),
                 )
                 for f, sf in zip(chosen, sources)
             ]
@@ -418,7 +419,9 @@ class CollectionOperations(ServiceCore):
             face = usable[0]
             # where the probe's face is, kept with any review candidate (never the photo)
             op.probe_face = {"BoundingBox": bounding_box(face.box, img.width, img.height),
-                             "Landmarks": landmarks(face, img.width, img.height)}
+                             "Landmarks": landmarks(face, img.width, img.height),
+                             # what the detector measured, shown to the reviewer
+                             **pose_quality(face)}
             vec = self.pipeline.embed_boxes(img.pixels, [face.box], [face.landmarks],
                                             model_version=model)[0]
             with self.catalog.read() as conn:  # faces may have come and gone meanwhile

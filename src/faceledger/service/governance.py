@@ -6,11 +6,12 @@ verification, transparency reports and per-case exports.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from ..context import LOCAL, RequestContext
 from ..errors import (
@@ -18,7 +19,7 @@ from ..errors import (
     InvalidParameterException,
     ResourceNotFoundException,
 )
-from ..ledger import Anchor, CollectionPolicy, FaceRemover, retention, review, verify
+from ..ledger import Anchor, CollectionPolicy, FaceRemover, retention, review, schema, verify
 from ..ledger import export as case_export
 from ..ledger.events import format_time, parse_time, utc_now
 from ..ledger.policy import check_collection_id, load_policy, policies_with_retention, store_policy
@@ -145,20 +146,39 @@ class GovernanceOperations(ServiceCore):
             return review.get(conn, cand)
 
     def review_candidate(self, candidate_id: str, decision: str, reason: str, *,
+                         probe_sha256: str | None = None, enrolled_sha256: str | None = None,
                          ctx: RequestContext = LOCAL) -> Shape:
-        """Confirm or reject a candidate as reviewer `ctx.principal`, with a reason (logged)."""
+        """Decide a candidate as reviewer `ctx.principal`: CONFIRM, REJECT or INCONCLUSIVE,
+        with a reason (logged). A CONFIRM or INCONCLUSIVE names the two photos compared by
+        their SHA-256, which must equal the recorded ones; the event records them."""
         current = self.get_review_candidate(candidate_id, ctx=ctx)
         check_enum(decision, review.DECISIONS, "Decision")
         self._require_role("ReviewCandidate", ctx, ("reviewer",), current["CollectionId"])
         # The decision belongs to the search's case, so the case export carries it.
         rctx = dataclasses.replace(ctx, case=ctx.case or current["CaseReference"],
                                    purpose=ctx.purpose or current["Purpose"])
+        given = review.Evidence(_optional_str(probe_sha256, "ProbeImageSha256", 128),
+                                _optional_str(enrolled_sha256, "EnrolledImageSha256", 128))
         with self.audit("ReviewCandidate", rctx, collection=current["CollectionId"],
                         uses_model=False) as op:
-            op.note(candidate_id=current["CandidateId"], decision=decision, reason=reason)
+            op.note(candidate_id=current["CandidateId"], decision=decision, reason=reason,
+                    submitted_probe_sha256=given.probe_sha256,
+                    submitted_enrolled_sha256=given.enrolled_sha256)
+            recorded = (current["ProbeImageSha256"],
+                        self.recorded_enrolled_sha256(op.conn, current))
+            policy = load_policy(op.conn, current["CollectionId"])
             decided = review.decide(op.conn, current["CandidateId"], ctx.principal, decision,
-                                    reason, utc_now())
+                                    reason, utc_now(), evidence=given, recorded=recorded,
+                                    verifier_sees_earlier=policy.verifier_sees_earlier)
+            mine = next(r for r in decided["Reviews"] if r["Reviewer"] == ctx.principal)
+            # the photos compared, as the event's images (probe first), and by role
+            for sha in (mine["ProbeImageSha256"], mine["EnrolledImageSha256"]):
+                if sha:
+                    op.image(sha)
             op.record(candidate_id=decided["CandidateId"], status=decided["Status"],
+                      decision=decision, stage=mine["Stage"],
+                      compared={"probe_sha256": mine["ProbeImageSha256"],
+                                "enrolled_sha256": mine["EnrolledImageSha256"]},
                       confirmations=decided["Confirmations"],
                       reviewers_required=decided["ReviewersRequired"],
                       face_ids=[decided["FaceId"]] if decided["FaceId"] else [],
@@ -166,6 +186,14 @@ class GovernanceOperations(ServiceCore):
                       similarities=[decided["Similarity"]],
                       search_request_id=decided["RequestId"])
         return decided
+
+    def recorded_enrolled_sha256(self, conn: Connection, candidate: Shape) -> str | None:
+        """The enrolled photo's SHA-256 as the ledger recorded it (the IndexFaces event that
+        added the candidate's face)."""
+        if not candidate.get("FaceId"):
+            return None
+        found = index_event(conn, candidate["CollectionId"], candidate["FaceId"])
+        return None if found is None else found["image_sha256"]
 
     # -- retention ---------------------------------------------------------------------
 
@@ -246,13 +274,16 @@ class GovernanceOperations(ServiceCore):
     # -- reports and exports -----------------------------------------------------------
 
     def transparency_report(self, time_from: str | datetime, time_to: str | datetime, *,
-                            ctx: RequestContext = LOCAL) -> Shape:
-        """Aggregates over [from, to): searches, candidates, refusals, deletions, models."""
+                            ctx: RequestContext = LOCAL,
+                            include: Callable[[Mapping[str, Any]], bool] | None = None
+                            ) -> Shape:
+        """Aggregates over [from, to): searches, candidates, refusals, deletions, models
+        (of the events `include` accepts: a scoped auditor's)."""
         start, end = _time(time_from, "From"), _time(time_to, "To")
         if end <= start:
             raise InvalidParameterException("To must be later than From.")
         return build_report(self.ledger, start, end, generated_by=ctx.principal,
-                             chain=verify(self.ledger).to_dict())
+                            chain=verify(self.ledger).to_dict(), include=include)
 
     def export_case(self, case: str, *, ctx: RequestContext = LOCAL) -> Shape:
         """A case's events with the chain segment that proves them (admins only; logged)."""
@@ -269,6 +300,26 @@ class GovernanceOperations(ServiceCore):
             op.record(events=count)
         # The export event is chained now: the bundle's segment ends with it.
         return case_export.build_bundle(self.ledger, ref, exported_by=ctx.principal)
+
+
+def index_event(conn: Connection, cid: str, face_id: str) -> Shape | None:
+    """The IndexFaces event that added `face_id` to `cid`: its seq and image SHA-256."""
+    e = schema.events
+    rows = conn.execute(
+        select(e.c.seq, e.c.body).where(e.c.operation == "IndexFaces", e.c.collection == cid,
+                                        e.c.outcome == "done",
+                                        e.c.body.like(f"%{like_escape(face_id)}%", escape="\\"))
+    ).all()
+    for seq, text in rows:
+        body = json.loads(text)
+        if face_id in ((body.get("result") or {}).get("face_ids") or []):
+            images = body.get("images") or [None]
+            return {"seq": int(seq), "image_sha256": images[0]}
+    return None
+
+
+def like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _time(value: Any, field: str) -> datetime:

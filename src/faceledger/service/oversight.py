@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from ..calibration.coverage import coverage_lines
+from ..calibration.table import fmr_for_similarity, similarity_for_fmr
 from ..context import LOCAL, RequestContext
 from ..errors import (
     InvalidParameterException,
@@ -27,15 +28,18 @@ from ..errors import (
     ResourceNotReadyException,
 )
 from ..ledger import review, schema
-from ..ledger.events import SEARCH_OPERATIONS, format_time, parse_time
+from ..ledger.events import PAGE_VIEWS, SEARCH_OPERATIONS, format_time, parse_time
 from ..ledger.policy import check_collection_id, load_policy
 from ..ledger.refusals import RoleRequired
 from ..model_versions import canonical
+from ..rates import wilson_interval
 from ..shapes import Shape
-from .governance import GovernanceOperations
+from ..store.thresholds import default_search_fmr
+from .governance import GovernanceOperations, index_event, like_escape
 from .users import UserOperations
 
 REVIEW_READERS = ("reviewer", "auditor")
+
 LEDGER_READERS = ("auditor",)
 EVENT_FILTERS = ("operation", "collection", "principal", "purpose", "case", "outcome")
 MAX_EVENTS = 500
@@ -57,48 +61,178 @@ class OversightOperations(UserOperations, GovernanceOperations):
 
     # -- the review queue --------------------------------------------------------------
 
-    def review_queue(self, *, ctx: RequestContext = LOCAL, limit: int = 200) -> Shape:
-        """Pending candidates of the collections the caller may see, oldest first, each with
-        its search's FacesSearched and ExpectedFalseMatches (the view is logged)."""
+    def review_queue(self, *, ctx: RequestContext = LOCAL, limit: int = 200,
+                     needs_my_decision: bool = False) -> Shape:
+        """Pending candidates of the collections the caller may see, grouped by search (oldest
+        search first, candidates ranked by Similarity), each as the caller may see it (blind
+        review: no other reviewer's decision before one's own). The view is logged."""
         self._need_role("ViewReviewQueue", ctx, REVIEW_READERS)
         with self.ledger.engine.connect() as conn:
             found = review.query(conn, status=review.PENDING, limit=4096)
-            shown = [c for c in found if ctx.may_name(c["CollectionId"])][:limit]
+            visible = [c for c in found if ctx.may_name(c["CollectionId"])]
+            shaped = [self._as_seen(conn, c, ctx) for c in visible]
+            needing = sum(1 for c in shaped if c["YourPart"]["State"] == "needs_decision")
+            if needs_my_decision:
+                shaped = [c for c in shaped if c["YourPart"]["State"] == "needs_decision"]
+            shown = shaped[:limit]
+            groups: dict[str, Shape] = {}
             for cand in shown:
-                cand["Search"] = _search_facts(conn, cand["RequestId"])
+                key = cand["RequestId"] or cand["CandidateId"]
+                if key not in groups:
+                    ranks = _ranks(conn, cand["RequestId"])
+                    groups[key] = {
+                        "RequestId": cand["RequestId"], "CaseReference": cand["CaseReference"],
+                        "Purpose": cand["Purpose"], "RequestedBy": cand["RequestedBy"],
+                        "CreatedAt": cand["CreatedAt"], "CollectionId": cand["CollectionId"],
+                        "Operation": cand["Operation"],
+                        "Search": self._strength(conn, cand), "CandidatesHeld": len(ranks),
+                        "Candidates": [], "_ranks": ranks}
+                group = groups[key]
+                cand["Rank"] = group["_ranks"].get(cand["CandidateId"])
+                group["Candidates"].append(cand)
+            for group in groups.values():
+                group.pop("_ranks")
+                group["Candidates"].sort(key=lambda c: (c["Rank"] or 0, c["CandidateId"]))
         with self.audit("ViewReviewQueue", ctx, uses_model=False) as op:
             op.record(candidate_ids=[c["CandidateId"] for c in shown])
-        return {"Candidates": shown, "PublishedErrorRates": self.published_error_rates()}
+        return {"Searches": list(groups.values()), "Candidates": shown,
+                "PendingVisible": len(visible), "NeedsYourDecision": needing,
+                "PublishedErrorRates": self.published_error_rates()}
+
+    def _as_seen(self, conn: Connection, cand: Shape, ctx: RequestContext) -> Shape:
+        """`cand` as the caller may see it, with YourPart: may they decide, and if not why."""
+        policy = load_policy(conn, cand["CollectionId"])
+        reviewer = ctx.has_role("reviewer")
+        own = cand["RequestedBy"] == ctx.principal
+        decided = review.has_decided(cand, ctx.principal)
+        seen = review.blind(cand, ctx.principal, may_decide=reviewer and not own,
+                            verifier_sees_earlier=policy.verifier_sees_earlier)
+        if cand["Status"] != review.PENDING:
+            part = {"State": "settled", "CanDecide": False,
+                    "Why": f"This candidate is settled: {cand['Status']}."}
+        elif decided:
+            part = {"State": "decided", "CanDecide": False,
+                    "Why": f"You decided this candidate ({seen['MyDecision']}); each reviewer "
+                           "decides once. It waits for other reviewers."}
+        elif own:
+            part = {"State": "own_search", "CanDecide": False,
+                    "Why": "You ran this search, so you may not review its results: other "
+                           "reviewers decide."}
+        elif not reviewer:
+            part = {"State": "not_reviewer", "CanDecide": False,
+                    "Why": "Your key has no reviewer role: you may read this case file, not "
+                           "decide it."}
+        else:
+            part = {"State": "needs_decision", "CanDecide": True, "Why": None}
+        seen["YourPart"] = part
+        seen["VerifierSeesEarlier"] = policy.verifier_sees_earlier
+        return seen
+
+    def _strength(self, conn: Connection, cand: Shape) -> Shape:
+        """How strong the search behind `cand` was: its threshold as Similarity and FMR, the
+        default threshold for a search of that size, expected false matches, and warnings."""
+        facts = _search_facts(conn, cand["RequestId"])
+        threshold, fmr = facts.get("Threshold"), facts.get("ThresholdFalseMatchRate")
+        searched = facts.get("FacesSearched")
+        warnings: list[str] = []
+        out: Shape = dict(facts)
+        try:
+            table = self.calibration
+        except LookupError:
+            table = None
+        if table is not None and isinstance(searched, int):
+            d_fmr = default_search_fmr(searched, self.settings.search_expected_false_matches,
+                                       table.lowest_credible_fmr)
+            out["DefaultThreshold"] = similarity_for_fmr(d_fmr)
+            out["DefaultFalseMatchRate"] = d_fmr
+        floor = load_policy(conn, cand["CollectionId"]).min_similarity_threshold
+        out["PolicyMinimum"] = floor
+        expected = facts.get("ExpectedFalseMatches")
+        if isinstance(threshold, (int, float)):
+            fmr = fmr if isinstance(fmr, (int, float)) else fmr_for_similarity(threshold)
+            one_in = f"1 in {1 / fmr:,.0f}" if fmr > 0 else "none"
+            default = out.get("DefaultThreshold")
+            if isinstance(default, float) and threshold < default - 1e-9:
+                expect = (f"; {expected:.3g} false matches expected in this search"
+                          if isinstance(expected, (int, float)) else "")
+                warnings.append(
+                    f"This search ran at {threshold:g}, below the default of {default:.6g} "
+                    f"for {searched} faces: {one_in} pairs of different people score this "
+                    f"high{expect}.")
+            if table is not None and fmr < table.lowest_credible_fmr:
+                warnings.append(
+                    f"This search ran at {threshold:g}: its false-match rate ({fmr:.2g}) is "
+                    f"below what the calibration can show (lowest credible "
+                    f"{table.lowest_credible_fmr:.2g}); the rate is extrapolated, not measured.")
+        if isinstance(expected, (int, float)) and expected >= 1 and not warnings:
+            warnings.append(f"{expected:.3g} false matches are expected in this search: "
+                            "a candidate may well be someone else.")
+        out["Warnings"] = warnings
+        out["Weak"] = bool(warnings)
+        return out
 
     def review_case_file(self, candidate_id: str, *, ctx: RequestContext = LOCAL) -> Shape:
         """One candidate with what a reviewer checks: the probe's recorded SHA-256 and face
         geometry, the enrolled face's SHA-256 (from its IndexFaces) and geometry, the search's
-        facts and the model's error rates. Logged as a ViewCandidate event."""
+        strength, the candidate's rank and siblings, and the model's error rates. Others'
+        decisions are withheld until the caller has decided (blind review). Logged as a
+        ViewCandidate event."""
         self._need_role("ViewCandidate", ctx, REVIEW_READERS)
         cand = self.get_review_candidate(candidate_id, ctx=ctx)
         cid = cand["CollectionId"]
         self._need_role("ViewCandidate", ctx, REVIEW_READERS, cid)
         enrolled: Shape | None = None
         with self.ledger.engine.connect() as conn:
-            search = _search_facts(conn, cand["RequestId"])
+            search = self._strength(conn, cand)
             if cand["FaceId"]:
                 enrolled = self._enrolled_face(conn, cid, cand["FaceId"])
+            seen = self._as_seen(conn, cand, ctx)
+            ranks = _ranks(conn, cand["RequestId"])
+            siblings = []
+            if cand["RequestId"]:
+                for other in review.query(conn, request_id=cand["RequestId"], limit=4096):
+                    if other["CandidateId"] == cand["CandidateId"]:
+                        continue
+                    siblings.append({
+                        "CandidateId": other["CandidateId"],
+                        "Rank": ranks.get(other["CandidateId"]),
+                        "Similarity": other["Similarity"],
+                        "FalseMatchRate": other["FalseMatchRate"],
+                        "ExternalImageId": other["ExternalImageId"], "FaceId": other["FaceId"],
+                        # another candidate's outcome is a colleague's conclusion too
+                        "Status": None if seen["DecisionsHidden"] else other["Status"]})
+                siblings.sort(key=lambda o: o["Rank"] or 0)
+        seen["Rank"] = ranks.get(cand["CandidateId"])
         # the view belongs to the search's case, so the case export shows who saw it
         vctx = dataclasses.replace(ctx, case=ctx.case or cand["CaseReference"],
                                    purpose=ctx.purpose or cand["Purpose"])
         with self.audit("ViewCandidate", vctx, collection=cid, uses_model=False) as op:
             op.record(candidate_id=cand["CandidateId"],
                       face_ids=[cand["FaceId"]] if cand["FaceId"] else [],
-                      search_request_id=cand["RequestId"])
-        return {"Candidate": cand, "Search": search, "EnrolledFace": enrolled,
+                      search_request_id=cand["RequestId"],
+                      decisions_shown=not seen["DecisionsHidden"])
+        return {"Candidate": seen, "Search": search, "EnrolledFace": enrolled,
+                "Rank": seen["Rank"], "CandidatesHeld": len(ranks), "Siblings": siblings,
                 "PublishedErrorRates": self.published_error_rates(search.get("FaceModelVersion"))}
+
+    def recorded_enrolled_sha256(self, conn: Connection, candidate: Shape) -> str | None:
+        """The ledger's IndexFaces hash, else the catalog's (faces indexed before the ledger
+        kept image hashes): the same hash the case file shows as expected."""
+        if not candidate.get("FaceId"):
+            return None
+        face = self._enrolled_face(conn, candidate["CollectionId"], candidate["FaceId"])
+        found = face.get("ExpectedSha256")
+        return found if isinstance(found, str) else None
 
     def _enrolled_face(self, conn: Connection, cid: str, face_id: str) -> Shape:
         """The face's record in the catalog and the IndexFaces event that added it."""
         face: Shape = {"FaceId": face_id, "InCatalog": False}
-        with self.catalog.read() as cconn:
-            coll = self.catalog.collection(cconn, cid)
-            rows = self.catalog.faces_by_id(cconn, coll.pk, [face_id])
+        try:
+            with self.catalog.read() as cconn:
+                coll = self.catalog.collection(cconn, cid)
+                rows = self.catalog.faces_by_id(cconn, coll.pk, [face_id])
+        except ResourceNotFoundException:  # the collection was deleted since
+            rows = {}
         row = rows.get(face_id)
         if row is not None:
             w, h, left, top = row.box
@@ -108,8 +242,9 @@ class OversightOperations(UserOperations, GovernanceOperations):
                 "ImageSha256": row.image_sha256,
                 "BoundingBox": {"Width": w, "Height": h, "Left": left, "Top": top},
                 "Landmarks": [{"Type": t, "X": x, "Y": y} for t, x, y in row.landmarks],
+                **(dict(row.detail) if row.detail else {}),
             })
-        indexed = _index_event(conn, cid, face_id)
+        indexed = index_event(conn, cid, face_id)
         face.setdefault("ImageSha256", None)
         if indexed is not None:
             face["IndexFacesEvent"] = indexed["seq"]
@@ -135,13 +270,23 @@ class OversightOperations(UserOperations, GovernanceOperations):
                            "FalseNonMatchRate": float(table.fnmr_at(d)),
                            "Credible": table.is_credible(fmr)})
         prov = table.provenance
+        groups = _group_rows(prov.get("coverage"))
+        covered = sum(1 for g in groups if g["Covered"])
         return {"ModelVersion": table.model_version, "Available": True,
                 "Dataset": (prov.get("dataset") or {}).get("name"),
                 "LowestCredibleFalseMatchRate": table.lowest_credible_fmr,
                 "OperatingPoints": points,
                 # the summary lines; the per-group lines are the rows of Groups
-                "Populations": [ln for ln in coverage_lines(table) if not ln.startswith("  ")],
-                "Groups": _group_rows(prov.get("coverage"))}
+                "Populations": [ln.rstrip(":") for ln in coverage_lines(table)
+                                if not ln.startswith("  ")],
+                "Groups": groups, "GroupsMeasured": len(groups), "GroupsCovered": covered,
+                "GroupsNotCovered": [g["Group"] for g in groups if not g["Covered"]],
+                # groups whose own rate at a shipped threshold is above the promise beyond
+                # chance (the whole 95% interval above it): said next to every decision
+                "GroupsAbovePromise": [
+                    {"Group": g["Group"], "Similarity": t["Similarity"],
+                     "FalseMatches": t["FalseMatches"], "ImpostorPairs": g["ImpostorPairs"]}
+                    for g in groups for t in g["AtThresholds"] if t["AbovePromise"]]}
 
     def calibration_curve(self, points: int = 60, model_version: str | None = None) -> Shape:
         """A model's (default: the configured one's) calibration as (distance, Similarity,
@@ -165,9 +310,13 @@ class OversightOperations(UserOperations, GovernanceOperations):
     def ledger_events(self, filters: Mapping[str, str | None] | None = None,
                       time_from: str | None = None, time_to: str | None = None,
                       before_seq: int | None = None, limit: int = 50, *,
+                      hide_page_views: bool = False,
                       ctx: RequestContext = LOCAL) -> Shape:
-        """Events matching the filters, newest first (auditors; events hold hashes and ids,
-        never images or templates, so browsing them is not itself logged)."""
+        """Events matching the filters, newest first, each with its review decision and
+        candidates (auditors; events hold hashes and ids, never images or templates, so
+        browsing them is not itself logged). A scoped auditor sees only its collections'
+        events and its own collection-less ones; `hide_page_views` leaves out the console's
+        page views (ViewCandidate, ViewReviewQueue, ...)."""
         self._need_role("ListLedgerEvents", ctx, LEDGER_READERS)
         if not 1 <= limit <= MAX_EVENTS:
             raise InvalidParameterException(f"MaxResults must be from 1 to {MAX_EVENTS}.")
@@ -176,7 +325,7 @@ class OversightOperations(UserOperations, GovernanceOperations):
                    "principal": e.c.principal, "purpose": e.c.purpose, "case": e.c.case_ref,
                    "outcome": e.c.outcome}
         q = select(e.c.seq, e.c.hash, e.c.time, e.c.operation, e.c.principal, e.c.collection,
-                   e.c.purpose, e.c.case_ref, e.c.outcome)
+                   e.c.purpose, e.c.case_ref, e.c.outcome, e.c.body)
         for name, value in (filters or {}).items():
             if name not in columns:
                 raise InvalidParameterException(f"Unknown ledger filter {name!r}.")
@@ -190,18 +339,28 @@ class OversightOperations(UserOperations, GovernanceOperations):
                     raise InvalidParameterException(
                         f"{field} {value!r} is not an ISO 8601 date or time.") from exc
                 q = q.where(e.c.time >= bound if after else e.c.time < bound)
-        if before_seq is not None:
-            q = q.where(e.c.seq < before_seq)
+        if hide_page_views:
+            q = q.where(e.c.operation.not_in(sorted(PAGE_VIEWS)))
+        events: list[Shape] = []
+        more: int | None = None
+        cursor = before_seq
         with self.ledger.engine.connect() as conn:
-            rows = conn.execute(q.order_by(e.c.seq.desc()).limit(limit + 1)).all()
-        events = [{"Seq": int(r.seq), "Hash": r.hash, "Time": r.time, "Operation": r.operation,
-                   "Principal": r.principal, "CollectionId": r.collection,
-                   "Purpose": r.purpose, "CaseReference": r.case_ref, "Outcome": r.outcome}
-                  for r in rows[:limit]
-                  if r.collection is None or ctx.may_name(r.collection)]
-        out: Shape = {"Events": events}
-        if len(rows) > limit:
-            out["NextBeforeSeq"] = int(rows[limit - 1].seq)
+            operations = sorted(r[0] for r in conn.execute(select(e.c.operation).distinct()))
+            while len(events) < limit:  # a scoped auditor's pages skip others' events
+                page = q if cursor is None else q.where(e.c.seq < cursor)
+                rows = conn.execute(page.order_by(e.c.seq.desc()).limit(limit + 1)).all()
+                for r in rows:
+                    if len(events) == limit:
+                        more = events[-1]["Seq"]
+                        break
+                    if event_visible(ctx, r.collection, r.principal):
+                        events.append(_event_row(r))
+                if more is not None or len(rows) <= limit:
+                    break
+                cursor = int(rows[-1].seq)
+        out: Shape = {"Events": events, "Operations": operations}
+        if more is not None:
+            out["NextBeforeSeq"] = more
         return out
 
     def ledger_event(self, seq: int, *, ctx: RequestContext = LOCAL) -> Shape:
@@ -212,7 +371,9 @@ class OversightOperations(UserOperations, GovernanceOperations):
             raise ResourceNotFoundException(f"The ledger has no event #{seq}.")
         body = json.loads(stored.body)
         coll = body.get("collection") if isinstance(body, dict) else None
-        if isinstance(coll, str) and not ctx.may_name(coll):
+        principal = body.get("principal") if isinstance(body, dict) else None
+        if not event_visible(ctx, coll if isinstance(coll, str) else None,
+                             principal if isinstance(principal, str) else None):
             raise ResourceNotFoundException(f"The ledger has no event #{seq} you may see.")
         return {"Seq": stored.seq, "Prev": stored.prev, "Hash": stored.hash,
                 "Body": body, "BodyText": stored.body,
@@ -230,7 +391,9 @@ class OversightOperations(UserOperations, GovernanceOperations):
                   ctx: RequestContext = LOCAL) -> Shape:
         """`transparency_report` for an auditor (aggregates only: no biometric data)."""
         self._need_role("TransparencyReport", ctx, LEDGER_READERS)
-        return self.transparency_report(time_from, time_to, ctx=ctx)
+        return self.transparency_report(time_from, time_to, ctx=ctx,
+                                        include=lambda body: event_visible(
+                                            ctx, body.get("collection"), body.get("principal")))
 
     # -- collections -------------------------------------------------------------------
 
@@ -248,15 +411,21 @@ class OversightOperations(UserOperations, GovernanceOperations):
         cid = check_collection_id(collection_id)
         self._need_role("ViewCollection", ctx, ("reviewer", "auditor", "admin"), cid)
         described = self.describe_collection(cid, ctx=ctx)
-        out: Shape = {"CollectionId": cid, "Description": described, "Faces": [], "Users": []}
-        try:
-            out["Faces"] = self.list_faces(cid, max_results=100, ctx=ctx).get("Faces", [])
-            out["Users"] = self.list_users(cid, max_results=100, ctx=ctx).get("Users", [])
-        except PolicyRefusedException as exc:
-            # the collection's policy (e.g. RequirePurpose) refused the listing; it is logged
-            out["ListingRefused"] = exc.message
+        out: Shape = {"CollectionId": cid, "Description": described, "Faces": [], "Users": [],
+                      "ListingNeedsPurpose": False}
         with self.ledger.engine.connect() as conn:
             policy = load_policy(conn, cid)
+        if policy.require_purpose and not ctx.purpose:
+            # asked for a purpose first, rather than listing and being refused
+            out["ListingNeedsPurpose"] = True
+        else:
+            try:
+                out["Faces"] = self.list_faces(cid, max_results=100, ctx=ctx).get("Faces", [])
+                out["Users"] = self.list_users(cid, max_results=100, ctx=ctx).get("Users", [])
+            except PolicyRefusedException as exc:
+                # the collection's policy refused the listing; it is logged
+                out["ListingRefused"] = exc.message
+        with self.ledger.engine.connect() as conn:
             r = schema.retention
             ids = [f["FaceId"] for f in out["Faces"]]
             since = dict(conn.execute(select(r.c.face_id, r.c.since).where(
@@ -278,7 +447,7 @@ def _search_facts(conn: Connection, request_id: str | None) -> Shape:
     e = schema.events
     rows = conn.execute(
         select(e.c.seq, e.c.body).where(e.c.operation.in_(sorted(SEARCH_OPERATIONS)),
-                                        e.c.body.like(f'%"request_id":"{_like(request_id)}"%',
+                                        e.c.body.like(f'%"request_id":"{like_escape(request_id)}"%',
                                                       escape="\\"))
     ).all()
     for seq, text in rows:
@@ -286,7 +455,10 @@ def _search_facts(conn: Connection, request_id: str | None) -> Shape:
         if body.get("request_id") != request_id:
             continue
         result, thresholds = body.get("result") or {}, body.get("thresholds") or {}
+        named = [(k, v) for k, v in thresholds.items() if k != "FalseMatchRate"]
         return {"EventSeq": int(seq), "Time": body.get("time"),
+                "ThresholdName": named[0][0] if named else None,
+                "Threshold": named[0][1] if named else None,
                 "FacesSearched": result.get("compared"),
                 "ExpectedFalseMatches": result.get("expected_false_matches"),
                 "ThresholdFalseMatchRate": thresholds.get("FalseMatchRate"),
@@ -297,39 +469,85 @@ def _search_facts(conn: Connection, request_id: str | None) -> Shape:
     return {}
 
 
-def _index_event(conn: Connection, cid: str, face_id: str) -> Shape | None:
-    """The IndexFaces event that added `face_id` to `cid`: its seq and image SHA-256."""
-    e = schema.events
-    rows = conn.execute(
-        select(e.c.seq, e.c.body).where(e.c.operation == "IndexFaces", e.c.collection == cid,
-                                        e.c.outcome == "done",
-                                        e.c.body.like(f"%{_like(face_id)}%", escape="\\"))
-    ).all()
-    for seq, text in rows:
-        body = json.loads(text)
-        if face_id in ((body.get("result") or {}).get("face_ids") or []):
-            images = body.get("images") or [None]
-            return {"seq": int(seq), "image_sha256": images[0]}
-    return None
+def _ranks(conn: Connection, request_id: str | None) -> dict[str, int]:
+    """Rank (1 = highest Similarity) of every candidate the search `request_id` held."""
+    if not request_id:
+        return {}
+    c = schema.candidates
+    rows = conn.execute(select(c.c.id, c.c.similarity).where(c.c.request_id == request_id)).all()
+    ordered = sorted(rows, key=lambda r: (-float(r.similarity), r.id))
+    return {r.id: i + 1 for i, r in enumerate(ordered)}
 
 
-def _like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def event_visible(ctx: RequestContext, collection: Any, principal: Any) -> bool:
+    """Whether the caller may see an event: one naming a collection it may see, or, without a
+    collection, any (unscoped callers) or its own (a scoped caller: other keys' key, job and
+    queue events may concern collections outside its scope)."""
+    if isinstance(collection, str):
+        return ctx.may_name(collection)
+    return "*" in ctx.collections or principal == ctx.principal
+
+
+def _event_row(r: Any) -> Shape:
+    """A ledger row with what an auditor looks for: the decision and the candidates."""
+    row: Shape = {"Seq": int(r.seq), "Hash": r.hash, "Time": r.time, "Operation": r.operation,
+                  "Principal": r.principal, "CollectionId": r.collection,
+                  "Purpose": r.purpose, "CaseReference": r.case_ref, "Outcome": r.outcome,
+                  "Decision": None, "CandidateIds": [], "Rule": None}
+    try:
+        body = json.loads(r.body)
+    except ValueError:
+        return row
+    if not isinstance(body, dict):
+        return row
+    result = body.get("result") or {}
+    params = body.get("params") or {}
+    row["Rule"] = body.get("rule")
+    if r.operation == "ReviewCandidate":
+        row["Decision"] = params.get("decision")
+        row["Status"] = result.get("status")
+        cid = params.get("candidate_id") or result.get("candidate_id")
+        row["CandidateIds"] = [cid] if cid else []
+    elif r.operation == "ViewCandidate":
+        cid = result.get("candidate_id")
+        row["CandidateIds"] = [cid] if cid else []
+    else:
+        row["CandidateIds"] = list(result.get("held_for_review") or [])
+    return row
 
 
 def _group_rows(coverage: Any) -> list[Shape]:
-    """One row per group the calibration measured: people, pairs, whether the promise covers
-    it, and the group's own FMR at the shipped 99.9 / 99.99 / 99.999 thresholds."""
+    """One row per group the calibration measured: people, impostor pairs, whether the
+    published rate covers it, and at each shipped threshold the group's own false matches
+    (count of pairs), rate and 95% Wilson interval. Tables of format 4 and later measure
+    groups on held-out people and decide coverage per threshold ("covered", "not shown",
+    "broken"); older ones decided it per group."""
     if not isinstance(coverage, Mapping):
         return []
+    held = coverage.get("held_out")
+    per_threshold = isinstance(held, Mapping)
+    groups = held.get("groups", []) if isinstance(held, Mapping) else coverage.get("groups", [])
     rows: list[Shape] = []
-    for g in coverage.get("groups", []):
-        row: Shape = {"Group": g["group"], "People": g["images"],
-                      "Impostor pairs": g["impostor_pairs"],
-                      "Covered": ("yes" if g["covered"] else "no")
-                      + (f" (through {g['covered_through']})" if g.get("covered_through") else "")}
-        for t in g.get("at_thresholds", []):
-            row[f"FMR at {t['similarity']:g}"] = (f"{t['fmr']:.1e} ({t['impostor_matches']} of "
-                                                   f"{g['impostor_pairs']:,})")
-        rows.append(row)
+    for g in groups:
+        pairs = int(g["impostor_pairs"])
+        points = []
+        for t in g.get("thresholds" if per_threshold else "at_thresholds", []):
+            k = int(t["impostor_matches"])
+            lo, hi = wilson_interval(k, pairs)
+            low = 0.0 if k == 0 else float(lo)  # (not 1e-19 from rounding)
+            promised = float(t.get("promised_fmr", 1.0 - float(t["similarity"]) / 100.0))
+            raw = t.get("fmr")
+            fmr = float(raw.get("value") or 0.0) if isinstance(raw, Mapping) else float(raw or 0.0)
+            status = str(t["status"]) if per_threshold else ("covered" if g["covered"] else "not covered")
+            points.append({"Similarity": float(t["similarity"]),
+                           "PromisedFalseMatchRate": promised,
+                           "FalseMatches": k, "FalseMatchRate": fmr,
+                           "Low": low, "High": float(hi), "Status": status,
+                           # above the promise beyond chance: the whole interval is above it
+                           "AbovePromise": low > promised,
+                           "PointAbovePromise": fmr > promised})
+        covered = all(p["Status"] == "covered" for p in points) if per_threshold else bool(g["covered"])
+        rows.append({"Group": g["group"], "People": int(g["people"] if per_threshold else g["images"]),
+                     "ImpostorPairs": pairs, "Covered": covered, "HeldOut": per_threshold,
+                     "CoveredThrough": g.get("covered_through"), "AtThresholds": points})
     return rows

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +97,9 @@ faces = sa.Table(
     sa.Column("image_sha256", sa.String(64), nullable=True),
     # the five landmarks as JSON [[type, x, y], ...] ratios of the image (NULL: not recorded)
     sa.Column("landmarks", sa.Text, nullable=True),
+    # the detector's pose and quality of the face as JSON {"Pose": {...}, "Quality": {...}}
+    # (NULL: not recorded), shown to a reviewer beside the face
+    sa.Column("detail", sa.Text, nullable=True),
     sa.Index("ix_fl_faces_collection_face", "collection_pk", "face_id", unique=True),
     sa.Index("ix_fl_faces_collection_image_sha256", "collection_pk", "image_sha256"),
     sa.Index("ix_fl_faces_collection_version", "collection_pk", "added_version"),
@@ -159,6 +162,7 @@ class NewFace:
     embedding: NDArray[np.float32]
     image_sha256: str | None = None
     landmarks: tuple[tuple[str, float, float], ...] = ()
+    detail: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,7 @@ class FaceRow:
     embedding: NDArray[np.float32] | None = None
     image_sha256: str | None = None
     landmarks: tuple[tuple[str, float, float], ...] = ()
+    detail: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,7 @@ _FACE_COLUMNS = (
     users.c.user_id,
     faces.c.image_sha256,
     faces.c.landmarks,
+    faces.c.detail,
 )
 
 
@@ -255,6 +261,7 @@ def _face(row: Any, with_embedding: bool) -> FaceRow:
         embedding=bytes_vector(row.embedding) if with_embedding else None,
         image_sha256=row.image_sha256,
         landmarks=_landmarks(row.landmarks),
+        detail=json.loads(row.detail) if row.detail else None,
     )
 
 
@@ -414,6 +421,7 @@ class Catalog:
                     embedding=vector_bytes(f.embedding),
                     image_sha256=f.image_sha256,
                     landmarks=json.dumps([list(p) for p in f.landmarks]) if f.landmarks else None,
+                    detail=json.dumps(dict(f.detail)) if f.detail else None,
                 )
             )
             keys.append(_inserted_pk(res))

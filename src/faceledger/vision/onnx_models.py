@@ -99,6 +99,7 @@ class OnnxMmodDetector:
 
     name = "cnn"
     native_min_face = 80
+    tight_boxes = True
 
     def __init__(self, cache_dir: Path, threads: int = 1) -> None:
         dat = Path(_dlib_model_path("mmod_human_face_detector.dat"))

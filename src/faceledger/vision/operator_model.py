@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from ..errors import ResourceNotReadyException
 from ..imaging import file_sha256
 from ..model_versions import operator_version
+from .align import similarity_transform
 from .onnx_models import DlibChipper, ort_session
 from .types import Box, Landmarks5, RGBImage
 
@@ -119,24 +120,9 @@ def arcface_align(pixels: RGBImage, landmarks: Landmarks5, size: tuple[int, int]
     dst = ARCFACE_TEMPLATE * np.array([w / 112.0, h / 112.0], dtype=np.float32)
     m, _ = cv2.estimateAffinePartial2D(landmarks.astype(np.float32), dst, method=cv2.LMEDS)
     if m is None:  # degenerate landmarks: fall back to the exact least-squares fit
-        m = _umeyama(landmarks.astype(np.float64), dst.astype(np.float64))
+        m = similarity_transform(landmarks.astype(np.float64), dst.astype(np.float64))
     out = cv2.warpAffine(pixels, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     return np.asarray(out, dtype=np.uint8)
-
-
-def _umeyama(src: NDArray[np.float64], dst: NDArray[np.float64]) -> NDArray[np.float64]:
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s, d = src - mu_s, dst - mu_d
-    cov = d.T @ s / len(src)
-    u, sig, vt = np.linalg.svd(cov)
-    sign = np.eye(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[1, 1] = -1
-    r = u @ sign @ vt
-    var = (s**2).sum() / len(src)
-    scale = float(np.trace(np.diag(sig) @ sign) / var) if var > 0 else 1.0
-    t = mu_d - scale * r @ mu_s
-    return np.hstack([scale * r, t[:, None]])
 
 
 class OnnxModelEmbedder:

@@ -148,12 +148,13 @@ class FacePipeline:
                 continue
             lm = None if d.landmarks is None else (d.landmarks / scale).astype(np.float32)
             out.append(replace(d, box=box, landmarks=lm))
-        out = self.check_faces(pixels, out)
+        out = self.check_faces(pixels, out, detector)
         # Largest first; HOG boxes come in quantized sizes, so break ties by confidence.
         out.sort(key=lambda d: (d.box.area, d.confidence), reverse=True)
         return out
 
-    def check_faces(self, pixels: RGBImage, detections: list[Detection]) -> list[Detection]:
+    def check_faces(self, pixels: RGBImage, detections: list[Detection],
+                    detector: Detector | None = None) -> list[Detection]:
         """Give each detection ONet's face probability (and landmarks, where its detector has
         none); keep those whose probability reaches `Settings.min_face_probability`.
 
@@ -167,13 +168,14 @@ class FacePipeline:
         if not detections:
             return []
         placed, probabilities = self.landmarker.landmarks_and_face_probabilities(
-            pixels, [d.box for d in detections]
+            pixels, [d.box for d in detections], (detector or self.detector).tight_boxes
         )
         checked = [
             replace(
                 d,
                 landmarks=lm if d.landmarks is None else d.landmarks,
                 face_probability=float(p),
+                check_landmarks=lm,
             )
             for d, lm, p in zip(detections, placed, probabilities)
         ]
@@ -206,7 +208,9 @@ class FacePipeline:
                     box=d.box,
                     confidence=round(float(d.confidence), 4),
                     landmarks=lm,
-                    pose=estimate_pose(lm),
+                    # Pose from ONet's points: YuNet's (used to align, where they measure
+                    # better) follow a rolled face only ~70% of the way (20 deg reads as 14).
+                    pose=estimate_pose(lm if d.check_landmarks is None else d.check_landmarks),
                     quality=measure_quality(pixels, d.box),
                     embedding=None if vectors is None else vectors[i],
                     face_probability=d.face_probability,
@@ -223,5 +227,6 @@ class FacePipeline:
         embedder = self.embedder_for(model_version)
         with self._lock:
             if landmarks is None and embedder.needs_landmarks:
-                landmarks = self.landmarker.landmarks(pixels, boxes)
+                tight = self.detector_for(model_version).tight_boxes
+                landmarks = self.landmarker.landmarks(pixels, boxes, tight)
             return embedder.embed(pixels, boxes, landmarks)

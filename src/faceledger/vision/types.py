@@ -71,6 +71,9 @@ class Detection:
     confidence: float
     landmarks: Landmarks5 | None = None
     face_probability: float | None = None
+    # ONet's five points on the box (set by the check): what Pose is computed from, since
+    # YuNet's own points understate in-plane rotation (docs/accuracy.md, "Detector").
+    check_landmarks: Landmarks5 | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,9 @@ class Detector(Protocol):
     name: str
     # Smallest face side (px) the model finds reliably at scale 1; the pipeline upsamples to it.
     native_min_face: int
+    # dlib's detectors draw tight boxes (brows to chin); YuNet and MTCNN looser, square-ish
+    # ones. ONet places landmarks on a square grown from a tight box, on the box itself else.
+    tight_boxes: bool
 
     def detect(self, pixels: RGBImage) -> list[Detection]: ...
 
@@ -117,10 +123,10 @@ class Detector(Protocol):
 class Landmarker(Protocol):
     """Places Rekognition's five landmarks inside given face boxes."""
 
-    def landmarks(self, pixels: RGBImage, boxes: list[Box]) -> list[Landmarks5]: ...
+    def landmarks(self, pixels: RGBImage, boxes: list[Box], tight_boxes: bool = True) -> list[Landmarks5]: ...
 
     def landmarks_and_face_probabilities(
-        self, pixels: RGBImage, boxes: list[Box]
+        self, pixels: RGBImage, boxes: list[Box], tight_boxes: bool = True
     ) -> tuple[list[Landmarks5], NDArray[np.float32]]:
         """The five landmarks of each box and the probability (0-1) that it holds a face."""
         ...

@@ -30,6 +30,8 @@ class YunetDetector:
     # The stride-8 grid finds faces down to ~10 px; 16 px is where recall is still high on
     # WIDER FACE's hard set, so images are upsampled until `min_face_px` reaches it.
     native_min_face = 16
+    # WIDER FACE-style boxes (forehead to chin), not dlib's brows-to-chin ones
+    tight_boxes = False
 
     def __init__(
         self,

@@ -1,8 +1,13 @@
-// Review page: check each opened photo's SHA-256 against the hash the ledger recorded, and draw
-// the face aligned (eyes level) with its recorded box and landmarks. The photo stays in this
-// page: it is read from the file input, hashed with crypto.subtle and drawn on a canvas; it is
-// never uploaded (the inputs are outside the decision form and have no name).
+// Review page: check each opened photo's SHA-256 against the hash the ledger recorded, then draw
+// both faces side by side at the same scale (eyes level, the same eye distance), with zoom, an
+// original-resolution mode and overlays that can be hidden. The photo stays in this page: it is
+// read from the file input, hashed with crypto.subtle and drawn on a canvas; it is never
+// uploaded (the file inputs are outside the decision form and have no name). Only the verified
+// hashes go into the form, and the service checks them against the ledger again.
 "use strict";
+
+const state = { probe: null, enrolled: null };  // {bitmap, geometry, sha}
+const view = { zoom: 1, original: false, overlay: true };
 
 function hex(buffer) {
   return Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
@@ -12,73 +17,132 @@ function landmark(geometry, type) {
   return (geometry.Landmarks || []).find((l) => l.Type === type);
 }
 
-function draw(canvas, bitmap, geometry) {
+function geometryPx(item) {
+  const { bitmap, geometry } = item;
+  const iw = bitmap.width, ih = bitmap.height, box = geometry.BoundingBox;
+  const out = { iw, ih };
+  if (box) {
+    out.box = { x: box.Left * iw, y: box.Top * ih, w: box.Width * iw, h: box.Height * ih };
+  }
+  const le = landmark(geometry, "eyeLeft"), re = landmark(geometry, "eyeRight");
+  if (le && re) {
+    out.eyes = { lx: le.X * iw, ly: le.Y * ih, rx: re.X * iw, ry: re.Y * ih };
+    out.eyeDistance = Math.hypot(out.eyes.rx - out.eyes.lx, out.eyes.ry - out.eyes.ly);
+    out.roll = Math.atan2(out.eyes.ry - out.eyes.ly, out.eyes.rx - out.eyes.lx);
+  }
+  return out;
+}
+
+function draw(canvas, item, which) {
   const ctx = canvas.getContext("2d");
   const W = canvas.width, H = canvas.height;
-  const iw = bitmap.width, ih = bitmap.height;
-  const box = geometry.BoundingBox;
   ctx.setTransform(1, 0, 0, 1, 0, 0);
   ctx.fillStyle = "#222";
   ctx.fillRect(0, 0, W, H);
-  if (!box) {
-    const s = Math.min(W / iw, H / ih);
-    ctx.drawImage(bitmap, (W - iw * s) / 2, (H - ih * s) / 2, iw * s, ih * s);
-    return "no face box was recorded: whole photo shown";
+  if (!item) {
+    ctx.fillStyle = "#ddd";
+    ctx.font = "24px system-ui, sans-serif";
+    ctx.textAlign = "center";
+    ctx.fillText(`Open the ${which} photo below`, W / 2, H / 2);
+    ctx.fillText("(its hash is checked first)", W / 2, H / 2 + 34);
+    return;
   }
-  const bx = box.Left * iw, by = box.Top * ih, bw = box.Width * iw, bh = box.Height * ih;
-  const le = landmark(geometry, "eyeLeft"), re = landmark(geometry, "eyeRight");
-  let cx = bx + bw / 2, cy = by + bh / 2, angle = 0, scale = (0.6 * W) / Math.max(bw, bh);
-  let how = "cropped to the recorded box (no landmarks recorded)";
-  if (le && re) {
-    const lx = le.X * iw, ly = le.Y * ih, rx = re.X * iw, ry = re.Y * ih;
-    angle = Math.atan2(ry - ly, rx - lx);
-    // eyes level, 30% of the width apart, a third from the top
-    const eyes = Math.hypot(rx - lx, ry - ly);
-    scale = (0.3 * W) / Math.max(eyes, 1);
-    const mx = (lx + rx) / 2, my = (ly + ry) / 2;
-    const dy = (0.5 - 0.38) * H / scale;  // move the eye midpoint above the centre
+  const g = geometryPx(item);
+  let cx = g.iw / 2, cy = g.ih / 2, angle = 0, scale = Math.min(W / g.iw, H / g.ih);
+  if (g.eyes) {
+    angle = g.roll;
+    // the same eye distance on both canvases: the same scale for the two faces
+    scale = (0.3 * W) / Math.max(g.eyeDistance, 1);
+    const mx = (g.eyes.lx + g.eyes.rx) / 2, my = (g.eyes.ly + g.eyes.ry) / 2;
+    const dy = (0.5 - 0.38) * H / scale;
     cx = mx - Math.sin(angle) * dy;
     cy = my + Math.cos(angle) * dy;
-    how = "aligned on the recorded landmarks (eyes level)";
+  } else if (g.box) {
+    scale = (0.6 * W) / Math.max(g.box.w, g.box.h);
+    cx = g.box.x + g.box.w / 2;
+    cy = g.box.y + g.box.h / 2;
   }
+  if (view.original) { scale = 1; angle = 0; }
+  scale *= view.zoom;
   ctx.translate(W / 2, H / 2);
   ctx.scale(scale, scale);
   ctx.rotate(-angle);
   ctx.translate(-cx, -cy);
-  ctx.drawImage(bitmap, 0, 0);
-  ctx.lineWidth = 2 / scale;
-  ctx.strokeStyle = "#ffd400";
-  ctx.strokeRect(bx, by, bw, bh);
-  ctx.fillStyle = "#00e5ff";
-  for (const l of geometry.Landmarks || []) {
-    ctx.beginPath();
-    ctx.arc(l.X * iw, l.Y * ih, 3 / scale, 0, 2 * Math.PI);
-    ctx.fill();
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(item.bitmap, 0, 0);
+  if (view.overlay) {
+    ctx.lineWidth = 1.5 / scale;
+    ctx.strokeStyle = "#ffd400";
+    if (g.box) ctx.strokeRect(g.box.x, g.box.y, g.box.w, g.box.h);
+    ctx.strokeStyle = "#00e5ff";
+    for (const l of item.geometry.Landmarks || []) {
+      // small rings beside the point, so the feature itself stays visible
+      ctx.beginPath();
+      ctx.arc(l.X * g.iw, l.Y * g.ih, 4 / scale, 0, 2 * Math.PI);
+      ctx.stroke();
+    }
   }
   ctx.setTransform(1, 0, 0, 1, 0, 0);
-  return how;
 }
 
-const verified = {};
+function describe(which, item, figure) {
+  const line = figure.querySelector(".facts-line");
+  const g = geometryPx(item);
+  const parts = [`photo ${g.iw}×${g.ih} px`];
+  if (g.box) parts.push(`face ${Math.round(g.box.w)}×${Math.round(g.box.h)} px`);
+  if (g.eyeDistance) parts.push(`eyes ${Math.round(g.eyeDistance)} px apart`);
+  let pose = null, quality = null;
+  try { pose = JSON.parse(line.dataset.pose || "null"); } catch (e) { pose = null; }
+  try { quality = JSON.parse(line.dataset.quality || "null"); } catch (e) { quality = null; }
+  if (pose) {
+    parts.push(`pose yaw ${pose.Yaw.toFixed(0)}°, pitch ${pose.Pitch.toFixed(0)}°, roll ${pose.Roll.toFixed(0)}°`);
+  } else if (g.roll !== undefined) {
+    parts.push(`roll ${(g.roll * 180 / Math.PI).toFixed(0)}° (from the eyes; yaw and pitch not recorded)`);
+  }
+  if (quality) {
+    parts.push(`sharpness ${quality.Sharpness.toFixed(0)}, brightness ${quality.Brightness.toFixed(0)}`);
+  }
+  line.textContent = parts.join(" · ");
+  const canvas = figure.querySelector("canvas");
+  canvas.setAttribute("aria-label", `${which} face, ${parts.slice(0, 2).join(", ")}`);
+}
 
-function updateConfirm() {
-  const confirm = document.querySelector('input[name="decision"][value="CONFIRM"]');
-  if (!confirm) return;
-  const ok = verified.probe && verified.enrolled;
-  confirm.disabled = !ok;
-  const label = confirm.closest("label");
-  if (label) label.title = ok ? "" : "Open both photos (hashes checked) before confirming";
+function redraw() {
+  for (const figure of document.querySelectorAll(".compare figure")) {
+    draw(figure.querySelector("canvas"), state[figure.dataset.which], figure.dataset.which);
+  }
+}
+
+function updateForm() {
+  const ok = Boolean(state.probe && state.enrolled);
+  for (const input of document.querySelectorAll("input[data-needs-photos]")) {
+    input.disabled = !ok;
+    if (!ok && input.checked) input.checked = false;
+  }
+  const probe = document.getElementById("probe-sha256");
+  const enrolled = document.getElementById("enrolled-sha256");
+  if (probe) probe.value = state.probe ? state.probe.sha : "";
+  if (enrolled) enrolled.value = state.enrolled ? state.enrolled.sha : "";
+  const why = document.getElementById("why-disabled");
+  if (why) {
+    why.textContent = ok
+      ? "Both photos match the ledger: their SHA-256 go with your decision."
+      : "\"Same person\" and \"Inconclusive\" are offered once both photos are open and their hashes match the ledger (" +
+        (state.probe ? "probe ✓" : "probe not yet") + ", " + (state.enrolled ? "enrolled ✓" : "enrolled not yet") + ").";
+  }
 }
 
 async function check(section, file) {
   const status = section.querySelector(".check");
-  const canvas = section.querySelector("canvas");
   const expected = (section.dataset.expected || "").toLowerCase();
   const which = section.dataset.which;
-  verified[which] = false;
-  updateConfirm();
-  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  const figure = document.querySelector(`.compare figure[data-which="${which}"]`);
+  state[which] = null;
+  updateForm();
+  redraw();
   section.classList.remove("good", "refused");
+  figure.classList.remove("good");
+  figure.querySelector(".facts-line").textContent = "not opened yet";
   if (!window.crypto || !window.crypto.subtle) {
     status.textContent = "This browser cannot hash files here (the console needs HTTPS or localhost).";
     section.classList.add("refused");
@@ -92,8 +156,8 @@ async function check(section, file) {
     return;
   }
   if (actual !== expected) {
-    status.textContent = "Refused: this file's SHA-256 is " + actual +
-      ", not the recorded " + expected + ". It is not the photo the ledger recorded.";
+    status.textContent = `Refused: “${file.name}” has SHA-256 ${actual.slice(0, 12)}…; the expected file is ` +
+      `${section.dataset.label}, whose SHA-256 starts ${expected.slice(0, 12)}. Open that file instead.`;
     section.classList.add("refused");
     return;
   }
@@ -107,11 +171,13 @@ async function check(section, file) {
     section.classList.add("refused");
     return;
   }
-  const how = draw(canvas, bitmap, geometry);
-  status.textContent = "SHA-256 matches the ledger (" + actual.slice(0, 16) + "…); face " + how + ".";
+  state[which] = { bitmap, geometry, sha: actual };
+  status.textContent = `SHA-256 matches the ledger (${actual.slice(0, 12)}…).`;
   section.classList.add("good");
-  verified[which] = true;
-  updateConfirm();
+  figure.classList.add("good");
+  describe(which === "probe" ? "Probe" : "Enrolled", state[which], figure);
+  redraw();
+  updateForm();
 }
 
 for (const section of document.querySelectorAll("section.face")) {
@@ -120,4 +186,17 @@ for (const section of document.querySelectorAll("section.face")) {
     if (input.files && input.files[0]) check(section, input.files[0]);
   });
 }
-updateConfirm();
+const viewer = document.getElementById("viewer");
+if (viewer) viewer.hidden = false;  // without this script the viewer could show nothing
+const zoom = document.getElementById("zoom");
+if (zoom) {
+  zoom.addEventListener("input", () => {
+    view.zoom = Number(zoom.value);
+    document.getElementById("zoom-out").textContent = `${view.zoom}×`;
+    redraw();
+  });
+  document.getElementById("original").addEventListener("change", (e) => { view.original = e.target.checked; redraw(); });
+  document.getElementById("overlay").addEventListener("change", (e) => { view.overlay = e.target.checked; redraw(); });
+}
+redraw();
+updateForm();
