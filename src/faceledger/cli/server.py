@@ -9,6 +9,7 @@ import webbrowser
 import click
 
 from ..db import make_engine
+from ..permissions import private_data_dir
 from ..server.app import DEV_BANNER
 from ..server.keys import ROLES, KeyStore, KeyStoreError
 from ..server.protocol import model_operations
@@ -105,12 +106,13 @@ def keys() -> None:
     """API keys for the HTTP server (access key id + secret, SigV4)."""
 
 
-def _store(create_kek: bool = False, service: FaceService | None = None) -> KeyStore:
+def _store(create_kek: bool = False, service: FaceService | None = None,
+           need_kek: bool = False) -> KeyStore:
     settings = Settings() if service is None else service.settings
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(settings.data_dir)  # owner-only, even when `keys create` runs first
     engine = make_engine(settings.resolved_database_url()) if service is None else service.engine
     try:
-        return KeyStore.open(settings, engine, create_kek=create_kek)
+        return KeyStore.open(settings, engine, create_kek=create_kek, need_kek=need_kek)
     except KeyStoreError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -138,7 +140,7 @@ def keys_create(name: str, operations: tuple[str, ...], collections: tuple[str, 
                 rate: float | None, admin: bool, roles: tuple[str, ...], as_json: bool) -> None:
     """Issue a key named NAME; its secret is printed once and cannot be shown again."""
     service = FaceService(Settings())  # for its audit hook: no model is loaded
-    store = _store(create_kek=True, service=service)
+    store = _store(create_kek=True, service=service, need_kek=True)
     # logged in the ledger in the same transaction as the key (never the secret)
     with service.audit("CreateAccessKey", request_context(), uses_model=False) as op:
         issued = store.create(

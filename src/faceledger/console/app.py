@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 import io
 import json
-import logging
 import secrets
 import tempfile
 import uuid
@@ -41,8 +40,9 @@ from ..server.keys import KeyStore
 from ..service import FaceService
 from .charts import calibration_chart
 from .sessions import Session, SessionStore
+from ..text import logger
 
-log = logging.getLogger("faceledger.console")
+log = logger("faceledger.console")
 
 PREFIX = "/console"
 SESSION_COOKIE = "fl_console"

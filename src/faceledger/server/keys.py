@@ -19,7 +19,6 @@ import base64
 import binascii
 import hashlib
 import json
-import logging
 import os
 import secrets
 import stat
@@ -53,11 +52,11 @@ from sqlalchemy import (
 from ..db import add_missing_columns, create_tables
 from ..errors import InvalidParameterException, ResourceNotFoundException
 from ..permissions import private_dir
-from ..text import shown
+from ..text import logger, shown
 from ..settings import Settings
 from .sigv4 import signing_key
 
-log = logging.getLogger("faceledger.server")
+log = logger("faceledger.server")
 
 KEY_ID_PREFIX = "FLK"
 # Console roles: reviewers decide review candidates, auditors read the ledger and reports,
@@ -197,6 +196,31 @@ def write_kek_file(path: Path, kek: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def kek_location(settings: Settings) -> str:
+    """Where this configuration reads its KEK from, for messages."""
+    if settings.key_encryption_key is not None:
+        return "FACELEDGER_KEY_ENCRYPTION_KEY"
+    return str(settings.key_encryption_key_file or settings.config_dir / KEK_FILE_NAME)
+
+
+def _unopenable(settings: Settings, kek: bytes | None, sealed: dict[str, int]) -> str:
+    """One line: why this KEK cannot serve the sealed secrets, and what to do."""
+    total = sum(sealed.values())
+    under = ", ".join(sorted(sealed))
+    where = kek_location(settings)
+    pending = None if settings.key_encryption_key is not None else Path(f"{where}.next")
+    if pending is not None and pending.exists():
+        hint = (f"a key rotation was interrupted ({pending} exists): run `faceledger keys "
+                "rotate-kek` to finish it")
+    else:
+        hint = "restore the key-encryption key that sealed them (see SECURITY.md, backups)"
+    if kek is None:
+        return (f"the key-encryption key is missing ({where}) but {total} API secret(s) are "
+                f"sealed under KEK {under}; {hint}. Refusing to start with a new key")
+    return (f"the key-encryption key {where} (KEK {kek_fingerprint(kek)}) opens none of the "
+            f"{total} sealed API secret(s) (KEK {under}); {hint}")
+
+
 def _decode_kek(text: str, where: str) -> bytes:
     try:
         kek = base64.b64decode(text, validate=True)
@@ -248,8 +272,30 @@ class KeyStore:
         add_missing_columns(engine, metadata)  # roles, on databases made before it
 
     @classmethod
-    def open(cls, settings: Settings, engine: Engine, *, create_kek: bool = False) -> KeyStore:
-        return cls(engine, load_kek(settings, create=create_kek))
+    def open(cls, settings: Settings, engine: Engine, *, create_kek: bool = False,
+             need_kek: bool = True) -> KeyStore:
+        """The store with its KEK (with `create_kek`, a new one if there is none and no secret
+        is sealed yet). With `need_kek` (serving, issuing keys), a store whose sealed secrets
+        this KEK cannot open is refused in one line (KeyStoreError): a missing KEK is never
+        silently replaced by a new one, and a server never starts refusing every key."""
+        store = cls(engine, None)
+        kek = load_kek(settings, create=False)
+        sealed = store.sealed_kek_ids() if (need_kek or create_kek) else {}
+        if kek is None and not sealed and create_kek:
+            kek = load_kek(settings, create=True)
+        elif sealed and (kek is None or kek_fingerprint(kek) not in sealed):
+            raise KeyStoreError(_unopenable(settings, kek, sealed))
+        store._kek = kek
+        return store
+
+    def sealed_kek_ids(self) -> dict[str, int]:
+        """How many secrets each KEK (by fingerprint) has sealed."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(api_keys.c.kek_id)).scalars().all()
+        counts: dict[str, int] = {}
+        for kek_id in rows:
+            counts[str(kek_id)] = counts.get(str(kek_id), 0) + 1
+        return counts
 
     def create(
         self,

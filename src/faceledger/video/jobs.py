@@ -16,7 +16,6 @@ pages of a finished job never change.
 from __future__ import annotations
 
 import json
-import logging
 import queue
 import threading
 import time
@@ -27,8 +26,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
+from ..text import logger
 
-log = logging.getLogger("faceledger.video")
+log = logger("faceledger.video")
 
 IN_PROGRESS, SUCCEEDED, FAILED = "IN_PROGRESS", "SUCCEEDED", "FAILED"
 

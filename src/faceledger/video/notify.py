@@ -8,14 +8,14 @@ LocalStack. A request naming a channel on a server without an endpoint is refuse
 from __future__ import annotations
 
 import json
-import logging
 import time
 from typing import Any
 
 from ..errors import InvalidParameterException
 from ..settings import Settings
+from ..text import logger
 
-log = logging.getLogger("faceledger.video")
+log = logger("faceledger.video")
 
 
 def check_channel(channel: Any, settings: Settings) -> dict[str, str] | None:
