@@ -85,6 +85,8 @@ api_keys = Table(
     Column("admin", Boolean, nullable=False, default=False),
     # console roles (JSON list of ROLES); NULL for keys made before roles existed: none
     Column("roles", Text, nullable=True),
+    # SNS topics (ARNs or globs, JSON list) this key's video jobs may notify; NULL: none
+    Column("sns_topics", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
@@ -107,6 +109,7 @@ class KeyInfo:
     revoked_at: datetime | None
     admin: bool = False
     roles: tuple[str, ...] = ()
+    sns_topics: tuple[str, ...] = ()
 
     @property
     def console_roles(self) -> frozenset[str]:
@@ -308,6 +311,7 @@ class KeyStore:
         roles: Iterable[str] = (),
         known_operations: Sequence[str] | None = None,
         conn: Connection | None = None,
+        sns_topics: Iterable[str] = (),
     ) -> IssuedKey:
         """A new key with these permissions; the returned secret is shown once. With `conn`,
         inside that open transaction (the ledger logs the change in it)."""
@@ -318,6 +322,9 @@ class KeyStore:
             raise InvalidParameterException("a key name of 1 to 128 characters is required")
         ops = check_patterns(operations, known_operations, "operation")
         cols = check_patterns(collections, None, "collection")
+        topics = tuple(sorted({t.strip() for t in sns_topics if t.strip()}))
+        if topics:
+            check_patterns(topics, None, "SNS topic")
         role_list = tuple(sorted({r.strip() for r in roles if r.strip()}))
         unknown = [r for r in role_list if r not in ROLES]
         if unknown:
@@ -337,10 +344,10 @@ class KeyStore:
                     access_key_id=key_id, name=name, sealed_secret=sealed,
                     kek_id=kek_fingerprint(self._kek), operations=json.dumps(ops),
                     collections=json.dumps(cols), rate_limit=rate_limit, admin=admin,
-                    roles=json.dumps(role_list), created_at=now,
+                    roles=json.dumps(role_list), sns_topics=json.dumps(topics), created_at=now,
                 )
             )
-        info = KeyInfo(key_id, name, ops, cols, rate_limit, now, None, admin, role_list)
+        info = KeyInfo(key_id, name, ops, cols, rate_limit, now, None, admin, role_list, topics)
         return IssuedKey(info, secret)
 
     def list(self) -> list[KeyInfo]:
@@ -454,4 +461,5 @@ class KeyStore:
             revoked_at=_as_utc(r["revoked_at"]),
             admin=bool(r["admin"]),
             roles=tuple(json.loads(r["roles"])) if r.get("roles") else (),
+            sns_topics=tuple(json.loads(r["sns_topics"])) if r.get("sns_topics") else (),
         )

@@ -146,7 +146,7 @@ class VideoOperations(CollectionOperations):
         ref = video_ref(video)
         tok = m.request_token(token)
         tag = None if job_tag is None else m.match(job_tag, JOB_TAG, "JobTag")
-        chan = check_channel(channel, self.settings)
+        chan = check_channel(channel, self.settings, ctx)
         params = {"Video": ref, "CollectionId": collection, "JobTag": tag,
                   "NotificationChannel": chan, **options}
         digest = request_hash(params)
