@@ -39,13 +39,28 @@ def private_dir(path: Path, *, tighten: bool = False) -> Path:
 
 
 def private_data_dir(data_dir: Path) -> Path:
-    """The data directory, created 0700 - or made 0700 if it is open to group or others (it
-    holds templates; an earlier version or a plain `mkdir` may have left it 0755)."""
+    """The data directory, created 0700 - or, with everything under it, made owner-only if an
+    earlier version or a plain `mkdir` left any of it open (0755 folders, 0644 videos)."""
     existed = data_dir.is_dir()
     if existed and stat.S_IMODE(data_dir.stat().st_mode) & 0o077:
         log.warning("the data directory %s was open to other users; made it owner-only (0700)",
                     data_dir)
-    return private_dir(data_dir, tighten=True)
+    private_dir(data_dir, tighten=True)
+    if existed:
+        for root, dirs, files in os.walk(data_dir):
+            for name in dirs:
+                _tighten_quietly(Path(root, name), DIR_MODE)
+            for name in files:
+                _tighten_quietly(Path(root, name), FILE_MODE)
+    return data_dir
+
+
+def _tighten_quietly(path: Path, mode: int) -> None:
+    try:
+        if not path.is_symlink():
+            _tighten(path, mode)
+    except OSError:  # gone meanwhile (a finished job's spool file), or not ours
+        pass
 
 
 def data_subdir(data_dir: Path, name: str) -> Path:

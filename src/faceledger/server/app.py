@@ -225,7 +225,10 @@ class RekognitionApp:
             if entered and not handed_off:
                 self.admission.leave()
         try:
-            await self._respond(send, status, payload, request_id, error_code)
+            # a body left unread (refused, too slow) cannot be followed by another request on
+            # this connection: close it, or a trickle would keep it open for ever
+            await self._respond(send, status, payload, request_id, error_code,
+                                close=not reader.complete)
         finally:
             reader.release()
         log.info("%s %s %s %d %.1fms", request_id, principal, operation, status,
@@ -274,12 +277,14 @@ class RekognitionApp:
             )
 
     def _invoke(self, operation: str, body: bytes, ctx: RequestContext, caller: Caller) -> bytes:
-        """Runs in a worker thread: refuse a replay, validate, authorize collections, call,
+        """Runs in a worker thread: validate, refuse a replay, authorize collections, call,
         render."""
-        if self.replays is not None and caller.signature is not None and \
-                changes_state(operation):
-            self.replays.first_use(caller.signature, caller.expires_at)
         parsed = protocol.parse_input(operation, body)
+        # A request with a ClientRequestToken is idempotent by that token (its repeat gets the
+        # first answer, as in AWS), so only the others are served once per signature.
+        if self.replays is not None and caller.signature is not None and \
+                changes_state(operation) and "ClientRequestToken" not in parsed.members:
+            self.replays.first_use(caller.signature, caller.expires_at)
         key = caller.key
         if key is not None:
             for collection_id in parsed.collection_ids:
@@ -311,7 +316,7 @@ class RekognitionApp:
         return err.status, err.code, protocol.render_output(err.to_wire())
 
     async def _respond(self, send: Send, status: int, payload: bytes, request_id: str,
-                       error_code: str | None) -> None:
+                       error_code: str | None, *, close: bool = False) -> None:
         headers = [
             (b"content-type", protocol.CONTENT_TYPE.encode()),
             (b"content-length", str(len(payload)).encode()),
@@ -321,6 +326,8 @@ class RekognitionApp:
             headers.append((b"x-amzn-errortype", error_code.encode()))
         if self.dev_mode:
             headers.append((b"x-faceledger-dev-mode", b"unauthenticated"))
+        if close:
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 

@@ -71,6 +71,7 @@ class BodyReader:
     timing: BodyTiming
     too_large: Callable[[int], Exception]
     held: int = 0  # bytes taken from the budget: give them back with `release`
+    complete: bool = False  # the whole body was read (else the connection must close)
 
     async def read(self, declared: str | None, receive: Receive) -> bytes:
         """The whole body (Content-Length or chunked alike: bytes are counted as they come)."""
@@ -100,6 +101,7 @@ class BodyReader:
             self.held += len(chunk)
             chunks.append(chunk)
             if not message.get("more_body", False):
+                self.complete = True
                 return b"".join(chunks)
 
     def release(self) -> None:

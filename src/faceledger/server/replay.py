@@ -7,7 +7,8 @@ served, in the database - so every server process and every server on that datab
 the memory - until the signing time leaves the window (after which the signature check refuses
 the request anyway). The table is therefore bounded by the rate of such requests times the
 window. Read-only operations (Detect*, Compare*, Search*, List*, Describe*, Get*) are not
-remembered: repeating one changes nothing.
+remembered: repeating one changes nothing; nor are requests carrying a ClientRequestToken,
+whose repeat is answered like the first (AWS's idempotency, which clients rely on).
 
 An SDK retry is a new signature (it is signed again, with its own time), so retries of a
 request that failed before it was served (throttled, timed out reading) are not affected.
