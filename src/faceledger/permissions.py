@@ -15,6 +15,7 @@ import os
 import stat
 from pathlib import Path
 from typing import BinaryIO
+
 from .text import logger
 
 log = logger("faceledger.permissions")

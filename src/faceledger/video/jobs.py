@@ -26,6 +26,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
+
+from ..db import create_tables
 from ..text import logger
 
 log = logger("faceledger.video")
@@ -124,7 +126,7 @@ class JobStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        metadata.create_all(engine)
+        create_tables(engine, metadata)  # servers starting together race to create them
 
     def insert(self, conn: Connection, row: dict[str, Any]) -> None:
         values = dict(row)
