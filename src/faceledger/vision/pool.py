@@ -13,7 +13,6 @@ fails with InternalServerError and the next call starts a fresh pool.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -28,8 +27,9 @@ from ..errors import InternalServerError
 from ..settings import Settings
 from .pipeline import FacePipeline
 from .types import Box, Embedder, FaceAnalysis, Landmarks5, RGBImage
+from ..text import logger
 
-log = logging.getLogger("faceledger.vision")
+log = logger("faceledger.vision")
 
 # The pipeline of this worker process, made by the pool initializer (models load once there).
 _worker: dict[str, FacePipeline] = {}
