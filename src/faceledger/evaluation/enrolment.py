@@ -102,8 +102,11 @@ def quality_stamp() -> tuple[float, ...]:
 
 def cache_key(settings: Settings, model_version: str) -> str:
     """The directory name that identifies a pipeline configuration's results."""
+    detector: str = settings.detector
+    if detector == "yunet":  # the variant and score bar change which faces are found
+        detector = f"yunet_{settings.yunet_variant}{settings.yunet_score_threshold:g}"
     key = (
-        f"{model_version}/{settings.detector}-min{settings.min_face_px}"
+        f"{model_version}/{detector}-min{settings.min_face_px}"
         f"-max{settings.detect_max_side}-v{CACHE_FORMAT}"
     )
     # Entries made before the face check existed are the check turned off: they keep their key.
