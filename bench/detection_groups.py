@@ -11,6 +11,7 @@ For YuNet it also records ONet's five landmarks on YuNet's box, for the landmark
     python bench/detection_groups.py run --detector yunet_n --set utkface-balanced --set utkface-more
     python bench/detection_groups.py table                # every setting, per group, worst group
     python bench/detection_groups.py landmarks            # YuNet's five points against ONet's
+    python bench/detection_groups.py photos               # YuNet n/s bars on the group photos and extras
 
 Records go to --work (default /tmp/faceledger-detection-groups), one JSON per detector and set.
 """
@@ -205,9 +206,42 @@ def landmarks(work: Path, detector: str, sets: list[str], check: float) -> None:
                 f"{g} {np.mean(v):.3f}/{np.median(v):.3f}" for g, v in sorted(per_group_err.items())))
 
 
+def photos(faces: Path, variants: str) -> None:
+    """YuNet at bars 0.4-0.7, without and with the check, on the 9 labelled group photos (found
+    of 43 at IoU >= 0.5, false faces), dogs.jpg, bald_guys.jpg, Tom Cruise and the astronaut."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from skimage import data
+    from test_detection import labelled_faces, match_counts
+
+    from faceledger.imaging import decode_image
+    from faceledger.settings import Settings
+    from faceledger.vision import FacePipeline
+
+    folder = faces / "detection"
+    truth = labelled_faces(folder)
+    imgs = {f: decode_image((folder / f).read_bytes()).pixels for f in truth}
+    extra = {n: decode_image((folder / n).read_bytes()).pixels
+             for n in ("dogs.jpg", "bald_guys.jpg", "Tom_Cruise_avp_2014_4.jpg")}  # fmt: skip
+    extra["astronaut"] = np.asarray(data.astronaut())  # type: ignore[no-untyped-call]
+    for v in variants:
+        p = FacePipeline(Settings(yunet_variant=v, yunet_score_threshold=YUNET_FLOOR,  # type: ignore[arg-type]
+                                  min_face_probability=0.0))
+        recs = {f: p.detect(px) for f, px in {**imgs, **extra}.items()}
+        for th in (0.4, 0.5, 0.6, 0.7):
+            for chk in (0.0, 0.5):
+                keep = {f: [d for d in r if d.confidence / 100 >= th and (d.face_probability or 0) >= chk]
+                        for f, r in recs.items()}  # fmt: skip
+                tp = fp = 0
+                for f in truth:
+                    a, b, _ = match_counts(truth[f], [d.box for d in keep[f]])
+                    tp, fp = tp + a, fp + b
+                print(f"yunet_{v} bar {th} check {chk}: {tp}/43 found, {fp} false; "
+                      + ", ".join(f"{k} {len(keep[k])}" for k in extra), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("command", choices=["run", "table", "groups", "landmarks"])
+    ap.add_argument("command", choices=["run", "table", "groups", "landmarks", "photos"])
     ap.add_argument("--faces", type=Path, default=DEFAULT_FACES)
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--detector", action="append", default=[])
@@ -224,6 +258,8 @@ def main() -> None:
         print("| setting | all | worst sex x race cell [95%] | worst race [95%] | best race | child | adult |")
         print("|---|---:|---|---|---|---|---|")
         table(args.work, dets, sets)
+    elif args.command == "photos":
+        photos(args.faces, "ns")
     elif args.command == "groups":
         per_group(args.work, args.config, sets)
     else:
