@@ -102,13 +102,14 @@ def quality_stamp() -> tuple[float, ...]:
 
 def cache_key(settings: Settings, model_version: str) -> str:
     """The directory name that identifies a pipeline configuration's results."""
+    detector: str = settings.detector
+    if detector == "yunet":  # the variant and score bar change which faces are found; "c2":
+        # rows carry Confidence as yunet_confidence maps it (not 100 x the score, as before)
+        detector = f"yunet_{settings.yunet_variant}{settings.yunet_score_threshold:g}c2"
     key = (
-        f"{model_version}/{settings.detector}-min{settings.min_face_px}"
+        f"{model_version}/{detector}-min{settings.min_face_px}"
         f"-max{settings.detect_max_side}-v{CACHE_FORMAT}"
     )
-    # YuNet's size and score threshold, where they are not the defaults the key began with
-    if settings.detector == "yunet" and (settings.yunet_variant, settings.yunet_score_threshold) != ("n", 0.6):
-        key += f"-yunet{settings.yunet_variant}{settings.yunet_score_threshold:g}"
     # Entries made before the face check existed are the check turned off: they keep their key.
     if settings.min_face_probability > 0:
         key += f"-onet{settings.min_face_probability:g}"
