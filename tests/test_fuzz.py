@@ -477,3 +477,138 @@ MALFORMED_MPO = (
 def test_fuzz_findings(world: World, operation: str, body: str) -> None:
     response = check(world, operation, body.encode())
     assert response.status_code == 400
+
+
+# --- the console (issue 18): never a 5xx, never a traceback, state unchanged after a refusal ---
+
+CONSOLE_PAGES = ["/console/", "/console/queue", "/console/ledger", "/console/ledger/verify",
+                 "/console/report", "/console/collections"]
+
+
+@dataclass
+class ConsoleClients:
+    url: str
+    clients: dict[str, httpx.Client]  # role -> a signed-in browser
+    csrf: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def console_clients(world: World) -> Iterator[ConsoleClients]:
+    import re
+
+    from faceledger.console import build_console
+
+    svc = world.service
+    app = RekognitionApp(svc, world.keys, svc.settings, warm_up=False,
+                         console=build_console(svc, world.keys))
+    issued = {role: world.keys.create(f"console-{role}", ["*"], ["*"], roles=[role])
+              for role in ("admin", "auditor", "reviewer")}
+    with running(app) as url:
+        clients: dict[str, httpx.Client] = {}
+        csrf: dict[str, str] = {}
+        try:
+            for role, key in issued.items():
+                c = clients[role] = httpx.Client(base_url=url, timeout=60)
+                form = c.get("/console/signin")
+                token = re.search(r'name="csrf" value="([^"]+)"', form.text)
+                assert token is not None
+                done = c.post("/console/signin", data={
+                    "csrf": token.group(1), "access_key_id": key.info.access_key_id,
+                    "secret": key.secret_access_key})
+                assert done.status_code == 303, done.text
+                page = c.get("/console/ledger")
+                found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+                assert found is not None
+                csrf[role] = found.group(1)
+            yield ConsoleClients(url, clients, csrf)
+        finally:
+            for c in clients.values():
+                c.close()
+    app.close()
+
+
+def _segment() -> st.SearchStrategy[str]:
+    """A path segment or query value an attacker would try: numbers past every integer range,
+    digits that are not ASCII, controls, bidi overrides, long text."""
+    return st.one_of(
+        st.integers(-2**70, 2**130).map(str),
+        st.sampled_from(["9" * 30, "²", "٣", "9223372036854775807", "9223372036854775808", "0",
+                         "-1", "Ω-7", "\u202e", "\x1b[31m", "..", "%00", ""]),
+        st.text(max_size=80),
+        st.text(alphabet=st.characters(max_codepoint=0x7f), max_size=300),
+    )
+
+
+@st.composite
+def console_requests(draw: st.DrawFn, csrf: dict[str, str]) -> tuple[str, str, str, Any]:
+    """(role, method, path with query, form or None)."""
+    from urllib.parse import quote, urlencode
+
+    role = draw(st.sampled_from(["admin", "auditor", "reviewer", "anonymous"]))
+    seg = quote(draw(_segment()), safe="")
+    kind = draw(st.sampled_from(["page", "event", "candidate", "collection", "report",
+                                 "export", "decide", "signin", "signout"]))
+    query = urlencode({k: draw(_segment()) for k in draw(st.lists(st.sampled_from(
+        ["before", "from", "to", "operation", "collection", "principal", "case", "outcome",
+         "purpose"]), max_size=4, unique=True))})
+    token = csrf.get(role, "")
+    form_token = draw(st.sampled_from([token, "", "forged"]))
+    if kind == "page":
+        path, method, form = draw(st.sampled_from(CONSOLE_PAGES)), "GET", None
+    elif kind == "event":
+        path, method, form = f"/console/ledger/{seg}", "GET", None
+    elif kind == "candidate":
+        path, method, form = f"/console/candidates/{seg}", "GET", None
+    elif kind == "collection":
+        path, method, form = f"/console/collections/{seg}", "GET", None
+    elif kind == "report":
+        path, method, form = f"/console/report.{seg}", "GET", None
+    elif kind == "export":
+        path, method = "/console/ledger/export", "POST"
+        form = {"csrf": form_token, "case": draw(_segment())}
+    elif kind == "decide":
+        path, method = f"/console/candidates/{seg}", "POST"
+        form = {"csrf": form_token, "decision": draw(st.sampled_from(["CONFIRM", "REJECT", ""])),
+                "reason": draw(st.text(max_size=200))}
+    elif kind == "signin":
+        path, method = "/console/signin", "POST"
+        form = {"csrf": form_token, "access_key_id": draw(_segment()), "secret": draw(_segment())}
+    else:
+        path, method, form = "/console/signout", "POST", {"csrf": form_token}
+    if form is not None and draw(st.booleans()):
+        form["padding"] = "x" * draw(st.sampled_from([10, 70_000]))  # past the 64 KB limit
+    return role, method, path + (f"?{query}" if query and method == "GET" else ""), form
+
+
+def test_the_console_holds_the_invariant(world: World, console_clients: ConsoleClients) -> None:
+    """Every console page and form, fuzzed per role: never a 5xx, never a traceback in the page,
+    and a refused request changes no catalog row and leaves no event but `refused` ones."""
+    anonymous = httpx.Client(base_url=console_clients.url, timeout=60)
+
+    @examples(120)
+    @given(request=console_requests(console_clients.csrf))
+    def run(request: tuple[str, str, str, Any]) -> None:
+        role, method, path, form = request
+        client = console_clients.clients.get(role, anonymous)
+        if role == "anonymous":
+            client.cookies.clear()
+        if path.startswith("/console/signout"):
+            client = anonymous  # keep the role clients signed in
+        before, seq = world.state()
+        response = client.request(method, path, data=form)
+        TALLY.cases += 1
+        TALLY.statuses[response.status_code] = TALLY.statuses.get(response.status_code, 0) + 1
+        if response.status_code >= 500:
+            TALLY.server_errors += 1
+        assert response.status_code < 500, (
+            method, path, form and {k: str(v)[:80] for k, v in form.items()}, response.text[:500])
+        assert "Traceback" not in response.text
+        if response.status_code >= 400:
+            after, _ = world.state()
+            assert after == before, f"{method} {path} was refused but changed the catalog"
+            assert set(world.new_outcomes(seq)) <= {"refused"}, "a refusal left an event"
+
+    try:
+        run()
+    finally:
+        anonymous.close()

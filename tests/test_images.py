@@ -21,7 +21,7 @@ def test_detect_faces_shape(service: FaceService, astronaut_jpeg: bytes) -> None
         botocore.session.get_session().get_service_model("rekognition")
         .operation_model("DetectFaces").output_shape.members
     )
-    # The portrait's face first; HOG also fires, at lower confidence, on the mission patch.
+    # The portrait's face first; any other box (HOG: the mission patch) has lower confidence.
     face = result["FaceDetails"][0]
     assert all(f["Confidence"] < face["Confidence"] for f in result["FaceDetails"][1:])
     assert set(face) <= _shape_members("FaceDetail")

@@ -397,4 +397,4 @@ def test_dlib_models_embed_the_faces_of_their_own_detector(tmp_path: Path) -> No
     assert same.detector_for("1.0") is same.detector
     # evaluation caches of 1.0 keep the directory they had before the numbering
     assert cache_key(Settings(), "1.0").startswith("dlib-resnet-v1/hog-min40-")
-    assert cache_key(Settings(), "2.0").startswith("2.0/yunet-min40-")
+    assert cache_key(Settings(), "2.0").startswith("2.0/yunet_n0.6c2-min40-")

@@ -129,7 +129,7 @@ def _max_distance(both: Both) -> tuple[float, int]:
     worst, compared = 0.0, 0
     for a, b in zip(onnx_e, dlib_e):
         ea, eb = getattr(a, "embedding"), getattr(b, "embedding")
-        assert (ea is None) == (eb is None)  # detection is the same dlib HOG both ways
+        assert (ea is None) == (eb is None)  # detection is the same detector both ways
         if ea is not None:
             worst = max(worst, float(np.linalg.norm(ea.astype(np.float64) - eb)))
             compared += 1

@@ -153,6 +153,9 @@ def test_collection_lifecycle(world: World, faces_dir: Path) -> None:
     assert created["StatusCode"] == 200
     assert c.describe_collection(CollectionId=cid)["FaceCount"] == 0
     assert cid in c.list_collections()["CollectionIds"]
+    # a byte-identical CreateCollection signed in the same second would be the same signature,
+    # refused as a replay (SECURITY.md): a second later it is a new request
+    time.sleep(1.05)
     with pytest.raises(ClientError) as exc:
         c.create_collection(CollectionId=cid)
     assert code_of(exc) == "ResourceAlreadyExistsException"

@@ -25,12 +25,19 @@ class RequestContext:
     # Collections the caller may name (ids or globs; HTTP and console: the key's). Listing
     # operations show only these, and pagination tokens never lead past them.
     collections: tuple[str, ...] = ("*",)
+    # SNS topics (ARNs or globs) the caller's video jobs may notify (HTTP: the key's, none by
+    # default; NotificationChannel.RoleArn is not an authorisation faceledger can check).
+    sns_topics: tuple[str, ...] = ("*",)
 
     def has_role(self, *roles: str) -> bool:
         """Whether this caller holds one of `roles` (always, when not role-restricted)."""
         if self.roles is None or self.admin or "admin" in self.roles:
             return True
         return any(r in self.roles for r in roles)
+
+    def may_notify(self, topic_arn: str) -> bool:
+        """Whether the caller may have a job's completion published to `topic_arn`."""
+        return any(fnmatchcase(topic_arn, p) for p in self.sns_topics)
 
     def may_name(self, collection_id: str) -> bool:
         """Whether the caller may name (and so see) `collection_id`."""

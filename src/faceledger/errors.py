@@ -22,13 +22,15 @@
     │   ├── VideoTooLargeException        (stored video over the size or duration limit)
     │   ├── LimitExceededException        (too many video jobs in progress)
     │   ├── UnknownOperationException     (no such operation on this server: AWS's JSON code)
-    │   └── SerializationException        (body is not JSON, or a member has the wrong JSON type)
+    │   ├── SerializationException        (body is not JSON, or a member has the wrong JSON type)
+    │   └── RequestTimeoutException       (HTTP 408: the body arrived too slowly)
     ├── AuthError                         (HTTP 403: SigV4 failures, AWS's own codes)
     │   ├── UnrecognizedClientException
     │   ├── InvalidSignatureException
     │   ├── IncompleteSignatureException
     │   ├── MissingAuthenticationTokenException
-    │   └── ExpiredTokenException (request expired, "InvalidSignatureException" on the wire)
+    │   ├── ExpiredTokenException (request expired, "InvalidSignatureException" on the wire)
+    │   └── ReplayedRequestException (a signature seen before, "InvalidSignatureException" too)
     └── InternalServerError               (HTTP 500: a bug of ours; the log keeps the traceback)
 
 Adapters turn these into responses in exactly one place each (HTTP: `server`, CLI: `cli`).
@@ -145,6 +147,13 @@ class SerializationException(ClientError):
     code = "SerializationException"
 
 
+class RequestTimeoutException(ClientError):
+    """The request body did not arrive in time (too slow on average, or too long in total)."""
+
+    code = "RequestTimeoutException"
+    status = 408
+
+
 class AuthError(FaceledgerError):
     status = 403
 
@@ -167,6 +176,10 @@ class MissingAuthenticationTokenException(AuthError):
 
 class ExpiredTokenException(InvalidSignatureException):
     """AWS answers an expired SigV4 request with InvalidSignatureException ("Signature expired")."""
+
+
+class ReplayedRequestException(InvalidSignatureException):
+    """A signed request that changes state arrived again with a signature already used."""
 
 
 class InternalServerError(FaceledgerError):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import math
 import threading
 import time
@@ -33,8 +32,9 @@ from .errors import (
     InvalidParameterException,
     ThrottlingException,
 )
+from .text import logger
 
-log = logging.getLogger("faceledger.imaging")
+log = logger("faceledger.imaging")
 
 # Truncated files must fail, not decode half a picture silently.
 ImageFile.LOAD_TRUNCATED_IMAGES = False

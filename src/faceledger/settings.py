@@ -99,6 +99,26 @@ class Settings(BaseSettings):
     max_request_bytes: int = 16 * 1024 * 1024
     # How far a request's signing time may be from the server clock (AWS: 5 minutes).
     clock_skew_seconds: int = 300
+    # A request body (API and console) must arrive at `server_body_min_rate` bytes/s on average
+    # once `server_body_grace_seconds` have passed, and whole within
+    # `server_body_timeout_seconds`; a slower one is cut off (RequestTimeoutException, 408).
+    # Bodies are read before a request takes a worker/queue slot, so trickling connections hold
+    # no slot; together, unfinished bodies hold at most `server_body_budget_bytes` (default:
+    # max_request_bytes x (workers + queue)), beyond which a body is refused (Throttling).
+    server_body_grace_seconds: float = Field(default=10.0, gt=0)
+    server_body_min_rate: float = Field(default=4096.0, ge=0)
+    server_body_timeout_seconds: float = Field(default=120.0, gt=0)
+    server_body_budget_bytes: int | None = None
+    # A signed request that changes state (anything but Detect/Compare/Search/List/Describe/
+    # Get) is refused if its signature was seen before: a captured request cannot be replayed
+    # within the clock-skew window. Signatures are kept in the database (shared by every server
+    # on it) until their signing time leaves the window.
+    replay_protection: bool = True
+    # The console: requests served at once (others get 503 at once), and failed sign-ins per
+    # client address (a burst of `console_signin_burst`, then this many per minute).
+    console_max_requests: int = Field(default=16, ge=1)
+    console_signin_failures_per_minute: float = Field(default=5.0, gt=0)
+    console_signin_burst: int = Field(default=10, ge=1)
     # Key-encryption key for stored API secrets: base64 of 32 bytes, or a file holding it
     # (default config_dir/key-encryption-key, created with mode 0600). It lives outside the
     # data directory and its backups: the database alone must not reveal any secret.

@@ -7,8 +7,10 @@ zero-width), line and paragraph separators, spaces other than ' ' (NBSP), unassi
 surrogate code points - the way string literals do (`\\n`, `\\x1b`, `\\u2028`), and clips
 long values, so one request is always one log line and a message shows what was sent without
 acting on the reader. `EscapingFilter` applies the same rendering to
-every record of a logger (the server installs it on `faceledger.server`), for the values a
-message forgot to pass through `shown`.
+every record of a logger, for the values a message forgot to pass through `shown`; every
+faceledger module gets its logger from `logger()`, which installs it, so there is one escaping
+path for every logger (a logger's filters do not see its children's records, hence one per
+logger, and tests/test_probe_two.py checks no module calls logging.getLogger itself).
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ class EscapingFilter(logging.Filter):
         record.msg = escape(message)
         record.args = None
         return True
+
+
+def logger(name: str) -> logging.Logger:
+    """The logger `name`, with every record escaped (use this, not logging.getLogger)."""
+    install_log_escaping(name)
+    return logging.getLogger(name)
 
 
 def install_log_escaping(logger_name: str) -> None:

@@ -15,10 +15,11 @@ import click
 
 from ..context import LOCAL, RequestContext
 from ..errors import FaceledgerError
+from ..text import logger
 
 P = ParamSpec("P")
 R = TypeVar("R")
-log = logging.getLogger("faceledger")
+log = logger("faceledger")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

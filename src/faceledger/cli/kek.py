@@ -6,7 +6,10 @@ The order makes an interrupted rotation safe to run again:
   2. every secret is re-sealed in one database transaction, with its ledger event;
   3. the current file is renamed `<file>.retired-<fingerprint>` and `.next` takes its place.
 A crash before 2 commits changes nothing; after it, running the command again finishes step 3
-(rows already under the new KEK are skipped). The retired KEK still opens database backups
+(rows already under the new KEK are skipped) - also from between the two renames of step 3,
+where only `.next` and `.retired-*` are left (the retired file is found by the fingerprint the
+database names). `serve` and `keys create` refuse to start in such a state (one line naming
+the command), instead of serving with no usable key or making a third KEK. The retired KEK still opens database backups
 taken before the rotation: keep it with them and destroy it when they expire (SECURITY.md).
 """
 
@@ -56,14 +59,23 @@ def _rotate(settings: Settings, service: FaceService, to_file: Path | None) -> N
     if from_env and to_file is None:
         raise KeyStoreError("the KEK comes from FACELEDGER_KEY_ENCRYPTION_KEY: name a file for "
                             "the new one with --to-file")
-    old = load_kek(settings, create=False)
-    if old is None:
-        raise KeyStoreError(f"there is no key-encryption key at {current_path} to rotate")
     target = to_file or current_path
     assert target is not None
     pending = Path(f"{target}.next")
-    if pending.exists():
-        new = read_kek_file(pending)
+    sealed = KeyStore(service.engine, None).sealed_kek_ids()
+    old = load_kek(settings, create=False)
+    new = read_kek_file(pending) if pending.exists() else None
+    if old is None:
+        # Interrupted between its two renames: the current file is already retired and `.next`
+        # not yet in its place. The secrets are under `.next` (the re-seal committed before the
+        # renames) - or, if something else happened, under a retired KEK kept beside it.
+        if new is None:
+            where = current_path or target
+            raise KeyStoreError(f"there is no key-encryption key at {where} to rotate" + (
+                f", yet {sum(sealed.values())} API secret(s) are sealed under KEK "
+                f"{', '.join(sorted(sealed))}: restore it" if sealed else ""))
+        old = _retired_kek(current_path or target, set(sealed) - {kek_fingerprint(new)}) or new
+    if new is not None:
         click.echo(f"resuming an interrupted rotation with {pending}", err=True)
     else:
         new = secrets.token_bytes(32)
@@ -74,7 +86,8 @@ def _rotate(settings: Settings, service: FaceService, to_file: Path | None) -> N
         op.record(old_kek_id=kek_fingerprint(old), new_kek_id=kek_fingerprint(new),
                   resealed=count)
     retired = None
-    if current_path is not None and current_path.exists() and target == current_path:
+    if current_path is not None and current_path.exists() and target == current_path \
+            and read_kek_file(current_path) != new:
         retired = Path(f"{current_path}.retired-{kek_fingerprint(old)}")
         os.replace(current_path, retired)
     os.replace(pending, target)
@@ -88,3 +101,20 @@ def _rotate(settings: Settings, service: FaceService, to_file: Path | None) -> N
                    " (and drop the old setting)")
 
 
+def _retired_kek(current: Path, needed: set[str]) -> bytes | None:
+    """The retired KEK (`<current>.retired-<fingerprint>`) that sealed the secrets not yet under
+    the new KEK, if any are left; KeyStoreError if they need one that is not there."""
+    if not needed:
+        return None
+    if len(needed) > 1:
+        raise KeyStoreError(f"API secrets are sealed under several KEKs ({', '.join(sorted(needed))});"
+                            " restore the current one and run again")
+    (fingerprint,) = needed
+    path = Path(f"{current}.retired-{fingerprint}")
+    if not path.exists():
+        raise KeyStoreError(f"API secrets are sealed under KEK {fingerprint}, and {path} is not "
+                            "there: restore that key file and run again")
+    kek = read_kek_file(path)
+    if kek_fingerprint(kek) != fingerprint:
+        raise KeyStoreError(f"{path} does not hold KEK {fingerprint}")
+    return kek

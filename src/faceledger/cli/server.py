@@ -9,6 +9,7 @@ import webbrowser
 import click
 
 from ..db import make_engine
+from ..permissions import private_data_dir
 from ..server.app import DEV_BANNER
 from ..server.keys import ROLES, KeyStore, KeyStoreError
 from ..server.protocol import model_operations
@@ -105,12 +106,13 @@ def keys() -> None:
     """API keys for the HTTP server (access key id + secret, SigV4)."""
 
 
-def _store(create_kek: bool = False, service: FaceService | None = None) -> KeyStore:
+def _store(create_kek: bool = False, service: FaceService | None = None,
+           need_kek: bool = False) -> KeyStore:
     settings = Settings() if service is None else service.settings
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(settings.data_dir)  # owner-only, even when `keys create` runs first
     engine = make_engine(settings.resolved_database_url()) if service is None else service.engine
     try:
-        return KeyStore.open(settings, engine, create_kek=create_kek)
+        return KeyStore.open(settings, engine, create_kek=create_kek, need_kek=need_kek)
     except KeyStoreError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -132,18 +134,23 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--role", "roles", multiple=True, type=click.Choice(ROLES),
               help="Console role (repeatable): reviewer decides review candidates, auditor "
                    "reads the ledger and reports, admin changes policies.")
+@click.option("--sns-topic", "sns_topics", multiple=True,
+              help="SNS topic ARN (or glob) this key's video jobs may notify (repeatable); "
+                   "NotificationChannel naming any other is refused.")
 @click.option("--json", "as_json", is_flag=True)
 @reports_errors
 def keys_create(name: str, operations: tuple[str, ...], collections: tuple[str, ...],
-                rate: float | None, admin: bool, roles: tuple[str, ...], as_json: bool) -> None:
+                rate: float | None, admin: bool, roles: tuple[str, ...],
+                sns_topics: tuple[str, ...], as_json: bool) -> None:
     """Issue a key named NAME; its secret is printed once and cannot be shown again."""
     service = FaceService(Settings())  # for its audit hook: no model is loaded
-    store = _store(create_kek=True, service=service)
+    store = _store(create_kek=True, service=service, need_kek=True)
     # logged in the ledger in the same transaction as the key (never the secret)
     with service.audit("CreateAccessKey", request_context(), uses_model=False) as op:
         issued = store.create(
             name, _split(operations), _split(collections), rate, admin=admin,
             roles=roles, known_operations=model_operations(), conn=op.conn,
+            sns_topics=_split(sns_topics),
         )
         info = issued.info
         op.record(access_key_id=info.access_key_id, name=info.name,
@@ -151,11 +158,14 @@ def keys_create(name: str, operations: tuple[str, ...], collections: tuple[str, 
                   rate_limit=info.rate_limit, admin=info.admin)
         if info.roles:
             op.record(roles=list(info.roles))
+        if info.sns_topics:
+            op.record(sns_topics=list(info.sns_topics))
     if as_json:
         emit_json({"AccessKeyId": info.access_key_id, "SecretAccessKey": issued.secret_access_key,
                    "Name": info.name, "Operations": list(info.operations),
                    "Collections": list(info.collections), "RateLimit": info.rate_limit,
-                   "Admin": info.admin, "Roles": list(info.roles)})
+                   "Admin": info.admin, "Roles": list(info.roles),
+                   "SnsTopics": list(info.sns_topics)})
         return
     click.echo(f"access key id:     {info.access_key_id}")
     click.echo(f"secret access key: {issued.secret_access_key}")
@@ -173,6 +183,7 @@ def keys_list(as_json: bool) -> None:
         emit_json([{"AccessKeyId": k.access_key_id, "Name": k.name, "Active": k.active,
                     "Operations": list(k.operations), "Collections": list(k.collections),
                     "RateLimit": k.rate_limit, "Admin": k.admin, "Roles": list(k.roles),
+                    "SnsTopics": list(k.sns_topics),
                     "CreatedAt": k.created_at.isoformat(),
                     "RevokedAt": k.revoked_at.isoformat() if k.revoked_at else None}
                    for k in rows])

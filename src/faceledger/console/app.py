@@ -8,12 +8,14 @@ data. This module only parses forms, renders templates and keeps sessions. See d
 from __future__ import annotations
 
 import hmac
+import html
 import io
 import json
-import logging
+import math
 import re
 import secrets
 import tempfile
+import time
 import uuid
 import zipfile
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from functools import wraps
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup, escape
@@ -36,21 +39,30 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..context import RequestContext
-from ..errors import AccessDeniedException, FaceledgerError, InvalidParameterException
+from ..errors import (
+    AccessDeniedException,
+    FaceledgerError,
+    InvalidParameterException,
+    ResourceNotFoundException,
+)
 from ..ledger.export import write_bundle
 from ..ledger.report import bar_chart, day_chart, render_html, review_funnel, search_sentence
 from ..server.keys import KeyStore
+from ..server.limits import BodyBudget, BodyReader, BodyTiming, FailureThrottle, Slots
 from ..service import FaceService
+from ..settings import Settings
 from .charts import calibration_chart
 from .sessions import Session, SessionStore
+from ..text import logger
 
-log = logging.getLogger("faceledger.console")
+log = logger("faceledger.console")
 
 PREFIX = "/console"
 SESSION_COOKIE = "fl_console"
 SIGNIN_COOKIE = "fl_console_signin"  # CSRF token of the sign-in form (double submit)
 SESSION_HOURS = 8
 MAX_FORM_BYTES = 64 * 1024
+MAX_SEQ = 2**63 - 1  # ledger sequence numbers are SQL BIGINTs
 
 # Every console response: never cached (faces, case data), no sniffing, no framing, assets and
 # scripts from this origin only.
@@ -85,6 +97,78 @@ class NoStore:
         await self.app(scope, receive, sending)
 
 
+class Guard:
+    """ASGI middleware at the console's edge: every request's body is read first - at most
+    MAX_FORM_BYTES however it is framed (Content-Length or chunked), under a shared budget and
+    the server's body timing - and only then may the request take one of
+    `console_max_requests` slots (503 beyond). The app sees the body already read."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.slots = Slots(settings.console_max_requests)
+        self.budget = BodyBudget(4 * MAX_FORM_BYTES * settings.console_max_requests)
+        self.timing = BodyTiming(settings.server_body_grace_seconds,
+                                 settings.server_body_min_rate,
+                                 settings.server_body_timeout_seconds)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        reader = BodyReader(MAX_FORM_BYTES, self.budget, self.timing, _form_too_large)
+        declared = next((v.decode("latin-1") for k, v in scope.get("headers", [])
+                         if k.lower() == b"content-length"), None)
+        try:
+            try:
+                body = await reader.read(declared, receive)
+            except FaceledgerError as exc:
+                await _plain_error(send, exc.status, exc.code, exc.message)
+                return
+            if not self.slots.enter():
+                await _plain_error(send, 503, "ThrottlingException",
+                                   "The console is busy; try again in a moment.")
+                return
+            try:
+                await self.app(scope, _replay(body, receive), send)
+            finally:
+                self.slots.leave()
+        finally:
+            reader.release()
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives `body` once, then waits on the connection (for a disconnect)."""
+    sent = False
+
+    async def again() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return again
+
+
+class _FormTooLarge(InvalidParameterException):
+    status = 413  # Payload Too Large
+
+
+def _form_too_large(size: int) -> FaceledgerError:
+    return _FormTooLarge(
+        f"The form is too large (at least {size} bytes; the limit is {MAX_FORM_BYTES}).")
+
+
+async def _plain_error(send: Send, status: int, code: str, message: str) -> None:
+    """A minimal error page, for refusals made before the console's app runs."""
+    body = (f"<!doctype html><meta charset=utf-8><title>{html.escape(code)}</title>"
+            f"<h1>{html.escape(code)}</h1><p>{html.escape(message)}</p>").encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"text/html; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class Console:
     """The console's routes over one FaceService and its key store."""
 
@@ -95,6 +179,9 @@ class Console:
         self.keys = keys
         self.clock = clock
         self.sessions = SessionStore(service.engine, keys, timedelta(hours=session_hours))
+        s = service.settings
+        self.signin_throttle = FailureThrottle(rate=s.console_signin_failures_per_minute / 60,
+                                               burst=float(s.console_signin_burst))
         env = Environment(loader=PackageLoader("faceledger.console", "templates"),
                           autoescape=select_autoescape(default=True, default_for_string=True))
         env.filters["fmr"] = _fmr
@@ -127,7 +214,8 @@ class Console:
             Mount("/static", StaticFiles(packages=[("faceledger.console", "static")]),
                   name="static"),
         ]
-        return NoStore(Starlette(routes=[Mount(PREFIX, routes=routes)]))
+        return NoStore(Guard(Starlette(routes=[Mount(PREFIX, routes=routes)]),
+                             self.service.settings))
 
     def page(self, handler: Handler) -> Handler:
         """Run a handler; faceledger errors become an error page with their code, anything
@@ -241,9 +329,19 @@ class Console:
         key_id = str(form.get("access_key_id") or "").strip()
         secret = str(form.get("secret") or "")
         now = self.clock()
+        # failed sign-ins per client address are throttled (a secret cannot be guessed at
+        # line rate); checked before the secret is, charged only when it is wrong
+        address = request.client.host if request.client is not None else "-"
+        wait = self.signin_throttle.allowed(address, time.monotonic())
+        if wait is not None:
+            log.info("console sign-in throttled for %s", address)
+            return await self.signin_form(
+                request, f"ThrottlingException: too many failed sign-ins from your address; "
+                         f"try again in {math.ceil(wait)} s.", 429)
         key = await self.call(self.sessions.check_secret, key_id, secret, now) if (
             key_id and secret and len(key_id) <= 64 and len(secret) <= 256) else None
         if key is None:
+            self.signin_throttle.failed(address, time.monotonic())
             log.info("console sign-in refused for %r", key_id[:64])
             return await self.signin_form(request, "Unknown or revoked key, or wrong secret.",
                                           401, key_id[:64])
@@ -336,7 +434,7 @@ class Console:
             data = await self.call(
                 self.service.ledger_events, filters, (q.get("from") or "").strip() or None,
                 (q.get("to") or "").strip() or None,
-                int(before) if before and before.isdigit() else None,
+                _before(before),
                 hide_page_views=hide_views, ctx=self.ctx(session))
         except InvalidParameterException as exc:  # a bad filter: say so, keep the filters
             error = exc.message
@@ -352,8 +450,10 @@ class Console:
 
     async def event(self, request: Request) -> Response:
         session = self.require(request)
-        data = await self.call(self.service.ledger_event, request.path_params["seq"],
-                               ctx=self.ctx(session))
+        seq = request.path_params["seq"]
+        if not 0 < seq <= MAX_SEQ - 1:  # the page also looks up seq + 1
+            raise ResourceNotFoundException(f"The ledger has no event #{seq}.")
+        data = await self.call(self.service.ledger_event, seq, ctx=self.ctx(session))
         pretty = json.dumps(data["Body"], indent=2, ensure_ascii=False, sort_keys=True)
         body = data["Body"] if isinstance(data["Body"], dict) else {}
         return self.render(request, "event.html", {
@@ -368,11 +468,13 @@ class Console:
         session = self.require(request)
         form = await self.form(request, session)
         case = str(form.get("case") or "").strip()
+        # everything that could fail on the case id comes before the export (which is logged)
+        disposition = _attachment(f"case-{case}.zip")
         bundle = await self.call(self.service.export_case, case, ctx=self.ctx(session))
         # the same three files as `faceledger export`: bundle, standalone verifier, README
         data = await self.call(_zip_bundle, bundle)
-        return Response(data, media_type="application/zip", headers={
-            "content-disposition": f'attachment; filename="case-{_safe(case)}.zip"'})
+        return Response(data, media_type="application/zip",
+                        headers={"content-disposition": disposition})
 
     # -- reports and collections -------------------------------------------------------
 
@@ -413,7 +515,7 @@ class Console:
         start, end = self._period(request)
         rep = await self.call(self.service.report_as, start, end, ctx=self.ctx(session))
         name = f"transparency-{start}-{end}.{fmt}"
-        disposition = {"content-disposition": f'attachment; filename="{_safe(name)}"'}
+        disposition = {"content-disposition": _attachment(name)}
         if fmt == "json":
             return Response(json.dumps(rep, indent=1, ensure_ascii=False),
                             media_type="application/json", headers=disposition)
@@ -534,7 +636,26 @@ def _same(a: str, b: str) -> bool:
 
 
 def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    """`name` in ASCII letters, digits and -_. only (a header is latin-1: "Ω".isalnum())."""
+    return "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "-_." else "_" for ch in name)
+
+
+def _attachment(name: str) -> str:
+    """Content-Disposition for a download named `name`: an ASCII fallback, and the exact name
+    in RFC 5987's UTF-8 form (`filename*`), so any case id makes a valid header."""
+    return f"attachment; filename=\"{_safe(name)}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def _before(value: str | None) -> int | None:
+    """The ledger page's `before` (an event number): ASCII digits within SQL's BIGINT range
+    (larger numbers mean "from the newest"); InvalidParameterException otherwise."""
+    text = (value or "").strip()
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit()) or len(text) > 40:
+        raise InvalidParameterException("'before' must be a ledger event number.")
+    seq = int(text)
+    return None if seq > MAX_SEQ else seq
 
 
 def _when(value: Any) -> str:

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from .datasets import DEFAULT_SPLIT, load_folders, load_image_roots, select_half, utkface_labels
 from .duplicates import DuplicateList
 from .enrolment import default_cache_dir, enrol_files, template_matrix
+from ..permissions import private_dir, write_private
 from ..rates import ClusteredPairs, cross_identity_distances
 from ..model_versions import canonical
 from ..settings import Settings
@@ -642,9 +643,9 @@ def json_safe(value: Any) -> Any:
 
 def write_table(raw: dict[str, Any], path: Path) -> None:
     """Write a table JSON atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(json_safe(raw), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    write_private(tmp, json.dumps(json_safe(raw), indent=1, allow_nan=False) + "\n")
     tmp.replace(path)
 
 

@@ -107,12 +107,11 @@ def cache_key(settings: Settings, model_version: str) -> str:
     # Models named before the numbering keep their old directory ("dlib-resnet-v1" for 1.0):
     # caches of hours of enrolment stay valid across the rename.
     name = (legacy_names(model_version) or (canonical(model_version),))[0]
-    detector = detector_name(settings, model_version)
+    detector = detector_name(settings, model_version)  # the model's (1.x: dlib_detector)
+    if detector == "yunet":  # the variant and score bar change which faces are found; "c2":
+        # rows carry Confidence as yunet_confidence maps it (not 100 x the score, as before)
+        detector = f"yunet_{settings.yunet_variant}{settings.yunet_score_threshold:g}c2"
     key = f"{name}/{detector}-min{settings.min_face_px}-max{settings.detect_max_side}-v{CACHE_FORMAT}"
-    # YuNet's size and score threshold, where they are not the defaults the key began with
-    yunet = (settings.yunet_variant, settings.yunet_score_threshold)
-    if detector == "yunet" and yunet != ("n", 0.6):
-        key += f"-yunet{settings.yunet_variant}{settings.yunet_score_threshold:g}"
     # Entries made before the face check existed are the check turned off: they keep their key.
     if settings.min_face_probability > 0:
         key += f"-onet{settings.min_face_probability:g}"

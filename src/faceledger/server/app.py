@@ -1,16 +1,17 @@
 """The ASGI application: Rekognition's JSON protocol over HTTP, SigV4-authenticated.
 
-One request: admit it (bounded, else ThrottlingException) -> read the body (bounded) -> verify
-the signature -> resolve the operation from X-Amz-Target -> check the key's permission and
-rate -> in a worker thread (a bounded pool): parse and validate the body against botocore's
-model, check collection permissions, call the FaceService method, render JSON. Errors become
-responses in exactly one place, `_error`.
+One request: read the body (bounded in size, shared memory and time) -> verify the signature ->
+resolve the operation from X-Amz-Target -> check the key's permission and rate -> admit it
+(a worker or queue slot, else ThrottlingException) -> refuse a replayed state-changing
+signature -> in a worker thread (a bounded pool): parse and validate the body against botocore's
+model, check collection permissions, call the FaceService method, render JSON. A slot is taken
+only by a signed, whole request, so unauthenticated or trickling connections never hold one.
+Errors become responses in exactly one place, `_error`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -23,7 +24,6 @@ from ..context import RequestContext
 from ..errors import (
     AccessDeniedException,
     FaceledgerError,
-    ImageTooLargeException,
     InternalServerError,
     InvalidParameterException,
     UnknownOperationException,
@@ -31,13 +31,14 @@ from ..errors import (
 )
 from ..service import FaceService
 from ..settings import Settings
-from ..text import install_log_escaping, shown
+from ..text import install_log_escaping, logger, shown
 from ..vision.pool import default_workers
 from . import protocol, sigv4
 from .keys import KeyInfo, KeyStore, KeyStoreError
-from .limits import Admission, RateLimiter
+from .limits import Admission, BodyBudget, BodyReader, BodyTiming, RateLimiter, body_too_large
+from .replay import ReplayCache, changes_state
 
-log = logging.getLogger("faceledger.server")
+log = logger("faceledger.server")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -66,6 +67,8 @@ class Caller:
 
     principal: str
     key: KeyInfo | None
+    signature: str | None = None  # the request's SigV4 signature (None in development mode)
+    expires_at: float = 0.0  # Unix time when that signature leaves the clock-skew window
 
 
 class RekognitionApp:
@@ -95,6 +98,12 @@ class RekognitionApp:
         # every request passes through this event loop, so no state has to be shared.
         workers = default_workers(s.server_workers)
         self.admission = Admission(workers, s.server_queue)
+        self.body_budget = BodyBudget(s.server_body_budget_bytes or
+                                      s.max_request_bytes * (workers + s.server_queue))
+        self.body_timing = BodyTiming(s.server_body_grace_seconds, s.server_body_min_rate,
+                                      s.server_body_timeout_seconds)
+        self.replays = ReplayCache(service.engine) if s.replay_protection and not dev_mode \
+            else None
         self.rates = RateLimiter()
         self.pool = ThreadPoolExecutor(max_workers=request_threads(workers),
                                        thread_name_prefix="faceledger-worker")
@@ -157,15 +166,16 @@ class RekognitionApp:
         operation = "-"
         principal = "-"
         entered = handed_off = False
+        reader = BodyReader(self.settings.max_request_bytes, self.body_budget, self.body_timing,
+                            body_too_large(self.settings.max_request_bytes))
         try:
             if scope.get("method") != "POST" or scope.get("path") != "/":
                 raise UnknownOperationException(
                     "faceledger speaks Rekognition's JSON protocol: POST / with X-Amz-Target."
                 )
-            # Admitted before the body is read: memory for bodies is bounded too.
-            self.admission.enter()
-            entered = True
-            body = await self._read_body(headers, receive)
+            # Read before admission: the budget bounds body memory, the timing drops trickles.
+            body = await reader.read(next((v for k, v in headers if k == "content-length"),
+                                          None), receive)
             request = sigv4.HttpRequest(
                 method=scope["method"],
                 raw_path=(scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
@@ -187,6 +197,9 @@ class RekognitionApp:
                     self.rates.take(caller.key.access_key_id, caller.key.rate_limit,
                                     time.monotonic())
             protocol.check_content_type(request.header("content-type"))
+            # a worker or queue slot, only now that the request is whole and signed
+            self.admission.enter()
+            entered = True
             ctx = RequestContext(
                 principal=principal,
                 purpose=_context_header(request, PURPOSE_HEADER),
@@ -196,6 +209,7 @@ class RekognitionApp:
                 # development mode grants every permission; otherwise the key says
                 admin=caller.key.admin if caller.key is not None else self.dev_mode,
                 collections=caller.key.collections if caller.key is not None else ("*",),
+                sns_topics=caller.key.sns_topics if caller.key is not None else ("*",),
             )
             future = asyncio.get_running_loop().run_in_executor(
                 self.pool, self._invoke, operation, body, ctx, caller
@@ -210,33 +224,15 @@ class RekognitionApp:
         finally:
             if entered and not handed_off:
                 self.admission.leave()
-        await self._respond(send, status, payload, request_id, error_code)
+        try:
+            # a body left unread (refused, too slow) cannot be followed by another request on
+            # this connection: close it, or a trickle would keep it open for ever
+            await self._respond(send, status, payload, request_id, error_code,
+                                close=not reader.complete)
+        finally:
+            reader.release()
         log.info("%s %s %s %d %.1fms", request_id, principal, operation, status,
                  (time.perf_counter() - started) * 1000)
-
-    async def _read_body(self, headers: list[tuple[str, str]], receive: Receive) -> bytes:
-        limit = self.settings.max_request_bytes
-        declared = next((v for k, v in headers if k == "content-length"), None)
-        if declared is not None:
-            if not declared.strip().isdigit():
-                raise InvalidParameterException("Content-Length is not a number.")
-            if int(declared) > limit:
-                raise ImageTooLargeException(
-                    f"Request body is {int(declared)} bytes; the limit is {limit} bytes."
-                )
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise InvalidParameterException("The client disconnected before the body ended.")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise ImageTooLargeException(f"Request body exceeds the limit of {limit} bytes.")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
 
     def _authenticate(self, request: sigv4.HttpRequest) -> Caller:
         if self.dev_mode:
@@ -269,7 +265,9 @@ class RekognitionApp:
         key = found.get("key")
         if key is None:  # pragma: no cover - verify() succeeds only with a signing key
             raise UnrecognizedClientException(sigv4.UNKNOWN_KEY)
-        return Caller(auth.access_key_id, key)
+        signed_at = sigv4.request_time(request)[1]
+        return Caller(auth.access_key_id, key, auth.signature,
+                      (signed_at + self.max_skew).timestamp())
 
     @staticmethod
     def _authorize_operation(key: KeyInfo, operation: str) -> None:
@@ -279,8 +277,14 @@ class RekognitionApp:
             )
 
     def _invoke(self, operation: str, body: bytes, ctx: RequestContext, caller: Caller) -> bytes:
-        """Runs in a worker thread: validate, authorize collections, call, render."""
+        """Runs in a worker thread: validate, refuse a replay, authorize collections, call,
+        render."""
         parsed = protocol.parse_input(operation, body)
+        # A request with a ClientRequestToken is idempotent by that token (its repeat gets the
+        # first answer, as in AWS), so only the others are served once per signature.
+        if self.replays is not None and caller.signature is not None and \
+                changes_state(operation) and "ClientRequestToken" not in parsed.members:
+            self.replays.first_use(caller.signature, caller.expires_at)
         key = caller.key
         if key is not None:
             for collection_id in parsed.collection_ids:
@@ -312,7 +316,7 @@ class RekognitionApp:
         return err.status, err.code, protocol.render_output(err.to_wire())
 
     async def _respond(self, send: Send, status: int, payload: bytes, request_id: str,
-                       error_code: str | None) -> None:
+                       error_code: str | None, *, close: bool = False) -> None:
         headers = [
             (b"content-type", protocol.CONTENT_TYPE.encode()),
             (b"content-length", str(len(payload)).encode()),
@@ -322,6 +326,8 @@ class RekognitionApp:
             headers.append((b"x-amzn-errortype", error_code.encode()))
         if self.dev_mode:
             headers.append((b"x-faceledger-dev-mode", b"unauthenticated"))
+        if close:
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 

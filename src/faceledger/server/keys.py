@@ -19,7 +19,6 @@ import base64
 import binascii
 import hashlib
 import json
-import logging
 import os
 import secrets
 import stat
@@ -53,11 +52,11 @@ from sqlalchemy import (
 from ..db import add_missing_columns, create_tables
 from ..errors import InvalidParameterException, ResourceNotFoundException
 from ..permissions import private_dir
-from ..text import shown
+from ..text import logger, shown
 from ..settings import Settings
 from .sigv4 import signing_key
 
-log = logging.getLogger("faceledger.server")
+log = logger("faceledger.server")
 
 KEY_ID_PREFIX = "FLK"
 # Console roles: reviewers decide review candidates, auditors read the ledger and reports,
@@ -86,6 +85,8 @@ api_keys = Table(
     Column("admin", Boolean, nullable=False, default=False),
     # console roles (JSON list of ROLES); NULL for keys made before roles existed: none
     Column("roles", Text, nullable=True),
+    # SNS topics (ARNs or globs, JSON list) this key's video jobs may notify; NULL: none
+    Column("sns_topics", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
@@ -108,6 +109,7 @@ class KeyInfo:
     revoked_at: datetime | None
     admin: bool = False
     roles: tuple[str, ...] = ()
+    sns_topics: tuple[str, ...] = ()
 
     @property
     def console_roles(self) -> frozenset[str]:
@@ -197,6 +199,31 @@ def write_kek_file(path: Path, kek: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def kek_location(settings: Settings) -> str:
+    """Where this configuration reads its KEK from, for messages."""
+    if settings.key_encryption_key is not None:
+        return "FACELEDGER_KEY_ENCRYPTION_KEY"
+    return str(settings.key_encryption_key_file or settings.config_dir / KEK_FILE_NAME)
+
+
+def _unopenable(settings: Settings, kek: bytes | None, sealed: dict[str, int]) -> str:
+    """One line: why this KEK cannot serve the sealed secrets, and what to do."""
+    total = sum(sealed.values())
+    under = ", ".join(sorted(sealed))
+    where = kek_location(settings)
+    pending = None if settings.key_encryption_key is not None else Path(f"{where}.next")
+    if pending is not None and pending.exists():
+        hint = (f"a key rotation was interrupted ({pending} exists): run `faceledger keys "
+                "rotate-kek` to finish it")
+    else:
+        hint = "restore the key-encryption key that sealed them (see SECURITY.md, backups)"
+    if kek is None:
+        return (f"the key-encryption key is missing ({where}) but {total} API secret(s) are "
+                f"sealed under KEK {under}; {hint}. Refusing to start with a new key")
+    return (f"the key-encryption key {where} (KEK {kek_fingerprint(kek)}) opens none of the "
+            f"{total} sealed API secret(s) (KEK {under}); {hint}")
+
+
 def _decode_kek(text: str, where: str) -> bytes:
     try:
         kek = base64.b64decode(text, validate=True)
@@ -248,8 +275,30 @@ class KeyStore:
         add_missing_columns(engine, metadata)  # roles, on databases made before it
 
     @classmethod
-    def open(cls, settings: Settings, engine: Engine, *, create_kek: bool = False) -> KeyStore:
-        return cls(engine, load_kek(settings, create=create_kek))
+    def open(cls, settings: Settings, engine: Engine, *, create_kek: bool = False,
+             need_kek: bool = True) -> KeyStore:
+        """The store with its KEK (with `create_kek`, a new one if there is none and no secret
+        is sealed yet). With `need_kek` (serving, issuing keys), a store whose sealed secrets
+        this KEK cannot open is refused in one line (KeyStoreError): a missing KEK is never
+        silently replaced by a new one, and a server never starts refusing every key."""
+        store = cls(engine, None)
+        kek = load_kek(settings, create=False)
+        sealed = store.sealed_kek_ids() if (need_kek or create_kek) else {}
+        if kek is None and not sealed and create_kek:
+            kek = load_kek(settings, create=True)
+        elif sealed and (kek is None or kek_fingerprint(kek) not in sealed):
+            raise KeyStoreError(_unopenable(settings, kek, sealed))
+        store._kek = kek
+        return store
+
+    def sealed_kek_ids(self) -> dict[str, int]:
+        """How many secrets each KEK (by fingerprint) has sealed."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(api_keys.c.kek_id)).scalars().all()
+        counts: dict[str, int] = {}
+        for kek_id in rows:
+            counts[str(kek_id)] = counts.get(str(kek_id), 0) + 1
+        return counts
 
     def create(
         self,
@@ -262,6 +311,7 @@ class KeyStore:
         roles: Iterable[str] = (),
         known_operations: Sequence[str] | None = None,
         conn: Connection | None = None,
+        sns_topics: Iterable[str] = (),
     ) -> IssuedKey:
         """A new key with these permissions; the returned secret is shown once. With `conn`,
         inside that open transaction (the ledger logs the change in it)."""
@@ -272,6 +322,9 @@ class KeyStore:
             raise InvalidParameterException("a key name of 1 to 128 characters is required")
         ops = check_patterns(operations, known_operations, "operation")
         cols = check_patterns(collections, None, "collection")
+        topics = tuple(sorted({t.strip() for t in sns_topics if t.strip()}))
+        if topics:
+            check_patterns(topics, None, "SNS topic")
         role_list = tuple(sorted({r.strip() for r in roles if r.strip()}))
         unknown = [r for r in role_list if r not in ROLES]
         if unknown:
@@ -291,10 +344,10 @@ class KeyStore:
                     access_key_id=key_id, name=name, sealed_secret=sealed,
                     kek_id=kek_fingerprint(self._kek), operations=json.dumps(ops),
                     collections=json.dumps(cols), rate_limit=rate_limit, admin=admin,
-                    roles=json.dumps(role_list), created_at=now,
+                    roles=json.dumps(role_list), sns_topics=json.dumps(topics), created_at=now,
                 )
             )
-        info = KeyInfo(key_id, name, ops, cols, rate_limit, now, None, admin, role_list)
+        info = KeyInfo(key_id, name, ops, cols, rate_limit, now, None, admin, role_list, topics)
         return IssuedKey(info, secret)
 
     def list(self) -> list[KeyInfo]:
@@ -408,4 +461,5 @@ class KeyStore:
             revoked_at=_as_utc(r["revoked_at"]),
             admin=bool(r["admin"]),
             roles=tuple(json.loads(r["roles"])) if r.get("roles") else (),
+            sns_topics=tuple(json.loads(r["sns_topics"])) if r.get("sns_topics") else (),
         )

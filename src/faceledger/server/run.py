@@ -4,7 +4,6 @@ for `faceledger serve`, or in a thread on a free 127.0.0.1 port for tests and be
 from __future__ import annotations
 
 import ipaddress
-import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -19,8 +18,9 @@ from ..vision.pool import PipelinePool, default_workers
 from .app import RekognitionApp
 from .keys import KeyStore
 from .storage import build_resolver
+from ..text import logger
 
-log = logging.getLogger("faceledger.server")
+log = logger("faceledger.server")
 
 
 def is_loopback(host: str) -> bool:
@@ -47,7 +47,8 @@ def build_app(
         # would share one core); one: in this process, as the CLI and the Python API do
         pipeline = PipelinePool(settings, workers) if workers > 1 else None
         service = FaceService(settings, pipeline=pipeline, resolver=build_resolver(settings))
-    keys = KeyStore.open(settings, service.engine)
+    # a missing or wrong KEK with sealed secrets: refused here, in one line
+    keys = KeyStore.open(settings, service.engine, need_kek=not dev_mode)
     if not dev_mode and not any(k.active for k in keys.list()):
         log.warning("no active API keys: every request will be refused; "
                     "create one with `faceledger keys create`")

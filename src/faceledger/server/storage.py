@@ -7,7 +7,6 @@ S3 image limit (15 MB), which is ImageTooLargeException and is refused before it
 
 from __future__ import annotations
 
-import logging
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -15,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ImageTooLargeException, InvalidS3ObjectException, VideoTooLargeException
+from ..permissions import open_private
 from ..settings import Settings
 from ..sources import NoObjectStorage, ObjectResolver
-from ..text import shown
+from ..text import logger, shown
 
-log = logging.getLogger("faceledger.server")
+log = logger("faceledger.server")
 
 NOT_READABLE = ("Unable to get object metadata from S3. "
                 "Check object key, region and/or access permissions.")
@@ -71,7 +71,8 @@ class LocalBuckets:
         size = path.stat().st_size
         if size > max_bytes:
             raise _video_too_large(bucket, name, size, max_bytes)
-        shutil.copyfile(path, dest)
+        with path.open("rb") as src, open_private(dest) as out:  # spooled videos: 0600
+            shutil.copyfileobj(src, out, 1 << 20)
 
     def _path(self, bucket: str, name: str, version: str | None) -> Path:
         root = self.roots.get(bucket)
@@ -170,7 +171,7 @@ class S3Buckets:
         """Stream an object (a stored video) to `dest`; VideoTooLargeException past max_bytes."""
         with self._object(bucket, name, version, max_bytes, _video_too_large) as body:
             written = 0
-            with dest.open("wb") as out:
+            with open_private(dest) as out:  # spooled videos: 0600
                 for chunk in iter(lambda: body.read(1 << 20), b""):
                     written += len(chunk)
                     if written > max_bytes:

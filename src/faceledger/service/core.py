@@ -17,7 +17,7 @@ from ..db import make_engine
 from ..errors import InvalidParameterException, ResourceNotReadyException
 from ..imaging import DecodedImage, PixelBudget, decode_image
 from ..ledger import AuditedOperation, Ledger, audited
-from ..permissions import private_dir
+from ..permissions import private_data_dir
 from ..settings import Settings
 from ..sources import ImageInput, NoObjectStorage, ObjectResolver, image_bytes
 from ..vision import FacePipeline
@@ -51,7 +51,7 @@ class ServiceCore:
     @cached_property
     def engine(self) -> Engine:
         """The SQL engine shared by catalog and ledger (created on first use)."""
-        private_dir(self.settings.data_dir)
+        private_data_dir(self.settings.data_dir)
         return make_engine(self.settings.resolved_database_url())
 
     @cached_property

@@ -287,6 +287,8 @@ class GovernanceOperations(ServiceCore):
 
     def export_case(self, case: str, *, ctx: RequestContext = LOCAL) -> Shape:
         """A case's events with the chain segment that proves them (admins only; logged)."""
+        # the role first: whether a case exists is itself case data (no oracle for non-admins)
+        self._require_admin("ExportCase", ctx)
         ref = _optional_str(case, "CaseReference")
         if ref is None:
             raise InvalidParameterException("CaseReference is required.")
@@ -294,7 +296,6 @@ class GovernanceOperations(ServiceCore):
             count = case_export.count_case_events(conn, ref)
         if count == 0:
             raise ResourceNotFoundException(f"No ledger event carries case reference '{shown(ref)}'.")
-        self._require_admin("ExportCase", ctx)
         with self.audit("ExportCase", dataclasses.replace(ctx, case=ref),
                         uses_model=False) as op:
             op.record(events=count)

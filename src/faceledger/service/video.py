@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
 import re
 import threading
 import time
@@ -45,6 +44,7 @@ from ..ledger.events import Event
 from ..shapes import Shape, bounding_box, face_detail
 from ..store.catalog import request_hash
 from ..imaging import file_sha256
+from ..permissions import data_subdir
 from ..video.analysis import Analysis, analyse
 from ..video.decode import probe
 from ..video.jobs import FAILED, IN_PROGRESS, SUCCEEDED, JobRow, JobRunner, JobStore
@@ -53,8 +53,9 @@ from ..video.source import download_video, video_ref
 from . import collection_members as m
 from .collections import DEFAULT_SEARCH_FACES, CollectionOperations
 from .core import check_enum
+from ..text import logger
 
-log = logging.getLogger("faceledger.video")
+log = logger("faceledger.video")
 
 DETECTION, SEARCH = "StartFaceDetection", "StartFaceSearch"
 JOB_EVENTS = {DETECTION: "FaceDetectionJob", SEARCH: "FaceSearchJob"}
@@ -145,7 +146,7 @@ class VideoOperations(CollectionOperations):
         ref = video_ref(video)
         tok = m.request_token(token)
         tag = None if job_tag is None else m.match(job_tag, JOB_TAG, "JobTag")
-        chan = check_channel(channel, self.settings)
+        chan = check_channel(channel, self.settings, ctx)
         params = {"Video": ref, "CollectionId": collection, "JobTag": tag,
                   "NotificationChannel": chan, **options}
         digest = request_hash(params)
@@ -217,9 +218,7 @@ class VideoOperations(CollectionOperations):
                 f"A request with ClientRequestToken {token} is being started; retry.") from None
 
     def _spool_dir(self) -> Path:
-        path = self.settings.data_dir / "video-spool"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return data_subdir(self.settings.data_dir, "video-spool")  # videos: owner-only
 
     def _fetch(self, ref: dict[str, Any], spool: Path) -> tuple[dict[str, Any], str]:
         """Copy the video to `spool`; its VideoMetadata and SHA-256 (limits checked)."""

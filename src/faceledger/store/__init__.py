@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
+from ..permissions import data_subdir
 from ..settings import Settings
 from .catalog import Catalog, CollectionRow, FaceRow, NewFace, UserRow
 from .embedded import EmbeddedIndex, HnswParams
@@ -18,7 +19,7 @@ def open_index(settings: Settings, catalog: Catalog) -> VectorIndex:
         case "embedded":
             return EmbeddedIndex(
                 catalog,
-                settings.data_dir / "index",
+                data_subdir(settings.data_dir, "index"),
                 exact_below=settings.index_exact_below,
                 snapshot_changes=settings.index_snapshot_changes,
                 params=HnswParams(ef_search=settings.index_ef_search),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -30,11 +29,12 @@ import numpy as np
 from sqlalchemy import Connection
 
 from ..errors import ResourceNotFoundException
-from ..permissions import fsync_path, private_dir
+from ..permissions import fsync_path, open_private, private_dir, private_file, write_private
 from .catalog import Catalog
 from .index import Distances, Keys, Vectors, check_k, check_query
+from ..text import logger
 
-log = logging.getLogger("faceledger.store")
+log = logger("faceledger.store")
 
 
 @dataclass(frozen=True)
@@ -350,7 +350,8 @@ class EmbeddedIndex:
         mine = f".{os.getpid()}.tmp"  # temporary names of this process only
         try:
             c.store.graph.save_index(str(graph_path) + mine)
-            with open(str(keys_path) + mine, "wb") as fh:
+            private_file(Path(str(graph_path) + mine))  # hnswlib creates it umask-wide
+            with open_private(Path(str(keys_path) + mine)) as fh:
                 np.save(fh, c.store.keys())
             for p in (graph_path, keys_path):
                 fsync_path(Path(str(p) + mine))
@@ -360,7 +361,7 @@ class EmbeddedIndex:
                     "graph_bytes": graph_path.stat().st_size, "count": len(c.store),
                     "m": self.params.m, "ef_construction": self.params.ef_construction}
             tmp = Path(str(pointer) + mine)
-            tmp.write_text(json.dumps(meta))
+            write_private(tmp, json.dumps(meta))
             fsync_path(tmp)
             os.replace(tmp, pointer)
             _fsync_dir(d)

@@ -16,7 +16,6 @@ Only one frame is held at a time, so memory does not grow with the video's lengt
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -27,8 +26,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InvalidParameterException
+from ..text import logger
 
-log = logging.getLogger("faceledger.video")
+log = logger("faceledger.video")
 
 # Rekognition Video accepts MPEG-4 and MOV containers with H.264; faceledger decodes what
 # FFmpeg decodes of these widely used codecs and refuses the rest with a clear message.

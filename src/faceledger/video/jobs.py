@@ -16,7 +16,6 @@ pages of a finished job never change.
 from __future__ import annotations
 
 import json
-import logging
 import queue
 import threading
 import time
@@ -28,7 +27,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
-log = logging.getLogger("faceledger.video")
+from ..db import create_tables
+from ..text import logger
+
+log = logger("faceledger.video")
 
 IN_PROGRESS, SUCCEEDED, FAILED = "IN_PROGRESS", "SUCCEEDED", "FAILED"
 
@@ -124,7 +126,7 @@ class JobStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        metadata.create_all(engine)
+        create_tables(engine, metadata)  # servers starting together race to create them
 
     def insert(self, conn: Connection, row: dict[str, Any]) -> None:
         values = dict(row)

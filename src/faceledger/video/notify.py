@@ -8,18 +8,24 @@ LocalStack. A request naming a channel on a server without an endpoint is refuse
 from __future__ import annotations
 
 import json
-import logging
 import time
 from typing import Any
 
-from ..errors import InvalidParameterException
+from ..context import RequestContext
+from ..errors import AccessDeniedException, InvalidParameterException
 from ..settings import Settings
+from ..text import logger, shown
 
-log = logging.getLogger("faceledger.video")
+log = logger("faceledger.video")
 
 
-def check_channel(channel: Any, settings: Settings) -> dict[str, str] | None:
-    """The NotificationChannel {SNSTopicArn, RoleArn}, if given and deliverable."""
+def check_channel(channel: Any, settings: Settings,
+                  ctx: RequestContext) -> dict[str, str] | None:
+    """The NotificationChannel {SNSTopicArn, RoleArn}, if given, deliverable and allowed.
+
+    The server publishes with its own SNS credentials, so RoleArn (AWS: the role Rekognition
+    assumes) authorises nothing here: each key names the topics it may notify (`keys create
+    --sns-topic`); any other topic is refused with AccessDeniedException."""
     if channel is None:
         return None
     if not isinstance(channel, dict) or not isinstance(channel.get("SNSTopicArn"), str) or \
@@ -29,6 +35,10 @@ def check_channel(channel: Any, settings: Settings) -> dict[str, str] | None:
         raise InvalidParameterException(
             "NotificationChannel cannot be delivered: this server has no SNS endpoint "
             "configured (set FACELEDGER_SNS_ENDPOINT_URL). Poll GetFace* instead.")
+    if not ctx.may_notify(channel["SNSTopicArn"]):
+        raise AccessDeniedException(
+            f"Key {ctx.principal} may not publish to SNS topic {shown(channel['SNSTopicArn'])} "
+            "(allow it with `faceledger keys create ... --sns-topic ARN`).")
     return {"SNSTopicArn": channel["SNSTopicArn"], "RoleArn": channel["RoleArn"]}
 
 

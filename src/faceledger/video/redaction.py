@@ -20,7 +20,6 @@ output shows a detectable face of anyone not kept.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +35,9 @@ from ..vision.types import Box, FaceAnalysis
 from .analysis import analyse
 from .decode import start_seconds
 from .tracks import Person, box_at
+from ..text import logger
 
-log = logging.getLogger("faceledger.video")
+log = logger("faceledger.video")
 
 PAD = 0.25
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import InvalidParameterException, VideoTooLargeException
+from ..permissions import write_private
 from ..sources import ObjectResolver
 
 
@@ -45,4 +46,4 @@ def download_video(resolver: ObjectResolver, ref: Mapping[str, Any], dest: Path,
     if len(data) > max_bytes:
         raise VideoTooLargeException(
             f"S3Object {bucket}/{name} is {len(data)} bytes; the limit is {max_bytes} bytes.")
-    dest.write_bytes(data)
+    write_private(dest, data)  # a spooled video: owner-only

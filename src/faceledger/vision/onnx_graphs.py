@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
 from ..imaging import file_sha256
+from ..permissions import private_dir
 from .dlibnet import (
     AddPrev,
     Affine,
@@ -183,7 +184,7 @@ def cached_graph(
         return target, None
     net = read_network(dat, topology)
     model = build_graph(net, dat.stem, dynamic_size)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(cache_dir, tighten=True)  # under the data directory by default: owner-only
     # write a temporary file and rename it, so a concurrent reader never sees half a model
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".onnx")
     try:

@@ -16,7 +16,6 @@ it is asked for its version (collections bound to another model than the configu
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -32,8 +31,9 @@ from ..model_versions import canonical
 from ..settings import Settings
 from .pipeline import FacePipeline
 from .types import Box, Embedder, FaceAnalysis, Landmarks5, RGBImage
+from ..text import logger
 
-log = logging.getLogger("faceledger.vision")
+log = logger("faceledger.vision")
 
 # The pipeline of this worker process, made by the pool initializer (models load once there).
 _worker: dict[str, FacePipeline] = {}

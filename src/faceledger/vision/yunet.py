@@ -8,6 +8,7 @@ as OpenCV's `cv2.FaceDetectorYN` does it, which tests/test_yunet.py holds it to.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +22,15 @@ from .weights import weight_file
 
 YunetVariant = Literal["n", "s"]
 STRIDES = (8, 16, 32)
+
+
+def yunet_confidence(score: float) -> float:
+    """YuNet's score (sqrt(cls * obj), 0-1; clear frontal faces reach only 0.90-0.96) mapped
+    monotonically to Rekognition's 0-100 Confidence, anchored as the HOG detector's is: the
+    detection bar (0.6) at 88 and a clear face (0.9) at 99.7, so the QualityFilter's
+    confidence bars (LOW 80, MEDIUM 90, HIGH 97) keep their meaning (documented, not
+    calibrated)."""
+    return 100.0 / (1.0 + math.exp(-12.73 * (score - 0.4437)))
 
 
 class YunetDetector:
@@ -94,5 +104,5 @@ class YunetDetector:
             x, y, bw, bh = (float(v) for v in boxes[i])
             # YuNet's points run right eye, left eye, nose, right and left mouth corner of the
             # person, i.e. image left first: Rekognition's eyeLeft, eyeRight, ... order.
-            out.append(Detection(Box(x, y, x + bw, y + bh), 100.0 * float(scores[i]), points[i].copy()))
+            out.append(Detection(Box(x, y, x + bw, y + bh), yunet_confidence(float(scores[i])), points[i].copy()))
         return out
