@@ -1,10 +1,12 @@
-"""Accuracy on real LFW through the full pipeline (detection included): View 1 accuracy with the
-threshold chosen on pairsDevTrain, TAR at FMR 1e-3 and 1e-4 over every cross-identity pair,
-per-sex rates, and agreement with the shipped calibration table.
+"""Accuracy of the default model (2.0: YuNet + reid-0095) on real LFW and UTKFace through the full
+pipeline (detection included): View 1 accuracy with the threshold chosen on pairsDevTrain, TAR
+at FMR 1e-3 and 1e-4 over every cross-identity pair, per-sex rates, agreement with the shipped
+calibration table, its rebuild, and the promise on held-out UTKFace people of every group.
 
-Slow (marked, not skipped; CI runs it): a fresh clone embeds all 4,992 LFW images once (about
-6 minutes on two free cores); the templates are cached in pytest's cache directory, so reruns
-take seconds. Measured numbers are printed (`pytest -s`) and documented in docs/accuracy.md.
+Slow (marked, not skipped; CI runs it): a fresh clone embeds LFW's 4,992 images and UTKFace's
+5,835 once (a few minutes per model on two free cores); the templates are cached in pytest's
+cache directory and every test shares one `Evaluation` (one cache), so no image is embedded twice
+in a run. Measured numbers are printed (`pytest -s`) and documented in docs/accuracy.md §0.
 """
 
 from __future__ import annotations
@@ -58,11 +60,11 @@ def test_pairs_dev_test_accuracy_with_threshold_from_dev_train(view1: dict[str, 
         f"failures to enrol {view1['enrolment']['failures_to_enrol']}"
     )
     assert "training list" in acc["protocol"]
-    # dlib reports 99.38% on View 2 (original LFW images, its own pipeline); on these
-    # deep-funneled View 1 images through our pipeline we measured 98.2%.
-    assert acc["accuracy"] >= 0.975
-    assert 0.5 < acc["threshold"] < 0.7  # dlib's customary 0.6 is in this neighbourhood
-    assert view1["verification"]["auc"] > 0.985
+    # Model 2.0 on these deep-funneled View 1 images: 99.41% over 10 folds of all 3,200 pairs
+    # (docs/accuracy.md §0); model 1.0 (dlib) measured 98.2% on pairsDevTest.
+    assert acc["accuracy"] >= 0.985
+    assert 0.8 < acc["threshold"] < 1.3  # unit-length 256-d templates: distances in [0, 2]
+    assert view1["verification"]["auc"] > 0.995
     # Failures to enrol are counted, and their pairs scored as non-matches.
     assert view1["verification"]["pairs"]["with_failure_to_enrol"] >= 0
     assert view1["enrolment"]["failures_to_enrol"] == len(view1["enrolment"]["failed_images"])
@@ -77,12 +79,12 @@ def test_tar_at_low_fmr_over_all_lfw_pairs(all_pairs: dict[str, Any]) -> None:
             f"{tar[f]['threshold']['value']:.4f}"
         )
         assert t["low"] <= t["value"] <= t["high"]
-    assert tar[1e-3]["tar"]["value"] > 0.88
-    assert tar[1e-4]["tar"]["value"] > 0.65
+    assert tar[1e-3]["tar"]["value"] > 0.97
+    assert tar[1e-4]["tar"]["value"] > 0.93
     assert tar[1e-3]["tar"]["value"] > tar[1e-4]["tar"]["value"] > tar[1e-5]["tar"]["value"]
     enr = all_pairs["enrolment"]
     print(f"failures to enrol: {enr['failures_to_enrol']} of {enr['images']}")
-    assert enr["failure_rate"] < 0.02
+    assert enr["failure_rate"] < 0.01
 
 
 def test_calibrated_default_threshold_means_its_false_match_rate(all_pairs: dict[str, Any]) -> None:
@@ -98,29 +100,34 @@ def test_calibrated_default_threshold_means_its_false_match_rate(all_pairs: dict
         f"\nSimilarity 99.99 (d={row['threshold']:.4f}): FMR {row['fmr']['value']:.3g} "
         f"[{row['fmr']['low']:.3g}, {row['fmr']['high']:.3g}]"
     )
-    # The table covers the worst measured group, so on LFW (mostly white men) the default keeps
-    # its promise with room to spare: even the upper end of the interval is below it.
+    # The table covers the worst measured adult group, so on LFW (mostly white men) the default
+    # keeps its promise with room to spare: even the upper end of the interval is below it.
     assert row["fmr"]["value"] <= DEFAULT_COMPARE_FMR
     assert row["fmr"]["high"] <= DEFAULT_COMPARE_FMR
-    table = load_calibration("1.0")
+    table = load_calibration("2.0")
     assert row["threshold"] == pytest.approx(table.distance_for_fmr(DEFAULT_COMPARE_FMR))
 
 
 def test_shipped_table_is_reproduced_by_the_build(faces_dir: Path, evaluation: Evaluation) -> None:
     # Rebuilding from the same images gives the shipped curve: same floor, same thresholds.
     from faceledger.evaluation.calibrate import build_calibration
+    from faceledger.evaluation.duplicates import shipped_duplicates
 
     raw = build_calibration(
-        faces_dir / "lfw", cache_dir=evaluation.cache_dir, progress=False, validation_splits=0,
-        groups_root=faces_dir / "utkface-balanced",
+        faces_dir / "lfw", settings=evaluation.settings, cache_dir=evaluation.cache_dir,
+        progress=False, validation_splits=0, replicates=100,
+        groups_root=[faces_dir / "utkface-balanced", faces_dir / "utkface-more"],
+        duplicates=shipped_duplicates(), normalise=False, cover_children=False,
+        split="salted-sha256",
     )  # fmt: skip
     rebuilt = CalibrationTable.from_dict(raw)
-    shipped = load_calibration("1.0")
+    shipped = load_calibration("2.0")
     print(f"\nlowest credible FMR: rebuilt {rebuilt.lowest_credible_fmr:.4g}, shipped "
-          f"{shipped.lowest_credible_fmr:.4g}")  # fmt: skip
-    assert rebuilt.lowest_credible_fmr == pytest.approx(shipped.lowest_credible_fmr, rel=0.05)
-    for f in (1e-2, 1e-3, 1e-4, 1e-5):
-        assert rebuilt.distance_for_fmr(f) == pytest.approx(shipped.distance_for_fmr(f), abs=3e-3)
+          f"{shipped.lowest_credible_fmr:.4g}; shift rebuilt {raw['coverage']['shift']:.4f}, "
+          f"shipped {shipped.provenance['coverage']['shift']:.4f}")  # fmt: skip
+    assert rebuilt.lowest_credible_fmr == pytest.approx(shipped.lowest_credible_fmr, rel=0.1)
+    for f in (1e-2, 1e-3, 1e-4):
+        assert rebuilt.distance_for_fmr(f) == pytest.approx(shipped.distance_for_fmr(f), abs=1e-2)
 
 
 def test_per_sex_rates_use_within_sex_impostors(all_pairs: dict[str, Any]) -> None:
@@ -141,21 +148,29 @@ def test_per_sex_rates_use_within_sex_impostors(all_pairs: dict[str, Any]) -> No
 def test_held_out_people_of_every_group_get_the_promised_rate(
     faces_dir: Path, evaluation: Evaluation
 ) -> None:
-    # The people of utkface-balanced the calibration never saw (`test` half): within every
-    # sex x race x age-group cell, no threshold's promise is broken (the low end of the 95%
-    # interval is never above 1 - S/100). Before the normalisation and coverage (docs/accuracy.md
-    # §6), 35 of 60 cells broke it, Asian women at 99.99 by ~280x.
-    result = evaluation.impostors(faces_dir / "utkface-balanced", utkface=True, half="test")
+    # The people of utkface-balanced + utkface-more the calibration never saw (`test` half of the
+    # table's salted split, reviewed duplicates joined): within every adult sex x race cell, no
+    # threshold's promise is broken (the low end of the 95% interval is never above 1 - S/100).
+    # Children are measured but not covered by the 2.0 table: their cells are reported, and
+    # they are the only ones allowed to break it (docs/accuracy.md §0).
+    result = evaluation.impostors(
+        [faces_dir / "utkface-balanced", faces_dir / "utkface-more"], utkface=True, half="test"
+    )
     imp = result["impostors"]
+    assert result["dataset"]["split"] == "salted-sha256"
+    assert imp["near_duplicates"]["joined_images"] > 0  # the reviewed list is applied
     assert len(imp["groups"]) == 20
     for g, cell in sorted(imp["groups"].items()):
         rates = {r["name"]: r for r in cell["at_thresholds"]}
-        print(f"\n{g}: " + ", ".join(f"{n} {r['fmr']['value']:.2g} ({r['impostor_matches']})"
-                                     for n, r in rates.items()))  # fmt: skip
+        print(f"\n{g} ({cell['people']} people, {cell['pairs']['impostor']:,} pairs): "
+              + ", ".join(f"{n} {r['fmr']['value']:.2g} [{r['fmr']['low']:.2g}, "
+                          f"{r['fmr']['high']:.2g}] ({r['impostor_matches']})"
+                          for n, r in rates.items()))  # fmt: skip
         assert cell["pairs"]["impostor"] > 300
-    assert imp["promises_broken"] == []
-    # At 99.9 (FMR <= 1e-3) the adult cells together see about the promised rate or less.
+    broken_adults = [b for b in imp["promises_broken"] if b["group"].endswith("/adult")]
+    assert broken_adults == []
+    # At 99.9 (FMR <= 1e-3) the adult cells together see the promised rate or less.
     adults = [c for g, c in imp["groups"].items() if g.endswith("adult")]
     matches = sum(c["at_thresholds"][0]["impostor_matches"] for c in adults)
     pairs = sum(c["pairs"]["impostor"] for c in adults)
-    assert matches / pairs <= 1e-3 * 1.5
+    assert matches / pairs <= 1e-3

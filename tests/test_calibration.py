@@ -383,7 +383,7 @@ def test_shipped_table_covers_every_measured_group() -> None:
     assert norm.provenance["reference"]["images"] > 900
     assert "test" in norm.provenance["reference"]["name"]  # says which half it never saw
     # The CLI says whom the promise covers.
-    out = CliRunner().invoke(main, ["calibration"]).output
+    out = CliRunner().invoke(main, ["calibration", "--model", "dlib-resnet-v1"]).output
     assert "The promise covers these groups" in out and "male/asian/adult" in out
 
 
@@ -422,7 +422,9 @@ def test_calibration_command_prints_the_table() -> None:
     assert result.exit_code == 0, result.output
     assert "99.99" in result.output and "1e-04" in result.output
     assert "Lowest credible FMR" in result.output
-    data = json.loads(CliRunner().invoke(main, ["calibration", "--json"]).output)
+    data = json.loads(
+        CliRunner().invoke(main, ["calibration", "--model", "dlib-resnet-v1", "--json"]).output
+    )
     rows = {r["fmr"]: r for r in data["rows"]}
     assert set(rows) >= {1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6}
     d = [rows[f]["distance"] for f in (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)]
@@ -578,7 +580,8 @@ def test_held_out_coverage_marks_each_group_and_threshold() -> None:
     # a table whose FMR 1e-2 threshold lies at distance ~0.9 (random 64-d unit vectors: ~1.41)
     table = CalibrationTable.from_dict({
         "model_version": "t", "distance": grid.tolist(),
-        "log10_fmr": np.clip(-2 + 8 * (grid - 0.9), -8, 0).tolist(), "fnmr": np.zeros(len(grid)).tolist(),
+        "log10_fmr": np.clip(-2 + 8 * (grid - 0.9), -8, 0).tolist(),
+        "fnmr": np.zeros(len(grid)).tolist(),
     })  # fmt: skip
 
     def people(n: int, spread: float) -> np.ndarray:
@@ -602,3 +605,57 @@ def test_held_out_coverage_marks_each_group_and_threshold() -> None:
     assert status["big"][0] == "covered"
     by = out["held_out"]["by_threshold"]["99"]
     assert "big" in by["covered"] and by["broken"] == ["tight"] and by["not_shown"] == ["few"]
+
+
+# ---- the shipped 2.0 table (reid-0095; measured by `faceledger calibration build`) ------------
+
+
+def test_shipped_2_0_table_covers_a_group_only_where_held_out_people_show_it() -> None:
+    table = load_calibration("2.0")
+    p = table.provenance
+    assert table.model_version == "2.0" and p["format"] == 4
+    assert table.normaliser is None  # normalisation not adopted for 2.0 (docs/accuracy.md §9)
+    assert p["dataset"]["images"] == 4992 and p["pairs"]["impostor"] > 12_000_000
+    cov = p["coverage"]
+    ref = cov["reference"]
+    # both UTKFace folders, the salted split, the reviewed duplicate list
+    assert "utkface-more" in ref["name"] and ref["split"] == "salted-sha256"
+    assert ref["duplicates"]["same-person"] + ref["duplicates"]["same-image"] >= 39
+    assert ref["held_out"]["people"] > 2000 and ref["people"] > 2000
+    # the shift is the largest any covered (adult) group's fit people need
+    covered = [g for g in cov["groups"] if g["covered"]]
+    assert covered and all(g["group"].endswith("/adult") for g in covered)
+    assert cov["shift"] == pytest.approx(max(g["shift"] for g in covered))
+    held = cov["held_out"]
+    assert len(held["groups"]) == 20
+    for g in held["groups"]:
+        for t in g["thresholds"]:
+            high, low = t["fmr"]["high"], t["fmr"]["low"]
+            if g["group"].endswith("/child"):
+                assert t["status"] == "not covered"  # children: measured, never promised
+            elif t["status"] == "covered":
+                assert high <= t["promised_fmr"]  # shown on people the fit never saw
+            else:
+                assert t["status"] in ("not shown", "broken") and high > t["promised_fmr"]
+            assert t["status"] != "broken" or low > t["promised_fmr"]
+    # no adult group breaks the promise on held-out people at 99.9 or 99.99
+    for s in ("99.9", "99.99"):
+        assert held["by_threshold"][s]["broken"] == []
+    # the default threshold is shown for the groups with enough held-out people, and the CLI
+    # says which ones it is not shown for
+    assert held["by_threshold"]["99.99"]["covered"]
+    out = CliRunner().invoke(main, ["calibration", "--model", "2.0"]).output
+    assert "not shown" in out and "held-out people" in out and "Children: not covered" in out
+
+
+def test_console_group_rows_say_per_threshold_where_a_group_is_not_covered() -> None:
+    from faceledger.service.oversight import _group_rows
+
+    rows = _group_rows(load_calibration("2.0").provenance["coverage"])
+    assert len(rows) == 20
+    for r in rows:
+        assert {"Covered at 99.9", "Covered at 99.99"} <= set(r)
+        if r["Group"].endswith("/child"):
+            assert r["Covered at 99.99"].startswith("no")
+    assert any(r["Covered at 99.99"] == "yes" for r in rows)
+    assert any(r["Covered at 99.99"] == "no (not shown)" for r in rows)

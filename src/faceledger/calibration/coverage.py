@@ -21,6 +21,16 @@ and the shipped curve is LFW's moved by the worst group's shift:
 (FMR_LFW is non-decreasing, so this is also max_g FMR_LFW(d + Delta_g)). Below a group's data the
 rule assumes its tail has LFW's shape: an assumption, checked on the held-out half of the people
 (`faceledger evaluate impostors --half test`), not a measurement.
+
+Where that assumption is not checked, nothing is promised (format 4, model 2.0's table): each
+group x threshold is `covered` only where the group's held-out people (never used to fit) show
+the promise, i.e. the upper end of the 95% interval of their FMR at the threshold is at or below
+1 - S/100. A group with too few held-out pairs to show it (below ~3.8/FMR pairs with no false
+match) is "not covered (not shown)" at that threshold, in every surface that prints the table
+(`coverage_lines`: the `calibration` command, transparency reports, the console's Populations;
+the console's group rows: `held_out_status`). Measured on model 2.0: fitting the shift down to a
+group's closest pair (min_count 1 or 3 instead of 10) covered nothing more on held-out people and
+more than doubled the false non-matches at 99.99 (docs/accuracy.md §0).
 """
 
 from __future__ import annotations

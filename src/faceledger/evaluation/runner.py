@@ -282,7 +282,9 @@ class Evaluation:
         `utkface`, none otherwise."""
         roots = [Path(root)] if isinstance(root, (str, Path)) else [Path(r) for r in root]
         images = load_image_roots(roots)
-        dups = (shipped_duplicates() if utkface else None) if duplicates == "default" else duplicates
+        if duplicates == "default":
+            duplicates = shipped_duplicates() if utkface else None
+        dups = duplicates
         person = None if dups is None else dups.clusters(images.keys)
         split = None
         if half is not None:
