@@ -115,7 +115,7 @@ def test_shipped_table_is_reproduced_by_the_build(faces_dir: Path, evaluation: E
 
     raw = build_calibration(
         faces_dir / "lfw", settings=evaluation.settings, cache_dir=evaluation.cache_dir,
-        progress=False, validation_splits=0, replicates=100,
+        progress=False, validation_splits=0,
         groups_root=[faces_dir / "utkface-balanced", faces_dir / "utkface-more"],
         duplicates=shipped_duplicates(), normalise=False, cover_children=False,
         split="salted-sha256",
@@ -125,9 +125,11 @@ def test_shipped_table_is_reproduced_by_the_build(faces_dir: Path, evaluation: E
     print(f"\nlowest credible FMR: rebuilt {rebuilt.lowest_credible_fmr:.4g}, shipped "
           f"{shipped.lowest_credible_fmr:.4g}; shift rebuilt {raw['coverage']['shift']:.4f}, "
           f"shipped {shipped.provenance['coverage']['shift']:.4f}")  # fmt: skip
-    assert rebuilt.lowest_credible_fmr == pytest.approx(shipped.lowest_credible_fmr, rel=0.1)
+    # Same replicates and seed as the shipped build: the same bound, floor and shift.
+    assert rebuilt.lowest_credible_fmr == pytest.approx(shipped.lowest_credible_fmr, rel=0.05)
+    assert raw["coverage"]["shift"] == pytest.approx(shipped.provenance["coverage"]["shift"], abs=2e-3)
     for f in (1e-2, 1e-3, 1e-4):
-        assert rebuilt.distance_for_fmr(f) == pytest.approx(shipped.distance_for_fmr(f), abs=1e-2)
+        assert rebuilt.distance_for_fmr(f) == pytest.approx(shipped.distance_for_fmr(f), abs=3e-3)
 
 
 def test_per_sex_rates_use_within_sex_impostors(all_pairs: dict[str, Any]) -> None:
