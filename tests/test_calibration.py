@@ -383,7 +383,7 @@ def test_shipped_table_covers_every_measured_group() -> None:
     assert norm.provenance["reference"]["images"] > 900
     assert "test" in norm.provenance["reference"]["name"]  # says which half it never saw
     # The CLI says whom the promise covers.
-    out = CliRunner().invoke(main, ["calibration", "--model", "dlib-resnet-v1"]).output
+    out = CliRunner().invoke(main, ["calibration", "--model", "1.0"]).output
     assert "The promise covers these groups" in out and "male/asian/adult" in out
 
 
@@ -423,7 +423,7 @@ def test_calibration_command_prints_the_table() -> None:
     assert "99.99" in result.output and "1e-04" in result.output
     assert "Lowest credible FMR" in result.output
     data = json.loads(
-        CliRunner().invoke(main, ["calibration", "--model", "dlib-resnet-v1", "--json"]).output
+        CliRunner().invoke(main, ["calibration", "--model", "1.0", "--json"]).output
     )
     rows = {r["fmr"]: r for r in data["rows"]}
     assert set(rows) >= {1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6}
