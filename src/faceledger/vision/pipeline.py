@@ -31,6 +31,13 @@ from .types import (
 )
 
 
+def entering(pixels: RGBImage) -> RGBImage:
+    """`pixels` as one C-contiguous block: where every image and video frame enters the pipeline.
+    The native models (dlib's chips, ONNX Runtime's tensors) take contiguous buffers only, and
+    PyAV pads frame rows to its alignment (a 500-pixel RGB row takes 1536 bytes)."""
+    return np.ascontiguousarray(pixels)
+
+
 def build_detector(name: str, settings: Settings | None = None) -> Detector:
     """The detector class for a configured name."""
     match name:
@@ -85,6 +92,7 @@ class FacePipeline:
     def detect(self, pixels: RGBImage) -> list[Detection]:
         """Face boxes in `pixels` coordinates that pass the face check, largest first, each
         with its five landmarks and face probability."""
+        pixels = entering(pixels)
         h, w = pixels.shape[:2]
         scale = self.detection_scale(w, h)
         work = pixels
@@ -138,6 +146,7 @@ class FacePipeline:
         """Every face (up to `max_faces`, largest first) with landmarks, pose, quality and,
         if `embed`, its template."""
         limit = self.settings.max_faces if max_faces is None else max_faces
+        pixels = entering(pixels)
         with self._lock:
             detections = self.detect(pixels)[:limit]
             if not detections:
@@ -168,6 +177,7 @@ class FacePipeline:
     ) -> NDArray[np.float32]:
         """Templates for given boxes (used by evaluation to embed a known face); an embedder
         that aligns by landmarks gets ONet's unless they are given."""
+        pixels = entering(pixels)
         with self._lock:
             if landmarks is None and self.embedder.needs_landmarks:
                 landmarks = self.landmarker.landmarks(pixels, boxes)
