@@ -72,7 +72,7 @@ STILL_FORMATS = frozenset({"image2", "image2pipe"})
 # File signatures of still images: refused before FFmpeg opens them (opening a JPEG decodes its
 # first picture at full size to learn its parameters, whatever its pixel count).
 _STILL_SIGNATURES = (
-    (0, b"\xff\xd8\xff"), (0, b"\x89PNG\r\n\x1a\n"), (0, b"GIF8"), (0, b"BM"),
+    (0, b"\xff\xd8\xff"), (0, b"\x89PNG\r\n\x1a\n"), (0, b"BM"),
     (0, b"II*\x00"), (0, b"MM\x00*"), (8, b"WEBP"), (4, b"jP  "), (0, b"\x00\x00\x00\x0cjP"),
 )
 NOT_A_VIDEO = "The file is a still image, not a video; send a video (H.264 in MP4 or MOV)."
