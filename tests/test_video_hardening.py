@@ -382,6 +382,7 @@ def test_job_limit_is_atomic_and_per_key(backend: str, tmp_path: Path, faces_dir
             svc.start_face_detection(_video("long.mp4"), ctx=RequestContext(principal="key-c"))
     finally:
         svc.close()
+        svc.engine.dispose()  # before the database is dropped
 
 
 # --- worker death --------------------------------------------------------------------------------
