@@ -14,8 +14,11 @@ from faceledger.errors import InvalidParameterException
 from faceledger.service import FaceService
 from faceledger.video.decode import probe, sample_frames
 from faceledger.video.redaction import RedactionPlan, blur_boxes
+from faceledger.video.shots import is_cut, signature
 from faceledger.video.tracks import FaceTracker
 from faceledger.vision.types import Box, FaceAnalysis, Pose, Quality
+
+from videos import make_video
 
 
 def write_video(path: Path, codec: str, *, fps: int = 10, frames: int = 30,
@@ -165,3 +168,20 @@ def test_redact_a_video_without_faces_or_audio_of_odd_size(service: FaceService,
     assert not list(tmp_path.glob(".*partial*"))
     with pytest.raises(InvalidParameterException, match="must not overwrite"):
         service.redact(src, src)
+
+
+def test_shot_cuts_are_found_between_samples_and_only_there(faces_dir: Path,
+                                                            tmp_path: Path) -> None:
+    """tests/videos.py's clip: two people moving and growing, a cut to another background at
+    2 s. At 4 samples a second the cut is found at the first sample after it, and nowhere
+    else (faces moving within a shot change the histogram little)."""
+    truth = make_video(faces_dir, tmp_path / "cut.mp4", seconds=4.0, audio=False)
+    cut_ms = truth.cut_frame * 1000 // truth.fps
+    before = None
+    found = []
+    for frame in sample_frames(tmp_path / "cut.mp4", 4.0):
+        now = signature(frame.pixels)
+        if is_cut(before, now):
+            found.append(frame.timestamp_ms)
+        before = now
+    assert found == [cut_ms]

@@ -133,8 +133,12 @@ def probe(path: Path, max_pixels: int | None = None) -> VideoInfo:
         width, height = int(ctx.width), int(ctx.height)
         if width <= 0 or height <= 0 or fps <= 0:
             raise InvalidParameterException("The video stream has no frame size or frame rate.")
-        if seconds <= 0 or (stream.frames == 1):
+        if stream.frames == 1:
             raise InvalidParameterException(NOT_A_VIDEO)
+        if seconds <= 0:
+            raise InvalidParameterException(
+                "The file has no duration: a still image, or a stream without timing; send a "
+                "video (H.264 in MP4 or MOV).")
         if max_pixels is not None and width * height > max_pixels:
             raise VideoTooLargeException(
                 f"The video's frames are {width}x{height} pixels; the limit is {max_pixels} "
