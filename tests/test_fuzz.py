@@ -22,6 +22,7 @@ import io
 import json
 import os
 import secrets
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from faceledger import errors
 from faceledger.ledger import schema as ledger_schema
 from faceledger.server import RekognitionApp, protocol, running
 from faceledger.server.keys import IssuedKey, KeyStore
+from faceledger.server.storage import build_resolver
 from faceledger.service import FaceService, paging
 from faceledger.settings import Settings
 from faceledger.store import catalog as catalog_tables
@@ -50,6 +52,7 @@ REGION = "us-east-1"
 LONG_RUN = int(os.environ.get("FACELEDGER_FUZZ_EXAMPLES", "0"))
 SEED = "fuzz"  # the collection every valid request aims at (holds a face and a user)
 SCRATCH = ["fuzz-scratch", "fuzz-other"]  # names writes may create and delete
+VIDEO_BUCKET = "fuzz-videos"
 
 
 def examples(default: int) -> Any:
@@ -141,9 +144,11 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory, service: FaceService,
           astronaut_jpeg: bytes) -> Iterator[World]:
     root = tmp_path_factory.mktemp("fuzz")
+    (root / "videos").mkdir()
     cfg = Settings(data_dir=root / "data", config_dir=root / "config", server_workers=1,
-                   server_queue=8)
-    svc = FaceService(cfg, pipeline=service.pipeline)
+                   server_queue=8, local_buckets={VIDEO_BUCKET: root / "videos"},
+                   video_sample_rate=1.0)
+    svc = FaceService(cfg, pipeline=service.pipeline, resolver=build_resolver(cfg))
     keys = KeyStore(svc.engine, secrets.token_bytes(32))
     key = keys.create("fuzzer", ["*"], ["*"], admin=True)
     svc.create_collection(SEED)
@@ -612,3 +617,113 @@ def test_the_console_holds_the_invariant(world: World, console_clients: ConsoleC
         run()
     finally:
         anonymous.close()
+
+
+# --- stored video ---------------------------------------------------------------------------
+
+def _small_video() -> bytes:
+    """A one-second 96x64 H.264 MP4 of noise (no face: its jobs end quickly)."""
+    import av
+
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    with av.open(buf, "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=5)
+        s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
+        for _ in range(5):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (64, 96, 3), np.uint8),
+                                               format="rgb24")
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return buf.getvalue()
+
+
+def _jobs(world: World) -> set[str]:
+    from faceledger.video.jobs import jobs
+
+    with world.service.video_jobs.engine.connect() as conn:  # (creates the tables)
+        return set(conn.execute(sa.select(jobs.c.job_id)).scalars())
+
+
+class Blob(bytes):
+    """Bytes that Hypothesis shows by length and digest (a video's repr is too long)."""
+
+    def __repr__(self) -> str:
+        return f"Blob({len(self)} bytes, sha256 {hashlib.sha256(self).hexdigest()[:12]})"
+
+
+def _idle(world: World) -> None:
+    """Wait until no video job runs: a job that ends appends its own event, which must not be
+    taken for an event of the request under test."""
+    from faceledger.video.jobs import IN_PROGRESS, jobs
+
+    deadline = time.monotonic() + 120
+    while True:
+        with world.service.video_jobs.engine.connect() as conn:
+            if not conn.execute(sa.select(jobs.c.job_id).where(
+                    jobs.c.status == IN_PROGRESS)).first():
+                return
+        assert time.monotonic() < deadline, "video jobs did not end"
+        time.sleep(0.1)
+
+
+def test_video_operations_hold_the_invariant(world: World, astronaut_jpeg: bytes) -> None:
+    """StartFace* on video bytes valid, mutated, still images and junk, with any options;
+    GetFace* with any JobId, MaxResults and NextToken (huge offsets included): never a 5xx,
+    never a traceback, and a refused start leaves no job, no spool file and no event."""
+    video = _small_video()
+    bucket = world.service.settings.local_buckets[VIDEO_BUCKET]
+    spool = world.service.settings.data_dir / "video-spool"
+    started: list[str] = []
+    contents = st.one_of(st.just(video), mutated_bytes(st.just(video)),
+                         image_bytes(astronaut_jpeg), st.binary(max_size=2048)).map(Blob)
+    offsets = st.sampled_from([0, 1, 2 ** 31, 2 ** 63 - 1, 2 ** 63, 2 ** 64, 10 ** 30, -1])
+
+    @examples(25)
+    @given(data=contents, name=st.sampled_from(["v.mp4", "v.mov", "v.jpg", "v"]),
+           search=st.booleans(), options=st.dictionaries(
+               st.sampled_from(["JobTag", "FaceAttributes", "FaceMatchThreshold",
+                                "ClientRequestToken"]), JSON_JUNK, max_size=2))
+    def start(data: bytes, name: str, search: bool, options: dict[str, Any]) -> None:
+        (bucket / name).write_bytes(data)
+        body: dict[str, Any] = {"Video": {"S3Object": {"Bucket": VIDEO_BUCKET, "Name": name}},
+                                **options}
+        if search:
+            body["CollectionId"] = SEED
+            body.pop("FaceAttributes", None)
+        else:
+            body.pop("FaceMatchThreshold", None)
+        _idle(world)
+        jobs_before = _jobs(world)
+        spooled = set(spool.glob("*")) if spool.is_dir() else set()
+        op = "StartFaceSearch" if search else "StartFaceDetection"
+        response = check(world, op, json.dumps(body).encode())
+        if response.status_code == 200:
+            started.append(response.json()["JobId"])
+        else:
+            assert _jobs(world) == jobs_before
+            assert (set(spool.glob("*")) if spool.is_dir() else set()) <= spooled
+            assert "Traceback" not in response.text and str(bucket) not in response.text
+
+    start()
+    assert started, "no valid video was ever started"
+
+    @examples(40)
+    @given(job=st.one_of(st.sampled_from(started), st.text(max_size=70)),
+           op=st.sampled_from(["GetFaceDetection", "GetFaceSearch"]), offset=offsets,
+           order=st.sampled_from(["TIMESTAMP", "INDEX", "x"]),
+           max_results=st.one_of(st.none(), JSON_JUNK), raw=st.one_of(st.none(), tokens()))
+    def get(job: str, op: str, offset: int, order: str, max_results: Any,
+            raw: str | None) -> None:
+        token = raw if raw is not None else base64.urlsafe_b64encode(
+            f"o:{offset}:{op}/{order}/{job}".encode()).decode().rstrip("=")
+        _idle(world)
+        body: dict[str, Any] = {"JobId": job, "NextToken": token}
+        if max_results is not None:
+            body["MaxResults"] = max_results
+        response = check(world, op, json.dumps(body).encode())
+        assert "Traceback" not in response.text
+
+    get()

@@ -14,8 +14,11 @@ from faceledger.errors import InvalidParameterException
 from faceledger.service import FaceService
 from faceledger.video.decode import probe, sample_frames
 from faceledger.video.redaction import RedactionPlan, blur_boxes
+from faceledger.video.shots import is_cut, signature
 from faceledger.video.tracks import FaceTracker
 from faceledger.vision.types import Box, FaceAnalysis, Pose, Quality
+
+from videos import make_video
 
 
 def write_video(path: Path, codec: str, *, fps: int = 10, frames: int = 30,
@@ -120,39 +123,38 @@ def test_blur_removes_detail_inside_the_padded_box_only() -> None:
     assert np.array_equal(outside, before[:30, :30])
 
 
-def test_templates_are_skipped_only_when_overlap_links_without_doubt() -> None:
-    t = np.ones(128)
-    tracker = FaceTracker(memory=2, verify_every=3)
-    bare = lambda left: replace(face(left, 0, 50, t), embedding=None)  # noqa: E731
-    for i in range(2):  # the first views always get templates (memory not full)
-        assert tracker.needs_template(i * 500, [bare(i)]) == [True]
-        tracker.update(i * 500, i, [face(i, 0, 50, t)])
-    assert tracker.needs_template(1000, [bare(2)]) == [False]  # same place, no better view
-    tracker.update(1000, 2, [bare(2)])
-    assert tracker.needs_template(1500, [bare(3)]) == [False]
-    tracker.update(1500, 3, [bare(3)])
-    assert tracker.needs_template(2000, [bare(4)]) == [True]  # periodic check (verify_every)
-    assert tracker.needs_template(2000, [bare(60)]) == [True]  # moved: overlap not sure
-    assert tracker.needs_template(2000, [bare(4), bare(30)]) == [True, True]  # crowded
-    assert [len(p.sightings) for p in tracker.persons] == [4]  # bare faces joined the person
-
-
 def test_two_people_crossing_keep_their_index() -> None:
-    """Faces pass through each other; templates are computed only where the tracker asks
-    (as video/analysis.py does), yet neither person takes the other's index."""
+    """Faces pass through each other; neither person takes the other's index."""
     rng = np.random.default_rng(2)
     a, b = rng.normal(0, 0.1, 128), rng.normal(0, 0.1, 128)
     tracker = FaceTracker()
-    skipped = 0
     for i in range(25):  # a moves right, b moves left; they overlap in the middle samples
         faces = [face(20 + 10 * i, 40, 60, a + rng.normal(0, 0.01, 128)),
                  face(260 - 10 * i, 50, 60, b + rng.normal(0, 0.01, 128))]
-        wanted = tracker.needs_template(i * 250, faces)
-        skipped += wanted.count(False)
-        faces = [f if w else replace(f, embedding=None) for f, w in zip(faces, wanted)]
         assert tracker.update(i * 250, i, faces) == [0, 1], i
     assert len(tracker.persons) == 2
-    assert skipped >= 10  # away from the crossing, overlap alone linked them
+
+
+def test_overlap_never_links_a_face_by_itself() -> None:
+    """A stranger standing exactly where someone stood, a face without a template, and a
+    look-alike within overlap's old allowance (0.5-0.6) each start a person at once."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(0, 0.1, 128)
+    a /= np.linalg.norm(a)
+    other = rng.normal(0, 0.1, 128)
+    other -= other.dot(a) * a
+    other /= np.linalg.norm(other)
+    look_alike = a + 0.55 * other  # 0.55 from a: linked by overlap before issue 18
+    tracker = FaceTracker()
+    seq = [a, a, a, look_alike, look_alike]
+    out = [tracker.update(i * 500, i, [face(100, 50, 60, t + rng.normal(0, 0.002, 128))])[0]
+           for i, t in enumerate(seq)]
+    assert out == [0, 0, 0, 1, 1]
+    bare = replace(face(100, 50, 60, a), embedding=None)
+    assert tracker.update(2500, 5, [bare]) == [2]
+    # across a cut, a returning person links by template alone (no overlap credit)
+    assert tracker.update(3000, 6, [face(300, 50, 60, a)], cut=True) == [0]
+    assert tracker.cuts == [3000]
 
 
 def test_redact_a_video_without_faces_or_audio_of_odd_size(service: FaceService,
@@ -168,17 +170,18 @@ def test_redact_a_video_without_faces_or_audio_of_odd_size(service: FaceService,
         service.redact(src, src)
 
 
-def test_a_stranger_in_the_same_place_is_split_off_by_the_periodic_check() -> None:
-    rng = np.random.default_rng(3)
-    a, b = rng.normal(0, 0.1, 128), rng.normal(0, 0.1, 128)
-    tracker = FaceTracker(verify_every=4)
-    indices = []
-    for i in range(12):  # a for 6 samples, then b stands exactly where a stood
-        person = a if i < 6 else b
-        faces = [face(100, 50, 60, person + rng.normal(0, 0.01, 128))]
-        wanted = tracker.needs_template(i * 500, faces)
-        faces = [f if w else replace(f, embedding=None) for f, w in zip(faces, wanted)]
-        indices.append(tracker.update(i * 500, i, faces)[0])
-    assert indices[:6] == [0] * 6
-    first_b = indices.index(1)
-    assert 6 <= first_b < 6 + 4 and indices[first_b:] == [1] * (12 - first_b)
+def test_shot_cuts_are_found_between_samples_and_only_there(faces_dir: Path,
+                                                            tmp_path: Path) -> None:
+    """tests/videos.py's clip: two people moving and growing, a cut to another background at
+    2 s. At 4 samples a second the cut is found at the first sample after it, and nowhere
+    else (faces moving within a shot change the histogram little)."""
+    truth = make_video(faces_dir, tmp_path / "cut.mp4", seconds=4.0, audio=False)
+    cut_ms = truth.cut_frame * 1000 // truth.fps
+    before = None
+    found = []
+    for frame in sample_frames(tmp_path / "cut.mp4", 4.0):
+        now = signature(frame.pixels)
+        if is_cut(before, now):
+            found.append(frame.timestamp_ms)
+        before = now
+    assert found == [cut_ms]

@@ -149,8 +149,10 @@ class Settings(BaseSettings):
     # Rekognition's limits for stored video: 10 GB and 6 hours (VideoTooLargeException).
     max_video_bytes: int = 10 * 1024**3
     max_video_seconds: float = 6 * 3600
-    # Video jobs IN_PROGRESS at once (Rekognition's default quota: 20); beyond: LimitExceeded.
+    # Video jobs IN_PROGRESS at once for one key (Rekognition's default quota per account: 20),
+    # and for the whole server (every server sharing the database); beyond: LimitExceeded.
     video_max_jobs: int = 20
+    video_max_jobs_total: int = 100
     # Jobs analysed at the same time (each takes one core while it runs).
     video_workers: int = 1
     # A job whose server stopped sending heartbeats this long is resumed by another (or the

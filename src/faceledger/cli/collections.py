@@ -5,6 +5,7 @@ The data directory and database come from FACELEDGER_DATA_DIR / FACELEDGER_DATAB
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -191,7 +192,11 @@ def index(collection_id: str, paths: tuple[Path, ...], external_id: str | None,
     if as_json:
         emit_json(summary.to_dict())
     else:
-        write_summary(summary, click.get_text_stream("stdout"))
+        # through click.echo (get_text_stream is deprecated from Click 8.5): the summary is
+        # written whole, in the encoding click chose for stdout
+        text = io.StringIO()
+        write_summary(summary, text)
+        click.echo(text.getvalue(), nl=False)
     if summary.interrupted:
         raise SystemExit(130)
     if summary.failed:

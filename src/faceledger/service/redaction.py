@@ -68,7 +68,8 @@ class RedactionOperations(CollectionOperations):
                 if is_video:
                     summary = redact_video(
                         source, partial, self.pipeline, rate=self.settings.redact_sample_rate,
-                        keep=lambda p: _kept(p.templates(), templates, self.calibration, limit))
+                        keep=lambda p: _kept(p.templates(), templates, self.calibration, limit),
+                        max_pixels=self.settings.max_decoded_pixels)
                 else:
                     summary = self._redact_image(source, partial, templates, limit)
                 os.replace(partial, output)

@@ -13,8 +13,6 @@ image search. GetFace* pages through results that never change once written.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 import threading
@@ -33,7 +31,7 @@ from ..context import LOCAL, RequestContext
 from ..errors import (
     FaceledgerError,
     IdempotentParameterMismatchException,
-    InvalidPaginationTokenException,
+    InternalServerError,
     InvalidParameterException,
     LimitExceededException,
     ResourceNotFoundException,
@@ -51,6 +49,7 @@ from ..video.jobs import FAILED, IN_PROGRESS, SUCCEEDED, JobRow, JobRunner, JobS
 from ..video.notify import check_channel, completion_message, publish
 from ..video.source import download_video, video_ref
 from . import collection_members as m
+from . import paging
 from .collections import DEFAULT_SEARCH_FACES, CollectionOperations
 from .core import check_enum
 from ..text import logger
@@ -165,6 +164,7 @@ class VideoOperations(CollectionOperations):
                 with self.catalog.read() as conn:
                     earlier = None if tok is None else store.by_token(conn, ctx.principal, kind,
                                                                       tok)
+                    mine = store.running(conn, ctx.principal)
                     running = store.running(conn)
                     coll = None if collection is None else self._same_model(self._usable(
                         self.catalog.collection(conn, collection), op, embeds=False))
@@ -174,10 +174,13 @@ class VideoOperations(CollectionOperations):
                             f"ClientRequestToken {tok} was used for a different {kind} request.")
                     op.record(job_id=earlier.job_id, replay=True)
                     return {"JobId": earlier.job_id}
-                if running >= self.settings.video_max_jobs:
+                limits = (self.settings.video_max_jobs, self.settings.video_max_jobs_total)
+                if mine >= limits[0] or running >= limits[1]:
+                    # a quick refusal before the video is fetched; store.admit below decides
                     raise LimitExceededException(
-                        f"{running} video jobs are in progress, the most this server runs at once "
-                        f"({self.settings.video_max_jobs}); retry when one has ended.")
+                        f"{mine} of this key's video jobs ({running} in all) are in progress: "
+                        f"the limits are {limits[0]} a key and {limits[1]} a server; retry "
+                        "when one has ended.")
                 point: tuple[float, float] | None = None
                 if coll is not None:  # the floor applies before the video is even read
                     point = self._threshold(op, coll, options["FaceMatchThreshold"],
@@ -187,6 +190,7 @@ class VideoOperations(CollectionOperations):
                 # the spool file goes if anything below fails, the commit included
                 info, sha = self._fetch(ref, spool)
                 op.image(sha)
+                store.admit(op.conn, ctx.principal, *limits)
                 self._insert_job(op.conn, tok, {
                     "job_id": job_id, "kind": kind, "status": IN_PROGRESS,
                     "principal": ctx.principal, "request_id": ctx.request_id,
@@ -224,7 +228,7 @@ class VideoOperations(CollectionOperations):
         """Copy the video to `spool`; its VideoMetadata and SHA-256 (limits checked)."""
         s = self.settings
         download_video(self.resolver, ref, spool, s.max_video_bytes)
-        info = probe(spool)
+        info = probe(spool, s.max_decoded_pixels)
         if info.duration_ms > s.max_video_seconds * 1000:
             raise VideoTooLargeException(
                 f"The video lasts {info.duration_ms / 1000:.0f} s; the limit is "
@@ -244,7 +248,8 @@ class VideoOperations(CollectionOperations):
             spool = Path(row.spool) if row.spool else self._spool_dir() / job_id
             if not spool.is_file():  # resumed where the spool file did not survive
                 self._fetch(row.video, spool)
-                store.set_video(job_id, file_sha256(spool), probe(spool).shape(), str(spool))
+                info = probe(spool, self.settings.max_decoded_pixels)
+                store.set_video(job_id, file_sha256(spool), info.shape(), str(spool))
             stopping = self.video_runner.stopping
 
             def progress(_samples: int, _ms: int) -> None:
@@ -259,6 +264,14 @@ class VideoOperations(CollectionOperations):
         except _Interrupted:
             log.info("video job %s interrupted by shutdown; it resumes on restart", job_id)
             return
+        except InternalServerError as exc:
+            # a worker process died twice on a frame: the job is resumable, so it starts again
+            # (from the beginning: analysis is deterministic) until video_max_attempts
+            if self.video_jobs.retry(job_id, self.settings.video_max_attempts):
+                log.warning("video job %s: %s; starting it again", job_id, exc.message)
+                self.video_runner.submit(job_id)
+                return
+            self._fail(row, exc.message)
         except FaceledgerError as exc:
             self._fail(row, exc.message)
         except Exception:  # noqa: BLE001 - a bug must end the job, not leave it running
@@ -279,7 +292,8 @@ class VideoOperations(CollectionOperations):
             if found is not None:
                 cache.move_to_end(key)
                 return found
-        found = analyse(spool, self.pipeline, rate, progress=progress)
+        found = analyse(spool, self.pipeline, rate, progress=progress,
+                        max_pixels=self.settings.max_decoded_pixels)
         with _CACHE_LOCK:
             cache[key] = found
             while len(cache) > RECENT_ANALYSES:
@@ -408,7 +422,8 @@ class VideoOperations(CollectionOperations):
             max_results = min(max_results, MAX_VIDEO_RESULTS)  # Rekognition caps, not refuses
         limit = m.page_size(max_results, MAX_VIDEO_RESULTS, MAX_VIDEO_RESULTS, "MaxResults",
                             low=1)
-        offset = 0 if next_token is None else _read_token(next_token, jid, order)
+        scope = f"{operation}/{order}/{jid}"
+        offset = 0 if next_token is None else paging.read_offset_token(next_token, scope)
         store = self.video_jobs
         with self.catalog.read() as conn:
             row = store.get(conn, jid)
@@ -435,27 +450,6 @@ class VideoOperations(CollectionOperations):
         if row.summary:
             out.update(row.summary)
         if len(page) > limit:
-            out["NextToken"] = _make_token(jid, order, offset + limit)
+            out["NextToken"] = paging.make_offset_token(scope, offset + limit)
         return out
-
-
-def _make_token(job_id: str, order: str, offset: int) -> str:
-    raw = json.dumps({"j": job_id, "s": order, "o": offset}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def _read_token(token: Any, job_id: str, order: str) -> int:
-    bad = InvalidPaginationTokenException("NextToken is not a token this job returned.")
-    if not isinstance(token, str):
-        raise bad
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise bad from None
-    if not isinstance(raw, dict) or raw.get("j") != job_id or raw.get("s") != order:
-        raise bad
-    offset = raw.get("o")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise bad
-    return offset
 

@@ -3,43 +3,43 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..vision import FacePipeline
 from .decode import VideoInfo, probe, sample_frames
+from .shots import is_cut, signature
 from .tracks import FaceTracker, Person
 
 
 @dataclass
 class Analysis:
-    """What a pass found: the video's metadata, every person with their sightings."""
+    """What a pass found: the video's metadata, every person with their sightings, and the
+    timestamps of the samples that follow a shot cut."""
 
     info: VideoInfo
     persons: list[Person]
     samples: int
+    cuts: list[int]
 
 
 def analyse(path: Path, pipeline: FacePipeline, rate: float, *,
-            progress: Callable[[int, int], None] | None = None) -> Analysis:
+            progress: Callable[[int, int], None] | None = None,
+            max_pixels: int | None = None) -> Analysis:
     """Detect, embed and track faces at `rate` samples per second; `progress(samples, ms)` is
-    called after each sample (jobs use it to notice shutdown). Faces that overlap alone links
-    to a person without doubt are not embedded (FaceTracker.needs_template): embedding is
-    most of the cost of a sample."""
-    info = probe(path)
+    called after each sample (jobs use it to notice shutdown). Every face is embedded: the
+    tracker links a face to a person by its own template only (video/tracks.py), and boxes
+    carry over only within a shot (video/shots.py). Frames above `max_pixels` are refused."""
+    info = probe(path, max_pixels)
     tracker = FaceTracker()
     samples = 0
-    for frame in sample_frames(path, rate):
-        faces = pipeline.analyze(frame.pixels, embed=False)
-        wanted = tracker.needs_template(frame.timestamp_ms, faces)
-        if any(wanted):
-            chosen = [f for f, w in zip(faces, wanted) if w]
-            vectors = iter(pipeline.embed_boxes(frame.pixels, [f.box for f in chosen],
-                                                [f.landmarks for f in chosen]))
-            faces = [replace(f, embedding=next(vectors)) if w else f
-                     for f, w in zip(faces, wanted)]
-        tracker.update(frame.timestamp_ms, frame.number, faces)
+    before = None
+    for frame in sample_frames(path, rate, max_pixels=max_pixels):
+        faces = pipeline.analyze(frame.pixels, embed=True)
+        now = signature(frame.pixels)
+        tracker.update(frame.timestamp_ms, frame.number, faces, cut=is_cut(before, now))
+        before = now
         samples += 1
         if progress is not None:
             progress(samples, frame.timestamp_ms)
-    return Analysis(info, tracker.persons, samples)
+    return Analysis(info, tracker.persons, samples, tracker.cuts)

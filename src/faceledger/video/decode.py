@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import InvalidParameterException
+from ..errors import InvalidParameterException, VideoTooLargeException
 from ..text import logger
 
 log = logger("faceledger.video")
@@ -67,14 +67,36 @@ class Frame:
     pixels: NDArray[np.uint8]
 
 
+# Containers FFmpeg opens that hold still pictures, not video: image sequences and piped images.
+STILL_FORMATS = frozenset({"image2", "image2pipe"})
+# File signatures of still images: refused before FFmpeg opens them (opening a JPEG decodes its
+# first picture at full size to learn its parameters, whatever its pixel count).
+_STILL_SIGNATURES = (
+    (0, b"\xff\xd8\xff"), (0, b"\x89PNG\r\n\x1a\n"), (0, b"BM"),
+    (0, b"II*\x00"), (0, b"MM\x00*"), (8, b"WEBP"), (4, b"jP  "), (0, b"\x00\x00\x00\x0cjP"),
+)
+NOT_A_VIDEO = "The file is a still image, not a video; send a video (H.264 in MP4 or MOV)."
+
+
+def _reason(exc: BaseException) -> str:
+    """What FFmpeg or the OS said, without the file name (a server path: never echoed)."""
+    text = getattr(exc, "strerror", None)
+    return str(text) if text else type(exc).__name__
+
+
 def _open(path: Path) -> Any:
     import av
 
+    with path.open("rb") as f:
+        head = f.read(16)
+    if any(head[at:at + len(sig)] == sig for at, sig in _STILL_SIGNATURES):
+        raise InvalidParameterException(NOT_A_VIDEO)
     try:
         return av.open(str(path), mode="r")
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
         raise InvalidParameterException(
-            f"The video could not be read as a media file: {exc}"
+            f"The video could not be read as a media file ({_reason(exc)}); send a video "
+            "(H.264 in MP4 or MOV)."
         ) from None
 
 
@@ -85,12 +107,16 @@ def _video_stream(container: Any) -> Any:
     return streams[0]
 
 
-def probe(path: Path) -> VideoInfo:
-    """The video's metadata; InvalidParameterException if it is not a video faceledger decodes."""
+def probe(path: Path, max_pixels: int | None = None) -> VideoInfo:
+    """The video's metadata; InvalidParameterException if it is not a video faceledger decodes
+    (or a still image), VideoTooLargeException if its frames have more than `max_pixels`."""
     with _open(path) as container:
         stream = _video_stream(container)
         ctx = stream.codec_context
         codec = str(ctx.name)
+        names = set(str(container.format.name or "").split(","))
+        if names & STILL_FORMATS or any(n.endswith("_pipe") for n in names):
+            raise InvalidParameterException(NOT_A_VIDEO)
         if codec not in SUPPORTED_CODECS:
             raise InvalidParameterException(
                 f"Video codec {codec} is not supported; use one of "
@@ -107,6 +133,16 @@ def probe(path: Path) -> VideoInfo:
         width, height = int(ctx.width), int(ctx.height)
         if width <= 0 or height <= 0 or fps <= 0:
             raise InvalidParameterException("The video stream has no frame size or frame rate.")
+        if stream.frames == 1:
+            raise InvalidParameterException(NOT_A_VIDEO)
+        if seconds <= 0:
+            raise InvalidParameterException(
+                "The file has no duration: a still image, or a stream without timing; send a "
+                "video (H.264 in MP4 or MOV).")
+        if max_pixels is not None and width * height > max_pixels:
+            raise VideoTooLargeException(
+                f"The video's frames are {width}x{height} pixels; the limit is {max_pixels} "
+                "pixels a frame (the image limit, FACELEDGER_MAX_DECODED_PIXELS).")
         # FFmpeg: AVCOL_RANGE_JPEG (2) is full range; MJPEG's yuvj formats are full range too
         full = _color_range(ctx) == 2 or str(ctx.pix_fmt or "").startswith("yuvj")
         color = "FULL" if full else "LIMITED"
@@ -132,9 +168,14 @@ def start_seconds(stream: Any) -> float:
     return float(stream.start_time * stream.time_base)
 
 
-def sample_frames(path: Path, rate: float, *, start_ms: int = 0) -> Iterator[Frame]:
+def sample_frames(path: Path, rate: float, *, start_ms: int = 0,
+                  max_pixels: int | None = None) -> Iterator[Frame]:
     """RGB frames at about `rate` per second (every frame if rate is 0 or above the frame
-    rate), from `start_ms` on; timestamps are the frames' own presentation times."""
+    rate), from `start_ms` on; timestamps are the frames' own presentation times. A frame of
+    more than `max_pixels` (a stream whose size changes after its first frame) ends the pass
+    with VideoTooLargeException before it is converted. (PyAV pads rows to its alignment: a
+    500-pixel RGB row takes 1536 bytes, so frames may not be contiguous; FacePipeline makes
+    them so where they enter it.)"""
     import av
 
     with _open(path) as container:
@@ -165,6 +206,10 @@ def sample_frames(path: Path, rate: float, *, start_ms: int = 0) -> Iterator[Fra
                     count += 1
                     if t + slack < next_t:
                         continue
+                    if max_pixels is not None and frame.width * frame.height > max_pixels:
+                        raise VideoTooLargeException(
+                            f"A frame at {t:.1f} s is {frame.width}x{frame.height} pixels; the "
+                            f"limit is {max_pixels} pixels a frame.")
                     yield Frame(int(round(t * fps)), int(round(t * 1000)),
                                 frame.to_ndarray(format="rgb24"))
                     if step:
@@ -173,4 +218,5 @@ def sample_frames(path: Path, rate: float, *, start_ms: int = 0) -> Iterator[Fra
                     else:
                         next_t = t
         except av.FFmpegError as exc:
-            raise InvalidParameterException(f"The video could not be decoded: {exc}") from None
+            raise InvalidParameterException(
+                f"The video could not be decoded ({_reason(exc)}).") from None

@@ -81,6 +81,16 @@ results = sa.Table(
 )
 
 
+# One row: starting a job updates it first, which serialises starts (a row lock on PostgreSQL,
+# the write lock on SQLite) so that counting the jobs in progress and inserting one is atomic.
+gate = sa.Table(
+    "fl_video_job_gate",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("starts", sa.BigInteger, nullable=False),
+)
+
+
 @dataclass(frozen=True)
 class JobRow:
     """A video job as stored."""
@@ -127,6 +137,30 @@ class JobStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         create_tables(engine, metadata)  # servers starting together race to create them
+        try:
+            with engine.begin() as conn:
+                if conn.execute(sa.select(gate.c.id)).first() is None:
+                    conn.execute(sa.insert(gate).values(id=1, starts=0))
+        except sa.exc.IntegrityError:
+            pass  # another server made it first
+
+    def admit(self, conn: Connection, principal: str, per_key: int, total: int) -> None:
+        """Take the start gate in `conn`'s transaction (held until it ends), then refuse with
+        LimitExceededException if `principal` has `per_key` jobs in progress or the server
+        `total`: the count and the caller's insert are atomic across threads and servers."""
+        from ..errors import LimitExceededException
+
+        conn.execute(sa.update(gate).where(gate.c.id == 1).values(starts=gate.c.starts + 1))
+        mine = self.running(conn, principal)
+        if mine >= per_key:
+            raise LimitExceededException(
+                f"This key has {mine} video jobs in progress, the most one key may run at once "
+                f"({per_key}); retry when one has ended.")
+        everyone = self.running(conn)
+        if everyone >= total:
+            raise LimitExceededException(
+                f"The server runs the most video jobs it runs at once ({total}); retry when one "
+                "has ended.")
 
     def insert(self, conn: Connection, row: dict[str, Any]) -> None:
         values = dict(row)
@@ -145,9 +179,13 @@ class JobStore:
         )).first()
         return None if r is None else _row(r)
 
-    def running(self, conn: Connection) -> int:
+    def running(self, conn: Connection, principal: str | None = None) -> int:
+        """Jobs IN_PROGRESS (of `principal`, or of everyone)."""
+        where = [jobs.c.status == IN_PROGRESS]
+        if principal is not None:
+            where.append(jobs.c.principal == principal)
         return int(conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
-            jobs.c.status == IN_PROGRESS)).scalar_one())
+            *where)).scalar_one())
 
     def finish(self, conn: Connection, job_id: str, status: str, message: str | None,
                entries: Sequence[tuple[int, int | None, dict[str, Any]]] = (),
@@ -176,6 +214,15 @@ class JobStore:
         rows = conn.execute(sa.select(r.body).where(r.job_id == job_id).order_by(*keys)
                             .offset(offset).limit(limit)).all()
         return [json.loads(b) for (b,) in rows]
+
+    def retry(self, job_id: str, max_attempts: int) -> bool:
+        """Count one more start of an IN_PROGRESS job; False once it has had `max_attempts`."""
+        with self.engine.begin() as conn:
+            done = conn.execute(sa.update(jobs).where(
+                jobs.c.job_id == job_id, jobs.c.status == IN_PROGRESS,
+                jobs.c.attempts < max_attempts,
+            ).values(attempts=jobs.c.attempts + 1, heartbeat=time.time()))
+        return done.rowcount == 1
 
     def set_video(self, job_id: str, sha256: str, metadata_shape: dict[str, Any],
                   spool: str | None) -> None:

@@ -100,18 +100,21 @@ class RedactionPlan:
         return out
 
 
-def find_persons(path: Path, pipeline: FacePipeline, rate: float) -> tuple[list[Person], float]:
-    """Every person in the video at `rate` samples/s, and the video's frame rate."""
-    found = analyse(path, pipeline, rate)
+def find_persons(path: Path, pipeline: FacePipeline, rate: float,
+                 max_pixels: int | None = None) -> tuple[list[Person], float]:
+    """Every person in the video at `rate` samples/s, and the video's frame rate (frames of
+    more than `max_pixels` refused)."""
+    found = analyse(path, pipeline, rate, max_pixels=max_pixels)
     return found.persons, found.info.frame_rate
 
 
 def redact_video(src: Path, dst: Path, pipeline: FacePipeline, *, rate: float,
-                 keep: Callable[[Person], bool]) -> dict[str, Any]:
+                 keep: Callable[[Person], bool], max_pixels: int | None = None
+                 ) -> dict[str, Any]:
     """Write `dst`: `src` with every person not kept blurred, audio copied; a summary."""
     import av
 
-    persons, fps = find_persons(src, pipeline, rate)
+    persons, fps = find_persons(src, pipeline, rate, max_pixels)
     blurred = [p for p in persons if not keep(p)]
     interval = 1000.0 / rate if rate > 0 else 1000.0 / max(fps, 1.0)
     plan = RedactionPlan(blurred, hold_ms=interval + 1000.0 / max(fps, 1.0))

@@ -1,19 +1,24 @@
-"""Persons: faces linked across sampled frames by box overlap and template distance.
+"""Persons: faces linked across sampled frames by template distance, overlap breaking ties.
 
 Why not a tracking library: the maintained Python trackers on PyPI either pin numpy < 2 and pull
 matplotlib (norfair 2.3), need PyTorch (boxmot), or are unmaintained packagings of SORT /
 ByteTrack code (motpy, bytetracker) whose motion models assume every frame is seen. Faceledger
-samples a few frames per second and already has a face template for every detection, which is
-the stronger cue (it also re-links a person across a cut, where boxes jump); so the tracker is a
+samples a few frames per second and has a face template for every detection, which is the
+stronger cue (it also re-links a person across a cut, where boxes jump); so the tracker is a
 small assignment problem solved with SciPy's Hungarian solver:
 
     cost(track, face) = distance(face template, nearest of the track's templates) - 0.5 * IoU
 
-A face may join a track if its template is within `link_distance` of the track while the boxes
-overlap (IoU >= `iou_gate`, last seen within `max_gap_ms`), or within the stricter
-`reid_distance` without overlap (motion between samples, a cut, a person coming back later).
-Unassigned faces start new persons. Each person keeps only its `memory` best templates, so
-memory stays bounded however long the person is on screen.
+A face joins a person only if its own template is within `link_distance` of one of the
+person's templates: every sighting of a person is proven the same person by distance, so a
+match found for the person is a match for each of its frames. Overlap (IoU with the person's
+last box, seen within `max_gap_ms`, no shot cut in between) only decides between persons that
+are all close enough. It never links by itself: a box in the same place after a cut (or a
+stranger stepping into it) is someone else until the template says otherwise (issue 18: a cut
+from Colin Powell to Tony Blair in the same place once gave Blair's frames Powell's matches,
+because overlap alone linked them and those faces were not embedded). Unassigned faces start
+new persons. Each person keeps only its `memory` best templates, so memory stays bounded
+however long the person is on screen.
 """
 
 from __future__ import annotations
@@ -26,12 +31,9 @@ from scipy.optimize import linear_sum_assignment
 
 from ..vision.types import Box, FaceAnalysis
 
-# Model 1.0 (dlib): same-person templates are mostly below 0.5, different people mostly above 0.6.
-LINK_DISTANCE = 0.6
-REID_DISTANCE = 0.5
-# A view must score this much above a person's worst kept view to be worth a template (scores
-# jitter from sample to sample with sharpness and pose).
-BETTER_VIEW = 1.1
+# dlib-resnet-v1: same-person templates are mostly below 0.5, different people mostly above 0.6;
+# between the two lie look-alikes, which overlap once linked (0.6 with overlap, issue 18).
+LINK_DISTANCE = 0.5
 
 
 def face_score(face: FaceAnalysis) -> float:
@@ -58,8 +60,6 @@ class Person:
 
     index: int
     sightings: list[Sighting] = field(default_factory=list)
-    # samples since the last sighting that came with a template (linked by overlap alone)
-    unverified: int = 0
     # (score, template) of the best views, at most `memory` of them
     best: list[tuple[float, NDArray[np.float32]]] = field(default_factory=list)
 
@@ -73,9 +73,7 @@ class Person:
 
     def remember(self, face: FaceAnalysis, memory: int) -> None:
         if face.embedding is None:
-            self.unverified += 1
             return
-        self.unverified = 0
         self.best.append((face_score(face), face.embedding))
         self.best.sort(key=lambda item: item[0], reverse=True)
         del self.best[memory:]
@@ -85,70 +83,36 @@ class FaceTracker:
     """Assigns each sampled frame's faces to persons (Person.Index from 0, in order of
     first appearance)."""
 
-    def __init__(self, *, link_distance: float = LINK_DISTANCE,
-                 reid_distance: float = REID_DISTANCE, iou_gate: float = 0.2,
-                 max_gap_ms: int = 1500, memory: int = 5, sure_iou: float = 0.5,
-                 verify_every: int = 4) -> None:
+    def __init__(self, *, link_distance: float = LINK_DISTANCE, iou_gate: float = 0.2,
+                 max_gap_ms: int = 1500, memory: int = 5) -> None:
         self.link_distance = link_distance
-        self.reid_distance = reid_distance
         self.iou_gate = iou_gate
         self.max_gap_ms = max_gap_ms
         self.memory = memory
-        self.sure_iou = sure_iou
-        self.verify_every = verify_every
         self.persons: list[Person] = []
+        self.cuts: list[int] = []  # timestamps of the samples that follow a shot cut
 
-    def needs_template(self, timestamp_ms: int, faces: list[FaceAnalysis]) -> list[bool]:
-        """Which faces of this frame need a template before `update`.
-
-        Embedding is most of a sample's cost, so a face skips it only when overlap alone links
-        it without doubt: exactly one recent person overlaps it (IoU >= `sure_iou`), no other
-        face of the frame overlaps that person, the person already has `memory` templates, this
-        view is not clearly better than their worst kept one (`BETTER_VIEW`), and fewer than
-        `verify_every` samples passed since the person's last template (a periodic check: a
-        stranger stepping into the same place is split off within that many samples).
-        """
-        out = []
-        recent = [p for p in self.persons
-                  if timestamp_ms - p.last.timestamp_ms <= self.max_gap_ms]
-        for j, face in enumerate(faces):
-            near = [p for p in recent if p.last.face.box.iou(face.box) >= self.iou_gate]
-            if len(near) != 1:
-                out.append(True)
-                continue
-            person = near[0]
-            crowded = any(person.last.face.box.iou(other.box) >= self.iou_gate
-                          for k, other in enumerate(faces) if k != j)
-            out.append(
-                crowded
-                or person.last.face.box.iou(face.box) < self.sure_iou
-                or len(person.best) < self.memory
-                or face_score(face) > BETTER_VIEW * person.best[-1][0]
-                or person.unverified + 1 >= self.verify_every
-            )
-        return out
-
-    def update(self, timestamp_ms: int, frame: int, faces: list[FaceAnalysis]) -> list[int]:
-        """The person index of each face in this frame (new persons for unmatched faces)."""
+    def update(self, timestamp_ms: int, frame: int, faces: list[FaceAnalysis], *,
+               cut: bool = False) -> list[int]:
+        """The person index of each face in this frame (new persons for unmatched faces).
+        `cut`: a shot cut lies between the previous sample and this one, so boxes do not carry
+        over (only templates link across it). A face without a template starts a person."""
+        if cut:
+            self.cuts.append(timestamp_ms)
         assigned: list[int | None] = [None] * len(faces)
         if faces and self.persons:
             cost = np.full((len(self.persons), len(faces)), np.inf)
             for i, person in enumerate(self.persons):
                 if person.last.timestamp_ms == timestamp_ms:
                     continue  # already holds a face of this frame
-                recent = timestamp_ms - person.last.timestamp_ms <= self.max_gap_ms
+                recent = not cut and timestamp_ms - person.last.timestamp_ms <= self.max_gap_ms
                 templates = person.templates()
                 for j, face in enumerate(faces):
-                    iou = person.last.face.box.iou(face.box) if recent else 0.0
-                    if face.embedding is None:
-                        # linked by overlap alone (see needs_template): a neutral distance
-                        if iou >= self.sure_iou:
-                            cost[i, j] = self.link_distance / 2 - 0.5 * iou
-                        continue
                     dist = _nearest(face, templates)
-                    if (iou >= self.iou_gate and dist <= self.link_distance) or \
-                            dist <= self.reid_distance:
-                        cost[i, j] = dist - 0.5 * iou
+                    if dist > self.link_distance:
+                        continue  # not proven the same person, whatever the overlap
+                    iou = person.last.face.box.iou(face.box) if recent else 0.0
+                    cost[i, j] = dist - 0.5 * (iou if iou >= self.iou_gate else 0.0)
             finite = np.isfinite(cost)
             if finite.any():
                 rows, cols = linear_sum_assignment(np.where(finite, cost, 1e6))

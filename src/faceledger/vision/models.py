@@ -7,6 +7,7 @@ nothing is downloaded. dlib's 68-point landmark model is never loaded: its train
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import warnings
 from importlib import resources
@@ -28,8 +29,13 @@ DLIB_EMBEDDER_VERSION = DLIB  # "1.0"
 def _dlib_model_path(filename: str) -> str:
     if filename.startswith("shape_predictor_68"):
         raise ValueError("the 68-point model must not be used (non-commercial training data)")
-    root = resources.files("face_recognition_models") / "models" / filename
-    path = Path(str(root))
+    # found, not imported: face_recognition_models/__init__.py imports pkg_resources, which
+    # setuptools 82 removed (a fresh venv then fails at the first model load: issue 18)
+    spec = importlib.util.find_spec("face_recognition_models")
+    places = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not places:
+        raise FileNotFoundError("face-recognition-models is not installed")
+    path = Path(places[0]) / "models" / filename
     if not path.is_file():
         raise FileNotFoundError(f"{filename} is missing: reinstall face-recognition-models")
     return str(path)

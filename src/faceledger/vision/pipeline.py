@@ -35,6 +35,13 @@ from .types import (
 )
 
 
+def entering(pixels: RGBImage) -> RGBImage:
+    """`pixels` as one C-contiguous block: where every image and video frame enters the pipeline.
+    The native models (dlib's chips, ONNX Runtime's tensors) take contiguous buffers only, and
+    PyAV pads frame rows to its alignment (a 500-pixel RGB row takes 1536 bytes)."""
+    return np.ascontiguousarray(pixels)
+
+
 def build_detector(name: str, settings: Settings | None = None) -> Detector:
     """The detector class for a configured name."""
     s = settings or Settings()
@@ -132,6 +139,7 @@ class FacePipeline:
     def detect(self, pixels: RGBImage, model_version: str | None = None) -> list[Detection]:
         """Face boxes in `pixels` coordinates that pass the face check, largest first, each
         with its five landmarks and face probability (found by `detector_for(model_version)`)."""
+        pixels = entering(pixels)
         h, w = pixels.shape[:2]
         detector = self.detector_for(model_version)
         scale = self.detection_scale(w, h, detector)
@@ -191,6 +199,7 @@ class FacePipeline:
         faces are found by that model's detector even when `embed` is false."""
         limit = self.settings.max_faces if max_faces is None else max_faces
         embedder = self.embedder_for(model_version) if embed else None
+        pixels = entering(pixels)
         with self._lock:
             detections = self.detect(pixels, model_version)[:limit]
             if not detections:
@@ -225,6 +234,7 @@ class FacePipeline:
         """Templates by model `model_version` (None: the configured one) for given boxes; an
         embedder that aligns by landmarks gets ONet's unless they are given."""
         embedder = self.embedder_for(model_version)
+        pixels = entering(pixels)
         with self._lock:
             if landmarks is None and embedder.needs_landmarks:
                 tight = self.detector_for(model_version).tight_boxes

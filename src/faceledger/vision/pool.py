@@ -7,8 +7,11 @@ catalog, the vector index, the ledger and the admission limits) and sends each `
 `embed_boxes` call to one of N spawned processes: N images are analysed at once.
 
 Pixels travel pickled through a pipe (a 1280x960 RGB image is 3.7 MB: about a millisecond).
-A worker that dies (a crash inside a native library) breaks the pool; the call that saw it
-fails with InternalServerError and the next call starts a fresh pool.
+A worker that dies (a crash inside a native library, the OOM killer, an operator's kill) breaks
+the pool. Before each call a pool with a dead worker is replaced (an idle worker killed between
+requests costs no request), and a call whose pool broke under it is sent once more to a fresh
+pool (analysis is a pure function of its input): only input that kills a worker twice fails,
+with InternalServerError.
 
 Every call names the model version to embed with; each worker loads an embedder the first time
 it is asked for its version (collections bound to another model than the configured one).
@@ -144,16 +147,30 @@ class PipelinePool(FacePipeline):
                 self._pool = None
         broken.shutdown(wait=False, cancel_futures=True)
 
-    def _call(self, fn: object, *args: object) -> object:
+    def _live_executor(self) -> ProcessPoolExecutor:
+        """The pool, replaced first if one of its workers has died (or it broke)."""
         pool = self._executor()
-        try:
-            return pool.submit(fn, *args).result()  # type: ignore[arg-type]
-        except BrokenProcessPool as exc:
-            log.error("a pipeline worker process died; starting a fresh pool", exc_info=exc)
+        # ProcessPoolExecutor notices a dead worker only from its management thread, a moment
+        # after the death: look at the processes themselves (`_processes`, `_broken` are
+        # CPython's, unchanged since 3.8)
+        procs = dict(getattr(pool, "_processes", None) or {})
+        if getattr(pool, "_broken", False) or any(not p.is_alive() for p in procs.values()):
+            log.warning("a pipeline worker process had died; replacing the pool")
             self._discard(pool)
-            raise InternalServerError(
-                "A face analysis worker stopped unexpectedly; retry the request."
-            ) from exc
+            pool = self._executor()
+        return pool
+
+    def _call(self, fn: object, *args: object) -> object:
+        for attempt in (1, 2):
+            pool = self._live_executor()
+            try:
+                return pool.submit(fn, *args).result()  # type: ignore[arg-type]
+            except BrokenProcessPool as exc:
+                log.error("a pipeline worker process died during a call (attempt %d)", attempt,
+                          exc_info=exc)
+                self._discard(pool)
+        raise InternalServerError(
+            "A face analysis worker stopped unexpectedly twice on this input; retry the request.")
 
     def warm_up(self) -> None:
         """Start every worker process and load its models now."""
