@@ -9,7 +9,7 @@ from pathlib import Path
 from ..vision import FacePipeline
 from .decode import VideoInfo, probe, sample_frames
 from .shots import is_cut, signature
-from .tracks import FaceTracker, Person
+from .tracks import FaceTracker, link_distance_for, Person
 
 
 @dataclass
@@ -31,7 +31,7 @@ def analyse(path: Path, pipeline: FacePipeline, rate: float, *,
     tracker links a face to a person by its own template only (video/tracks.py), and boxes
     carry over only within a shot (video/shots.py). Frames above `max_pixels` are refused."""
     info = probe(path, max_pixels)
-    tracker = FaceTracker()
+    tracker = FaceTracker(link_distance=link_distance_for(pipeline.model_version))
     samples = 0
     before = None
     for frame in sample_frames(path, rate, max_pixels=max_pixels):

@@ -31,9 +31,27 @@ from scipy.optimize import linear_sum_assignment
 
 from ..vision.types import Box, FaceAnalysis
 
-# dlib-resnet-v1: same-person templates are mostly below 0.5, different people mostly above 0.6;
-# between the two lie look-alikes, which overlap once linked (0.6 with overlap, issue 18).
+# Model 1.x (dlib): same-person templates are mostly below 0.5, different people mostly above
+# 0.6; between the two lie look-alikes, which overlap once linked (0.6 with overlap, issue 18).
 LINK_DISTANCE = 0.5
+# Other models link at their calibration's raw distance for FMR 1e-3 (99.9): the table of model
+# 2.0 is on raw scores and covers every adult group there (0.936); 1.x's table is on normalised
+# scores, which the tracker does not compute, so 1.x keeps the measured constant.
+LINK_FMR = 1e-3
+
+
+def link_distance_for(model_version: str) -> float:
+    """The template distance within which the tracker links a face to a person."""
+    from ..calibration import find_calibration
+    from ..model_versions import canonical
+
+    version = canonical(model_version)
+    if version.startswith("1."):
+        return LINK_DISTANCE
+    table = find_calibration(version)
+    if table.normaliser is not None:
+        return LINK_DISTANCE
+    return float(table.distance_for_fmr(LINK_FMR))
 
 
 def face_score(face: FaceAnalysis) -> float:
