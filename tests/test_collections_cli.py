@@ -38,7 +38,9 @@ def test_collection_commands(run, faces_dir: Path) -> None:  # type: ignore[no-u
     r = run("collection", "list")
     # bound to the configured model
     assert r.output.strip() == f"cli\t{FacePipeline(Settings()).model_version}"
-    r = run("collection", "search", "cli", str(blix[4]))
+    # at 99.9: model 2.0 misses about one genuine pair in three at the 99.99 default (LFW FNMR
+    # 0.32), and this photo of Blix scores 99.77 against his enrolled ones
+    r = run("collection", "search", "cli", str(blix[4]), "--threshold", "99.9")
     assert r.exit_code == 0, r.output
     assert r.output.count("MATCH") >= 1 and "false matches expected" in r.output
     face_id = run("collection", "faces", "cli").output.split()[0]

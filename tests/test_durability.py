@@ -48,7 +48,7 @@ for i, path in enumerate(photos):
         print("ACK", rec["Face"]["FaceId"], ext, flush=True)
     with svc.catalog.read() as conn:
         coll = svc.catalog.collection(conn, "k")
-    svc.index.search(coll.pk, coll.version, np.zeros(128, np.float32), 1)  # catch up + snapshot
+    svc.index.search(coll.pk, coll.version, np.zeros(coll.dim, np.float32), 1)  # catch up + snapshot
 print("DONE", flush=True)
 """
 

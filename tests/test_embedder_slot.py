@@ -84,8 +84,8 @@ def test_operator_model_embeds_through_the_pipeline(
     emb = faces[0].embedding
     assert emb is not None and emb.shape == (32,)
     assert np.linalg.norm(emb) == pytest.approx(1.0, abs=1e-5)  # the card asks for L2
-    # the same face embedded again from its box (ONet places the same landmarks) is the same
-    again = pipeline.embed_boxes(astronaut_pixels, [faces[0].box])[0]
+    # the same face embedded again from its box and landmarks is the same
+    again = pipeline.embed_boxes(astronaut_pixels, [faces[0].box], [faces[0].landmarks])[0]
     np.testing.assert_allclose(again, emb, atol=1e-5)
 
 

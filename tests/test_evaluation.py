@@ -25,6 +25,7 @@ from faceledger.evaluation.enrolment import (
 from faceledger.evaluation.groups import compare_groups
 from faceledger.evaluation.identification import identification, split_gallery
 from faceledger.settings import Settings
+from faceledger.vision import FacePipeline
 
 
 @pytest.fixture(scope="session")
@@ -129,10 +130,11 @@ def test_enrolment_caches_and_counts_undecodable_files(faces_dir: Path, tmp_path
     cache = tmp_path / "cache"
     first = enrol_files([src, bad], cache_dir=cache, workers=1, progress=False)
     assert (
-        first[0].enrolled and first[0].embedding is not None and first[0].embedding.shape == (128,)
+        first[0].enrolled and first[0].embedding is not None
+        and first[0].embedding.shape == (FacePipeline(Settings()).embedder.dim,)
     )
     assert not first[1].enrolled and first[1].error.startswith("InvalidImageFormatException")
-    store = EmbeddingCache(cache, cache_key(Settings(), "dlib-resnet-v1"))
+    store = EmbeddingCache(cache, cache_key(Settings(), FacePipeline(Settings()).model_version))
     cached = store.get(first[0].sha256, need_embedding=True)
     assert cached is not None and cached.embedding is not None
     np.testing.assert_array_equal(cached.embedding, first[0].embedding)
@@ -155,7 +157,7 @@ def test_cached_quality_from_another_formula_is_measured_again(
     fresh = enrol_files(files, cache_dir=cache, embed=False, workers=1, progress=False)
     assert all(e.enrolled and e.quality_current for e in fresh)
     assert fresh[0].face is not None and fresh[1].face is not None
-    store = EmbeddingCache(cache, cache_key(Settings(), "dlib-resnet-v1"))
+    store = EmbeddingCache(cache, cache_key(Settings(), FacePipeline(Settings()).model_version))
     old_face = fresh[0].face.copy()
     old_face[9] = 100.0 * (1.0 - (1.0 - old_face[9] / 100.0) ** (60.0 / 200.0))  # scale 200
     path = store._path(fresh[0].sha256)
@@ -349,7 +351,7 @@ def test_thresholds_below_the_calibration_floor_say_so(tmp_path: Path) -> None:
 
     ev = Evaluation(cache_dir=tmp_path, progress=False, similarities=[99.99, 99.99999])
     info = ev.threshold_info()
-    table = load_calibration("1.0")
+    table = load_calibration(ev.model_version)
     ok, strict = info["Similarity 99.99"], info["Similarity 99.99999"]
     assert ok["credible"] and ok["table_fmr"] == pytest.approx(1e-4, rel=1e-6)
     # FMR 1e-7 is below what LFW can show: the evaluation uses the floor and says its real FMR.
