@@ -26,6 +26,7 @@ from ..context import LOCAL, RequestContext
 from ..errors import (
     InvalidParameterException,
 )
+from ..imaging import AnalysedImage, DecodedImage
 from ..ledger import AuditedOperation
 from ..shapes import Shape, bounding_box, face_detail, landmarks
 from ..sources import ImageInput
@@ -181,9 +182,14 @@ class CollectionOperations(ServiceCore):
                     external_image_id: str | None = None,
                     detection_attributes: Sequence[str] | None = None,
                     max_faces: int | None = None, quality_filter: str | None = None, *,
-                    ctx: RequestContext = LOCAL) -> Shape:
+                    ctx: RequestContext = LOCAL, analysed: AnalysedImage | None = None) -> Shape:
         """IndexFaces: detect, filter by quality (default AUTO), keep the MaxFaces largest, store
-        their templates (never the photo)."""
+        their templates (never the photo).
+
+        `analysed` (bulk enrolment only, never from a request): the image was decoded and its
+        faces found and embedded by a worker elsewhere with this service's settings; `image` is
+        then not read, and everything else (checks, quality filter, catalog, index, ledger
+        event) is as for any request."""
         cid = m.collection_id(collection_id)
         ext = None if external_image_id is None else m.match(
             external_image_id, m.EXTERNAL_IMAGE_ID, "ExternalImageId")
@@ -196,11 +202,20 @@ class CollectionOperations(ServiceCore):
         with self.audit("IndexFaces", ctx, collection=cid) as op:
             with self.catalog.read() as conn:
                 self._usable(self.catalog.collection(conn, cid))
-            img = self.decode(m.image(image))
+            img: DecodedImage | AnalysedImage
+            if analysed is None:
+                img = self.decode(m.image(image))
+            else:
+                if analysed.model_version != model:
+                    raise InvalidParameterException(
+                        f"The image was analysed with face model {analysed.model_version}, "
+                        f"not {model}.")
+                img = analysed
             op.image(img.sha256)
             op.note(MaxFaces=limit, QualityFilter=qf, ExternalImageId=ext,
                     DetectionAttributes=list(detection_attributes or []) or None)
-            found = self.pipeline.analyze(img.pixels, embed=True)
+            found = (self.pipeline.analyze(img.pixels, embed=True)
+                     if isinstance(img, DecodedImage) else img.faces)
             chosen: list[FaceAnalysis] = []
             unindexed: list[Shape] = []
             for face in found:

@@ -36,20 +36,23 @@ class PgVectorIndex:
     name = "pgvector"
 
     def __init__(self, catalog: Catalog, *, m: int = 16, ef_construction: int = 200,
-                 ef_search: int = 128) -> None:
+                 ef_search: int = 128, half: bool = False) -> None:
         if catalog.dialect != "postgresql":
             raise ValueError("the pgvector index needs the catalog on PostgreSQL "
                              "(set FACELEDGER_DATABASE_URL=postgresql+psycopg://...)")
         self.catalog = catalog
         self.m, self.ef_construction, self.ef_search = m, ef_construction, ef_search
+        # half: templates stored and searched as 16-bit floats (pgvector `halfvec`), in tables
+        # of their own so that a database never mixes the two
+        self.half = half
+        self._type = "halfvec" if half else "vector"
         self._dims: dict[int, int] = {}
         self._lock = threading.Lock()
         with catalog.begin() as conn:
             conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS vector"))
 
-    @staticmethod
-    def _table(dim: int) -> str:
-        return f"fl_vectors_{int(dim)}"
+    def _table(self, dim: int) -> str:
+        return f"fl_{'halfvecs' if self.half else 'vectors'}_{int(dim)}"
 
     def _dim(self, conn: Connection, coll_pk: int) -> int:
         dim = self._dims.get(coll_pk)
@@ -66,10 +69,10 @@ class PgVectorIndex:
         table = self._table(dim)
         conn.execute(sa.text(
             f"CREATE TABLE IF NOT EXISTS {table} (face_pk BIGINT PRIMARY KEY, "
-            f"collection_pk BIGINT NOT NULL, embedding vector({int(dim)}) NOT NULL)"))
+            f"collection_pk BIGINT NOT NULL, embedding {self._type}({int(dim)}) NOT NULL)"))
         conn.execute(sa.text(
             f"CREATE INDEX IF NOT EXISTS fl_vec_c{int(coll_pk)} ON {table} "
-            f"USING hnsw (embedding vector_l2_ops) "
+            f"USING hnsw (embedding {self._type}_l2_ops) "
             f"WITH (m = {int(self.m)}, ef_construction = {int(self.ef_construction)}) "
             f"WHERE collection_pk = {int(coll_pk)}"))
         self._dims[coll_pk] = dim
@@ -88,7 +91,7 @@ class PgVectorIndex:
                 for k, v in zip(keys, vectors)]
         conn.execute(sa.text(
             f"INSERT INTO {self._table(dim)} (face_pk, collection_pk, embedding) "
-            f"VALUES (:k, :c, CAST(:v AS vector))"), rows)
+            f"VALUES (:k, :c, CAST(:v AS {self._type}))"), rows)
 
     def remove(self, conn: Connection, coll_pk: int, keys: Sequence[int]) -> None:
         if len(keys) == 0:
@@ -123,9 +126,9 @@ class PgVectorIndex:
             # The collection pk is inlined (an integer from the catalog) so that the planner
             # can match the collection's partial index.
             rows = conn.execute(sa.text(
-                f"SELECT face_pk, embedding <-> CAST(:q AS vector) AS d "
+                f"SELECT face_pk, embedding <-> CAST(:q AS {self._type}) AS d "
                 f"FROM {self._table(dim)} WHERE collection_pk = {int(coll_pk)} "
-                f"ORDER BY embedding <-> CAST(:q AS vector) LIMIT :k"),
+                f"ORDER BY embedding <-> CAST(:q AS {self._type}) LIMIT :k"),
                 {"q": vector_literal(q), "k": int(k)}).all()
         return (np.asarray([r[0] for r in rows], dtype=np.int64),
                 np.asarray([r[1] for r in rows], dtype=np.float32))
