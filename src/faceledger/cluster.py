@@ -230,8 +230,8 @@ def run_batches(settings: Settings, items: Iterable[T], method: str, *args: Any,
                         where = ray.get(ref)
                     except Exception as exc:  # noqa: BLE001 - a failed start, any cause
                         init_failures += 1
-                        if not _lost(exc) or init_failures > 4 * n:
-                            note(f"a Ray actor failed to start: {exc}")
+                        note(f"a Ray actor was lost before it started ({type(exc).__name__})"
+                             if _lost(exc) else f"a Ray actor failed to start: {exc}")
                         if not _lost(exc):
                             if not live and not running:
                                 raise ClusterError(
@@ -241,7 +241,8 @@ def run_batches(settings: Settings, items: Iterable[T], method: str, *args: Any,
                         start()
                         continue
                     started_ok += 1
-                    log.info("actor ready on %s", where)
+                    if on_event is not None:
+                        on_event(f"Ray actor ready on node/pid {where}")
                     live[actor] = 0
                     continue
                 actor, batch = running.pop(ref)
