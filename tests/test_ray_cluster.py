@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import pytest
 import sqlalchemy as sa
@@ -271,3 +272,53 @@ def test_a_node_killed_mid_run_loses_and_duplicates_nothing(
     assert all(len(ids) == 1 for ids in images2.values())
     # both collections end with the same images indexed
     assert set(images2) == set(images) and len(n2) == n_faces == len(set(n2))
+
+
+@pytest.mark.slow
+def test_evaluate_on_ray_fills_the_same_cache_and_report(
+        tmp_path: Path, faces_dir: Path, ray_cluster: RayCluster) -> None:
+    from faceledger.evaluation.enrolment import EmbeddingCache, cache_key, enrol_bytes
+    from faceledger.vision import FacePipeline
+
+    root = tmp_path / "people"
+    for d in sorted(p for p in (faces_dir / "lfw").iterdir() if p.is_dir()):
+        if len(list(d.glob("*.jpg"))) >= 2:
+            shutil.copytree(d, root / d.name)
+        if len(list(root.rglob("*.jpg"))) >= 24:
+            break
+    if ray_cluster.worker is None:
+        ray_cluster.start_worker()
+    cache = tmp_path / "cache"
+    base = ["evaluate", "folders", str(root), "--cache", str(cache), "--replicates", "20",
+            "--quiet"]
+    run = _cli(tmp_path, *base, "--out", str(tmp_path / "on-ray"), "--ray",
+               ray_cluster.address)
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err
+    # every image is now in the cache, as the process pool would have stored it
+    settings = Settings(data_dir=tmp_path)
+    pipeline = FacePipeline(settings)
+    stored = EmbeddingCache(cache, cache_key(settings, pipeline.model_version))
+    photos = sorted(root.rglob("*.jpg"))
+    entries = [stored.get(sha, need_embedding=True) for sha in
+               (enrol_bytes(pipeline, p.read_bytes(), embed=False).sha256 for p in photos)]
+    assert all(e is not None for e in entries)
+    here = enrol_bytes(pipeline, photos[0].read_bytes(), embed=True)
+    first = entries[0]
+    assert first is not None and first.embedding is not None and here.embedding is not None
+    assert np.array_equal(first.embedding, here.embedding)  # the same pipeline, the same bits
+    # the same command without Ray reads them all from the cache: the same report
+    run = _cli(tmp_path, *base, "--out", str(tmp_path / "local"), "--workers", "1")
+    out2, err2 = run.communicate(timeout=600)
+    assert run.returncode == 0, err2
+
+    def rates(path: Path) -> Any:
+        """report.json without when and how it was run"""
+        def strip(v: Any) -> Any:
+            if isinstance(v, dict):
+                return {k: strip(x) for k, x in v.items() if k not in ("created", "command")}
+            return [strip(x) for x in v] if isinstance(v, list) else v
+
+        return strip(json.loads((path / "report.json").read_text()))
+
+    assert rates(tmp_path / "on-ray") == rates(tmp_path / "local")

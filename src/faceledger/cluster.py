@@ -107,14 +107,14 @@ class Worker:
         return [analyse_item(self.core, item, lambda sha: is_known(known, sha))
                 for item in items]
 
-    def enrol(self, paths: list[str], embed: bool) -> list[Any]:
-        """Evaluation: see `faceledger.evaluation.enrolment.enrol_bytes`."""
+    def enrol(self, items: list[tuple[int, str]], embed: bool) -> list[Any]:
+        """Evaluation: `faceledger.evaluation.enrolment.enrol_bytes` of each (index, path)."""
         from pathlib import Path
 
         from .evaluation.enrolment import enrol_bytes
 
         return [enrol_bytes(self.core.pipeline, Path(p).read_bytes(), embed=embed)
-                for p in paths]
+                for _, p in items]
 
 
 def known_digests(hashes: Iterable[str]) -> NDArray[np.bytes_]:
