@@ -454,10 +454,12 @@ class CollectionOperations(ServiceCore):
         for p in probes:
             near, approx = self.index.nearest(coll.pk, coll.version, p, k)
             if min_similarity is not None and len(near) and cal.normaliser is None:
-                # The engine's float32 distances, shrunk by far more than their rounding error:
-                # an optimistic similarity, so that no face that really passes is dropped.
-                # (Normalised scores depend on each face's template: all are re-scored below.)
-                shrunk = np.maximum(approx.astype(np.float64) * (1 - 1e-4) - 1e-5, 0.0)
+                # The engine's distances, shrunk by more than their rounding error (float32, or
+                # float16 templates in pgvector's halfvec): an optimistic similarity, so that
+                # no face that really passes is dropped. (Normalised scores depend on each
+                # face's template: all are re-scored below.)
+                shrunk = np.maximum(approx.astype(np.float64)
+                                    - self.index.distance_slack(p, approx), 0.0)
                 near = near[cal.similarity(shrunk) >= min_similarity]
             for key in near.tolist():
                 if key not in exclude:

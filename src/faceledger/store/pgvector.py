@@ -14,12 +14,13 @@ import threading
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import NDArray
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from ..errors import ResourceNotFoundException
 from .catalog import Catalog
-from .index import Distances, Keys, Vectors, check_k, check_query
+from .index import Distances, Keys, Vectors, check_k, check_query, float32_slack
 
 # pgvector's ceiling for hnsw.ef_search; beyond it an iterative scan supplies the rest.
 _MAX_EF = 1000
@@ -50,6 +51,42 @@ class PgVectorIndex:
         self._lock = threading.Lock()
         with catalog.begin() as conn:
             conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS vector"))
+            self._convert(conn)
+
+    def _convert(self, conn: Connection) -> None:
+        """Tables of the other precision (written before `half` was changed) converted to
+        this one, with every collection's partial index, in the caller's transaction."""
+        other = "fl_vectors_" if self.half else "fl_halfvecs_"
+        names = conn.execute(sa.text(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+            "AND tablename LIKE :p"), {"p": other + "%"}).scalars().all()
+        for name in names:
+            suffix = str(name)[len(other):]
+            if not suffix.isdigit():
+                continue
+            # one converter at a time (several servers may start together)
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(2026120120)"))
+            if conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": str(name)}).scalar() is None:
+                continue
+            dim = int(suffix)
+            colls = conn.execute(sa.text(
+                f"SELECT DISTINCT collection_pk FROM {name}")).scalars().all()
+            indexes = conn.execute(sa.text(
+                "SELECT indexname FROM pg_indexes WHERE tablename = :t AND indexname LIKE "
+                "'fl_vec_c%'"), {"t": str(name)}).scalars().all()
+            pks = {int(str(i)[len("fl_vec_c"):]) for i in indexes} | {int(c) for c in colls}
+            for pk in pks:
+                conn.execute(sa.text(f"DROP INDEX IF EXISTS fl_vec_c{pk}"))
+            table = self._table(dim)
+            conn.execute(sa.text(
+                f"CREATE TABLE IF NOT EXISTS {table} (face_pk BIGINT PRIMARY KEY, "
+                f"collection_pk BIGINT NOT NULL, embedding {self._type}({dim}) NOT NULL)"))
+            conn.execute(sa.text(
+                f"INSERT INTO {table} (face_pk, collection_pk, embedding) SELECT face_pk, "
+                f"collection_pk, embedding::{self._type}({dim}) FROM {name}"))
+            conn.execute(sa.text(f"DROP TABLE {name}"))
+            for pk in sorted(pks):
+                self.create_collection(conn, pk, dim)
 
     def _table(self, dim: int) -> str:
         return f"fl_{'halfvecs' if self.half else 'vectors'}_{int(dim)}"
@@ -132,6 +169,15 @@ class PgVectorIndex:
                 {"q": vector_literal(q), "k": int(k)}).all()
         return (np.asarray([r[0] for r in rows], dtype=np.int64),
                 np.asarray([r[1] for r in rows], dtype=np.float32))
+
+    def distance_slack(self, query: Vectors, distances: Distances) -> NDArray[np.float64]:
+        slack = float32_slack(distances)
+        if self.half:
+            # halfvec rounds each component to 11 significant bits (and the query too):
+            # |d16 - d| <= 2^-11 (|q| + |x|) <= 2^-11 (2|q| + d), plus float16's subnormals
+            qn = float(np.linalg.norm(np.asarray(query, dtype=np.float64)))
+            slack = slack + 2.0**-11 * (2 * qn + np.asarray(distances, np.float64)) + 1e-6
+        return slack
 
     def keys(self, coll_pk: int, version: int) -> Keys:
         with self.catalog.read() as conn:
