@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import pytest
 import sqlalchemy as sa
 
+from faceledger.cluster import LocalCluster
 from faceledger.db import make_engine
 from faceledger.ledger import Ledger
 from faceledger.ledger.verify import verify
@@ -54,91 +52,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RayCluster:
-    """Two Ray nodes on this machine, each a `ray start --block` process group of its own."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.port = _free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
-        common = ["--num-cpus", "1", "--object-store-memory", str(200 * 1024 * 1024),
-                  "--disable-usage-stats", "--block"]
-        self.head = self._start(["--head", "--port", str(self.port), "--include-dashboard",
-                                 "false", "--temp-dir", str(base / "ray")] + common, "head")
-        self.common = common
-        self.wait_for_cpus(1)
-        self.worker: subprocess.Popen[bytes] | None = None
-        self.start_worker()
-
-    def _start(self, args: list[str], name: str) -> subprocess.Popen[bytes]:
-        with (self.base / f"{name}.log").open("ab") as log:  # the child keeps its own copy
-            return subprocess.Popen([self.ray, "start", *args], env=_env(), stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-
-    def cpus(self) -> float:
-        out = subprocess.run([self.ray, "status", "--address", self.address], env=_env(),
-                             capture_output=True, text=True, timeout=60)
-        for line in out.stdout.splitlines():
-            if line.strip().endswith(" CPU") and "/" in line:
-                return float(line.split("/")[1].split()[0])
-        return 0.0
-
-    def wait_for_cpus(self, n: int, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.cpus() != n:
-            assert self.head.poll() is None, (self.base / "head.log").read_text()
-            assert time.monotonic() < deadline, f"the cluster never had {n} CPUs"
-            time.sleep(1.0)
-
-    def start_worker(self) -> None:
-        self.worker = self._start(["--address", self.address] + self.common, "worker")
-        self.wait_for_cpus(2)
-
-    def kill_worker(self) -> None:
-        """SIGKILL to every process of the second node at once: the raylet, its agents and
-        its worker processes (Ray puts each worker in a process group of its own)."""
-        assert self.worker is not None
-        node = psutil.Process(self.worker.pid)
-        procs = [node, *node.children(recursive=True)]
-        for proc in procs:
-            try:
-                proc.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=30)
-        self.worker.wait(timeout=30)
-        self.worker = None
-
-    def stop(self) -> None:
-        for node in (self.worker, self.head):
-            if node is None:
-                continue
-            try:
-                procs = [psutil.Process(node.pid)]
-                procs += procs[0].children(recursive=True)
-            except psutil.NoSuchProcess:
-                procs = []
-            for proc in procs:
-                try:
-                    proc.send_signal(signal.SIGKILL)
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(procs, timeout=30)
-            node.wait(timeout=30)
-
-
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[RayCluster]:
+def ray_cluster() -> Iterator[LocalCluster]:
+    """A head node and a second node, one CPU each, started here and stopped after."""
     # a short path: Ray's Unix sockets live under it (108-byte limit)
     base = Path(tempfile.mkdtemp(prefix="flray-"))
-    cluster = RayCluster(base)
+    cluster = LocalCluster(base, workers=1, cpus=1, object_store_mb=200)
     try:
         yield cluster
     finally:
@@ -190,7 +109,7 @@ def _wait_for_lines(run: subprocess.Popen[str], report: Path, n: int,
 
 @pytest.mark.slow
 def test_a_node_killed_mid_run_loses_and_duplicates_nothing(
-        tmp_path: Path, faces_dir: Path, ray_cluster: RayCluster) -> None:
+        tmp_path: Path, faces_dir: Path, ray_cluster: LocalCluster) -> None:
     photos = tmp_path / "photos"
     for d in sorted(p for p in (faces_dir / "lfw").iterdir() if p.is_dir()):
         shutil.copytree(d, photos / d.name)
@@ -276,7 +195,7 @@ def test_a_node_killed_mid_run_loses_and_duplicates_nothing(
 
 @pytest.mark.slow
 def test_evaluate_on_ray_fills_the_same_cache_and_report(
-        tmp_path: Path, faces_dir: Path, ray_cluster: RayCluster) -> None:
+        tmp_path: Path, faces_dir: Path, ray_cluster: LocalCluster) -> None:
     from faceledger.evaluation.enrolment import EmbeddingCache, cache_key, enrol_bytes
     from faceledger.vision import FacePipeline
 
@@ -286,7 +205,7 @@ def test_evaluate_on_ray_fills_the_same_cache_and_report(
             shutil.copytree(d, root / d.name)
         if len(list(root.rglob("*.jpg"))) >= 24:
             break
-    if ray_cluster.worker is None:
+    if not ray_cluster.workers:
         ray_cluster.start_worker()
     cache = tmp_path / "cache"
     base = ["evaluate", "folders", str(root), "--cache", str(cache), "--replicates", "20",

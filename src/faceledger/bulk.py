@@ -408,6 +408,7 @@ def index_images_ray(
     on_outcome: Callable[[Outcome], None] | None = None,
     on_event: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
+    workers: Sequence[Any] | None = None,
 ) -> Summary:
     """index_images with decoding and inference on the Ray cluster this process joined
     (`faceledger.cluster.connect`): batches of images go to actors that load the pipeline of
@@ -429,7 +430,7 @@ def index_images_ray(
 
     batches = run_batches(service.settings, images, "analyse", known_digests(hashes),
                           batch_size=batch_size, actors=actors, stop=should_stop,
-                          on_event=on_event)
+                          on_event=on_event, workers=workers)
     try:
         while True:
             try:

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -145,20 +149,38 @@ def _lost(exc: BaseException) -> bool:
                             rex.LocalRayletDiedError))
 
 
+def start_workers(settings: Settings, n: int | None = None) -> list[Any]:
+    """`n` Worker actors (default: one per CPU of the cluster), placed by Ray; each loads the
+    pipeline of `settings` once. Pass them to run_batches to use them for several runs."""
+    import ray
+
+    remote_cls: Any = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(Worker)
+    return [remote_cls.remote(settings) for _ in range(n or cluster_cpus())]
+
+
+def stop_workers(workers: Iterable[Any]) -> None:
+    import ray
+
+    for actor in workers:
+        ray.kill(actor, no_restart=True)
+
+
 def run_batches(settings: Settings, items: Iterable[T], method: str, *args: Any,
                 batch_size: int = 8, actors: int | None = None,
                 stop: Callable[[], bool] | None = None,
-                on_event: Callable[[str], None] | None = None
+                on_event: Callable[[str], None] | None = None,
+                workers: Sequence[Any] | None = None,
                 ) -> Generator[tuple[list[T], list[Any]], None, None]:
     """Call `Worker.<method>(batch, *args)` on actors for every batch of `items`; yield each
     batch with its results as they come (any order). A batch whose actor died is sent again
     (to another actor); the dead actor is replaced if the cluster has room for it. `stop()`
-    true: nothing new is sent, batches in flight are still yielded."""
+    true: nothing new is sent, batches in flight are still yielded. `workers` (from
+    start_workers) are used and left running; otherwise actors are started and stopped here."""
     import ray
 
-    remote_cls: Any = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(Worker)
     arg_refs = [ray.put(a) if isinstance(a, np.ndarray) else a for a in args]
-    n = actors or cluster_cpus()
+    n = len(workers) if workers else (actors or cluster_cpus())
+    given = set(workers or ())
     todo: Iterator[T] = iter(items)
     retry: deque[_Batch[T]] = deque()
     starting: dict[Any, Any] = {}   # ready() ref -> actor
@@ -170,7 +192,7 @@ def run_batches(settings: Settings, items: Iterable[T], method: str, *args: Any,
     idle_since = time.monotonic()
 
     def start() -> None:
-        a = remote_cls.remote(settings)
+        a = start_workers(settings, 1)[0]
         starting[a.ready.remote()] = a
 
     def note(text: str) -> None:
@@ -193,8 +215,12 @@ def run_batches(settings: Settings, items: Iterable[T], method: str, *args: Any,
             exhausted = True
         return _Batch(chunk) if chunk else None
 
-    for _ in range(n):
-        start()
+    if workers:
+        for a in workers:
+            starting[a.ready.remote()] = a
+    else:
+        for _ in range(n):
+            start()
     try:
         while True:
             # send: every live actor up to IN_FLIGHT batches
@@ -264,10 +290,122 @@ def run_batches(settings: Settings, items: Iterable[T], method: str, *args: Any,
                     live[actor] -= 1
                 yield batch.items, list(results)
     finally:
-        for actor in list(live) + list(starting.values()):
-            ray.kill(actor, no_restart=True)
+        stop_workers(a for a in list(live) + list(starting.values()) if a not in given)
 
 
 def batched(seq: Sequence[T], size: int) -> Iterator[list[T]]:
     for s in range(0, len(seq), size):
         yield list(seq[s:s + size])
+
+
+# --- a cluster on this machine (tests, benchmarks, trying --ray out) -------------------------
+
+
+def _node_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACELEDGER_", "RAY_"))}
+    # the nodes' worker processes import the faceledger this process runs
+    src = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in sys.path if p])
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalCluster:
+    """Ray nodes on this machine, each a real raylet (`ray start --block`, a process tree of its
+    own): a head and `workers` more, `cpus` CPUs each, a small object store, no dashboard.
+    Stopped (SIGKILL to each node's processes, never by name) with `stop()`."""
+
+    def __init__(self, base: Path, *, workers: int = 1, cpus: int = 1,
+                 object_store_mb: int = 200) -> None:
+        import shutil
+
+        self.base = base
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.cpus_per_node = cpus
+        self.ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+        self.common = ["--num-cpus", str(cpus), "--object-store-memory",
+                       str(object_store_mb * 1024 * 1024), "--disable-usage-stats", "--block"]
+        self.head = self._start(["--head", "--port", str(self.port), "--include-dashboard",
+                                 "false", "--temp-dir", str(base / "ray")] + self.common, "head")
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.wait_for_cpus(cpus)
+        for _ in range(workers):
+            self.start_worker()
+
+    def _start(self, args: list[str], name: str) -> subprocess.Popen[bytes]:
+        with (self.base / f"{name}.log").open("ab") as log:  # the child keeps its own copy
+            return subprocess.Popen([self.ray, "start", *args], env=_node_env(), stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+
+    def cpus(self) -> float:
+        """The cluster's CPUs as `ray status` reports them (0 while it is not up)."""
+        out = subprocess.run([self.ray, "status", "--address", self.address], env=_node_env(),
+                             capture_output=True, text=True, timeout=60)
+        for line in out.stdout.splitlines():
+            if line.strip().endswith(" CPU") and "/" in line:
+                return float(line.split("/")[1].split()[0])
+        return 0.0
+
+    def wait_for_cpus(self, n: int, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.cpus() != n:
+            if self.head.poll() is not None:
+                raise ClusterError((self.base / "head.log").read_text()[-2000:])
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the local Ray cluster never had {n} CPUs")
+            time.sleep(1.0)
+
+    def start_worker(self) -> None:
+        self.workers.append(self._start(["--address", self.address] + self.common,
+                                        f"worker{len(self.workers)}"))
+        self.wait_for_cpus(self.cpus_per_node * (1 + len(self.workers)))
+
+    @staticmethod
+    def _kill(node: subprocess.Popen[bytes]) -> None:
+        """SIGKILL to a node's processes at once: the raylet, its agents and its workers (Ray
+        puts each worker in a process group of its own, so a group kill would miss them)."""
+        import psutil  # type: ignore[import-untyped]
+
+        try:
+            procs = [psutil.Process(node.pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            procs = []
+        for proc in procs:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=30)
+        node.wait(timeout=30)
+
+    def kill_worker(self) -> None:
+        """The last worker node dies at once, as a machine that loses power."""
+        self._kill(self.workers.pop())
+
+    def processes(self) -> list[int]:
+        """Pids of every process of the cluster (for CPU accounting)."""
+        import psutil
+
+        pids = []
+        for node in [self.head, *self.workers]:
+            try:
+                p = psutil.Process(node.pid)
+                pids += [p.pid] + [c.pid for c in p.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        return pids
+
+    def stop(self) -> None:
+        for node in [*self.workers, self.head]:
+            self._kill(node)
+        self.workers = []
