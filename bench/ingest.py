@@ -87,6 +87,9 @@ def main() -> int:
             from faceledger.cluster import LocalCluster, connect, start_workers
 
             cluster = LocalCluster(tmp, workers=1, cpus=1, object_store_mb=200)
+            import atexit
+
+            atexit.register(cluster.stop)  # whatever happens next
             connect(cluster.address)
             actors = start_workers(settings, 2)
             ray.get([a.ready.remote() for a in actors])  # type: ignore[attr-defined]

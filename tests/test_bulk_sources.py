@@ -13,6 +13,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+from pydantic import SecretStr
 
 from faceledger.bulk import (
     ImageFile,
@@ -62,7 +63,7 @@ def test_sources_from_folders_and_configured_buckets(tmp_path: Path, moto_endpoi
     (folder / "d.jpg").write_bytes(astronaut_jpeg)
     settings = Settings(data_dir=tmp_path / "data", local_buckets={"local": local},
                         s3_buckets=["photos"], s3_endpoint_url=moto_endpoint,
-                        s3_access_key_id="moto", s3_secret_access_key="moto")
+                        s3_access_key_id="moto", s3_secret_access_key=SecretStr("moto"))
     resolver = build_resolver(settings)
 
     found = find_sources(["s3://local/people", "s3://photos/2024/", str(folder)], resolver,

@@ -15,7 +15,8 @@ from faceledger.store import Catalog, PgVectorIndex
 def _vectors(n: int, dim: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     v = rng.normal(size=(n, dim))
-    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    out: np.ndarray = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    return out
 
 
 def test_halfvec_distances_stay_within_the_slack(postgres_url: str) -> None:

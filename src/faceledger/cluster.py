@@ -303,9 +303,11 @@ def batched(seq: Sequence[T], size: int) -> Iterator[list[T]]:
 
 def _node_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FACELEDGER_", "RAY_"))}
-    # the nodes' worker processes import the faceledger this process runs
+    # the nodes' worker processes import the faceledger this process runs (not this
+    # process's whole sys.path: a script's folder there may shadow the standard library)
     src = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in sys.path if p])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     return env
 
