@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# bench/http.py would shadow the standard library's http (urllib3, hence Ray, import it)
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 DEFAULT_IMAGES = REPO.parent / "shared" / "faces" / "utkface-balanced"
 
 
