@@ -409,6 +409,7 @@ def index_images_ray(
     on_event: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
     workers: Sequence[Any] | None = None,
+    writers: int | None = None,
 ) -> Summary:
     """index_images with decoding and inference on the Ray cluster this process joined
     (`faceledger.cluster.connect`): batches of images go to actors that load the pipeline of
@@ -431,25 +432,45 @@ def index_images_ray(
     batches = run_batches(service.settings, images, "analyse", known_digests(hashes),
                           batch_size=batch_size, actors=actors, stop=should_stop,
                           on_event=on_event, workers=workers)
-    try:
-        while True:
-            try:
-                got = next(batches, None)
-                if got is None:
-                    break
-                items, results = got
-                for item, a in zip(items, results):
-                    o = write_analysis(service, collection_id, item, a, seen, max_faces,
-                                       quality_filter, ctx)
-                    summary.add(o)
-                    if on_outcome is not None:
-                        on_outcome(o)
-            except KeyboardInterrupt:
-                # nothing new is sent; batches in flight are written and reported
-                stopping.set()
-                summary.interrupted = True
-    finally:
-        batches.close()
+    # Writes overlap on PostgreSQL (the ledger's chain head is the only serial step); SQLite
+    # has one writer at a time, where threads only queue.
+    n_writers = writers or (4 if service.catalog.dialect == "postgresql" else 1)
+    pending: set[Future[Outcome]] = set()
+
+    def record(done: set[Future[Outcome]]) -> None:
+        for f in done:
+            o = f.result()
+            summary.add(o)
+            if on_outcome is not None:
+                on_outcome(o)
+
+    with ThreadPoolExecutor(n_writers, thread_name_prefix="faceledger-writer") as pool:
+        try:
+            while True:
+                try:
+                    got = next(batches, None)
+                    if got is None:
+                        break
+                    items, results = got
+                    for item, a in zip(items, results):
+                        pending.add(pool.submit(write_analysis, service, collection_id, item, a,
+                                                seen, max_faces, quality_filter, ctx))
+                    # report what is written; hold the cluster back if writing lags behind
+                    while pending:
+                        done, pending = wait(pending, timeout=0 if len(pending) <
+                                             4 * n_writers * batch_size else None,
+                                             return_when=FIRST_COMPLETED)
+                        record(done)
+                        if not done:
+                            break
+                except KeyboardInterrupt:
+                    # nothing new is sent; what is analysed or being written is finished
+                    stopping.set()
+                    summary.interrupted = True
+        finally:
+            batches.close()
+            done, pending = wait(pending)
+            record(done)
     if should_stop():
         summary.interrupted = True
     summary.seconds = time.monotonic() - started
