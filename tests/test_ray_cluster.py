@@ -155,7 +155,8 @@ def test_a_node_killed_mid_run_loses_and_duplicates_nothing(
     assert all(len(ids) == 1 for ids in images.values())
     assert [x["status"] for x in lines if x["sha256"] == indexed[0]["sha256"]].count(
         "indexed") == 1
-    print(f"\nnode killed after {killed_after} of {total} images; {summary}")
+    lost = [x for x in err.splitlines() if "lost" in x]
+    print(f"\nnode killed after {killed_after} of {total} images; {lost}; {summary}")
 
     # 2. the same command again, with the node back: everything stored is skipped
     ray_cluster.start_worker()
