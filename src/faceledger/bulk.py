@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from .context import LOCAL, RequestContext
-from .errors import FaceledgerError
-from .imaging import file_sha256, sha256_hex
+from .errors import FaceledgerError, InvalidParameterException, InvalidS3ObjectException
+from .imaging import AnalysedImage, file_sha256, sha256_hex
 from .service import FaceService
+from .service.core import ServiceCore
 from .service.source_faces import ReenrolPlan, ReenrolSource
+from .sources import ObjectResolver
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 ExternalIdFrom = Literal["name", "parent", "relative-path"]
@@ -41,12 +43,29 @@ Status = Literal["indexed", "skipped", "not_indexed", "failed"]
 
 @dataclass(frozen=True)
 class ImageFile:
-    """One photo to enrol and the ExternalImageId it gets."""
+    """One photo to enrol and the ExternalImageId it gets: a file, or (with `bucket`) the
+    object named `path` in that configured bucket."""
 
     path: Path
     external_image_id: str | None
+    bucket: str | None = None
     # re-enrolment: the source faces this photo holds (IndexFaces keeps only those)
     reenrol: ReenrolSource | None = None
+
+    @property
+    def location(self) -> str:
+        """The file's path, or s3://bucket/name (what reports show)."""
+        return str(self.path) if self.bucket is None else f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def key(self) -> str:
+        return self.path.as_posix()
+
+    def read(self, resolver: ObjectResolver) -> bytes:
+        """The photo's bytes (OSError for a file, FaceledgerError for an object)."""
+        if self.bucket is None:
+            return self.path.read_bytes()
+        return resolver.fetch(self.bucket, self.key, None)
 
 
 def safe_external_id(text: str) -> str:
@@ -71,6 +90,46 @@ def external_id(path: Path, root: Path, how: ExternalIdFrom) -> str:
                 rel = Path(path.name)
             return safe_external_id(":".join(rel.with_suffix("").parts))
     raise ValueError(f"unknown external id source {how!r}")
+
+
+def parse_s3(source: str) -> tuple[str, str] | None:
+    """(bucket, prefix) of `s3://bucket/prefix`, None for anything else (a local path)."""
+    if not source.startswith("s3://"):
+        return None
+    bucket, _, prefix = source[len("s3://"):].partition("/")
+    if not bucket:
+        raise InvalidParameterException(f"{source!r} names no bucket (s3://BUCKET/PREFIX).")
+    return bucket, prefix
+
+
+def find_objects(resolver: ObjectResolver, bucket: str, prefix: str,
+                 how: ExternalIdFrom = "name") -> list[ImageFile]:
+    """Every .jpg/.jpeg/.png object under `prefix` in a configured bucket, sorted by name.
+    ExternalImageIds as for folders: the prefix's folder part is the root."""
+    lister = getattr(resolver, "list_objects", None)
+    if lister is None:
+        resolver.fetch(bucket, prefix, None)  # refuses: the bucket is not configured
+        raise InvalidS3ObjectException(f"Bucket '{bucket}' cannot be listed.")
+    root = Path(prefix.rpartition("/")[0] or ".")
+    out = []
+    for name in lister(bucket, prefix):
+        path = Path(name)
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            out.append(ImageFile(path, external_id(path, root, how), bucket))
+    return out
+
+
+def find_sources(sources: Iterable[str], resolver: ObjectResolver,
+                 how: ExternalIdFrom = "name") -> list[ImageFile]:
+    """Images of local files/folders (see find_images) and s3://bucket/prefix sources."""
+    found: dict[str, ImageFile] = {}
+    for source in sources:
+        s3 = parse_s3(source)
+        items = (find_images([Path(source)], how) if s3 is None
+                 else find_objects(resolver, s3[0], s3[1], how))
+        for item in items:
+            found.setdefault(item.location if item.bucket else str(item.path.resolve()), item)
+    return list(found.values())
 
 
 def find_images(paths: Iterable[Path], how: ExternalIdFrom = "name") -> list[ImageFile]:
@@ -179,15 +238,73 @@ class _Seen:
             self._hashes.add(sha)
             return True
 
+    def taken(self, sha: str) -> bool:
+        with self._lock:
+            return sha in self._hashes
+
     def release(self, sha: str) -> None:
         """Give back a claim whose image stored no face (so a later copy is tried again)."""
         with self._lock:
             self._hashes.discard(sha)
 
 
+@dataclass(frozen=True)
+class Analysis:
+    """What a worker made of one image, before anything is written: its digest and, unless it
+    was already indexed (`known`) or failed (`error`), its faces and templates."""
+
+    sha256: str | None
+    image: AnalysedImage | None = None
+    known: bool = False
+    error: str | None = None
+    message: str | None = None
+
+
+def analyse_item(core: ServiceCore, item: ImageFile, known: Callable[[str], bool]) -> Analysis:
+    """The per-image work of bulk enrolment, wherever it runs (a thread here, a Ray actor):
+    read, hash, skip if `known`, decode with the service's rules (an object from a bucket has
+    S3's size limit) and find and embed the faces with `core.pipeline`, whose models come from
+    `core.settings`: nothing here depends on the model version."""
+    try:
+        data = item.read(core.resolver)
+    except OSError as exc:
+        return Analysis(None, error=type(exc).__name__, message=str(exc))
+    except FaceledgerError as exc:
+        return Analysis(None, error=exc.code, message=exc.message)
+    sha = sha256_hex(data)
+    if known(sha):
+        return Analysis(sha, known=True)
+    try:
+        return Analysis(sha, core.analyse_bytes(data, from_storage=item.bucket is not None))
+    except FaceledgerError as exc:
+        return Analysis(sha, error=exc.code, message=exc.message)
+    except Exception as exc:  # noqa: BLE001 - one bad image must not end a run of millions
+        return Analysis(sha, error="InternalServerError", message=f"{type(exc).__name__}: {exc}")
+
+
+def write_analysis(service: FaceService, collection_id: str, item: ImageFile, a: Analysis,
+                   seen: _Seen, max_faces: int | None, quality_filter: str | None,
+                   ctx: RequestContext) -> Outcome:
+    """IndexFaces for an analysed image, through the service (checks, quality filter, catalog,
+    index and its ledger event in one transaction), unless its digest was taken already."""
+    path = item.location
+    if a.error is not None:
+        return Outcome(path, "failed", a.sha256, item.external_image_id, error=a.error,
+                       message=a.message)
+    assert a.sha256 is not None
+    if a.known or not seen.claim(a.sha256):
+        return Outcome(path, "skipped", a.sha256, item.external_image_id)
+    return _index_claimed(service, collection_id, item, a.sha256, seen, max_faces,
+                          quality_filter, ctx, analysed=a.image)
+
+
 def _index_one(service: FaceService, collection_id: str, item: ImageFile, seen: _Seen,
                max_faces: int | None, quality_filter: str | None,
                ctx: RequestContext) -> Outcome:
+    if item.bucket is not None:  # an object: decoded with S3's limits, then written
+        a = analyse_item(service, item, seen.taken)
+        return write_analysis(service, collection_id, item, a, seen, max_faces,
+                              quality_filter, ctx)
     path = str(item.path)
     try:
         data = item.path.read_bytes()
@@ -196,13 +313,23 @@ def _index_one(service: FaceService, collection_id: str, item: ImageFile, seen: 
     sha = sha256_hex(data)
     if not seen.claim(sha):
         return Outcome(path, "skipped", sha, item.external_image_id)
+    return _index_claimed(service, collection_id, item, sha, seen, max_faces, quality_filter,
+                          ctx, data=data)
+
+
+def _index_claimed(service: FaceService, collection_id: str, item: ImageFile, sha: str,
+                   seen: _Seen, max_faces: int | None, quality_filter: str | None,
+                   ctx: RequestContext, *, data: bytes | None = None,
+                   analysed: AnalysedImage | None = None) -> Outcome:
+    path = item.location
     stored = False
     try:
         # one ledger event per image, each with a request id of its own
-        r = service.index_faces(collection_id, {"Bytes": data}, item.external_image_id,
-                                max_faces=max_faces, quality_filter=quality_filter,
-                                reenrol_from=item.reenrol,
-                                ctx=dataclasses.replace(ctx, request_id=str(uuid.uuid4())))
+        r = service.index_faces(collection_id, None if data is None else {"Bytes": data},
+                                item.external_image_id, max_faces=max_faces,
+                                quality_filter=quality_filter, reenrol_from=item.reenrol,
+                                ctx=dataclasses.replace(ctx, request_id=str(uuid.uuid4())),
+                                analysed=analysed)
         face_ids = tuple(rec["Face"]["FaceId"] for rec in r["FaceRecords"])
         reasons = tuple(tuple(u["Reasons"]) for u in r["UnindexedFaces"])
         stored = bool(face_ids)
@@ -279,6 +406,88 @@ def index_images(
                     record(f)
         if stop is not None and stop.is_set():
             summary.interrupted = True
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def index_images_ray(
+    service: FaceService,
+    collection_id: str,
+    images: Sequence[ImageFile],
+    *,
+    batch_size: int = 8,
+    actors: int | None = None,
+    max_faces: int | None = None,
+    quality_filter: str | None = None,
+    ctx: RequestContext = LOCAL,
+    on_outcome: Callable[[Outcome], None] | None = None,
+    on_event: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+    workers: Sequence[Any] | None = None,
+    writers: int | None = None,
+) -> Summary:
+    """index_images with decoding and inference on the Ray cluster this process joined
+    (`faceledger.cluster.connect`): batches of images go to actors that load the pipeline of
+    `service.settings` once each; every result is written here, through `write_analysis`, as
+    without Ray. Images already in the collection are skipped by the actors before any
+    decoding. A batch whose actor (or node) died is sent again; what was written stays."""
+    from .cluster import known_digests, run_batches
+
+    with service.catalog.read() as conn:
+        coll = service.catalog.collection(conn, collection_id)
+        hashes = service.catalog.image_hashes(conn, coll.pk)
+    seen = _Seen(set(hashes))
+    summary = Summary(total=len(images))
+    started = time.monotonic()
+    stopping = threading.Event()
+
+    def should_stop() -> bool:
+        return stopping.is_set() or (stop is not None and stop.is_set())
+
+    batches = run_batches(service.settings, images, "analyse", known_digests(hashes),
+                          batch_size=batch_size, actors=actors, stop=should_stop,
+                          on_event=on_event, workers=workers)
+    # Writes overlap on PostgreSQL (the ledger's chain head is the only serial step); SQLite
+    # has one writer at a time, where threads only queue.
+    n_writers = writers or (4 if service.catalog.dialect == "postgresql" else 1)
+    pending: set[Future[Outcome]] = set()
+
+    def record(done: set[Future[Outcome]]) -> None:
+        for f in done:
+            o = f.result()
+            summary.add(o)
+            if on_outcome is not None:
+                on_outcome(o)
+
+    with ThreadPoolExecutor(n_writers, thread_name_prefix="faceledger-writer") as pool:
+        try:
+            while True:
+                try:
+                    got = next(batches, None)
+                    if got is None:
+                        break
+                    items, results = got
+                    for item, a in zip(items, results):
+                        pending.add(pool.submit(write_analysis, service, collection_id, item, a,
+                                                seen, max_faces, quality_filter, ctx))
+                    # report what is written; hold the cluster back if writing lags behind
+                    while pending:
+                        done, pending = wait(pending, timeout=0 if len(pending) <
+                                             4 * n_writers * batch_size else None,
+                                             return_when=FIRST_COMPLETED)
+                        record(done)
+                        if not done:
+                            break
+                except KeyboardInterrupt:
+                    # nothing new is sent; what is analysed or being written is finished
+                    stopping.set()
+                    summary.interrupted = True
+        finally:
+            batches.close()
+            done, pending = wait(pending)
+            record(done)
+    if should_stop():
+        summary.interrupted = True
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -369,7 +578,7 @@ def reenrol_images(
         src = None if sha is None else plan.source_for(sha)
         if src is not None:
             ext = next((f.external_image_id for f in src.faces if f.external_image_id), None)
-            todo.append(ImageFile(item.path, ext, src))
+            todo.append(ImageFile(item.path, ext, reenrol=src))
         elif sha is None:
             todo.append(item)  # unreadable: the run reports its error
         else:

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,6 +34,9 @@ from .errors import (
     ThrottlingException,
 )
 from .text import logger
+
+if TYPE_CHECKING:  # vision imports this module
+    from .vision.types import FaceAnalysis
 
 log = logger("faceledger.imaging")
 
@@ -64,6 +68,18 @@ class DecodedImage:
     @property
     def height(self) -> int:
         return int(self.pixels.shape[0])
+
+
+@dataclass(frozen=True)
+class AnalysedImage:
+    """An image decoded and analysed elsewhere (a bulk worker, a Ray actor) with the same
+    settings: what IndexFaces needs of it, without the pixels."""
+
+    sha256: str
+    width: int
+    height: int
+    faces: list[FaceAnalysis]
+    model_version: str
 
 
 def sha256_hex(data: bytes) -> str:

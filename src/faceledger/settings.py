@@ -177,6 +177,11 @@ class Settings(BaseSettings):
     # HNSW search breadth (recall against latency): 512 keeps recall@10 >= 0.99 at 1M faces
     # (bench/search.py: 0.991, p99 3.3 ms; 256 gave 0.974).
     index_ef_search: int = 512
+    # pgvector stores templates as 16-bit floats (halfvec): half the table and index, and no
+    # decision changes (bench/float16.py: 0-1 of 12.5M LFW pairs per threshold; searches
+    # re-score candidates from the catalog's float32 templates anyway). An existing database
+    # is converted on start, in one transaction, either way.
+    pgvector_halfvec: bool = True
     # Default search threshold: expected false matches per search at most this (store/thresholds).
     search_expected_false_matches: float = 0.01
 

@@ -6,10 +6,10 @@ The data directory and database come from FACELEDGER_DATA_DIR / FACELEDGER_DATAB
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -18,16 +18,22 @@ from ..bulk import (
     ExternalIdFrom,
     ImageFile,
     Outcome,
+    Summary,
     find_images,
+    find_sources,
     index_images,
+    index_images_ray,
+    parse_s3,
     reenrol_images,
     safe_external_id,
     write_reenrol_summary,
     write_summary,
 )
 from ..evaluation.enrolment import Progress
+from ..server.storage import build_resolver
 from ..service import FaceService
 from ..settings import Settings
+from ..sources import ObjectResolver
 from ..vision.pool import PipelinePool, default_workers
 from .app import emit_json, main, reports_errors, request_context
 
@@ -123,7 +129,7 @@ def describe(collection_id: str) -> None:
 
 @collection.command("index")
 @click.argument("collection_id")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("sources", metavar="SOURCE...", nargs=-1, required=True)
 @click.option("--external-id", help="ExternalImageId of every image (default: see "
               "--external-id-from).")
 @click.option("--external-id-from", type=click.Choice(["name", "parent", "relative-path"]),
@@ -140,27 +146,59 @@ def describe(collection_id: str) -> None:
 @click.option("--verbose", "-v", is_flag=True, help="A line per indexed or refused face.")
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--ray", "ray_address", metavar="ADDRESS|auto", default=None,
+              help="Decode and analyse on this Ray cluster (one actor per CPU, models loaded "
+                   "once each; files must be readable at the same path on every node); "
+                   "writes stay in this process. Needs faceledger[ray].")
+@click.option("--ray-batch", type=click.IntRange(1, 1024), default=8, show_default=True,
+              help="Images per call to a Ray actor.")
 @reports_errors
-def index(collection_id: str, paths: tuple[Path, ...], external_id: str | None,
+def index(collection_id: str, sources: tuple[str, ...], external_id: str | None,
           external_id_from: ExternalIdFrom, max_faces: int | None, quality_filter: str,
           workers: int | None, report: Path | None, verbose: bool, no_progress: bool,
-          as_json: bool) -> None:
-    """Add the faces found in PATHS: image files and folders (searched recursively for
-    .jpg/.jpeg/.png), on every core, with a progress bar. Templates only; photos are never
-    stored. Resumable: images already indexed in the collection (same SHA-256) are skipped,
-    so after Ctrl-C or a crash run the same command again. Exit status 1 if a file failed."""
-    images = find_images(paths, external_id_from)
-    if external_id is not None:
-        images = [ImageFile(i.path, safe_external_id(external_id)) for i in images]
-    if not images:
-        raise click.UsageError("no .jpg, .jpeg or .png files in the paths given")
+          as_json: bool, ray_address: str | None, ray_batch: int) -> None:
+    """Add the faces found in SOURCEs: image files, folders (searched recursively for
+    .jpg/.jpeg/.png) and s3://BUCKET/PREFIX of a configured bucket, on every core (or a Ray
+    cluster with --ray), with a progress bar. Templates only; photos are never stored.
+    Resumable: images already indexed in the collection (same SHA-256) are skipped, so after
+    Ctrl-C, a crash or a lost node run the same command again. Exit status 1 if a file
+    failed."""
     settings = Settings()
+    resolver = build_resolver(settings)
+    for source in sources:
+        if parse_s3(source) is None and not Path(source).exists():
+            raise click.BadParameter(f"{source!r} does not exist", param_hint="SOURCE")
+    images = find_sources(sources, resolver, external_id_from)
+    if external_id is not None:
+        images = [ImageFile(i.path, safe_external_id(external_id), i.bucket) for i in images]
+    if not images:
+        raise click.UsageError("no .jpg, .jpeg or .png files in the sources given")
+    if ray_address is not None:
+        _index_on_ray(settings, resolver, collection_id, images, ray_address, ray_batch,
+                      max_faces, quality_filter, report, verbose, no_progress, as_json)
+        return
     n = default_workers(settings.workers if workers is None else workers)
     n = min(n, len(images))
     pipeline = PipelinePool(settings, n) if n > 1 else None
-    service = FaceService(settings, pipeline=pipeline)
+    service = FaceService(settings, pipeline=pipeline, resolver=resolver)
     bar = None if no_progress else Progress(len(images), f"indexing into {collection_id}")
     out = report.open("a", encoding="utf-8") if report is not None else None
+    show = _show(out, verbose, bar)
+    try:
+        summary = index_images(service, collection_id, images, threads=2 * n if n > 1 else 1,
+                               max_faces=max_faces, quality_filter=quality_filter,
+                               ctx=request_context(), on_outcome=show)
+    finally:
+        if out is not None:
+            out.close()
+        service.close()
+        if pipeline is not None:
+            pipeline.close()
+    _finish(summary, bar, as_json)
+
+
+def _show(out: TextIO | None, verbose: bool, bar: Progress | None) -> Callable[[Outcome], None]:
+    """What happens as each image's outcome arrives: report line, verbose lines, progress."""
 
     def show(o: Outcome) -> None:
         if out is not None:
@@ -177,16 +215,10 @@ def index(collection_id: str, paths: tuple[Path, ...], external_id: str | None,
         if bar is not None:
             bar.advance()
 
-    try:
-        summary = index_images(service, collection_id, images, threads=2 * n if n > 1 else 1,
-                               max_faces=max_faces, quality_filter=quality_filter,
-                               ctx=request_context(), on_outcome=show)
-    finally:
-        if out is not None:
-            out.close()
-        service.close()
-        if pipeline is not None:
-            pipeline.close()
+    return show
+
+
+def _finish(summary: Summary, bar: Progress | None, as_json: bool) -> None:
     if bar is not None and bar.tty and bar.done < bar.total:
         click.echo("", err=True)  # end the progress line of an interrupted run
     if as_json:
@@ -263,11 +295,41 @@ def reenrol(source_collection: str, photos: tuple[Path, ...], target: str, model
     if as_json:
         emit_json(result.to_dict())
     else:
-        write_reenrol_summary(result, click.get_text_stream("stdout"))
+        text = io.StringIO()  # through click.echo, as _finish does (Click 8.5)
+        write_reenrol_summary(result, text)
+        click.echo(text.getvalue(), nl=False)
     if result.indexing.interrupted:
         raise SystemExit(130)
     if result.indexing.failed:
         raise SystemExit(1)
+
+
+def _index_on_ray(settings: Settings, resolver: ObjectResolver, collection_id: str,
+                  images: list[ImageFile], address: str, batch: int, max_faces: int | None,
+                  quality_filter: str, report: Path | None, verbose: bool, no_progress: bool,
+                  as_json: bool) -> None:
+    """`collection index --ray`: inference on the cluster, writes here (see bulk/cluster)."""
+    from ..cluster import connect, disconnect
+
+    connect(address)
+    # the models load in the actors; this process only writes (its pipeline stays unloaded)
+    service = FaceService(settings, resolver=resolver)
+    bar = None if no_progress else Progress(len(images), f"indexing into {collection_id} "
+                                                         f"on Ray")
+    out = report.open("a", encoding="utf-8") if report is not None else None
+    try:
+        summary = index_images_ray(
+            service, collection_id, images, batch_size=batch, max_faces=max_faces,
+            quality_filter=quality_filter, ctx=request_context(),
+            on_outcome=_show(out, verbose, bar),
+            on_event=lambda text: click.echo(f"\n{text}" if bar and bar.tty else text,
+                                             err=True))
+    finally:
+        if out is not None:
+            out.close()
+        service.close()
+        disconnect()
+    _finish(summary, bar, as_json)
 
 
 @collection.command("faces")

@@ -346,10 +346,23 @@ def _common(fn: Any) -> Any:
             help="Bootstrap replicates for the 95% intervals.",
         ),
         click.option("--quiet", is_flag=True, help="No progress bar."),
+        click.option(
+            "--ray",
+            metavar="ADDRESS|auto",
+            default=None,
+            expose_value=False,
+            callback=_keep_ray,
+            help="Embed the images not in the cache on this Ray cluster (one actor per CPU; "
+            "paths readable on every node). Same cache, same report. Needs faceledger[ray].",
+        ),
     ]
     for o in reversed(opts):
         fn = o(fn)
     return fn
+
+
+def _keep_ray(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    ctx.meta["faceledger.ray"] = value
 
 
 def _evaluation(
@@ -367,6 +380,7 @@ def _evaluation(
         cache_dir=Path(cache) if cache else None, workers=workers,
         similarities=similarities or DEFAULT_SIMILARITIES, replicates=replicates,
         progress=not quiet, command=_command_line(),
+        ray=click.get_current_context().meta.get("faceledger.ray"),
     )  # fmt: skip
 
 

@@ -281,8 +281,10 @@ def enrol_files(
     workers: int | None = None,
     progress: bool = True,
     label: str = "enrolling",
+    ray: str | None = None,
 ) -> list[Enrolment]:
-    """Enrol every file (in order), reading the cache first and using a process pool for the rest."""
+    """Enrol every file (in order), reading the cache first and using a process pool (or, with
+    `ray`, the actors of that Ray cluster: see faceledger.cluster) for the rest."""
     settings = settings or Settings()
     model_version = FacePipeline(settings).model_version
     cache = (
@@ -306,7 +308,9 @@ def enrol_files(
     n_workers = workers if workers is not None else default_workers(settings.workers)
     n_workers = max(1, min(n_workers, len(todo)))
     bar = Progress(len(todo), label) if progress and todo else None
-    for i, e in _run(paths, todo, settings, n_workers, embed):
+    results = (_run(paths, todo, settings, n_workers, embed) if ray is None
+               else _run_on_ray(ray, paths, todo, settings, embed))
+    for i, e in results:
         out[i] = e
         if cache is not None:
             cache.put(e)
@@ -337,6 +341,22 @@ def _run(
         tasks: Iterable[tuple[str, bool]] = ((str(paths[i]), embed) for i in todo)
         # map() keeps the order of its input: the i-th result belongs to todo[i].
         for i, (_, e) in zip(todo, pool.map(_enrol_in_worker, tasks, chunksize=8)):
+            yield i, e
+
+
+def _run_on_ray(
+    address: str, paths: Sequence[Path], todo: list[int], settings: Settings, embed: bool
+) -> Iterator[tuple[int, Enrolment]]:
+    """The images in `todo` enrolled by Ray actors (any order; a lost batch is sent again).
+    The paths must be readable on every node (a shared filesystem)."""
+    if not todo:
+        return
+    from ..cluster import connect, run_batches
+
+    connect(address)
+    items = [(i, str(paths[i].resolve())) for i in todo]
+    for batch, results in run_batches(settings, items, "enrol", embed, batch_size=16):
+        for (i, _), e in zip(batch, results):
             yield i, e
 
 

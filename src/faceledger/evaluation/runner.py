@@ -48,6 +48,7 @@ class Evaluation:
         seed: int = 0,
         progress: bool = True,
         command: str = "",
+        ray: str | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.model_version = FacePipeline(self.settings).model_version
@@ -63,6 +64,7 @@ class Evaluation:
         self.seed = seed
         self.progress = progress
         self.command = command
+        self.ray = ray  # a Ray cluster's address: images are enrolled by its actors
 
     # -- shared pieces
     @property
@@ -108,7 +110,7 @@ class Evaluation:
     ) -> list[Enrolment]:
         return enrol_files(
             images.paths, settings=self.settings, cache_dir=self.cache_dir, embed=embed,
-            workers=self.workers, progress=self.progress, label=label,
+            workers=self.workers, progress=self.progress, label=label, ray=self.ray,
         )  # fmt: skip
 
     def header(self, kind: str, dataset: dict[str, Any]) -> dict[str, Any]:

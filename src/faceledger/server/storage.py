@@ -64,6 +64,27 @@ class LocalBuckets:
             raise _too_large(bucket, name, len(data), self.max_bytes)
         return data
 
+    def list_objects(self, bucket: str, prefix: str) -> list[str]:
+        """Names of the files under `prefix` in a bucket (a key prefix, as S3 lists it), sorted;
+        symlinks that lead outside the bucket are left out."""
+        root = self.roots.get(bucket)
+        if root is None:
+            raise InvalidS3ObjectException(not_configured(bucket))
+        if "\\" in prefix or "\x00" in prefix or any(p in (".", "..")
+                                                     for p in prefix.split("/")):
+            raise InvalidS3ObjectException(
+                f"Prefix '{shown(prefix, 200)}' is not a plain relative name.")
+        head, _, _ = prefix.rpartition("/")
+        base = root / head if head else root
+        if not base.resolve().is_relative_to(root) or not base.is_dir():
+            return []
+        names = []
+        for path in base.rglob("*"):
+            name = path.relative_to(root).as_posix()
+            if name.startswith(prefix) and path.is_file() and path.resolve().is_relative_to(root):
+                names.append(name)
+        return sorted(names)
+
     def download(self, bucket: str, name: str, version: str | None, dest: Path,
                  max_bytes: int) -> None:
         """Copy an object (a stored video) to `dest`; VideoTooLargeException past max_bytes."""
@@ -159,6 +180,29 @@ class S3Buckets:
                 "The object storage endpoint could not be reached; try again later."
             ) from exc
 
+    def list_objects(self, bucket: str, prefix: str) -> list[str]:
+        """Keys under `prefix` in a configured bucket (every page of ListObjectsV2), sorted."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if bucket not in self.buckets:
+            raise InvalidS3ObjectException(not_configured(bucket))
+        names: list[str] = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=bucket, Prefix=prefix):
+                names.extend(str(o["Key"]) for o in page.get("Contents", ())
+                             if not str(o["Key"]).endswith("/"))
+        except ClientError as exc:
+            log.info("S3 list %s/%s: %s", shown(bucket), shown(prefix, 200),
+                     shown(exc.response.get("Error", {}).get("Code", "")))
+            raise InvalidS3ObjectException(
+                f"Bucket '{shown(bucket)}' cannot be listed. Check its name, region and "
+                "permissions (s3:ListBucket).") from exc
+        except BotoCoreError as exc:
+            raise InvalidS3ObjectException(
+                "The object storage endpoint could not be reached; try again later.") from exc
+        return sorted(names)
+
     def fetch(self, bucket: str, name: str, version: str | None) -> bytes:
         with self._object(bucket, name, version, self.max_bytes, _too_large) as body:
             data: bytes = body.read(self.max_bytes + 1)
@@ -190,6 +234,12 @@ class BucketRouter:
         if resolver is None:
             raise InvalidS3ObjectException(not_configured(bucket))
         return resolver.fetch(bucket, name, version)
+
+    def list_objects(self, bucket: str, prefix: str) -> list[str]:
+        resolver = self.routes.get(bucket)
+        if not isinstance(resolver, (LocalBuckets, S3Buckets)):
+            raise InvalidS3ObjectException(not_configured(bucket))
+        return resolver.list_objects(bucket, prefix)
 
     def download(self, bucket: str, name: str, version: str | None, dest: Path,
                  max_bytes: int) -> None:

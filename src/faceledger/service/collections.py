@@ -32,7 +32,9 @@ from ..errors import (
     InvalidParameterException,
     ResourceNotReadyException,
 )
+from ..imaging import AnalysedImage, DecodedImage
 from ..ledger import AuditedOperation
+from ..model_versions import canonical
 from ..shapes import Shape, bounding_box, face_detail, landmarks, pose_quality
 from ..sources import ImageInput
 from ..store import Catalog, CollectionRow, FaceRow, NewFace, VectorIndex, open_store
@@ -194,11 +196,16 @@ class CollectionOperations(ServiceCore):
                     detection_attributes: Sequence[str] | None = None,
                     max_faces: int | None = None, quality_filter: str | None = None, *,
                     reenrol_from: ReenrolSource | None = None,
-                    ctx: RequestContext = LOCAL) -> Shape:
+                    ctx: RequestContext = LOCAL, analysed: AnalysedImage | None = None) -> Shape:
         """IndexFaces: detect, filter by quality (default AUTO), keep the MaxFaces largest, store
         their templates (never the photo). `reenrol_from` (re-enrolment, not a Rekognition
         parameter): keep only the faces of the photo that are these source faces, each with its
-        source face's ExternalImageId, user and retention clock, and link them in the event."""
+        source face's ExternalImageId, user and retention clock, and link them in the event.
+
+        `analysed` (bulk enrolment only, never from a request): the image was decoded and its
+        faces found and embedded by a worker elsewhere with the collection's model; `image` is
+        then not read, and everything else (checks, quality filter, catalog, index, ledger
+        event) is as for any request."""
         cid = m.collection_id(collection_id)
         ext = None if external_image_id is None else m.match(
             external_image_id, m.EXTERNAL_IMAGE_ID, "ExternalImageId")
@@ -210,11 +217,20 @@ class CollectionOperations(ServiceCore):
         with self.audit("IndexFaces", ctx, collection=cid) as op:
             with self.catalog.read() as conn:
                 model = self._usable(self.catalog.collection(conn, cid), op).face_model_version
-            img = self.decode(m.image(image))
+            img: DecodedImage | AnalysedImage
+            if analysed is None:
+                img = self.decode(m.image(image))
+            else:
+                if canonical(analysed.model_version) != canonical(model):
+                    raise InvalidParameterException(
+                        f"The image was analysed with face model {analysed.model_version}, "
+                        f"not {model}.")
+                img = analysed
             op.image(img.sha256)
             op.note(MaxFaces=limit, QualityFilter=qf, ExternalImageId=ext,
                     DetectionAttributes=list(detection_attributes or []) or None)
-            found = self.pipeline.analyze(img.pixels, embed=True, model_version=model)
+            found = (self.pipeline.analyze(img.pixels, embed=True, model_version=model)
+                     if isinstance(img, DecodedImage) else img.faces)
             carried: dict[int, SourceFace] = {}
             if reenrol_from is not None:
                 op.note(ReenrolRun=reenrol_from.run_id,
@@ -492,10 +508,12 @@ class CollectionOperations(ServiceCore):
         for p in probes:
             near, approx = self.index.nearest(coll.pk, coll.version, p, k)
             if min_similarity is not None and len(near) and cal.normaliser is None:
-                # The engine's float32 distances, shrunk by far more than their rounding error:
-                # an optimistic similarity, so that no face that really passes is dropped.
-                # (Normalised scores depend on each face's template: all are re-scored below.)
-                shrunk = np.maximum(approx.astype(np.float64) * (1 - 1e-4) - 1e-5, 0.0)
+                # The engine's distances, shrunk by more than their rounding error (float32, or
+                # float16 templates in pgvector's halfvec): an optimistic similarity, so that
+                # no face that really passes is dropped. (Normalised scores depend on each
+                # face's template: all are re-scored below.)
+                shrunk = np.maximum(approx.astype(np.float64)
+                                    - self.index.distance_slack(p, approx), 0.0)
                 near = near[cal.similarity(shrunk) >= min_similarity]
             for key in near.tolist():
                 if key not in exclude:

@@ -15,7 +15,7 @@ from ..calibration import calibration_path as _calibration_path
 from ..context import RequestContext
 from ..db import make_engine
 from ..errors import InvalidParameterException, ResourceNotReadyException
-from ..imaging import DecodedImage, PixelBudget, decode_image
+from ..imaging import AnalysedImage, DecodedImage, PixelBudget, decode_image
 from ..ledger import AuditedOperation, Ledger, audited
 from ..permissions import private_data_dir
 from ..settings import Settings
@@ -104,17 +104,29 @@ class ServiceCore:
         """Resolve and decode an `Image` parameter, refusing bad input with Rekognition codes."""
         if image is None:
             raise InvalidParameterException(f"{field} is required.")
-        s = self.settings
-        # Rekognition allows 5 MB of inline Bytes but 15 MB for an image read from S3.
         from_storage = isinstance(image, Mapping) and image.get("S3Object") is not None
+        return self.decode_bytes(image_bytes(image, self.resolver, field),
+                                 from_storage=from_storage)
+
+    def decode_bytes(self, data: bytes, *, from_storage: bool = False) -> DecodedImage:
+        """Decode image bytes with this service's limits (Rekognition allows 5 MB of inline
+        Bytes but 15 MB for an image read from S3)."""
+        s = self.settings
         return decode_image(
-            image_bytes(image, self.resolver, field),
+            data,
             max_bytes=s.max_s3_image_bytes if from_storage else s.max_image_bytes,
             max_pixels=s.max_image_pixels,
             max_decoded_pixels=s.max_decoded_pixels,
             min_side=s.min_image_side,
             budget=self.pixel_budget,
         )
+
+    def analyse_bytes(self, data: bytes, *, from_storage: bool = False) -> AnalysedImage:
+        """Decode, then find and embed every face, as IndexFaces does (for bulk workers)."""
+        img = self.decode_bytes(data, from_storage=from_storage)
+        faces = self.pipeline.analyze(img.pixels, embed=True)
+        return AnalysedImage(img.sha256, img.width, img.height, faces,
+                             self.pipeline.model_version)
 
 
 def check_enum(value: Any, allowed: Sequence[str], field: str) -> str:

@@ -26,12 +26,13 @@ from typing import Any
 
 import hnswlib  # type: ignore[import-untyped]
 import numpy as np
+from numpy.typing import NDArray
 from sqlalchemy import Connection
 
 from ..errors import ResourceNotFoundException
 from ..permissions import fsync_path, open_private, private_dir, private_file, write_private
 from .catalog import Catalog
-from .index import Distances, Keys, Vectors, check_k, check_query
+from .index import Distances, Keys, Vectors, check_k, check_query, float32_slack
 from ..text import logger
 
 log = logger("faceledger.store")
@@ -245,6 +246,9 @@ class EmbeddedIndex:
         c = self._ready(coll_pk, version)
         with c.lock:
             return c.store.keys()
+
+    def distance_slack(self, query: Vectors, distances: Distances) -> NDArray[np.float64]:
+        return float32_slack(distances)
 
     def kind(self, coll_pk: int) -> str | None:
         """'exact' or 'hnsw' for an open collection (None if not loaded)."""

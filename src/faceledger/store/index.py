@@ -58,6 +58,10 @@ class VectorIndex(Protocol):
     def keys(self, coll_pk: int, version: int) -> Keys:
         """Every key the index holds for the collection, sorted (consistency checks)."""
 
+    def distance_slack(self, query: Vectors, distances: Distances) -> NDArray[np.float64]:
+        """How much lower than the exact distance each of `nearest`'s distances may be, at
+        most (the engine's rounding): what a pre-filter must allow for."""
+
     def close(self) -> None:
         """Persist what can be persisted and release resources."""
 
@@ -72,6 +76,11 @@ def check_query(query: Vectors, dim: int) -> NDArray[np.float32]:
     if not np.all(np.isfinite(q)):
         raise InvalidParameterException("Query template has non-finite values.")
     return q
+
+
+def float32_slack(distances: Distances) -> NDArray[np.float64]:
+    """The rounding of distances computed in float32, far over-estimated."""
+    return np.asarray(distances, dtype=np.float64) * 1e-4 + 1e-5
 
 
 def check_k(k: int) -> int:
