@@ -31,6 +31,7 @@ from typing import Any, Literal, TextIO
 from .context import LOCAL, RequestContext
 from .errors import FaceledgerError, InvalidParameterException, InvalidS3ObjectException
 from .imaging import AnalysedImage, file_sha256, sha256_hex
+from .model_versions import canonical
 from .service import FaceService
 from .service.core import ServiceCore
 from .service.source_faces import ReenrolPlan, ReenrolSource
@@ -561,12 +562,16 @@ def reenrol_images(
     ctx: RequestContext = LOCAL,
     on_outcome: Callable[[Outcome], None] | None = None,
     stop: threading.Event | None = None,
+    ray_batch: int | None = None,
 ) -> ReenrolSummary:
     """Re-enrol `source_id` into `target_id` (created, bound to `model_version`, default the
     configured model) from its original photos among `images`: each photo whose SHA-256 a
     source face was indexed from is indexed through `index_images`, keeping that source face's
     ExternalImageId and user; photos of no source face are reported (indexed as plain photos
-    with `include_unmatched`). QualityFilter NONE by default: the source already chose its faces."""
+    with `include_unmatched`). QualityFilter NONE by default: the source already chose its faces.
+    With `ray_batch`, decoding and inference run on the Ray cluster this process joined, in
+    batches of that many photos (`index_images_ray`; the target must be the configured model,
+    which the actors load)."""
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         hashed = list(pool.map(_hash_file, images))
     plan = service.start_reenrolment(source_id, target_id,
@@ -593,9 +598,19 @@ def reenrol_images(
         if on_outcome is not None:
             on_outcome(o)
 
-    result.indexing = index_images(service, target_id, todo, threads=threads,
-                                   quality_filter=quality_filter, ctx=ctx, on_outcome=seen,
-                                   stop=stop)
+    if ray_batch is None:
+        result.indexing = index_images(service, target_id, todo, threads=threads,
+                                       quality_filter=quality_filter, ctx=ctx, on_outcome=seen,
+                                       stop=stop)
+        return result
+    if canonical(plan.target_model) != canonical(service.pipeline.model_version):
+        raise InvalidParameterException(
+            f"Re-enrolment on Ray runs the configured model ({service.pipeline.model_version}) "
+            f"in its workers; {target_id} is bound to {plan.target_model}: configure that "
+            "model, or re-enrol without --ray.")
+    result.indexing = index_images_ray(service, target_id, todo, batch_size=ray_batch,
+                                       quality_filter=quality_filter, ctx=ctx,
+                                       on_outcome=seen, stop=stop)
     return result
 
 

@@ -254,10 +254,15 @@ def _finish(summary: Summary, bar: Progress | None, as_json: bool) -> None:
               default=None, help="Append one JSON line per photo (with source_face_ids).")
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto",
+              help="Decode and embed on this Ray cluster (the target must be the configured "
+                   "model); writes stay in this process, as without --ray.")
+@click.option("--ray-batch", type=click.IntRange(1, 256), default=8, show_default=True)
 @reports_errors
 def reenrol(source_collection: str, photos: tuple[Path, ...], target: str, model: str | None,
             include_unmatched: bool, quality_filter: str, workers: int | None,
-            report: Path | None, no_progress: bool, as_json: bool) -> None:
+            report: Path | None, no_progress: bool, as_json: bool, ray_address: str | None,
+            ray_batch: int) -> None:
     """Re-enrol SOURCE_COLLECTION into a new collection bound to another face model, from its
     original PHOTOS (files and folders): each photo is matched to the source's faces by
     SHA-256 and indexed with their ExternalImageId and users; the ledger links the two
@@ -267,7 +272,11 @@ def reenrol(source_collection: str, photos: tuple[Path, ...], target: str, model
         raise click.UsageError("no .jpg, .jpeg or .png files in the paths given")
     settings = Settings()
     n = min(default_workers(settings.workers if workers is None else workers), len(images))
-    pipeline = PipelinePool(settings, n) if n > 1 else None
+    pipeline = PipelinePool(settings, n) if n > 1 and ray_address is None else None
+    if ray_address is not None:
+        from ..cluster import connect
+
+        connect(ray_address)
     service = FaceService(settings, pipeline=pipeline)
     bar = None if no_progress else Progress(len(images), f"re-enrolling into {target}")
     out = report.open("a", encoding="utf-8") if report is not None else None
@@ -283,13 +292,18 @@ def reenrol(source_collection: str, photos: tuple[Path, ...], target: str, model
         result = reenrol_images(service, source_collection, target, images, model_version=model,
                                 include_unmatched=include_unmatched,
                                 threads=2 * n if n > 1 else 1, quality_filter=quality_filter,
-                                ctx=request_context(), on_outcome=show)
+                                ctx=request_context(), on_outcome=show,
+                                ray_batch=None if ray_address is None else ray_batch)
     finally:
         if out is not None:
             out.close()
         service.close()
         if pipeline is not None:
             pipeline.close()
+        if ray_address is not None:
+            from ..cluster import disconnect
+
+            disconnect()
     if bar is not None and bar.tty and bar.done < bar.total:
         click.echo("", err=True)
     if as_json:
