@@ -574,7 +574,9 @@ def test_index_faces_keeps_the_image_hash_and_landmarks_with_the_face(world: Wor
                                                ctx=_ctx(world, "reviewer-1"))
     face = case_file["EnrolledFace"]
     assert face["InCatalog"] and face["ExternalImageId"] == external
-    assert case_file["Rank"] == 1 and len(case_file["Siblings"]) == 2
+    # ranked among the search's three candidates (which rank depends on the model's scores)
+    assert len(case_file["Siblings"]) == 2
+    assert sorted([case_file["Rank"]] + [o["Rank"] for o in case_file["Siblings"]]) == [1, 2, 3]
     assert face["ImageSha256"] == face["IndexFacesImageSha256"] == expected
     assert [lm["Type"] for lm in face["Landmarks"]] == [
         "eyeLeft", "eyeRight", "nose", "mouthLeft", "mouthRight"]
