@@ -501,6 +501,35 @@ def test_failed_sign_ins_are_throttled_per_address(console: ConsoleWorld) -> Non
 
 # --- replayed signed requests ------------------------------------------------------------------
 
+def test_a_request_that_failed_is_served_when_sent_again(tmp_path: Path, service: FaceService,
+                                                        astronaut_jpeg: bytes) -> None:
+    """An SDK retries a failed request with the same bytes when it re-signs within the same
+    second: a refused or failed state-changing request changed nothing, so its copy is served
+    (here: refused again for the same reason), never answered 'already received'."""
+    settings = Settings(data_dir=tmp_path / "data", config_dir=tmp_path / "config",
+                        server_workers=1)
+    svc = FaceService(settings, pipeline=service.pipeline)
+    keys = KeyStore(svc.engine, secrets.token_bytes(32))
+    key = keys.create("caller", ["*"], ["*"])
+    body = json.dumps({"CollectionId": "not-yet",
+                       "Image": {"Bytes": base64.b64encode(astronaut_jpeg).decode()}}).encode()
+    app = RekognitionApp(svc, keys, settings, warm_up=False)
+    with running(app) as url:
+        headers = _signed(url, key, "IndexFaces", body)
+        for attempt in range(2):
+            again = httpx.post(url + "/", content=body, headers=headers, timeout=60)
+            assert again.status_code == 400, (attempt, again.text)
+            assert again.json()["__type"] == "ResourceNotFoundException"
+        svc.create_collection("not-yet")
+        served = httpx.post(url + "/", content=body, headers=headers, timeout=60)
+        assert served.status_code == 200, served.text  # now it changes state: once
+        replay = httpx.post(url + "/", content=body, headers=headers, timeout=60)
+        assert replay.json()["__type"] == "InvalidSignatureException"
+        assert len(svc.list_faces("not-yet")["Faces"]) == 1
+    app.close()
+    svc.close()
+
+
 def test_a_replayed_index_faces_adds_no_second_face(tmp_path: Path, service: FaceService,
                                                     astronaut_jpeg: bytes) -> None:
     """The probe replayed a captured IndexFaces within the 5-minute window and got a duplicate
@@ -530,7 +559,9 @@ def test_a_replayed_index_faces_adds_no_second_face(tmp_path: Path, service: Fac
         headers = _signed(url, key, "ListCollections", listing)
         for _ in range(2):
             assert httpx.post(url + "/", content=listing, headers=headers).status_code == 200
-        # a fresh signature (what an SDK retry makes) is served
+        # a fresh signature is served: signed in a later second (SigV4's time has one-second
+        # resolution; within the same second the same bytes are the same signature)
+        time.sleep(1.05 - (time.time() % 1.0))
         _client(url, key).index_faces(CollectionId="replayed", Image={"Bytes": astronaut_jpeg})
         assert len(svc.list_faces("replayed")["Faces"]) == 2
     app.close()

@@ -33,8 +33,9 @@ from numpy.typing import NDArray
 
 from .errors import FaceledgerError
 from .settings import Settings
+from .text import logger
 
-log = logging.getLogger("faceledger.cluster")
+log = logger("faceledger.cluster")
 
 T = TypeVar("T")
 R = TypeVar("R")

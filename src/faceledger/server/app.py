@@ -282,9 +282,20 @@ class RekognitionApp:
         parsed = protocol.parse_input(operation, body)
         # A request with a ClientRequestToken is idempotent by that token (its repeat gets the
         # first answer, as in AWS), so only the others are served once per signature.
+        remembered = None
         if self.replays is not None and caller.signature is not None and \
                 changes_state(operation) and "ClientRequestToken" not in parsed.members:
             self.replays.first_use(caller.signature, caller.expires_at)
+            remembered = caller.signature
+        try:
+            return self._call(operation, parsed, ctx, caller)
+        except BaseException:
+            if remembered is not None and self.replays is not None:
+                self.replays.forget(remembered)  # it changed nothing: its retry is served
+            raise
+
+    def _call(self, operation: str, parsed: protocol.ParsedInput, ctx: RequestContext,
+              caller: Caller) -> bytes:
         key = caller.key
         if key is not None:
             for collection_id in parsed.collection_ids:

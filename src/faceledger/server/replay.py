@@ -10,8 +10,10 @@ window. Read-only operations (Detect*, Compare*, Search*, List*, Describe*, Get*
 remembered: repeating one changes nothing; nor are requests carrying a ClientRequestToken,
 whose repeat is answered like the first (AWS's idempotency, which clients rely on).
 
-An SDK retry is a new signature (it is signed again, with its own time), so retries of a
-request that failed before it was served (throttled, timed out reading) are not affected.
+An SDK retry is signed again, but SigV4's time has one-second resolution: a retry within the
+same second is byte-identical. So a request that fails is forgotten again (`forget`): it
+changed nothing, and its retry is served. Two identical successful requests signed by one key
+within one second are indistinguishable from a replay and the second is refused.
 """
 
 from __future__ import annotations
@@ -65,3 +67,10 @@ class ReplayCache:
             raise ReplayedRequestException(
                 "This signed request was already received: a request that changes state is "
                 "served once per signature. Sign it again to repeat it.") from None
+
+    def forget(self, signature: str) -> None:
+        """Drop `signature`: its request failed and changed nothing (the service's writes are
+        transactional), so the same bytes sent again - an SDK retry signed within the same
+        second is byte-identical - must be served, not refused as a replay."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(seen_signatures).where(seen_signatures.c.signature == signature))
