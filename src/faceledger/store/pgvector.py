@@ -77,10 +77,7 @@ class PgVectorIndex:
             pks = {int(str(i)[len("fl_vec_c"):]) for i in indexes} | {int(c) for c in colls}
             for pk in pks:
                 conn.execute(sa.text(f"DROP INDEX IF EXISTS fl_vec_c{pk}"))
-            table = self._table(dim)
-            conn.execute(sa.text(
-                f"CREATE TABLE IF NOT EXISTS {table} (face_pk BIGINT PRIMARY KEY, "
-                f"collection_pk BIGINT NOT NULL, embedding {self._type}({dim}) NOT NULL)"))
+            table = self._create_table(conn, dim)
             conn.execute(sa.text(
                 f"INSERT INTO {table} (face_pk, collection_pk, embedding) SELECT face_pk, "
                 f"collection_pk, embedding::{self._type}({dim}) FROM {name}"))
@@ -102,11 +99,16 @@ class PgVectorIndex:
 
     # --- writes, inside the catalog transaction ----------------------------------------------
 
-    def create_collection(self, conn: Connection, coll_pk: int, dim: int) -> None:
+    def _create_table(self, conn: Connection, dim: int) -> str:
+        """The table of `dim`-d vectors at this index's precision (created if absent)."""
         table = self._table(dim)
         conn.execute(sa.text(
             f"CREATE TABLE IF NOT EXISTS {table} (face_pk BIGINT PRIMARY KEY, "
             f"collection_pk BIGINT NOT NULL, embedding {self._type}({int(dim)}) NOT NULL)"))
+        return table
+
+    def create_collection(self, conn: Connection, coll_pk: int, dim: int) -> None:
+        table = self._create_table(conn, dim)
         conn.execute(sa.text(
             f"CREATE INDEX IF NOT EXISTS fl_vec_c{int(coll_pk)} ON {table} "
             f"USING hnsw (embedding {self._type}_l2_ops) "
