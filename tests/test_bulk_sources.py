@@ -23,7 +23,8 @@ from faceledger.bulk import (
     parse_s3,
     write_analysis,
 )
-from faceledger.cluster import is_known, known_digests
+from faceledger import cluster
+from faceledger.cluster import ClusterError, is_known, known_digests
 from faceledger.errors import InvalidParameterException, InvalidS3ObjectException
 from faceledger.imaging import sha256_hex
 from faceledger.server.storage import build_resolver
@@ -140,3 +141,28 @@ def svc_ctx() -> Any:
     from faceledger.context import LOCAL
 
     return LOCAL
+
+
+def test_a_ray_session_keeps_stdout_for_the_commands_data(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ray's driver prints cluster events ("The node ... has been marked dead") to sys.stdout;
+    during a session they go to stderr, and `--json` output on stdout stays parseable."""
+    monkeypatch.setattr(cluster, "connect", lambda address: print(f"(raylet) joined {address}"))
+    monkeypatch.setattr(cluster, "disconnect", lambda: print("(raylet) shutting down"))
+    with cluster.session("auto") as stdout:
+        print("(raylet) The node with node id 7f3a has been marked dead")
+        stdout.write('{"images": 1}\n')
+    print("after the session")
+    captured = capsys.readouterr()
+    assert captured.out == '{"images": 1}\nafter the session\n'
+    assert "joined auto" in captured.err and "marked dead" in captured.err
+    assert "shutting down" in captured.err
+
+    def unreachable(address: str) -> None:
+        raise ClusterError(f"No Ray cluster at {address!r}")
+
+    monkeypatch.setattr(cluster, "connect", unreachable)
+    with pytest.raises(ClusterError), cluster.session("10.0.0.9:6379"):
+        pass  # pragma: no cover - connect fails
+    print("still stdout")
+    assert capsys.readouterr().out == "still stdout\n"

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from faceledger.cluster import LocalCluster
 from faceledger.db import make_engine
-from faceledger.ledger import Ledger
+from faceledger.ledger import Ledger, schema
 from faceledger.ledger.verify import verify
 from faceledger.settings import Settings
 from faceledger.store.catalog import Catalog, faces
@@ -242,3 +242,82 @@ def test_evaluate_on_ray_fills_the_same_cache_and_report(
         return strip(json.loads((path / "report.json").read_text()))
 
     assert rates(tmp_path / "on-ray") == rates(tmp_path / "local")
+
+
+@pytest.mark.slow
+def test_reenrol_on_ray_survives_a_lost_node_and_links_every_face(
+        tmp_path: Path, faces_dir: Path, ray_cluster: LocalCluster) -> None:
+    """`collection reenrol --ray`: a model 1.0 collection re-enrolled into 2.0 on the cluster,
+    the second node killed mid-run. Every source face with a photo ends linked to exactly one
+    new face, nothing is stored twice, the ledger verifies and links the two collections, and
+    a rerun has nothing left to do."""
+    photos = tmp_path / "photos"
+    for d in sorted(p for p in (faces_dir / "lfw").iterdir() if p.is_dir()):
+        shutil.copytree(d, photos / d.name)
+        if len(list(photos.rglob("*.jpg"))) >= 60:
+            break
+    total = len(list(photos.rglob("*.jpg")))
+    data = tmp_path / "data"
+    out, err = _cli(data, "collection", "create", "old", "--model", "1.0").communicate(
+        timeout=120)
+    assert "created" in out, err
+    run = _cli(data, "collection", "index", "old", str(photos), "--external-id-from", "parent",
+               "--max-faces", "1", "--workers", "1", "--no-progress", "--json")
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err
+    source_images, source_faces, _ = _stored(data, "old")
+    assert len(source_faces) >= total - 3  # HOG may miss a face or two
+
+    if not ray_cluster.workers:
+        ray_cluster.start_worker()
+    report = tmp_path / "reenrol.jsonl"
+    errors = tmp_path / "reenrol.err"
+    cmd = ["collection", "reenrol", "old", "--into", "new", "--model", "2.0", str(photos),
+           "--ray", ray_cluster.address, "--ray-batch", "2", "--no-progress", "--json"]
+    run = _cli(data, *cmd, "--report", str(report), stderr=errors)
+    _wait_for_lines(run, report, 4, errors, actors=2)
+    _wait_for_lines(run, report, len(_lines(report)) + 4)
+    ray_cluster.kill_worker()
+    killed_after = len(_lines(report))
+    out, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, errors.read_text()
+    summary = json.loads(out)
+    assert summary["source"] == {"collection": "old", "model": "1.0"}
+    assert summary["target"] == {"collection": "new", "model": "2.0", "created": True}
+    lines = _lines(report)
+    # a line per photo of a source face (a photo where HOG found none is only listed)
+    unmatched = summary["photos_not_in_source"]
+    assert len({x["path"] for x in lines}) == len(lines) == total - len(unmatched)
+    assert len(unmatched) == total - len(source_images)
+    images, face_ids, ok = _stored(data, "new")
+    assert ok and len(face_ids) == len(set(face_ids))
+    assert all(len(ids) == 1 for ids in images.values())
+    assert set(images) <= set(source_images)
+    linked = {k: v for x in lines for k, v in x.get("source_face_ids", {}).items()}
+    assert set(linked) == set(face_ids)  # every new face names its source face...
+    assert len(set(linked.values())) == len(linked)  # ...and no source face twice
+    assert set(linked.values()) <= set(source_faces)
+    assert summary["faces_linked"] == len(linked)
+    print(f"\nre-enrolment: node killed after {killed_after} of {total} photos; "
+          f"{len(source_faces)} source faces, {len(linked)} linked; "
+          f"lost: {[x for x in errors.read_text().splitlines() if 'lost' in x]}")
+    engine = make_engine(Settings(data_dir=data).resolved_database_url())
+    with engine.connect() as conn:
+        bodies = [json.loads(r[0]) for r in conn.execute(
+            sa.select(schema.events.c.body).order_by(schema.events.c.seq)).all()]
+    engine.dispose()
+    (reenrol,) = [b for b in bodies if b["operation"] == "ReenrolCollection"]
+    assert reenrol["params"]["SourceCollectionId"] == "old"
+    assert reenrol["params"]["TargetFaceModelVersion"] == "2.0"
+    written = [b for b in bodies if b["operation"] == "IndexFaces"
+               and b["params"].get("ReenrolRun") == reenrol["request_id"]]
+    assert {k: v for b in written for k, v in b["result"]["source_face_ids"].items()} == linked
+
+    # the node back, the same command: nothing left to do, nothing added
+    ray_cluster.start_worker()
+    run = _cli(data, *cmd, "--report", str(tmp_path / "again.jsonl"))
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err
+    again = json.loads(out)
+    assert again["indexing"]["indexed"] == 0 and not again["target"]["created"]
+    assert sorted(_stored(data, "new")[1]) == sorted(face_ids)

@@ -563,6 +563,7 @@ def reenrol_images(
     on_outcome: Callable[[Outcome], None] | None = None,
     stop: threading.Event | None = None,
     ray_batch: int | None = None,
+    on_event: Callable[[str], None] | None = None,
 ) -> ReenrolSummary:
     """Re-enrol `source_id` into `target_id` (created, bound to `model_version`, default the
     configured model) from its original photos among `images`: each photo whose SHA-256 a
@@ -571,7 +572,7 @@ def reenrol_images(
     with `include_unmatched`). QualityFilter NONE by default: the source already chose its faces.
     With `ray_batch`, decoding and inference run on the Ray cluster this process joined, in
     batches of that many photos (`index_images_ray`; the target must be the configured model,
-    which the actors load)."""
+    which the actors load; `on_event` hears of the cluster's actors, as in that function)."""
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         hashed = list(pool.map(_hash_file, images))
     plan = service.start_reenrolment(source_id, target_id,
@@ -610,7 +611,7 @@ def reenrol_images(
             "model, or re-enrol without --ray.")
     result.indexing = index_images_ray(service, target_id, todo, batch_size=ray_batch,
                                        quality_filter=quality_filter, ctx=ctx,
-                                       on_outcome=seen, stop=stop)
+                                       on_outcome=seen, on_event=on_event, stop=stop)
     return result
 
 

@@ -24,9 +24,10 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TextIO, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -76,6 +77,26 @@ def disconnect() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+@contextmanager
+def session(address: str) -> Iterator[TextIO]:
+    """Joined to the Ray cluster at `address` for the block, left after it.
+
+    Ray's driver `print`s cluster events (a node marked dead, seen even by the next run) to
+    `sys.stdout`, but a command's stdout is its data (`--json` summaries, reports): for the
+    session `sys.stdout` is stderr, where such events belong. Yields the real stdout, for
+    output of the command's own during the session."""
+    real = sys.stdout
+    sys.stdout = sys.stderr
+    try:
+        connect(address)
+        yield real
+    finally:
+        try:
+            disconnect()
+        finally:
+            sys.stdout = real
 
 
 def cluster_cpus() -> int:
@@ -197,9 +218,11 @@ def run_batches(settings: Settings, items: Iterable[T], method: str, *args: Any,
         starting[a.ready.remote()] = a
 
     def note(text: str) -> None:
-        log.warning(text)
+        """To the caller's `on_event` (a command prints it), else to the log: once."""
         if on_event is not None:
             on_event(text)
+        else:
+            log.warning(text)
 
     def next_batch() -> _Batch[T] | None:
         nonlocal exhausted

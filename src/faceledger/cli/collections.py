@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -197,8 +197,10 @@ def index(collection_id: str, sources: tuple[str, ...], external_id: str | None,
     _finish(summary, bar, as_json)
 
 
-def _show(out: TextIO | None, verbose: bool, bar: Progress | None) -> Callable[[Outcome], None]:
-    """What happens as each image's outcome arrives: report line, verbose lines, progress."""
+def _show(out: TextIO | None, verbose: bool, bar: Progress | None,
+          stdout: TextIO | None = None) -> Callable[[Outcome], None]:
+    """What happens as each image's outcome arrives: report line, verbose lines (to `stdout`,
+    default sys.stdout), progress."""
 
     def show(o: Outcome) -> None:
         if out is not None:
@@ -206,16 +208,21 @@ def _show(out: TextIO | None, verbose: bool, bar: Progress | None) -> Callable[[
             out.flush()
         if verbose:
             for fid in o.face_ids:
-                click.echo(f"{o.path}: indexed {fid}")
+                click.echo(f"{o.path}: indexed {fid}", file=stdout)
             for reasons in o.reasons:
-                click.echo(f"{o.path}: not indexed ({', '.join(reasons)})")
+                click.echo(f"{o.path}: not indexed ({', '.join(reasons)})", file=stdout)
             if o.status in ("skipped", "failed"):
                 click.echo(f"{o.path}: {o.status}" + (f" ({o.error}: {o.message})"
-                                                       if o.error else ""))
+                                                       if o.error else ""), file=stdout)
         if bar is not None:
             bar.advance()
 
     return show
+
+
+def _cluster_event(bar: Progress | None) -> Callable[[str], None]:
+    """A Ray cluster's news (an actor ready, an actor lost) as a line of its own on stderr."""
+    return lambda text: click.echo(f"\n{text}" if bar and bar.tty else text, err=True)
 
 
 def _finish(summary: Summary, bar: Progress | None, as_json: bool) -> None:
@@ -273,37 +280,28 @@ def reenrol(source_collection: str, photos: tuple[Path, ...], target: str, model
     settings = Settings()
     n = min(default_workers(settings.workers if workers is None else workers), len(images))
     pipeline = PipelinePool(settings, n) if n > 1 and ray_address is None else None
-    if ray_address is not None:
-        from ..cluster import connect
-
-        connect(ray_address)
-    service = FaceService(settings, pipeline=pipeline)
     bar = None if no_progress else Progress(len(images), f"re-enrolling into {target}")
-    out = report.open("a", encoding="utf-8") if report is not None else None
-
-    def show(o: Outcome) -> None:
-        if out is not None:
-            out.write(o.to_json() + "\n")
-            out.flush()
-        if bar is not None:
-            bar.advance()
-
-    try:
-        result = reenrol_images(service, source_collection, target, images, model_version=model,
-                                include_unmatched=include_unmatched,
-                                threads=2 * n if n > 1 else 1, quality_filter=quality_filter,
-                                ctx=request_context(), on_outcome=show,
-                                ray_batch=None if ray_address is None else ray_batch)
-    finally:
-        if out is not None:
-            out.close()
-        service.close()
-        if pipeline is not None:
-            pipeline.close()
+    with ExitStack() as stack:
         if ray_address is not None:
-            from ..cluster import disconnect
+            from ..cluster import session
 
-            disconnect()
+            stack.enter_context(session(ray_address))
+        service = FaceService(settings, pipeline=pipeline)
+        out = report.open("a", encoding="utf-8") if report is not None else None
+        try:
+            result = reenrol_images(service, source_collection, target, images,
+                                    model_version=model, include_unmatched=include_unmatched,
+                                    threads=2 * n if n > 1 else 1,
+                                    quality_filter=quality_filter, ctx=request_context(),
+                                    on_outcome=_show(out, False, bar),
+                                    ray_batch=None if ray_address is None else ray_batch,
+                                    on_event=_cluster_event(bar))
+        finally:
+            if out is not None:
+                out.close()
+            service.close()
+            if pipeline is not None:
+                pipeline.close()
     if bar is not None and bar.tty and bar.done < bar.total:
         click.echo("", err=True)
     if as_json:
@@ -323,26 +321,23 @@ def _index_on_ray(settings: Settings, resolver: ObjectResolver, collection_id: s
                   quality_filter: str, report: Path | None, verbose: bool, no_progress: bool,
                   as_json: bool) -> None:
     """`collection index --ray`: inference on the cluster, writes here (see bulk/cluster)."""
-    from ..cluster import connect, disconnect
+    from ..cluster import session
 
-    connect(address)
-    # the models load in the actors; this process only writes (its pipeline stays unloaded)
-    service = FaceService(settings, resolver=resolver)
     bar = None if no_progress else Progress(len(images), f"indexing into {collection_id} "
                                                          f"on Ray")
-    out = report.open("a", encoding="utf-8") if report is not None else None
-    try:
-        summary = index_images_ray(
-            service, collection_id, images, batch_size=batch, max_faces=max_faces,
-            quality_filter=quality_filter, ctx=request_context(),
-            on_outcome=_show(out, verbose, bar),
-            on_event=lambda text: click.echo(f"\n{text}" if bar and bar.tty else text,
-                                             err=True))
-    finally:
-        if out is not None:
-            out.close()
-        service.close()
-        disconnect()
+    with session(address) as stdout:
+        # the models load in the actors; this process only writes (its pipeline stays unloaded)
+        service = FaceService(settings, resolver=resolver)
+        out = report.open("a", encoding="utf-8") if report is not None else None
+        try:
+            summary = index_images_ray(
+                service, collection_id, images, batch_size=batch, max_faces=max_faces,
+                quality_filter=quality_filter, ctx=request_context(),
+                on_outcome=_show(out, verbose, bar, stdout), on_event=_cluster_event(bar))
+        finally:
+            if out is not None:
+                out.close()
+            service.close()
     _finish(summary, bar, as_json)
 
 

@@ -351,13 +351,13 @@ def _run_on_ray(
     The paths must be readable on every node (a shared filesystem)."""
     if not todo:
         return
-    from ..cluster import connect, run_batches
+    from ..cluster import run_batches, session
 
-    connect(address)
-    items = [(i, str(paths[i].resolve())) for i in todo]
-    for batch, results in run_batches(settings, items, "enrol", embed, batch_size=16):
-        for (i, _), e in zip(batch, results):
-            yield i, e
+    with session(address):
+        items = [(i, str(paths[i].resolve())) for i in todo]
+        for batch, results in run_batches(settings, items, "enrol", embed, batch_size=16):
+            for (i, _), e in zip(batch, results):
+                yield i, e
 
 
 def template_matrix(enrolments: Sequence[Enrolment], dim: int | None = None) -> NDArray[np.float64]:
