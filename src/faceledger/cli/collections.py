@@ -182,19 +182,27 @@ def index(collection_id: str, sources: tuple[str, ...], external_id: str | None,
     pipeline = PipelinePool(settings, n) if n > 1 else None
     service = FaceService(settings, pipeline=pipeline, resolver=resolver)
     bar = None if no_progress else Progress(len(images), f"indexing into {collection_id}")
-    out = report.open("a", encoding="utf-8") if report is not None else None
-    show = _show(out, verbose, bar)
-    try:
+    with _run_closing(service, report, pipeline) as out:
         summary = index_images(service, collection_id, images, threads=2 * n if n > 1 else 1,
                                max_faces=max_faces, quality_filter=quality_filter,
-                               ctx=request_context(), on_outcome=show)
+                               ctx=request_context(), on_outcome=_show(out, verbose, bar))
+    _finish(summary, bar, as_json)
+
+
+@contextmanager
+def _run_closing(service: FaceService, report: Path | None,
+                 pipeline: PipelinePool | None = None) -> Iterator[TextIO | None]:
+    """A bulk run's report file (None without --report), open for the run; it, the service and
+    the pipeline pool are closed after it, however it ends."""
+    out = report.open("a", encoding="utf-8") if report is not None else None
+    try:
+        yield out
     finally:
         if out is not None:
             out.close()
         service.close()
         if pipeline is not None:
             pipeline.close()
-    _finish(summary, bar, as_json)
 
 
 def _show(out: TextIO | None, verbose: bool, bar: Progress | None,
@@ -287,21 +295,14 @@ def reenrol(source_collection: str, photos: tuple[Path, ...], target: str, model
 
             stack.enter_context(session(ray_address))
         service = FaceService(settings, pipeline=pipeline)
-        out = report.open("a", encoding="utf-8") if report is not None else None
-        try:
-            result = reenrol_images(service, source_collection, target, images,
-                                    model_version=model, include_unmatched=include_unmatched,
-                                    threads=2 * n if n > 1 else 1,
-                                    quality_filter=quality_filter, ctx=request_context(),
-                                    on_outcome=_show(out, False, bar),
-                                    ray_batch=None if ray_address is None else ray_batch,
-                                    on_event=_cluster_event(bar))
-        finally:
-            if out is not None:
-                out.close()
-            service.close()
-            if pipeline is not None:
-                pipeline.close()
+        out = stack.enter_context(_run_closing(service, report, pipeline))
+        result = reenrol_images(service, source_collection, target, images,
+                                model_version=model, include_unmatched=include_unmatched,
+                                threads=2 * n if n > 1 else 1,
+                                quality_filter=quality_filter, ctx=request_context(),
+                                on_outcome=_show(out, False, bar),
+                                ray_batch=None if ray_address is None else ray_batch,
+                                on_event=_cluster_event(bar))
     if bar is not None and bar.tty and bar.done < bar.total:
         click.echo("", err=True)
     if as_json:
@@ -328,16 +329,11 @@ def _index_on_ray(settings: Settings, resolver: ObjectResolver, collection_id: s
     with session(address) as stdout:
         # the models load in the actors; this process only writes (its pipeline stays unloaded)
         service = FaceService(settings, resolver=resolver)
-        out = report.open("a", encoding="utf-8") if report is not None else None
-        try:
+        with _run_closing(service, report) as out:
             summary = index_images_ray(
                 service, collection_id, images, batch_size=batch, max_faces=max_faces,
                 quality_filter=quality_filter, ctx=request_context(),
                 on_outcome=_show(out, verbose, bar, stdout), on_event=_cluster_event(bar))
-        finally:
-            if out is not None:
-                out.close()
-            service.close()
     _finish(summary, bar, as_json)
 
 
