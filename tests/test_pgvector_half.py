@@ -5,11 +5,14 @@ pgvector server)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import sqlalchemy as sa
 
 from faceledger.db import make_engine
-from faceledger.store import Catalog, PgVectorIndex
+from faceledger.settings import Settings
+from faceledger.store import Catalog, PgVectorIndex, open_store
 
 
 def _vectors(n: int, dim: int, seed: int) -> np.ndarray:
@@ -73,4 +76,20 @@ def test_a_database_is_converted_between_precisions(postgres_url: str) -> None:
             "ORDER BY embedding <-> CAST(:q AS vector) LIMIT 10"),
             {"q": "[" + ",".join(["0"] * 128) + "]"}).scalars())
     assert f"fl_vec_c{a.pk}" in plan  # the collection's partial HNSW index is used
+    catalog.engine.dispose()
+
+
+def test_the_configured_hnsw_m_builds_the_index(postgres_url: str, tmp_path: Path) -> None:
+    """FACELEDGER_PGVECTOR_HNSW_M reaches the collection's partial index (past ~1M faces the
+    default m=16 loses recall that ef_search, capped at 1,000 by pgvector, cannot win back)."""
+    settings = Settings(data_dir=tmp_path, database_url=postgres_url, vector_index="pgvector",
+                        pgvector_hnsw_m=24)
+    catalog, index = open_store(settings, make_engine(postgres_url))
+    assert isinstance(index, PgVectorIndex) and index.m == 24
+    with catalog.begin() as conn:
+        coll = catalog.create_collection(conn, "wide", "m", 256)
+        index.create_collection(conn, coll.pk, 256)
+        ddl = conn.execute(sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = :n"),
+                           {"n": f"fl_vec_c{coll.pk}"}).scalar_one()
+    assert "m='24'" in ddl.replace(" ", "") and "ef_construction='200'" in ddl.replace(" ", "")
     catalog.engine.dispose()

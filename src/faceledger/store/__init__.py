@@ -25,7 +25,8 @@ def open_index(settings: Settings, catalog: Catalog) -> VectorIndex:
                 params=HnswParams(ef_search=settings.index_ef_search),
             )
         case "pgvector":
-            return PgVectorIndex(catalog, ef_search=settings.index_ef_search,
+            return PgVectorIndex(catalog, m=settings.pgvector_hnsw_m,
+                                 ef_search=settings.index_ef_search,
                                  half=settings.pgvector_halfvec)
         case other:
             raise ValueError(f"unknown vector index {other!r}: choose embedded or pgvector")
