@@ -35,6 +35,21 @@ def faces_dir() -> Path:
     return shared_faces()
 
 
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """moto's server on 127.0.0.1 (S3, SNS, SQS: the real protocols), one per test module so
+    that modules never see each other's buckets, topics or queues."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def astronaut_jpeg() -> bytes:
     """scikit-image's public-domain portrait of Eileen Collins (one face), as JPEG bytes."""

@@ -6,7 +6,6 @@ other buckets, the per-image worker function and IndexFaces with an image analys
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +29,6 @@ from faceledger.imaging import sha256_hex
 from faceledger.server.storage import build_resolver
 from faceledger.service import FaceService
 from faceledger.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 def test_sources_from_folders_and_configured_buckets(tmp_path: Path, moto_endpoint: str,

@@ -73,22 +73,13 @@ def code_of(exc: pytest.ExceptionInfo[ClientError]) -> str:
 
 
 @pytest.fixture(scope="module")
-def moto_s3() -> Iterator[tuple[str, Any]]:
-    """A real S3-protocol server (moto's) on 127.0.0.1: the stand-in for MinIO or AWS S3."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+def moto_s3(moto_endpoint: str) -> tuple[str, Any]:
+    """moto's S3 (conftest's `moto_endpoint`): the stand-in for MinIO or AWS S3."""
     s3 = boto3.session.Session().client(
-        "s3", endpoint_url=endpoint, region_name=REGION, aws_access_key_id="moto",
+        "s3", endpoint_url=moto_endpoint, region_name=REGION, aws_access_key_id="moto",
         aws_secret_access_key="moto", config=Config(s3={"addressing_style": "path"}))
     s3.create_bucket(Bucket=S3_BUCKET)
-    try:
-        yield endpoint, s3
-    finally:
-        server.stop()
+    return moto_endpoint, s3
 
 
 @pytest.fixture(scope="module")

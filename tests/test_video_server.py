@@ -51,20 +51,6 @@ def code_of(exc: pytest.ExceptionInfo[ClientError]) -> str:
 
 
 @pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    """moto's server on 127.0.0.1: S3 for the video, SNS and SQS for the notification."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path, service: FaceService,
            moto_endpoint: str) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("video-server")
