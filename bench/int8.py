@@ -33,19 +33,8 @@ XML = (REPO / "src/faceledger/vision/weights/face-reidentification-retail-0095/"
        "face-reidentification-retail-0095.xml")
 
 
-def lfw_pairs(lfw: Path) -> list[tuple[str, int, str, int, int]]:
-    pairs = []
-    for name in ("pairsDevTrain.txt", "pairsDevTest.txt"):
-        for line in (lfw / name).read_text().splitlines()[1:]:
-            f = line.split("\t")
-            if len(f) == 3:
-                pairs.append((f[0], int(f[1]), f[0], int(f[2]), 1))
-            elif len(f) == 4:
-                pairs.append((f[0], int(f[1]), f[2], int(f[3]), 0))
-    return pairs
-
-
 def crops(out: Path) -> None:
+    from faceledger.evaluation.datasets import load_pairs
     from faceledger.imaging import decode_image
     from faceledger.settings import Settings
     from faceledger.vision import FacePipeline
@@ -63,13 +52,15 @@ def crops(out: Path) -> None:
         return embedder.aligned(pixels, [found[0].landmarks])[0]
 
     lfw = FACES / "lfw"
-    pairs = lfw_pairs(lfw)
-    images = sorted({(p, i) for a, i, b, j, _ in pairs for p, i in ((a, i), (b, j))})
+    lists = [load_pairs(lfw / name) for name in ("pairsDevTrain.txt", "pairsDevTest.txt")]
+    pairs = [(pl.images.keys[a], pl.images.keys[b], int(same))
+             for pl in lists for a, b, same in zip(pl.a, pl.b, pl.same)]
+    images = sorted({key for a, b, _ in pairs for key in (a, b)})
     index = {k: n for n, k in enumerate(images)}
     faces = np.zeros((len(images), 128, 128, 3), np.uint8)
     found = np.zeros(len(images), bool)
-    for n, (person, i) in enumerate(images):
-        face = largest(lfw / person / f"{person}_{i:04d}.jpg")
+    for n, key in enumerate(images):
+        face = largest(lfw / key)
         if face is not None:
             faces[n], found[n] = face, True
     utk = sorted((FACES / "utkface-more").rglob("*.jpg"))
@@ -80,7 +71,7 @@ def crops(out: Path) -> None:
             sample.append(face)
         if len(sample) == 400:
             break
-    pair_index = np.array([(index[(a, i)], index[(b, j)], same) for a, i, b, j, same in pairs])
+    pair_index = np.array([(index[a], index[b], same) for a, b, same in pairs])
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "crops.npz", faces=faces, found=found, pairs=pair_index,
              sample=np.stack(sample))
@@ -101,6 +92,8 @@ def templates(net: Any, faces: Any) -> Any:
 
 
 def ten_fold_accuracy(scores: Any, same: Any) -> tuple[float, float]:
+    """Mean and SD of accuracy over 10 random folds, the threshold chosen on the other 9.
+    (bench/calibration_2_0.ten_fold imports faceledger, which the nncf venv does not have.)"""
     folds = np.array_split(np.random.default_rng(0).permutation(len(scores)), 10)
     accuracies = []
     for fold in folds:
@@ -141,7 +134,7 @@ def compare(work: Path, rounds: int) -> None:
     same = pairs[usable, 2].astype(bool)
     print(f"reid-0095, float32 against INT8 (NNCF {nncf.__version__}, OpenVINO "
           f"{ov.__version__}); {len(timed)} faces timed, {int(usable.sum())} LFW dev pairs\n")
-    print("| | CPU ms per face (best of rounds) | LFW dev pairs, 10 folds |")
+    print("| | CPU ms per face (best of rounds) | LFW dev pairs, 10 folds, mean +- SD |")
     print("|---|---|---|")
     for name, t in made.items():
         scores = np.sum(t[pairs[usable, 0]] * t[pairs[usable, 1]], axis=1)
