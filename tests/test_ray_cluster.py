@@ -77,6 +77,15 @@ def _cli(data: Path, *args: str, stderr: Path | None = None) -> subprocess.Popen
                                  *args], env=env, stdout=subprocess.PIPE, stderr=err, text=True)
 
 
+def _lfw_people(faces_dir: Path, dest: Path, at_least: int) -> Path:
+    """LFW's first people, a folder each, copied to `dest` until it holds `at_least` photos."""
+    for d in sorted(p for p in (faces_dir / "lfw").iterdir() if p.is_dir()):
+        shutil.copytree(d, dest / d.name)
+        if len(list(dest.rglob("*.jpg"))) >= at_least:
+            break
+    return dest
+
+
 def _stored(data: Path, collection: str) -> tuple[dict[str, set[str]], list[str], bool]:
     """Per image digest its ImageIds, the FaceIds, and whether the ledger verifies."""
     engine = make_engine(Settings(data_dir=data).resolved_database_url())
@@ -110,11 +119,7 @@ def _wait_for_lines(run: subprocess.Popen[str], report: Path, n: int,
 @pytest.mark.slow
 def test_a_node_killed_mid_run_loses_and_duplicates_nothing(
         tmp_path: Path, faces_dir: Path, ray_cluster: LocalCluster) -> None:
-    photos = tmp_path / "photos"
-    for d in sorted(p for p in (faces_dir / "lfw").iterdir() if p.is_dir()):
-        shutil.copytree(d, photos / d.name)
-        if len(list(photos.rglob("*.jpg"))) >= 60:
-            break
+    photos = _lfw_people(faces_dir, tmp_path / "photos", 60)
     first = next(photos.rglob("*_0001.jpg"))
     shutil.copy(first, photos / "copy-of-first.jpg")  # same bytes: indexed once
     total = len(list(photos.rglob("*.jpg")))
@@ -251,11 +256,7 @@ def test_reenrol_on_ray_survives_a_lost_node_and_links_every_face(
     the second node killed mid-run. Every source face with a photo ends linked to exactly one
     new face, nothing is stored twice, the ledger verifies and links the two collections, and
     a rerun has nothing left to do."""
-    photos = tmp_path / "photos"
-    for d in sorted(p for p in (faces_dir / "lfw").iterdir() if p.is_dir()):
-        shutil.copytree(d, photos / d.name)
-        if len(list(photos.rglob("*.jpg"))) >= 60:
-            break
+    photos = _lfw_people(faces_dir, tmp_path / "photos", 60)
     total = len(list(photos.rglob("*.jpg")))
     data = tmp_path / "data"
     out, err = _cli(data, "collection", "create", "old", "--model", "1.0").communicate(
