@@ -36,6 +36,7 @@ from faceledger.ledger import schema
 from faceledger.model_versions import (
     BUILT_IN,
     canonical,
+    describe,
     is_valid,
     legacy_names,
     operator_version,
@@ -45,6 +46,7 @@ from faceledger.service import FaceService
 from faceledger.settings import Settings
 from faceledger.store.catalog import Catalog
 from faceledger.vision import FacePipeline
+from faceledger.vision.embedders import embedder_version, settings_for_version
 from faceledger.vision.pool import PipelinePool
 
 # people with enough LFW photos for enrolment, probes and re-enrolment
@@ -60,7 +62,7 @@ def test_every_version_follows_botocores_pattern() -> None:
     pattern = botocore_pattern()
     versions = [*BUILT_IN, operator_version("0" * 64), operator_version("f" * 64),
                 operator_version("0123456789ab" + "0" * 52)]
-    assert {"1.0", "1.1", "1.2", "2.0"} <= set(BUILT_IN)
+    assert {"1.0", "1.1", "1.2", "2.0", "3.0"} <= set(BUILT_IN)
     for v in versions:
         assert pattern.fullmatch(v) and is_valid(v), v
     assert len(set(versions)) == len(versions)  # unique
@@ -71,6 +73,20 @@ def test_every_version_follows_botocores_pattern() -> None:
     assert canonical("onnx-0123456789ab") == f"100.{0x0123456789AB}"
     assert legacy_names(f"100.{0x0123456789AB}") == ("onnx-0123456789ab",)
     assert legacy_names("1.0") == ("dlib-resnet-v1",) and legacy_names("2.0") == ()
+
+
+def test_model_3_is_two_networks_fused_and_its_card_says_what_is_not_known(tmp_path: Path) -> None:
+    card = BUILT_IN["3.0"]
+    assert card.embedder == "reid-0095+sface" and card.dim == 256 + 128
+    assert embedder_version(Settings(embedder="reid-0095+sface")) == "3.0"
+    assert settings_for_version(Settings(embedder="reid-0095"), "3.0").embedder == "reid-0095+sface"
+    # the Zoo does not name SFace's training data, as Intel does not name reid-0095's: say so
+    assert "not named by the OpenCV Zoo" in card.training_data
+    assert "#124" in card.training_data and "#313" in card.training_data
+    assert "not named by Intel" in card.training_data
+    assert dict(card.checksums)["face_recognition_sface_2021dec_int8bq.onnx"] == (
+        "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee")
+    assert describe("3.0") == "3.0 (reid-0095 + SFace, fused)"
 
 
 def test_an_old_database_is_renumbered_on_open(tmp_path: Path) -> None:
@@ -219,10 +235,11 @@ def test_the_pool_runs_each_model_in_its_workers(astronaut_jpeg: bytes, tmp_path
     local = FacePipeline(Settings(data_dir=tmp_path))
     face = local.analyze(px, embed=False)[0]
     pool = PipelinePool(Settings(data_dir=tmp_path), 2)
+    default_dim = BUILT_IN[local.model_version].dim  # the configured (default) model's
     try:
-        assert pool.embedder_for("1.0").dim == 128 and pool.embedder_for(None).dim == 256
+        assert pool.embedder_for("1.0").dim == 128 and pool.embedder_for(None).dim == default_dim
         assert pool.embedder_for("dlib-resnet-v1") is pool.embedder_for("1.0")  # once
-        for version, dim in (("1.0", 128), ("2.0", 256), (None, 256)):
+        for version, dim in (("1.0", 128), ("2.0", 256), ("3.0", 384), (None, default_dim)):
             remote = pool.embed_boxes(px, [face.box], [face.landmarks], model_version=version)
             near = local.embed_boxes(px, [face.box], [face.landmarks], model_version=version)
             assert remote.shape == (1, dim)

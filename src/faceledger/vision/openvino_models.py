@@ -54,10 +54,17 @@ def openvino_model(path: Path, threads: int, batch_input: str | None = None) -> 
     return core.compile_model(model, "CPU", config)
 
 
+def l2_normalised(raw: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Rows scaled to unit length (a zero row stays zero)."""
+    norms = np.linalg.norm(raw, axis=1, keepdims=True)
+    return np.asarray(raw / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
+
+
 class ReidEmbedder:
     """face-reidentification-retail-0095: 256-d templates, L2-normalised."""
 
     model_version = REID_EMBEDDER_VERSION
+    name = "reid-0095"
     dim = 256
     needs_landmarks = True
 
@@ -79,8 +86,7 @@ class ReidEmbedder:
         # an infer request per call: the compiled model is shared, a request is not thread-safe
         out = self._compiled.create_infer_request().infer({0: x})
         raw = np.asarray(out[self._compiled.output(0)], dtype=np.float32).reshape(len(faces), self.dim)
-        norms = np.linalg.norm(raw, axis=1, keepdims=True)
-        return np.asarray(raw / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
+        return l2_normalised(raw)
 
     def embed(
         self, pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None = None

@@ -144,3 +144,15 @@ class Embedder(Protocol):
     def embed(
         self, pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None = None
     ) -> NDArray[np.float32]: ...
+
+
+class FaceNetwork(Protocol):
+    """One network of a fused model (vision/fused.py): aligns faces its own way from the five
+    landmarks and turns them into L2-normalised templates, many faces in one run."""
+
+    name: str
+    dim: int
+
+    def aligned(self, pixels: RGBImage, landmarks: list[Landmarks5]) -> NDArray[np.uint8]: ...
+
+    def embed_aligned(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]: ...
