@@ -4,8 +4,9 @@ On the same LFW images (the unique images of pairsDevTest, topped up from pairsD
 --images), in one run, side by side: face_recognition (dlib's HOG with one 2x upsample, dlib's
 5-point predictor and ResNet through dlib's runtime); faceledger's model 1.0 (HOG, ONet check and
 landmarks, dlib's ResNet on ONNX Runtime: the same templates, tests/test_onnx_equivalence.py);
-and faceledger's model 2.0, the default (YuNet with its landmarks, the ONet check, Intel's
-face-reidentification-retail-0095 on OpenVINO). faceledger also measures pose and quality.
+faceledger's model 2.0 (YuNet with its landmarks, the ONet check, Intel's
+face-reidentification-retail-0095 on OpenVINO); and model 3.0 (the same, plus OpenCV Zoo's SFace
+on OpenVINO, fused). faceledger also measures pose and quality.
 face_recognition is used as documented: `load_image_file`, then `face_locations(img)` and
 `face_encodings(img, locations)`. faceledger decodes each image once and spreads images over
 one worker process per core, each with its models loaded once (one ONNX Runtime thread each).
@@ -86,10 +87,12 @@ def run_face_recognition(files: list[str], root: str) -> dict[str, object]:
 
 _PIPELINE = None
 STAGES = ("decode", "detect", "check", "embed", "other")
-# (label, Settings overrides): the models faceledger compares, the default last
+# (label, Settings overrides): the models faceledger compares
 MODELS = (
     ("faceledger 1.0 (HOG + dlib ResNet on ONNX Runtime)", {"detector": "hog", "embedder": "dlib"}),
-    ("faceledger 2.0 (YuNet + reid-0095 on OpenVINO, default)", {}),
+    ("faceledger 2.0 (YuNet + reid-0095 on OpenVINO)", {"embedder": "reid-0095"}),
+    ("faceledger 3.0 (YuNet + reid-0095 and SFace on OpenVINO, fused)",
+     {"embedder": "reid-0095+sface"}),
 )
 _STAGE_S: dict[str, float] = {}
 
