@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     # chip) or "jitter" (mirror + fixed small shifts/scales/rotations). Any other than "none"
     # is a different template, hence a different model version ("1.1" flip, "1.2" jitter).
     embedder_tta: Literal["none", "flip", "jitter"] = "none"
+    # Faces per embedder run in bulk work (bulk index, re-enrolment, evaluation, Ray actors):
+    # the faces of several images go through the network together (vision/batching.py).
+    # Chosen by measurement of CPU per face at 1, 8 and 32 (bench/pipeline.py --batch).
+    embed_batch: int = Field(default=8, ge=1, le=256)
     # ONNX Runtime intra-op threads per model (one session per model per process). 1 measured
     # best on a 2-core machine with one worker process per core (bench/onnx_threads.py).
     inference_threads: int = 1

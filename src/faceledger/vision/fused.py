@@ -21,7 +21,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..model_versions import FUSED
-from .types import Box, FaceNetwork, Landmarks5, RGBImage
+from .batching import landmarks_of, network_templates, split_by_image
+from .types import Box, FaceNetwork, FacesOfImage, Landmarks5, RGBImage
 
 FUSED_EMBEDDER_VERSION = FUSED  # "3.0"
 
@@ -39,7 +40,9 @@ class FusedEmbedder:
         self.dim = sum(p.dim for p in self.parts)
         self._scale = np.float32(1.0 / math.sqrt(len(self.parts)))
 
-    def aligned(self, pixels: RGBImage, landmarks: list[Landmarks5]) -> tuple[NDArray[np.uint8], ...]:
+    def aligned(
+        self, pixels: RGBImage, landmarks: list[Landmarks5]
+    ) -> tuple[NDArray[np.uint8], ...]:
         """Each network's aligned faces (one array per network, n faces each)."""
         return tuple(p.aligned(pixels, landmarks) for p in self.parts)
 
@@ -54,3 +57,11 @@ class FusedEmbedder:
         if landmarks is None or len(landmarks) != len(boxes):
             raise ValueError("model 3.0 aligns by five landmarks per face")
         return self.embed_aligned(self.aligned(pixels, landmarks))
+
+    def embed_many(self, items: Sequence[FacesOfImage], batch: int) -> list[NDArray[np.float32]]:
+        """Fused templates of the faces of many images: each network runs on all of them in
+        runs of `batch` faces."""
+        landmarks = landmarks_of(items, "model 3.0")
+        parts = [network_templates(p, items, landmarks, batch) for p in self.parts]
+        rows = np.ascontiguousarray(np.hstack(parts) * self._scale, dtype=np.float32)
+        return split_by_image(rows, items)
