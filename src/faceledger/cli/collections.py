@@ -149,7 +149,8 @@ def describe(collection_id: str) -> None:
 @click.option("--ray", "ray_address", metavar="ADDRESS|auto", default=None,
               help="Decode and analyse on this Ray cluster (one actor per CPU, models loaded "
                    "once each; files must be readable at the same path on every node); "
-                   "writes stay in this process. Needs faceledger[ray].")
+                   "writes stay in this process. Needs faceledger[ray] and a cluster with "
+                   "token authentication (docs/deployment.md).")
 @click.option("--ray-batch", type=click.IntRange(1, 1024), default=8, show_default=True,
               help="Images per call to a Ray actor.")
 @reports_errors
@@ -271,7 +272,8 @@ def _finish(summary: Summary, bar: Progress | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto",
               help="Decode and embed on this Ray cluster (the target must be the configured "
-                   "model); writes stay in this process, as without --ray.")
+                   "model; token authentication: docs/deployment.md); writes stay in this "
+                   "process, as without --ray.")
 @click.option("--ray-batch", type=click.IntRange(1, 256), default=8, show_default=True)
 @reports_errors
 def reenrol(source_collection: str, photos: tuple[Path, ...], target: str, model: str | None,
