@@ -47,7 +47,7 @@ from ..errors import (
 )
 from ..ledger.export import write_bundle
 from ..ledger.report import bar_chart, day_chart, render_html, review_funnel, search_sentence
-from ..server.keys import KeyStore
+from ..server.keys import KeyStore, context_for
 from ..server.limits import BodyBudget, BodyReader, BodyTiming, FailureThrottle, Slots
 from ..service import FaceService
 from ..settings import Settings
@@ -263,7 +263,15 @@ class Console:
                 return Markup('<code>{}</code>').format(key_id)
             return Markup('<span class="who-name" title="{}">{}</span>').format(key_id, name)
 
+        def who_id(key_id: Any) -> Markup:
+            """A key's display name and, visibly, its id: two people may share a name, a key
+            id names one key (decisions are shown with it)."""
+            if not key_id or str(key_id) not in names:
+                return who(key_id)
+            return Markup('{} <code class="key-id">{}</code>').format(who(key_id), key_id)
+
         full["who"] = who
+        full["who_id"] = who_id
         full["names"] = names
         if session is not None:
             full.setdefault("csrf", session.csrf)
@@ -282,11 +290,7 @@ class Console:
         return found
 
     def ctx(self, session: Session, **extra: Any) -> RequestContext:
-        key = session.key
-        return RequestContext(
-            principal=key.access_key_id, request_id=str(uuid.uuid4()), admin=key.admin,
-            roles=key.console_roles,
-            collections=("*",) if key.all_collections else tuple(key.collections), **extra)
+        return context_for(session.key, request_id=str(uuid.uuid4()), **extra)
 
     async def form(self, request: Request, session: Session | None) -> FormData:
         """The posted form, refused unless it carries this session's CSRF token."""

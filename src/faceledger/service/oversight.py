@@ -35,7 +35,8 @@ from ..model_versions import canonical
 from ..rates import wilson_interval
 from ..shapes import Shape
 from ..store.thresholds import default_search_fmr
-from .governance import GovernanceOperations, index_event, like_escape
+from ..ledger.lookup import index_event, like_escape
+from .governance import GovernanceOperations, reads_decisions
 from .users import UserOperations
 
 REVIEW_READERS = ("reviewer", "auditor")
@@ -105,9 +106,16 @@ class OversightOperations(UserOperations, GovernanceOperations):
         reviewer = ctx.has_role("reviewer")
         own = cand["RequestedBy"] == ctx.principal
         decided = review.has_decided(cand, ctx.principal)
-        seen = review.blind(cand, ctx.principal, may_decide=reviewer and not own,
+        # a key that reads the ledger has the others' decisions at hand anyway: nothing is
+        # withheld from it, and it may decide only while nobody has (or as the open verifier)
+        reader = reads_decisions(ctx, cand["CollectionId"])
+        seen = review.blind(cand, ctx.principal, may_decide=reviewer and not own and not reader,
                             verifier_sees_earlier=policy.verifier_sees_earlier)
-        if cand["Status"] != review.PENDING:
+        if cand["Status"] == review.CONFLICT:
+            part = {"State": "conflict", "CanDecide": False,
+                    "Why": "This probe face was confirmed as different people (CONFLICT): no "
+                           "identification stands until a reviewer resolves the conflict."}
+        elif cand["Status"] != review.PENDING:
             part = {"State": "settled", "CanDecide": False,
                     "Why": f"This candidate is settled: {cand['Status']}."}
         elif decided:
@@ -122,10 +130,17 @@ class OversightOperations(UserOperations, GovernanceOperations):
             part = {"State": "not_reviewer", "CanDecide": False,
                     "Why": "Your key has no reviewer role: you may read this case file, not "
                            "decide it."}
+        elif reader and cand["Reviews"] and seen["Stage"] != review.VERIFICATION:
+            part = {"State": "reads_decisions", "CanDecide": False,
+                    "Why": "Your key can read the ledger, where the other reviewers' decisions "
+                           "on this candidate are recorded, so your decision would not be "
+                           "independent: a reviewer-only key decides it."}
         else:
             part = {"State": "needs_decision", "CanDecide": True, "Why": None}
         seen["YourPart"] = part
+        seen["ReadsDecisions"] = reader
         seen["VerifierSeesEarlier"] = policy.verifier_sees_earlier
+        seen["VerifyEveryConclusion"] = policy.verify_every_conclusion
         return seen
 
     def _strength(self, conn: Connection, cand: Shape) -> Shape:
@@ -508,6 +523,9 @@ def _event_row(r: Any) -> Shape:
         row["Status"] = result.get("status")
         cid = params.get("candidate_id") or result.get("candidate_id")
         row["CandidateIds"] = [cid] if cid else []
+    elif r.operation == "ResolveConflict":
+        row["Decision"] = "RESOLVE"
+        row["CandidateIds"] = list(result.get("candidate_ids") or [])
     elif r.operation == "ViewCandidate":
         cid = result.get("candidate_id")
         row["CandidateIds"] = [cid] if cid else []
