@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image, ImageOps
 
 from faceledger.cli import main
 from faceledger.context import RequestContext
@@ -281,3 +283,33 @@ def test_review_list_is_a_table_with_each_probe_once_and_the_photo_to_bring(
                                             env=env).output)
     assert {c["CandidateId"] for c in as_json["Candidates"]} == {tang, angelo}
     assert {c["EnrolledImageSha256"] for c in as_json["Candidates"]} == {ENROLLED}
+
+
+def test_the_readmes_review_walk_works_as_written(tmp_path: Path, astronaut_jpeg: bytes) -> None:
+    """README's command-line lines, in order, by the one local user: search, then review."""
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path):
+        Path("alice.jpg").write_bytes(astronaut_jpeg)  # a public-domain portrait as "alice"
+        ImageOps.mirror(Image.open(io.BytesIO(astronaut_jpeg))).save("probe.jpg", "JPEG")
+
+        def run(*args: str, input: str | None = None) -> str:
+            out = runner.invoke(main, list(args), input=input)
+            assert out.exit_code == 0, (args, out.output)
+            return out.output
+
+        run("collection", "create", "staff")
+        run("collection", "index", "staff", "alice.jpg")
+        run("policy", "set", "staff", "--identification", "--reviewers", "2",
+            "--require-purpose")
+        found = json.loads(run("--purpose", "door access", "--case", "INC-17", "collection",
+                               "search", "staff", "probe.jpg", "--json"))
+        (candidate,) = [c["CandidateId"] for c in found["ReviewCandidates"]]
+        made = run("keys", "create", "ana", "-o", "ListFaces", "-c", "staff", "--role",
+                   "reviewer")
+        key_id = made.split("access key id:", 1)[1].split()[0]
+        secret = made.split("secret access key:", 1)[1].split()[0]
+        assert candidate in run("review", "list")
+        done = run("review", "confirm", candidate, "--key", key_id, "--reason",
+                   "checked badge log", "--probe", "probe.jpg", "--enrolled", "alice.jpg",
+                   input=secret + "\n")
+        assert "1 of 2 confirmations" in done
