@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,12 @@ import pytest
 from PIL import Image, ImageOps
 
 from faceledger.context import RequestContext
-from faceledger.server.keys import IssuedKey, KeyInfo, KeyStore
+from faceledger.server.keys import KeyInfo, KeyStore
 from faceledger.server.run import build_app, running
 from faceledger.service import FaceService
 from faceledger.settings import Settings
 
-from test_console import CONFIRM, REJECT, _page, browser  # noqa: F401  (the fixture)
+from test_console import REJECT, World, _csrf, _page, _sign_in, browser  # noqa: F401  (the fixture)
 
 
 def context_for(key: KeyInfo, **extra: Any) -> RequestContext:
@@ -40,19 +39,9 @@ def context_for(key: KeyInfo, **extra: Any) -> RequestContext:
                           roles=key.console_roles, collections=("*",), **extra)
 
 
-@dataclass
-class Evidence:
-    url: str
-    service: FaceService
-    keys: dict[str, IssuedKey]
-    files: dict[str, Path]
-    held: dict[str, list[str]]  # collection -> candidate ids, rank order
-    shots: Path
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, service: FaceService,
-          astronaut_jpeg: bytes) -> Iterator[Evidence]:
+          astronaut_jpeg: bytes) -> Iterator[World]:
     data = tmp_path_factory.mktemp("evidence-data")
     settings = Settings(data_dir=data)
     svc = FaceService(settings, pipeline=service.pipeline)  # models loaded once per session
@@ -67,7 +56,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, service: FaceService,
     files["Eileen_Collins"].write_bytes(astronaut_jpeg)
     portrait.resize((400, 400)).save(files["Anna_Other"], "JPEG", quality=90)
     ImageOps.mirror(portrait).save(files["probe"], "JPEG", quality=92)
-    held: dict[str, list[str]] = {}
+    held: dict[str, str] = {}  # watch, reject, dual-1, dual-2 (rank order) -> candidate id
     searcher = keys["Searcher"].info
     for cid, policy, enrolled in (("watch", {"ReviewersRequired": 2}, ["Eileen_Collins"]),
                                   ("reject", {"ReviewersRequired": 2}, ["Eileen_Collins"]),
@@ -82,41 +71,29 @@ def world(tmp_path_factory: pytest.TempPathFactory, service: FaceService,
         ids = [c["CandidateId"] for c in found["ReviewCandidates"]]
         ranked = sorted(ids, key=lambda i: -svc.get_review_candidate(i)["Similarity"])
         assert len(ranked) == len(enrolled), found
-        held[cid] = ranked
+        held.update({cid if len(ranked) == 1 else f"{cid}-{i}": c
+                     for i, c in enumerate(ranked, 1)})
     shots = tmp_path_factory.mktemp("evidence-screenshots")
     app = build_app(settings, service=svc, warm_up=False)
     with running(app) as url:
-        yield Evidence(url, svc, keys, files, held, shots)
+        yield World(url, svc, keys, files, held, shots)
     svc.close()
 
 
-def _sign_in(page: Any, world: Evidence, who: str) -> None:
-    key = world.keys[who]
-    page.goto(f"{world.url}/console/")
-    page.get_by_label("Access key id").fill(key.info.access_key_id)
-    page.get_by_label("Secret access key").fill(key.secret_access_key)
-    with page.expect_navigation():
-        page.get_by_role("button", name="Sign in").click()
-
-
-def _ctx(world: Evidence, who: str) -> RequestContext:
+def _ctx(world: World, who: str) -> RequestContext:
     return context_for(world.keys[who].info)
 
 
-def _hashes(world: Evidence, candidate: str) -> dict[str, str]:
+def _hashes(world: World, candidate: str) -> dict[str, str]:
     """The two photos' SHA-256, as a reviewer's browser sends them."""
     external = world.service.get_review_candidate(candidate)["ExternalImageId"]
     return {name: hashlib.sha256(world.files[which].read_bytes()).hexdigest()
             for name, which in (("probe_sha256", "probe"), ("enrolled_sha256", external))}
 
 
-def _csrf(page: Any) -> str:
-    return str(page.locator('form.who input[name="csrf"]').input_value())
-
-
 def test_an_admin_who_read_the_ledger_cannot_then_decide_as_if_blind(
-        browser: Any, world: Evidence) -> None:
-    cand = world.held["watch"][0]
+        browser: Any, world: World) -> None:
+    cand = world.candidates["watch"]
     reason = "Scar above the left eyebrow matches the case photo."
     world.service.review_candidate(cand, "CONFIRM", reason, **_hashes(world, cand),
                                    ctx=_ctx(world, "Ana Reviewer"))
@@ -148,8 +125,8 @@ def test_an_admin_who_read_the_ledger_cannot_then_decide_as_if_blind(
 
 
 def test_a_rejection_needs_both_photos_opened_and_checked(browser: Any,
-                                                         world: Evidence) -> None:
-    cand = world.held["reject"][0]
+                                                         world: World) -> None:
+    cand = world.candidates["reject"]
     page = _page(browser)
     _sign_in(page, world, "Ben Reviewer")
     page.goto(f"{world.url}/console/candidates/{cand}")
@@ -175,8 +152,8 @@ def test_a_rejection_needs_both_photos_opened_and_checked(browser: Any,
 
 
 def test_one_probe_confirmed_as_two_people_is_flagged_with_key_ids(
-        browser: Any, world: Evidence) -> None:
-    first, second = world.held["dual"]
+        browser: Any, world: World) -> None:
+    first, second = world.candidates["dual-1"], world.candidates["dual-2"]
     for cand, who in ((first, "Ana Reviewer"), (second, "Ben Reviewer")):
         world.service.review_candidate(cand, "CONFIRM", "same person", **_hashes(world, cand),
                                        ctx=_ctx(world, who))

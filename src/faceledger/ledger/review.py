@@ -54,6 +54,7 @@ OUTCOME = {CONFIRM: CONFIRMED, REJECT: REJECTED, INCONCLUSIVE: INCONCLUSIVE}
 # every answer says something about the photos, so every answer names the photos compared
 NEEDS_EVIDENCE = DECISIONS
 INDEPENDENT, VERIFICATION = "independent", "verification"
+DOING = {PENDING: "decided", CONFLICT: "resolved"}
 # searches of one probe face: their confirmed candidates must be one person (a stored video's
 # face search holds the candidates of many people under one request, so it is not one of them)
 SINGLE_PROBE = frozenset({"SearchFaces", "SearchFacesByImage", "SearchUsers",
@@ -302,14 +303,7 @@ def decide(conn: Connection, candidate_id: str, reviewer: str, decision: str, re
         raise InvalidParameterException(f"Decision must be one of {', '.join(DECISIONS)}.")
     check_reason(reason)
     c, r = schema.candidates, schema.reviews
-    # Lock the candidate first, so two reviewers deciding at once are settled one after another.
-    row = _locked(conn, candidate_id)
-    if row.status != PENDING:
-        raise ReviewConflict("not_pending",
-                             f"Candidate {candidate_id} is already {row.status}.")
-    if reviewer == row.requested_by:
-        raise ReviewRefusal("reviewer_not_independent",
-                            f"{reviewer} ran the search and cannot review its results.")
+    row = _locked(conn, candidate_id, reviewer, PENDING, "not_pending")
     done = conn.execute(
         select(r.c.decision).where(r.c.candidate_id == candidate_id, r.c.reviewer == reviewer)
     ).first()
@@ -358,13 +352,22 @@ def check_reason(reason: Any) -> None:
         raise InvalidParameterException(f"Reason must be at most {MAX_REASON} characters.")
 
 
-def _locked(conn: Connection, candidate_id: str) -> Any:
-    """The candidate's row, after taking its row lock (an update that changes nothing)."""
+def _locked(conn: Connection, candidate_id: str, who: str, status: str, rule: str) -> Any:
+    """The candidate's row, after taking its row lock (an update that changes nothing), so
+    that two reviewers acting at once are settled one after another; refused unless it is in
+    `status` and `who` did not run its search."""
     c = schema.candidates
     locked = conn.execute(update(c).where(c.c.id == candidate_id).values(status=c.c.status))
     if locked.rowcount == 0:
         raise ResourceNotFoundException(f"Review candidate {candidate_id} does not exist.")
-    return conn.execute(select(c).where(c.c.id == candidate_id)).one()
+    row = conn.execute(select(c).where(c.c.id == candidate_id)).one()
+    if row.status != status:
+        raise ReviewConflict(rule, f"Candidate {candidate_id} is already {row.status} (only a "
+                                   f"{status} candidate can be {DOING[status]}).")
+    if who == row.requested_by:
+        raise ReviewRefusal("reviewer_not_independent",
+                            f"{who} ran the search and cannot review its results.")
+    return row
 
 
 def resolve(conn: Connection, candidate_id: str, resolver: str, keep: Sequence[str],
@@ -374,13 +377,7 @@ def resolve(conn: Connection, candidate_id: str, resolver: str, keep: Sequence[s
     of the conflict are REJECTED; keeping none leaves them all INCONCLUSIVE (neither stands,
     none is excluded). Returns each candidate's new status."""
     check_reason(reason)
-    row = _locked(conn, candidate_id)
-    if row.status != CONFLICT:
-        raise ReviewConflict("not_in_conflict",
-                             f"Candidate {candidate_id} is {row.status}, not in CONFLICT.")
-    if resolver == row.requested_by:
-        raise ReviewRefusal("reviewer_not_independent",
-                            f"{resolver} ran the search and cannot resolve its results.")
+    row = _locked(conn, candidate_id, resolver, CONFLICT, "not_in_conflict")
     c = schema.candidates
     group = [i for (i,) in conn.execute(select(c.c.id).where(
         c.c.request_id == row.request_id, c.c.status == CONFLICT).order_by(c.c.id))]
