@@ -48,7 +48,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, service: FaceService,
     store = KeyStore.open(settings, svc.engine, create_kek=True)
     keys = {name: store.create(name, ["*"], ["*"], roles=roles) for name, roles in {
         "Searcher": ("reviewer",), "Ana Reviewer": ("reviewer",),
-        "Ben Reviewer": ("reviewer",), "Ada Admin": ("admin",)}.items()}
+        "Ben Reviewer": ("reviewer",), "Cy Reviewer": ("reviewer",),
+        "Ada Admin": ("admin",)}.items()}
     files_dir = tmp_path_factory.mktemp("evidence-files")
     portrait = Image.open(io.BytesIO(astronaut_jpeg))
     files = {"Eileen_Collins": files_dir / "eileen.jpg", "Anna_Other": files_dir / "anna.jpg",
@@ -175,3 +176,20 @@ def test_one_probe_confirmed_as_two_people_is_flagged_with_key_ids(
     rows = page.locator("tbody").inner_text()
     assert "CONFLICT" in rows and ana in rows
     page.context.close()
+    # a third reviewer finds it in the queue and resolves it: the first stands, the other not
+    page = _page(browser)
+    _sign_in(page, world, "Cy Reviewer")
+    conflicts = page.get_by_role("region", name="Conflicts to resolve")
+    with page.expect_navigation():
+        conflicts.get_by_role("link").first.click()
+    page.locator(f'#resolve input[name="keep"][value="{first}"]').check()
+    page.get_by_label("Reason for the resolution (required, recorded in the ledger)").fill(
+        "Scar visible in the probe and only in this enrolled photo.")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Resolve the conflict").click()
+    assert "Conflict resolved" in page.locator("#message").inner_text()
+    assert "Conflict resolved by Cy Reviewer" in page.locator("#resolution").inner_text()
+    page.screenshot(path=str(world.shots / "conflict-resolved.png"), full_page=True)
+    page.context.close()
+    assert world.service.get_review_candidate(first)["Status"] == "CONFIRMED"
+    assert world.service.get_review_candidate(second)["Status"] == "REJECTED"

@@ -202,6 +202,8 @@ class Console:
             Route("/queue", self.page(self.queue)),
             Route("/candidates/{candidate_id}", self.page(self.candidate), methods=["GET"]),
             Route("/candidates/{candidate_id}", self.page(self.decide), methods=["POST"]),
+            Route("/candidates/{candidate_id}/resolve", self.page(self.resolve),
+                  methods=["POST"]),
             Route("/ledger", self.page(self.ledger)),
             Route("/ledger/verify", self.page(self.verify)),
             Route("/ledger/export", self.page(self.export), methods=["POST"]),
@@ -423,6 +425,20 @@ class Console:
                 f"({decided['Confirmations']} of {decided['ReviewersRequired']} confirmations).")
         return await self.candidate(request, note, good=True)
 
+    async def resolve(self, request: Request) -> Response:
+        session = self.require(request)
+        form = await self.form(request, session)
+        cid = request.path_params["candidate_id"]
+        keep = [str(k) for k in form.getlist("keep")]
+        reason = str(form.get("reason") or "")
+        try:
+            done = await self.call(self.service.resolve_review_conflict, cid, keep, reason,
+                                   ctx=self.ctx(session))
+        except FaceledgerError as exc:
+            return await self.candidate(request, f"Not recorded: {exc.message}", exc.status)
+        outcome = ", ".join(f"candidate {k[:8]} {v}" for k, v in sorted(done["Statuses"].items()))
+        return await self.candidate(request, f"Conflict resolved: {outcome}.", good=True)
+
     # -- ledger ------------------------------------------------------------------------
 
     async def ledger(self, request: Request) -> Response:
@@ -601,6 +617,8 @@ def _linked(pretty: str, body: Mapping[str, Any], session: Session) -> Markup:
     for where in (result, params):
         if isinstance(where.get("candidate_id"), str):
             candidates.add(where["candidate_id"])
+        for key in ("candidate_ids", "conflicts_with", "keep"):  # conflicts, resolutions
+            candidates.update(str(c) for c in (where.get(key) or []) if isinstance(c, str))
     faces = {str(f) for f in (result.get("face_ids") or [])}
     coll = body.get("collection")
     can = _can(session)

@@ -94,9 +94,14 @@ class OversightOperations(UserOperations, GovernanceOperations):
             for group in groups.values():
                 group.pop("_ranks")
                 group["Candidates"].sort(key=lambda c: (c["Rank"] or 0, c["CandidateId"]))
+            # probe faces confirmed as different people wait for a resolution, not a decision
+            conflicts = [{k: c[k] for k in ("CandidateId", "CaseReference", "CollectionId",
+                                            "ExternalImageId", "ConflictsWith", "RequestId")}
+                         for c in review.query(conn, status=review.CONFLICT, limit=4096)
+                         if ctx.may_name(c["CollectionId"])]
         with self.audit("ViewReviewQueue", ctx, uses_model=False) as op:
-            op.record(candidate_ids=[c["CandidateId"] for c in shown])
-        return {"Searches": list(groups.values()), "Candidates": shown,
+            op.record(candidate_ids=[c["CandidateId"] for c in shown + conflicts])
+        return {"Searches": list(groups.values()), "Candidates": shown, "Conflicts": conflicts,
                 "PendingVisible": len(visible), "NeedsYourDecision": needing,
                 "PublishedErrorRates": self.published_error_rates()}
 
@@ -113,6 +118,7 @@ class OversightOperations(UserOperations, GovernanceOperations):
                             verifier_sees_earlier=policy.verifier_sees_earlier)
         if cand["Status"] == review.CONFLICT:
             part = {"State": "conflict", "CanDecide": False,
+                    "CanResolve": reviewer and not own,
                     "Why": "This probe face was confirmed as different people (CONFLICT): no "
                            "identification stands until a reviewer resolves the conflict."}
         elif cand["Status"] != review.PENDING:
@@ -137,6 +143,7 @@ class OversightOperations(UserOperations, GovernanceOperations):
                            "independent: a reviewer-only key decides it."}
         else:
             part = {"State": "needs_decision", "CanDecide": True, "Why": None}
+        part.setdefault("CanResolve", False)
         seen["YourPart"] = part
         seen["ReadsDecisions"] = reader
         seen["VerifierSeesEarlier"] = policy.verifier_sees_earlier
