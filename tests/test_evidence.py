@@ -276,8 +276,10 @@ def test_review_list_is_a_table_with_each_probe_once_and_the_photo_to_bring(
     lines = out.output.splitlines()
     assert sum(1 for line in lines if line.startswith("search ")) == 1
     assert sum(1 for line in lines if PROBE in line) == 1  # the probe, once
-    tang_line = next(line for line in lines if tang in line)
-    assert "Tang_Jiaxuan" in tang_line and ENROLLED in tang_line and "PENDING" in tang_line
+    at = next(i for i, line in enumerate(lines) if tang in line)
+    assert "Tang_Jiaxuan" in lines[at] and "PENDING" in lines[at]
+    assert "bring" in lines[at + 1] and ENROLLED in lines[at + 1]
+    tang_line = lines[at]
     assert lines.index(tang_line) < lines.index(next(line for line in lines if angelo in line))
     as_json = json.loads(CliRunner().invoke(main, ["review", "list", "--json"],
                                             env=env).output)

@@ -26,6 +26,7 @@ from ..server.keys import context_for
 from ..service import FaceService
 from ..settings import Settings
 from ..shapes import Shape
+from ..text import escape
 from .app import emit_json, main, reports_errors, request_context
 from .server import _store
 
@@ -108,21 +109,25 @@ def table(candidates: Sequence[Shape]) -> list[str]:
         first = group[0]
         lines += [
             f"search {first['RequestId'] or '-'}  {first['Operation']} in "
-            f"{first['CollectionId']}  case {first['CaseReference'] or '-'}  purpose "
-            f"{first['Purpose'] or '-'}",
+            f"{first['CollectionId']}  case {escape(first['CaseReference'] or '-')}  purpose "
+            f"{escape(first['Purpose'] or '-')}",
             f"  searched by {first['RequestedBy']} at {first['CreatedAt'][:19]}Z",
             f"  probe photo: SHA-256 {first['ProbeImageSha256'] or 'not recorded'}",
             f"  {'rank':>4}  {'candidate':<36}  {'status':<12}  {'similarity':>10}  "
-            f"{'confirmed':>9}  enrolled photo to bring",
+            f"{'confirmed':>9}  ExternalImageId",
         ]
         ranked = sorted(group, key=lambda c: (-float(c["Similarity"]), c["CandidateId"]))
         for rank, c in enumerate(ranked, 1):
             confirmed = f"{c['Confirmations']} of {c['ReviewersRequired']}"
-            lines.append(
+            lines += [
                 f"  {rank:>4}  {c['CandidateId']:<36}  {c['Status']:<12}  "
                 f"{float(c['Similarity']):>10.4f}  {confirmed:>9}  "
-                f"ExternalImageId {c['ExternalImageId'] or '-'}, SHA-256 "
-                f"{c.get('EnrolledImageSha256') or 'not recorded'}")
+                f"{escape(c['ExternalImageId'] or '-')}",
+                f"        bring: the enrolled photo with SHA-256 "
+                f"{c.get('EnrolledImageSha256') or '(not recorded: inconclusive only)'}"]
+            for r in c["Reviews"]:  # by key id: two people may share a name, not a key id
+                lines.append(f"        {r['Decision']:<12}  by {r['Reviewer']}  "
+                             f"({r['Stage']}, {r['Time'][:16]}): {escape(r['Reason'])}")
             if c.get("ConflictsWith"):
                 lines.append(f"        CONFLICT with {', '.join(c['ConflictsWith'])}: one probe "
                              "face confirmed as different people; resolve with `review "
