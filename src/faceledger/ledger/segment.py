@@ -204,8 +204,10 @@ def main(argv: list[str]) -> int:
         bundle = json.load(f)
     result = verify_segment(bundle, anchors)
     s, e = result["start"] if result.get("start") else {}, result.get("end") or {}
+    lists = ", ".join(f"{len(bundle.get(n) or [])} {n}" for n in READABLE)
     print(f"case {bundle.get('case')!r}: {result['checked']} linked events checked, "
-          f"{result['disclosed']} disclosed")
+          f"{result['disclosed']} disclosed ({lists}), each readable event checked against "
+          "its hashed body")
     if s:
         print(f"segment starts after event #{s['seq']} ({s['hash']}) "
               f"and ends at #{e['seq']} ({e['hash']})")
