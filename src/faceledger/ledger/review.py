@@ -357,9 +357,14 @@ def _locked(conn: Connection, candidate_id: str, who: str, status: str, rule: st
     that two reviewers acting at once are settled one after another; refused unless it is in
     `status` and `who` did not run its search."""
     c = schema.candidates
-    locked = conn.execute(update(c).where(c.c.id == candidate_id).values(status=c.c.status))
-    if locked.rowcount == 0:
+    request = conn.execute(select(c.c.request_id).where(c.c.id == candidate_id)).first()
+    if request is None:
         raise ResourceNotFoundException(f"Review candidate {candidate_id} does not exist.")
+    # Every candidate of the search at once (one statement, one order): two reviewers
+    # confirming two candidates of one probe face at the same time must not both miss the
+    # other's confirmation (PostgreSQL's READ COMMITTED locks rows, not the table).
+    conn.execute(update(c).where(c.c.request_id == request[0] if request[0] else
+                                 c.c.id == candidate_id).values(status=c.c.status))
     row = conn.execute(select(c).where(c.c.id == candidate_id)).one()
     if row.status != status:
         raise ReviewConflict(rule, f"Candidate {candidate_id} is already {row.status} (only a "
