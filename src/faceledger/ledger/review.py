@@ -51,8 +51,6 @@ CONFIRM, REJECT = "CONFIRM", "REJECT"
 DECISIONS = (CONFIRM, REJECT, INCONCLUSIVE)
 # the status N agreeing answers give (and, by default, what one non-confirmation settles)
 OUTCOME = {CONFIRM: CONFIRMED, REJECT: REJECTED, INCONCLUSIVE: INCONCLUSIVE}
-# every answer says something about the photos, so every answer names the photos compared
-NEEDS_EVIDENCE = DECISIONS
 INDEPENDENT, VERIFICATION = "independent", "verification"
 DOING = {PENDING: "decided", CONFLICT: "resolved"}
 # searches of one probe face: their confirmed candidates must be one person (a stored video's
