@@ -102,6 +102,7 @@ def test_an_admin_who_read_the_ledger_cannot_then_decide_as_if_blind(
     _sign_in(page, world, "Ada Admin")
     # the admin reads Ana's confirmation and reason on the ledger page (no event written)
     page.goto(f"{world.url}/console/ledger?operation=ReviewCandidate")
+    assert "only a candidate's first decision" in page.locator("#reads-decisions").inner_text()
     row = page.locator("tbody tr").first
     assert "same person" in row.inner_text()
     with page.expect_navigation():
