@@ -285,6 +285,13 @@ def test_review_list_is_a_table_with_each_probe_once_and_the_photo_to_bring(
                                             env=env).output)
     assert {c["CandidateId"] for c in as_json["Candidates"]} == {tang, angelo}
     assert {c["EnrolledImageSha256"] for c in as_json["Candidates"]} == {ENROLLED}
+    # a conflict is named under the pending list, and listed with its decisions by key id
+    for cand, who in ((tang, "FLKANA"), (angelo, "FLKBEN")):
+        svc.review_candidate(cand, "CONFIRM", "same", **EVIDENCE, ctx=_reviewer(who))
+    pending = CliRunner().invoke(main, ["review", "list"], env=env).output
+    assert "2 candidate(s) in CONFLICT" in pending
+    listed = CliRunner().invoke(main, ["review", "list", "--status", "CONFLICT"], env=env).output
+    assert f"CONFLICT with {angelo}" in listed and "by FLKBEN" in listed
 
 
 def test_the_readmes_review_walk_works_as_written(tmp_path: Path, astronaut_jpeg: bytes) -> None:

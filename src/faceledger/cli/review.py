@@ -87,7 +87,8 @@ def review_list(collection: str | None, status: str, case: str | None,
                 request_id: str | None, as_json: bool) -> None:
     """List candidates: each search's probe once, its candidates under it, and for each the
     enrolled photo to bring (its SHA-256 and ExternalImageId)."""
-    found = _service().list_review_candidates(
+    service = _service()
+    found = service.list_review_candidates(
         collection, None if status == "ALL" else status, request_id=request_id, case=case,
         max_results=4096, ctx=request_context())
     if as_json:
@@ -95,6 +96,14 @@ def review_list(collection: str | None, status: str, case: str | None,
         return
     for line in table(found["Candidates"]):
         click.echo(line)
+    if status == "PENDING":  # conflicts wait for a resolution, not in the pending list
+        conflicts = service.list_review_candidates(
+            collection, "CONFLICT", request_id=request_id, case=case, max_results=4096,
+            ctx=request_context())["Candidates"]
+        if conflicts:
+            click.echo(f"{len(conflicts)} candidate(s) in CONFLICT (one probe face confirmed as "
+                       "different people) wait for `review resolve`: see `review list "
+                       "--status CONFLICT`.")
 
 
 def table(candidates: Sequence[Shape]) -> list[str]:
