@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -49,6 +51,7 @@ from sqlalchemy import (
     update,
 )
 
+from ..context import RequestContext
 from ..db import add_missing_columns, create_tables
 from ..errors import InvalidParameterException, ResourceNotFoundException
 from ..permissions import private_dir
@@ -59,6 +62,8 @@ from .sigv4 import signing_key
 log = logger("faceledger.server")
 
 KEY_ID_PREFIX = "FLK"
+# region/service of the secret check (console sign-in, CLI review): any fixed pair
+SECRET_CHECK_SCOPE = ("console", "faceledger")
 # Console roles: reviewers decide review candidates, auditors read the ledger and reports,
 # admins change policies (an admin key has every role).
 ROLES = ("reviewer", "auditor", "admin")
@@ -139,6 +144,19 @@ class IssuedKey:
 
     info: KeyInfo
     secret_access_key: str
+
+
+def same_name(name: str) -> str:
+    """A display name as people read it: case and runs of spaces do not make another name."""
+    return " ".join(name.split()).casefold()
+
+
+def context_for(key: KeyInfo, **extra: Any) -> RequestContext:
+    """The request context of a signed-in key (console, CLI review): its id as principal,
+    its console roles and the collections it may name."""
+    return RequestContext(
+        principal=key.access_key_id, admin=key.admin, roles=key.console_roles,
+        collections=("*",) if key.all_collections else tuple(key.collections), **extra)
 
 
 def kek_fingerprint(kek: bytes) -> str:
@@ -331,6 +349,7 @@ class KeyStore:
             raise InvalidParameterException(
                 f"unknown role {unknown[0]!r}: roles are {', '.join(ROLES)}")
         admin = admin or "admin" in role_list  # the admin role is the admin flag
+        deciding = admin or "reviewer" in role_list
         if rate_limit is not None and not rate_limit > 0:
             raise InvalidParameterException("rate limit must be a positive number of requests/s")
         key_id = _new_key_id()
@@ -339,6 +358,8 @@ class KeyStore:
         sealed = nonce + AESGCM(self._kek).encrypt(nonce, secret.encode(), _aad(key_id))
         now = datetime.now(UTC)
         with self._writing(conn) as c:
+            if deciding:
+                self._refuse_reviewer_name_in_use(c, name)
             c.execute(
                 insert(api_keys).values(
                     access_key_id=key_id, name=name, sealed_secret=sealed,
@@ -349,6 +370,35 @@ class KeyStore:
             )
         info = KeyInfo(key_id, name, ops, cols, rate_limit, now, None, admin, role_list, topics)
         return IssuedKey(info, secret)
+
+    def _refuse_reviewer_name_in_use(self, conn: Connection, name: str) -> None:
+        """Reviewers are people, shown by name: a name another active key that may decide
+        (reviewer or admin) already has is refused, so "two reviewers" are two names."""
+        wanted = same_name(name)
+        rows = conn.execute(select(api_keys).where(api_keys.c.revoked_at.is_(None))
+                            ).mappings().all()
+        for row in rows:
+            other = self._info(row)
+            if (other.admin or "reviewer" in other.roles) and same_name(other.name) == wanted:
+                raise InvalidParameterException(
+                    f"the name '{shown(name)}' is in use by active reviewer key "
+                    f"{other.access_key_id}: reviewers are told apart by name, so give each "
+                    "person their own (revoke the old key first to reissue one)")
+
+    def verify_secret(self, access_key_id: str, secret: str, now: datetime) -> KeyInfo | None:
+        """The key's record if `secret` is its secret and the key is active, else None: today's
+        SigV4 signing key derived from `secret` against the one derived from the sealed secret
+        (constant time), so the secret itself is never compared or kept."""
+        date = now.strftime("%Y%m%d")
+        try:
+            creds = self.credentials(access_key_id, date, *SECRET_CHECK_SCOPE)
+        except KeyStoreError:
+            return None
+        if creds is None:
+            return None
+        info, expected = creds
+        given = signing_key(secret, date, *SECRET_CHECK_SCOPE)
+        return info if hmac.compare_digest(expected, given) else None
 
     def list(self) -> list[KeyInfo]:
         """Every key, oldest first, revoked ones included."""
