@@ -150,7 +150,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, service: FaceService,
                    video_sample_rate=1.0)
     svc = FaceService(cfg, pipeline=service.pipeline, resolver=build_resolver(cfg))
     keys = KeyStore(svc.engine, secrets.token_bytes(32))
-    key = keys.create("fuzzer", ["*"], ["*"], admin=True)
+    key = keys.create("fuzzer", ["*"], ["*"], admin=True, s3_objects=["*"])
     svc.create_collection(SEED)
     indexed = svc.index_faces(SEED, {"Bytes": astronaut_jpeg}, external_image_id="astronaut")
     face_ids = [r["Face"]["FaceId"] for r in indexed["FaceRecords"]]

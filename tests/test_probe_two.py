@@ -579,7 +579,8 @@ def test_a_key_may_notify_only_its_topics(tmp_path: Path, service: FaceService) 
     svc = FaceService(settings, pipeline=service.pipeline)
     keys = KeyStore(svc.engine, secrets.token_bytes(32))
     plain = keys.create("plain", ["*"], ["*"])
-    ops = keys.create("ops", ["*"], ["*"], sns_topics=["arn:aws:sns:*:111122223333:ops-*"])
+    ops = keys.create("ops", ["*"], ["*"], sns_topics=["arn:aws:sns:*:111122223333:ops-*"],
+                      s3_objects=["clips/*"])
     app = RekognitionApp(svc, keys, settings, warm_up=False)
     video = {"S3Object": {"Bucket": "clips", "Name": "missing.mp4"}}
     theirs = "arn:aws:sns:us-east-1:999999999999:someone-elses-topic"

@@ -100,7 +100,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, service: FaceService,
     )
     svc = FaceService(settings, pipeline=service.pipeline, resolver=build_resolver(settings))
     keys = KeyStore(svc.engine, secrets.token_bytes(32))
-    admin = keys.create("admin", ["*"], ["*"])
+    admin = keys.create("admin", ["*"], ["*"], s3_objects=["*"])
     app = RekognitionApp(svc, keys, settings)
     with running(app) as url:
         yield World(url, settings, svc, keys, admin, s3, outside)

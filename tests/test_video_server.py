@@ -78,7 +78,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path, service: F
     photo = sorted((faces_dir / "lfw" / PEOPLE[0]).glob("*.jpg"))[1]
     face_id = svc.index_faces("people", photo.read_bytes())["FaceRecords"][0]["Face"]["FaceId"]
     keys = KeyStore(svc.engine, secrets.token_bytes(32))
-    key = keys.create("video", ["*"], ["*"], sns_topics=[topic])  # may notify this topic only
+    key = keys.create("video", ["*"], ["*"], sns_topics=[topic],  # may notify this topic only
+                      s3_objects=["*"])
     app = RekognitionApp(svc, keys, settings, warm_up=False)
     with running(app) as url:
         client = session.client(

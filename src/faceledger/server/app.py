@@ -210,6 +210,7 @@ class RekognitionApp:
                 admin=caller.key.admin if caller.key is not None else self.dev_mode,
                 collections=caller.key.collections if caller.key is not None else ("*",),
                 sns_topics=caller.key.sns_topics if caller.key is not None else ("*",),
+                s3_objects=caller.key.s3_objects if caller.key is not None else ("*",),
             )
             future = asyncio.get_running_loop().run_in_executor(
                 self.pool, self._invoke, operation, body, ctx, caller
