@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     # clock-skew window. Signatures are kept in the database (shared by every server on it)
     # until their signing time leaves the window.
     replay_protection: bool = True
+    # Addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed
+    # (comma-separated IPs or networks, uvicorn's forwarded_allow_ips; "*" any). None: the
+    # headers are ignored and the client is the TCP peer, so no caller can pick the address
+    # that console sign-in throttling charges.
+    forwarded_allow_ips: str | None = None
     # The console: requests served at once (others get 503 at once), and failed sign-ins per
     # client address (a burst of `console_signin_burst`, then this many per minute).
     console_max_requests: int = Field(default=16, ge=1)

@@ -40,12 +40,16 @@ def _settings(**overrides: object) -> Settings:
               help="Development mode: NO authentication, loopback only. Never in production.")
 @click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--forwarded-allow-ips", default=None,
+              help="Reverse proxies (IPs or networks, comma-separated) whose X-Forwarded-For "
+                   "is believed [default: FACELEDGER_FORWARDED_ALLOW_IPS, else none].")
 @reports_errors
 def serve(host: str | None, port: int | None, workers: int | None, queue: int | None, dev: bool,
-          ssl_certfile: str | None, ssl_keyfile: str | None) -> None:
+          ssl_certfile: str | None, ssl_keyfile: str | None,
+          forwarded_allow_ips: str | None) -> None:
     """Serve Amazon Rekognition's API (boto3: endpoint_url=http://HOST:PORT), SigV4-signed."""
     settings = _settings(server_host=host, server_port=port, server_workers=workers,
-                         server_queue=queue)
+                         server_queue=queue, forwarded_allow_ips=forwarded_allow_ips)
     if dev and not is_loopback(settings.server_host):
         raise click.UsageError(
             f"--dev serves anyone without authentication; it only binds to loopback, "
