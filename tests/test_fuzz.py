@@ -104,9 +104,12 @@ class World:
     user_ids: list[str]
 
     def sign(self, url: str, operation: str, body: bytes) -> dict[str, str]:
+        # a fresh signed invocation id, as the JS SDK v3 sends: a signature is served once, and
+        # hypothesis may send the same body twice within a second
         request = AWSRequest(method="POST", url=url, data=body, headers={
             "Content-Type": "application/x-amz-json-1.1",
-            "X-Amz-Target": f"RekognitionService.{operation}"})
+            "X-Amz-Target": f"RekognitionService.{operation}",
+            "amz-sdk-invocation-id": str(uuid.uuid4())})
         SigV4Auth(Credentials(self.key.info.access_key_id, self.key.secret_access_key),
                   "rekognition", REGION).add_auth(request)
         return dict(request.headers.items())
