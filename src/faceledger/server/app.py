@@ -5,8 +5,8 @@ resolve the operation from X-Amz-Target -> check the key's rate -> refuse a sign
 received, else remember it -> check the key's operation permission -> admit it (a worker or
 queue slot, else ThrottlingException) -> in a worker thread (a bounded pool): parse and validate
 the body against botocore's model, check collection permissions, call the FaceService method,
-render JSON. A slot is taken
-only by a signed, whole request, so unauthenticated or trickling connections never hold one.
+render JSON. A slot is taken only by a signed, whole request, so unauthenticated or trickling
+connections never hold one.
 Errors become responses in exactly one place, `_error`.
 """
 
@@ -53,7 +53,7 @@ CASE_HEADER = "x-faceledger-case"
 CONSENT_HEADER = "x-faceledger-consent"
 CONTEXT_HEADERS = (PURPOSE_HEADER, CASE_HEADER, CONSENT_HEADER)
 MAX_CONTEXT_CHARS = 256
-REPEAT_ANSWER_DELAY = 1.0  # seconds: SigV4's time resolution (see _first_use)
+REPEAT_ANSWER_DELAY = 1.0  # seconds: SigV4's time resolution (replay.py)
 DEV_PRINCIPAL = "anonymous-dev"
 DEV_BANNER = """
   ************************************************************************
@@ -201,7 +201,18 @@ class RekognitionApp:
                 # every signed request once, before anything may come of it: served, refused
                 # or failed alike (replay.py). Over the key's rate it never got here: its
                 # signature costs no database write, and it did nothing.
-                await self._first_use(caller)
+                try:
+                    await asyncio.to_thread(self.replays.first_use, caller.signature,
+                                            caller.expires_at)
+                except ReplayedRequestException:
+                    # Answered a second after it came, so the retry an SDK then makes is
+                    # signed in a later second (a new signature) whatever the two clocks say:
+                    # the first copy was signed before it arrived. Its body is let go first:
+                    # copies of one captured 16 MB request hold no body memory as they wait.
+                    del body, request
+                    reader.release()
+                    await asyncio.sleep(REPEAT_ANSWER_DELAY)
+                    raise
             if caller.key is not None:
                 self._authorize_operation(caller.key, operation)
             protocol.check_content_type(request.header("content-type"))
@@ -242,17 +253,6 @@ class RekognitionApp:
             reader.release()
         log.info("%s %s %s %d %.1fms", request_id, principal, operation, status,
                  (time.perf_counter() - started) * 1000)
-
-    async def _first_use(self, caller: Caller) -> None:
-        """Remember the caller's signature, or refuse a repeat of it a second after it came:
-        the retry an SDK then makes is signed in a later second (a new signature), whatever
-        the two clocks say, since the first copy was signed before it arrived."""
-        assert self.replays is not None and caller.signature is not None
-        try:
-            await asyncio.to_thread(self.replays.first_use, caller.signature, caller.expires_at)
-        except ReplayedRequestException:
-            await asyncio.sleep(REPEAT_ANSWER_DELAY)
-            raise
 
     def _authenticate(self, request: sigv4.HttpRequest) -> Caller:
         if self.dev_mode:
