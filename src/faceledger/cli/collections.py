@@ -30,6 +30,7 @@ from ..bulk import (
     write_summary,
 )
 from ..evaluation.enrolment import Progress
+from ..permissions import open_private
 from ..server.storage import build_resolver
 from ..service import FaceService
 from ..settings import Settings
@@ -195,7 +196,9 @@ def _run_closing(service: FaceService, report: Path | None,
                  pipeline: PipelinePool | None = None) -> Iterator[TextIO | None]:
     """A bulk run's report file (None without --report), open for the run; it, the service and
     the pipeline pool are closed after it, however it ends."""
-    out = report.open("a", encoding="utf-8") if report is not None else None
+    # one line per image, with its path and faces: owner-only whatever the umask
+    out = None if report is None else io.TextIOWrapper(open_private(report, append=True),
+                                                       encoding="utf-8")
     try:
         yield out
     finally:

@@ -8,6 +8,7 @@ Never pickle: `np.load(..., allow_pickle=False)` reads only plain arrays.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -26,6 +27,7 @@ from ..cluster import Work, run_batches, session
 from ..errors import FaceledgerError
 from ..imaging import decode_image, sha256_hex
 from ..model_versions import canonical, legacy_names
+from ..permissions import private_dir, write_private
 from ..settings import Settings
 from ..vision import FacePipeline
 from ..vision.pipeline import detector_name
@@ -163,16 +165,18 @@ class EmbeddingCache:
     def put(self, e: Enrolment) -> None:
         """Store an enrolment atomically (write a temporary file, then rename)."""
         path = self._path(e.sha256)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)  # templates: owner-only whatever the umask
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        buf = io.BytesIO()  # np.savez(path) would create it 0644 under umask 022
         np.savez(
-            tmp,
+            buf,
             meta=np.array([e.n_faces, e.width, e.height, e.embedding is not None], dtype=np.int64),
             face=np.zeros(0) if e.face is None else e.face,
             embedding=np.zeros(0, np.float32) if e.embedding is None else e.embedding,
             error=np.array(e.error),
             quality_stamp=np.array(quality_stamp(), dtype=np.float64),
         )
+        write_private(tmp, buf.getvalue())
         os.replace(tmp, path)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from ..permissions import private_dir, write_private
 from ..shapes import Shape
 from . import schema
 from .chain import Ledger
@@ -177,17 +178,17 @@ An anchor you hold that falls inside the segment must match it.
 
 def write_bundle(bundle: Shape, folder: Path) -> list[Path]:
     """Write the bundle JSON, the standalone verifier and a README into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)  # the case's events: owner-only whatever the umask
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(bundle["case"]))
     name = f"case-{safe}.json"
     paths = [folder / name, folder / "verify.py", folder / "README.txt"]
-    paths[0].write_text(json.dumps(bundle, indent=1, ensure_ascii=False), encoding="utf-8")
+    write_private(paths[0], json.dumps(bundle, indent=1, ensure_ascii=False))
     source = resources.files("faceledger.ledger").joinpath("segment.py").read_text("utf-8")
     paths[1].write_text(source, encoding="utf-8")
-    paths[2].write_text(README.format(
+    write_private(paths[2], README.format(  # it names the case
         case=bundle["case"], name=name, n=len(bundle["events"]),
         ne=len(bundle.get("enrolments") or []), np=len(bundle.get("policies") or []),
         nk=len(bundle.get("keys") or []), s=bundle["start"]["seq"],
         e=bundle["end"]["seq"], sh=bundle["start"]["hash"], eh=bundle["end"]["hash"],
-    ), encoding="utf-8")
+    ))
     return paths

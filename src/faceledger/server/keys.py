@@ -92,6 +92,9 @@ api_keys = Table(
     Column("roles", Text, nullable=True),
     # SNS topics (ARNs or globs, JSON list) this key's video jobs may notify; NULL: none
     Column("sns_topics", Text, nullable=True),
+    # S3 objects (`bucket/key` globs, JSON list) this key may read; NULL (keys made before
+    # grants existed): none
+    Column("s3_objects", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
@@ -115,6 +118,7 @@ class KeyInfo:
     admin: bool = False
     roles: tuple[str, ...] = ()
     sns_topics: tuple[str, ...] = ()
+    s3_objects: tuple[str, ...] = ()
 
     @property
     def console_roles(self) -> frozenset[str]:
@@ -267,6 +271,20 @@ def _as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+def check_object_grants(values: Iterable[str]) -> tuple[str, ...]:
+    """Validate S3 grants: `bucket/key-glob` (`photos/staff/*`, `photos/*`) or `*` for every
+    object; a bare bucket name would match no object, so it is refused with the fix."""
+    out = tuple(sorted({v.strip() for v in values if v.strip()}))
+    for v in out:
+        if len(v) > 1100 or not v.isprintable():
+            raise InvalidParameterException(f"S3 grant '{shown(v)}' is not a bucket/key glob")
+        if v != "*" and ("/" not in v or not v.partition("/")[0]):
+            raise InvalidParameterException(
+                f"S3 grant '{shown(v)}' names no object: write 'BUCKET/PREFIX*' "
+                "(e.g. 'photos/staff/*', or 'photos/*' for the whole bucket)")
+    return out
+
+
 def check_patterns(values: Iterable[str], known: Sequence[str] | None,
                    what: str) -> tuple[str, ...]:
     """Validate permission patterns; with `known`, each must match at least one known name."""
@@ -330,6 +348,7 @@ class KeyStore:
         known_operations: Sequence[str] | None = None,
         conn: Connection | None = None,
         sns_topics: Iterable[str] = (),
+        s3_objects: Iterable[str] = (),
     ) -> IssuedKey:
         """A new key with these permissions; the returned secret is shown once. With `conn`,
         inside that open transaction (the ledger logs the change in it)."""
@@ -343,6 +362,7 @@ class KeyStore:
         topics = tuple(sorted({t.strip() for t in sns_topics if t.strip()}))
         if topics:
             check_patterns(topics, None, "SNS topic")
+        grants = check_object_grants(s3_objects)
         role_list = tuple(sorted({r.strip() for r in roles if r.strip()}))
         unknown = [r for r in role_list if r not in ROLES]
         if unknown:
@@ -365,10 +385,12 @@ class KeyStore:
                     access_key_id=key_id, name=name, sealed_secret=sealed,
                     kek_id=kek_fingerprint(self._kek), operations=json.dumps(ops),
                     collections=json.dumps(cols), rate_limit=rate_limit, admin=admin,
-                    roles=json.dumps(role_list), sns_topics=json.dumps(topics), created_at=now,
+                    roles=json.dumps(role_list), sns_topics=json.dumps(topics),
+                    s3_objects=json.dumps(grants), created_at=now,
                 )
             )
-        info = KeyInfo(key_id, name, ops, cols, rate_limit, now, None, admin, role_list, topics)
+        info = KeyInfo(key_id, name, ops, cols, rate_limit, now, None, admin, role_list, topics,
+                       grants)
         return IssuedKey(info, secret)
 
     def _refuse_reviewer_name_in_use(self, conn: Connection, name: str) -> None:
@@ -512,4 +534,5 @@ class KeyStore:
             admin=bool(r["admin"]),
             roles=tuple(json.loads(r["roles"])) if r.get("roles") else (),
             sns_topics=tuple(json.loads(r["sns_topics"])) if r.get("sns_topics") else (),
+            s3_objects=tuple(json.loads(r["s3_objects"])) if r.get("s3_objects") else (),
         )

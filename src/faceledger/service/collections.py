@@ -220,7 +220,7 @@ class CollectionOperations(ServiceCore):
                 model = self._usable(self.catalog.collection(conn, cid), op).face_model_version
             img: DecodedImage | AnalysedImage
             if analysed is None:
-                img = self.decode(m.image(image))
+                img = self.decode(m.image(image), ctx=ctx)
             else:
                 if canonical(analysed.model_version) != canonical(model):
                     raise InvalidParameterException(
@@ -426,7 +426,7 @@ class CollectionOperations(ServiceCore):
             model = coll.face_model_version
             # the floor is checked before the photo is processed (a refusal analyses nothing)
             point = self._threshold(op, coll, threshold, coll.face_count, "FaceMatchThreshold")
-            img = self.decode(m.image(image))
+            img = self.decode(m.image(image), ctx=ctx)
             op.image(img.sha256)
             faces = self.pipeline.analyze(img.pixels, embed=False, model_version=model)
             usable = [f for f in faces
