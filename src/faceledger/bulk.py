@@ -28,6 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+import numpy as np
+from numpy.typing import NDArray
+
+from .cluster import Work, run_batches
 from .context import LOCAL, RequestContext
 from .errors import FaceledgerError, InvalidParameterException, InvalidS3ObjectException
 from .imaging import AnalysedImage, file_sha256, sha256_hex
@@ -35,7 +39,9 @@ from .model_versions import canonical
 from .service import FaceService
 from .service.core import ServiceCore
 from .service.source_faces import ReenrolPlan, ReenrolSource
+from .settings import Settings
 from .sources import ObjectResolver
+from .worker_settings import WorkerSettings
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 ExternalIdFrom = Literal["name", "parent", "relative-path"]
@@ -283,6 +289,54 @@ def analyse_item(core: ServiceCore, item: ImageFile, known: Callable[[str], bool
         return Analysis(sha, error="InternalServerError", message=f"{type(exc).__name__}: {exc}")
 
 
+# ---- the same per-image work on Ray actors (faceledger.cluster runs it) ----------------------
+
+
+def known_digests(hashes: Iterable[str]) -> NDArray[np.bytes_]:
+    """Hex SHA-256 digests as a sorted array of 32-byte values (shared zero-copy by Ray)."""
+    return np.array(sorted(bytes.fromhex(h) for h in hashes), dtype="S32")
+
+
+def is_known(known: NDArray[np.bytes_], sha256: str) -> bool:
+    if len(known) == 0:
+        return False
+    probe = np.array([bytes.fromhex(sha256)], dtype="S32")
+    i = int(np.searchsorted(known, probe[0]))
+    return i < len(known) and bool(known[i] == probe[0])
+
+
+def _actor_core(config: WorkerSettings) -> ServiceCore:
+    """A Ray actor's state: the service's decoding rules, buckets (no keys: the node's own
+    credentials read S3) and face pipeline, from the worker's part of the settings only."""
+    import cv2
+
+    from .server.storage import build_resolver
+
+    cv2.setNumThreads(1)  # one actor per CPU already
+    settings = config.settings()
+    core = ServiceCore(settings, resolver=build_resolver(settings))
+    core.pipeline.warm_up()
+    return core
+
+
+def _analyse_batch(core: ServiceCore, where: list[tuple[str, str | None]],
+                   known: NDArray[np.bytes_]) -> list[Analysis]:
+    """A Ray actor's batch: `analyse_item` of each (path or object name, bucket)."""
+    return [analyse_item(core, ImageFile(Path(path), None, bucket),
+                         lambda sha: is_known(known, sha)) for path, bucket in where]
+
+
+def _location(item: ImageFile) -> tuple[str, str | None]:
+    """What an actor gets of an image: where to read it (not its ExternalImageId, not the
+    source faces of a re-enrolment)."""
+    return str(item.path), item.bucket
+
+
+def analysis_work(settings: Settings) -> Work[WorkerSettings, ServiceCore]:
+    """Bulk enrolment's work for Ray actors: the pipeline of `settings`, loaded once each."""
+    return Work(_actor_core, WorkerSettings.of(settings), _analyse_batch)
+
+
 def write_analysis(service: FaceService, collection_id: str, item: ImageFile, a: Analysis,
                    seen: _Seen, max_faces: int | None, quality_filter: str | None,
                    ctx: RequestContext) -> Outcome:
@@ -429,11 +483,10 @@ def index_images_ray(
 ) -> Summary:
     """index_images with decoding and inference on the Ray cluster this process joined
     (`faceledger.cluster.connect`): batches of images go to actors that load the pipeline of
-    `service.settings` once each; every result is written here, through `write_analysis`, as
-    without Ray. Images already in the collection are skipped by the actors before any
-    decoding. A batch whose actor (or node) died is sent again; what was written stays."""
-    from .cluster import known_digests, run_batches
-
+    `service.settings` once each (`analysis_work`: `workers` must run it); every result is
+    written here, through `write_analysis`, as without Ray. Images already in the collection
+    are skipped by the actors before any decoding. A batch whose actor (or node) died is sent
+    again; what was written stays."""
     with service.catalog.read() as conn:
         coll = service.catalog.collection(conn, collection_id)
         hashes = service.catalog.image_hashes(conn, coll.pk)
@@ -445,9 +498,9 @@ def index_images_ray(
     def should_stop() -> bool:
         return stopping.is_set() or (stop is not None and stop.is_set())
 
-    batches = run_batches(service.settings, images, "analyse", known_digests(hashes),
-                          batch_size=batch_size, actors=actors, stop=should_stop,
-                          on_event=on_event, workers=workers)
+    batches = run_batches(analysis_work(service.settings), images, known_digests(hashes),
+                          send=_location, batch_size=batch_size, actors=actors,
+                          stop=should_stop, on_event=on_event, workers=workers)
     # Writes overlap on PostgreSQL (the ledger's chain head is the only serial step); SQLite
     # has one writer at a time, where threads only queue.
     n_writers = writers or (4 if service.catalog.dialect == "postgresql" else 1)

@@ -114,11 +114,16 @@ class Settings(BaseSettings):
     server_body_min_rate: float = Field(default=4096.0, ge=0)
     server_body_timeout_seconds: float = Field(default=120.0, gt=0)
     server_body_budget_bytes: int | None = None
-    # A signed request that changes state (anything but Detect/Compare/Search/List/Describe/
-    # Get) is refused if its signature was seen before: a captured request cannot be replayed
-    # within the clock-skew window. Signatures are kept in the database (shared by every server
-    # on it) until their signing time leaves the window.
+    # A signed request is refused if its signature was received before (whatever the operation
+    # and whatever became of the first copy): a captured request cannot be replayed within the
+    # clock-skew window. Signatures are kept in the database (shared by every server on it)
+    # until their signing time leaves the window.
     replay_protection: bool = True
+    # Addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed
+    # (comma-separated IPs or networks, uvicorn's forwarded_allow_ips; "*" any). None: the
+    # headers are ignored and the client is the TCP peer, so no caller can pick the address
+    # that console sign-in throttling charges.
+    forwarded_allow_ips: str | None = None
     # The console: requests served at once (others get 503 at once), and failed sign-ins per
     # client address (a burst of `console_signin_burst`, then this many per minute).
     console_max_requests: int = Field(default=16, ge=1)

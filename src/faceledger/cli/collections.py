@@ -30,6 +30,7 @@ from ..bulk import (
     write_summary,
 )
 from ..evaluation.enrolment import Progress
+from ..permissions import open_private
 from ..server.storage import build_resolver
 from ..service import FaceService
 from ..settings import Settings
@@ -149,7 +150,8 @@ def describe(collection_id: str) -> None:
 @click.option("--ray", "ray_address", metavar="ADDRESS|auto", default=None,
               help="Decode and analyse on this Ray cluster (one actor per CPU, models loaded "
                    "once each; files must be readable at the same path on every node); "
-                   "writes stay in this process. Needs faceledger[ray].")
+                   "writes stay in this process. Needs faceledger[ray] and a cluster with "
+                   "token authentication (docs/deployment.md).")
 @click.option("--ray-batch", type=click.IntRange(1, 1024), default=8, show_default=True,
               help="Images per call to a Ray actor.")
 @reports_errors
@@ -194,7 +196,9 @@ def _run_closing(service: FaceService, report: Path | None,
                  pipeline: PipelinePool | None = None) -> Iterator[TextIO | None]:
     """A bulk run's report file (None without --report), open for the run; it, the service and
     the pipeline pool are closed after it, however it ends."""
-    out = report.open("a", encoding="utf-8") if report is not None else None
+    # one line per image, with its path and faces: owner-only whatever the umask
+    out = None if report is None else io.TextIOWrapper(open_private(report, append=True),
+                                                       encoding="utf-8")
     try:
         yield out
     finally:
@@ -271,7 +275,8 @@ def _finish(summary: Summary, bar: Progress | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto",
               help="Decode and embed on this Ray cluster (the target must be the configured "
-                   "model); writes stay in this process, as without --ray.")
+                   "model; token authentication: docs/deployment.md); writes stay in this "
+                   "process, as without --ray.")
 @click.option("--ray-batch", type=click.IntRange(1, 256), default=8, show_default=True)
 @reports_errors
 def reenrol(source_collection: str, photos: tuple[Path, ...], target: str, model: str | None,

@@ -353,7 +353,8 @@ def _common(fn: Any) -> Any:
             expose_value=False,
             callback=_keep_ray,
             help="Embed the images not in the cache on this Ray cluster (one actor per CPU; "
-            "paths readable on every node). Same cache, same report. Needs faceledger[ray].",
+            "paths readable on every node). Same cache, same report. Needs faceledger[ray] "
+            "and a cluster with token authentication (docs/deployment.md).",
         ),
     ]
     for o in reversed(opts):

@@ -61,6 +61,9 @@ class AuditedOperation:
         self.result: dict[str, Any] = {}
         # a search's probe face (box and landmarks), kept with candidates held for review
         self.probe_face: Shape | None = None
+        # the probe photo's SHA-256 when it is not an input image (SearchFaces by FaceId: the
+        # stored face's photo), so reviewers can show which photo they compared
+        self.probe_sha256: str | None = None
         self._conn: Connection | None = None
         self._tx: RootTransaction | None = None
 
@@ -191,7 +194,7 @@ class AuditedOperation:
             self.conn, matches, operation=self.operation,
             collection=self.collection, request_id=self.ctx.request_id,
             requested_by=self.ctx.principal, purpose=self.ctx.purpose, case=self.ctx.case,
-            probe_sha256=self.images[0] if self.images else None,
+            probe_sha256=self.images[0] if self.images else self.probe_sha256,
             required=self.policy.reviewers_required, now=utc_now(),
             probe_face=self.probe_face,
         )

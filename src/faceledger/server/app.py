@@ -1,11 +1,12 @@
 """The ASGI application: Rekognition's JSON protocol over HTTP, SigV4-authenticated.
 
 One request: read the body (bounded in size, shared memory and time) -> verify the signature ->
-resolve the operation from X-Amz-Target -> check the key's permission and rate -> admit it
-(a worker or queue slot, else ThrottlingException) -> refuse a replayed state-changing
-signature -> in a worker thread (a bounded pool): parse and validate the body against botocore's
-model, check collection permissions, call the FaceService method, render JSON. A slot is taken
-only by a signed, whole request, so unauthenticated or trickling connections never hold one.
+resolve the operation from X-Amz-Target -> check the key's rate -> refuse a signature already
+received, else remember it -> check the key's operation permission -> admit it (a worker or
+queue slot, else ThrottlingException) -> in a worker thread (a bounded pool): parse and validate
+the body against botocore's model, check collection permissions, call the FaceService method,
+render JSON. A slot is taken only by a signed, whole request, so unauthenticated or trickling
+connections never hold one.
 Errors become responses in exactly one place, `_error`.
 """
 
@@ -26,6 +27,7 @@ from ..errors import (
     FaceledgerError,
     InternalServerError,
     InvalidParameterException,
+    ReplayedRequestException,
     UnknownOperationException,
     UnrecognizedClientException,
 )
@@ -36,7 +38,7 @@ from ..vision.pool import default_workers
 from . import protocol, sigv4
 from .keys import KeyInfo, KeyStore, KeyStoreError
 from .limits import Admission, BodyBudget, BodyReader, BodyTiming, RateLimiter, body_too_large
-from .replay import ReplayCache, changes_state
+from .replay import ReplayCache
 
 log = logger("faceledger.server")
 
@@ -51,6 +53,7 @@ CASE_HEADER = "x-faceledger-case"
 CONSENT_HEADER = "x-faceledger-consent"
 CONTEXT_HEADERS = (PURPOSE_HEADER, CASE_HEADER, CONSENT_HEADER)
 MAX_CONTEXT_CHARS = 256
+REPEAT_ANSWER_DELAY = 1.0  # seconds: SigV4's time resolution (replay.py)
 DEV_PRINCIPAL = "anonymous-dev"
 DEV_BANNER = """
   ************************************************************************
@@ -191,11 +194,27 @@ class RekognitionApp:
                 raise UnknownOperationException(
                     f"Operation {operation} is not implemented by this faceledger server."
                 )
+            if caller.key is not None and caller.key.rate_limit is not None:
+                self.rates.take(caller.key.access_key_id, caller.key.rate_limit,
+                                time.monotonic())
+            if self.replays is not None and caller.signature is not None:
+                # every signed request once, before anything may come of it: served, refused
+                # or failed alike (replay.py). Over the key's rate it never got here: its
+                # signature costs no database write, and it did nothing.
+                try:
+                    await asyncio.to_thread(self.replays.first_use, caller.signature,
+                                            caller.expires_at)
+                except ReplayedRequestException:
+                    # Answered a second after it came, so the retry an SDK then makes is
+                    # signed in a later second (a new signature) whatever the two clocks say:
+                    # the first copy was signed before it arrived. Its body is let go first:
+                    # copies of one captured 16 MB request hold no body memory as they wait.
+                    del body, request
+                    reader.release()
+                    await asyncio.sleep(REPEAT_ANSWER_DELAY)
+                    raise
             if caller.key is not None:
                 self._authorize_operation(caller.key, operation)
-                if caller.key.rate_limit is not None:
-                    self.rates.take(caller.key.access_key_id, caller.key.rate_limit,
-                                    time.monotonic())
             protocol.check_content_type(request.header("content-type"))
             # a worker or queue slot, only now that the request is whole and signed
             self.admission.enter()
@@ -210,6 +229,7 @@ class RekognitionApp:
                 admin=caller.key.admin if caller.key is not None else self.dev_mode,
                 collections=caller.key.collections if caller.key is not None else ("*",),
                 sns_topics=caller.key.sns_topics if caller.key is not None else ("*",),
+                s3_objects=caller.key.s3_objects if caller.key is not None else ("*",),
             )
             future = asyncio.get_running_loop().run_in_executor(
                 self.pool, self._invoke, operation, body, ctx, caller
@@ -277,25 +297,8 @@ class RekognitionApp:
             )
 
     def _invoke(self, operation: str, body: bytes, ctx: RequestContext, caller: Caller) -> bytes:
-        """Runs in a worker thread: validate, refuse a replay, authorize collections, call,
-        render."""
+        """Runs in a worker thread: validate, authorize collections, call, render."""
         parsed = protocol.parse_input(operation, body)
-        # A request with a ClientRequestToken is idempotent by that token (its repeat gets the
-        # first answer, as in AWS), so only the others are served once per signature.
-        remembered = None
-        if self.replays is not None and caller.signature is not None and \
-                changes_state(operation) and "ClientRequestToken" not in parsed.members:
-            self.replays.first_use(caller.signature, caller.expires_at)
-            remembered = caller.signature
-        try:
-            return self._call(operation, parsed, ctx, caller)
-        except BaseException:
-            if remembered is not None and self.replays is not None:
-                self.replays.forget(remembered)  # it changed nothing: its retry is served
-            raise
-
-    def _call(self, operation: str, parsed: protocol.ParsedInput, ctx: RequestContext,
-              caller: Caller) -> bytes:
         key = caller.key
         if key is not None:
             for collection_id in parsed.collection_ids:

@@ -57,6 +57,10 @@ def build_app(
 
 
 def uvicorn_config(app: RekognitionApp, host: str, port: int, **extra: object) -> uvicorn.Config:
+    # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise (FORWARDED_ALLOW_IPS
+    # too): any local client could then pick the address sign-in throttling charges. Only the
+    # proxies the operator names are believed; by default none.
+    proxies = app.settings.forwarded_allow_ips
     return uvicorn.Config(
         app,
         host=host,
@@ -65,6 +69,8 @@ def uvicorn_config(app: RekognitionApp, host: str, port: int, **extra: object) -
         access_log=False,  # the app logs each request with its principal and operation
         log_config=None,
         server_header=False,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or "",
         # ~16 MB bodies of 16 concurrent clients are fine; headers stay small
         h11_max_incomplete_event_size=64 * 1024,
         **extra,  # type: ignore[arg-type]

@@ -34,6 +34,7 @@ from ..errors import (
 )
 from ..imaging import AnalysedImage, DecodedImage
 from ..ledger import AuditedOperation
+from ..ledger.lookup import index_event
 from ..model_versions import canonical
 from ..shapes import Shape, bounding_box, face_detail, landmarks, pose_quality
 from ..sources import ImageInput
@@ -219,7 +220,7 @@ class CollectionOperations(ServiceCore):
                 model = self._usable(self.catalog.collection(conn, cid), op).face_model_version
             img: DecodedImage | AnalysedImage
             if analysed is None:
-                img = self.decode(m.image(image))
+                img = self.decode(m.image(image), ctx=ctx)
             else:
                 if canonical(analysed.model_version) != canonical(model):
                     raise InvalidParameterException(
@@ -396,6 +397,9 @@ class CollectionOperations(ServiceCore):
                                                  with_embedding=True).get(fid)
             if probe is None or probe.embedding is None:
                 raise InvalidParameterException(f"faceId {fid} was not found in the collection.")
+            # held candidates' probe photo: the face's, as its IndexFaces event recorded it
+            indexed = index_event(op.conn, cid, fid)
+            op.probe_sha256 = indexed["image_sha256"] if indexed else probe.image_sha256
             searched = max(coll.face_count - 1, 0)  # the searched face itself is excluded
             point = self._threshold(op, coll, threshold, searched, "FaceMatchThreshold")
             matches, info = self._search(coll, probe.embedding, k, point, searched,
@@ -422,7 +426,7 @@ class CollectionOperations(ServiceCore):
             model = coll.face_model_version
             # the floor is checked before the photo is processed (a refusal analyses nothing)
             point = self._threshold(op, coll, threshold, coll.face_count, "FaceMatchThreshold")
-            img = self.decode(m.image(image))
+            img = self.decode(m.image(image), ctx=ctx)
             op.image(img.sha256)
             faces = self.pipeline.analyze(img.pixels, embed=False, model_version=model)
             usable = [f for f in faces

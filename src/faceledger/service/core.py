@@ -100,12 +100,14 @@ class ServiceCore:
         tables[model_version] = found  # a table once found is kept (a missing one is not)
         return found
 
-    def decode(self, image: ImageInput, field: str = "Image") -> DecodedImage:
-        """Resolve and decode an `Image` parameter, refusing bad input with Rekognition codes."""
+    def decode(self, image: ImageInput, field: str = "Image", *,
+               ctx: RequestContext) -> DecodedImage:
+        """Resolve and decode an `Image` parameter, refusing bad input with Rekognition codes
+        (an S3Object only where the caller's grants reach)."""
         if image is None:
             raise InvalidParameterException(f"{field} is required.")
         from_storage = isinstance(image, Mapping) and image.get("S3Object") is not None
-        return self.decode_bytes(image_bytes(image, self.resolver, field),
+        return self.decode_bytes(image_bytes(image, self.resolver, ctx, field),
                                  from_storage=from_storage)
 
     def decode_bytes(self, data: bytes, *, from_storage: bool = False) -> DecodedImage:

@@ -47,7 +47,7 @@ class ImageOperations(ServiceCore):
                 raise InvalidParameterException("Attributes must be a list of strings.")
             for a in attributes:
                 check_enum(a, DETECT_ATTRIBUTES, "Attributes")
-        img = self.decode(image)
+        img = self.decode(image, ctx=ctx)
         faces = self.pipeline.analyze(img.pixels, embed=False)
         with self.audit("DetectFaces", ctx) as op:  # the ledger event (nothing else changes)
             op.image(img.sha256)
@@ -76,8 +76,8 @@ class ImageOperations(ServiceCore):
             quality_filter, QUALITY_FILTERS, "QualityFilter"
         )
         cal = self.calibration
-        src = self.decode(source_image, "SourceImage")
-        tgt = self.decode(target_image, "TargetImage")
+        src = self.decode(source_image, "SourceImage", ctx=ctx)
+        tgt = self.decode(target_image, "TargetImage", ctx=ctx)
         model = cal.model_version  # the configured model's faces, templates and table
         source_faces = [f for f in self.pipeline.analyze(src.pixels, embed=False,
                                                          model_version=model) if passes(f, qf)]

@@ -40,6 +40,7 @@ from ..errors import (
 )
 from ..ledger.events import Event
 from ..shapes import Shape, bounding_box, face_detail
+from ..sources import check_readable
 from ..store.catalog import request_hash
 from ..imaging import file_sha256
 from ..permissions import data_subdir
@@ -146,6 +147,7 @@ class VideoOperations(CollectionOperations):
         tok = m.request_token(token)
         tag = None if job_tag is None else m.match(job_tag, JOB_TAG, "JobTag")
         chan = check_channel(channel, self.settings, ctx)
+        check_readable(ref["Bucket"], ref["Name"], ctx)  # before anything is fetched
         params = {"Video": ref, "CollectionId": collection, "JobTag": tag,
                   "NotificationChannel": chan, **options}
         digest = request_hash(params)
