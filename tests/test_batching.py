@@ -59,3 +59,39 @@ def test_an_embedder_without_runs_embeds_image_by_image(images: list[RGBImage],
     for (p, boxes, _), v in zip(items, out):
         if boxes:
             assert np.array_equal(v, embedder.embed(p, boxes))
+
+
+def test_bulk_index_and_evaluation_send_images_in_batches(
+    faces_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the real pipeline, watched: how many images each analysis call is given
+    from faceledger.bulk import find_images, index_images
+    from faceledger.evaluation.enrolment import enrol_bytes, enrol_files
+    from faceledger.service import FaceService
+
+    settings = Settings(data_dir=tmp_path / "data", embed_batch=3)
+    service = FaceService(settings)
+    calls: list[int] = []
+    real = service.pipeline.analyze_batch
+
+    def watched(images: list[RGBImage], **kw: object) -> list[object]:
+        calls.append(len(images))
+        return real(images, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service.pipeline, "analyze_batch", watched)
+    people = sorted(p for p in (faces_dir / "lfw").iterdir() if p.is_dir())[:7]
+    photos = [sorted(p.glob("*.jpg"))[0] for p in people]
+    service.create_collection("batched")
+    summary = index_images(service, "batched", find_images(photos, "parent"), threads=1)
+    assert calls == [3, 3, 1]  # 7 images in batches of 3, each image its own IndexFaces
+    assert summary.indexed == 7 and summary.done == 7
+    again = index_images(service, "batched", find_images(photos, "parent"), threads=1)
+    assert again.skipped == 7 and calls == [3, 3, 1]  # known by digest: never analysed
+    # evaluation: batches of 3 in one process give what each image gives alone
+    together = enrol_files(photos, settings=settings, workers=1, progress=False)
+    pipeline = FacePipeline(settings)
+    for path, e in zip(photos, together):
+        alone = enrol_bytes(pipeline, path.read_bytes(), embed=True)
+        assert e.sha256 == alone.sha256 and e.n_faces == alone.n_faces
+        assert e.embedding is not None and alone.embedding is not None
+        assert float(np.abs(e.embedding - alone.embedding).max()) < 1e-5
