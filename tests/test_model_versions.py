@@ -415,3 +415,39 @@ def test_dlib_models_embed_the_faces_of_their_own_detector(tmp_path: Path) -> No
     # evaluation caches of 1.0 keep the directory they had before the numbering
     assert cache_key(Settings(), "1.0").startswith("dlib-resnet-v1/hog-min40-")
     assert cache_key(Settings(), "2.0").startswith("2.0/yunet_n0.6c2-min40-")
+
+
+def test_reenrol_a_2_0_collection_into_model_3(data_dir: Path, lfw: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`collection reenrol --model 3.0` moves a 2.0 collection to the fused model: 384-d
+    templates from the same photos, every face linked, searches scored by 3.0's table."""
+    enrol = tmp_path / "photos"
+    for person in PEOPLE[:2]:
+        (enrol / person).mkdir(parents=True)
+        for p in photos(lfw, person)[:2]:
+            shutil.copy(p, enrol / person / p.name)
+    monkeypatch.setenv("FACELEDGER_DATA_DIR", str(data_dir))
+    monkeypatch.delenv("FACELEDGER_EMBEDDER", raising=False)
+    runner = CliRunner()
+    assert runner.invoke(main, ["collection", "create", "two", "--model", "2.0"]).exit_code == 0
+    r = runner.invoke(main, ["collection", "index", "two", str(enrol), "--external-id-from",
+                             "parent", "--workers", "1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["collection", "reenrol", "two", "--into", "three", "--model", "3.0",
+                             str(enrol), "--workers", "1", "--no-progress", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["target"] == {"collection": "three", "model": "3.0", "created": True}
+    api = FaceLedger(Settings(data_dir=data_dir))
+    assert out["faces_linked"] == len(_faces(api, "two")) == len(_faces(api, "three")) == 4
+    assert api.describe_collection("three")["FaceModelVersion"] == "3.0"
+    with api.service.catalog.read() as conn:
+        assert api.service.catalog.collection(conn, "three").dim == 384
+    probe = photos(lfw, PEOPLE[0])[3].read_bytes()
+    hits = api.search_faces_by_image("three", probe, face_match_threshold=99.0)
+    assert hits["FaceModelVersion"] == "3.0"
+    assert {m["Face"]["ExternalImageId"] for m in hits["FaceMatches"]} == {PEOPLE[0]}
+    indexed = [b for b in _bodies(api.service) if b["operation"] == "IndexFaces"
+               and b["collection"] == "three"]
+    assert len(indexed) == 4 and all(b["model_version"] == "3.0" for b in indexed)
+    api.close()
