@@ -308,6 +308,23 @@ def test_calibration_and_evaluate_use_an_operator_built_table(
     assert report["model_version"] == version
 
 
+def _photo_folders(lfw: Path, root: Path, people: tuple[str, ...], n: int) -> Path:
+    """A folder per person holding their first `n` LFW photos."""
+    for person in people:
+        (root / person).mkdir(parents=True)
+        for p in photos(lfw, person)[:n]:
+            shutil.copy(p, root / person / p.name)
+    return root
+
+
+def _index_into(runner: CliRunner, cid: str, model: str, photos_dir: Path) -> None:
+    """`collection create CID --model MODEL`, then `collection index` of the folders."""
+    assert runner.invoke(main, ["collection", "create", cid, "--model", model]).exit_code == 0
+    r = runner.invoke(main, ["collection", "index", cid, str(photos_dir), "--external-id-from",
+                             "parent", "--workers", "1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+
+
 def _faces(client: FaceLedger, cid: str) -> list[dict[str, Any]]:
     return list(client.list_faces(cid)["Faces"])
 
@@ -317,18 +334,11 @@ def test_reenrol_a_collection_into_model_2(data_dir: Path, lfw: Path, tmp_path: 
     """A 1.0 collection (with a user) re-enrolled into 2.0 from its photos: faces, ids and
     users carried over, photos and faces that do not correspond reported, the ledger linking
     both collections and every new face to its source face; a second run resumes."""
-    enrol = tmp_path / "photos"
-    for person in PEOPLE:
-        (enrol / person).mkdir(parents=True)
-        for p in photos(lfw, person)[:3]:
-            shutil.copy(p, enrol / person / p.name)
+    enrol = _photo_folders(lfw, tmp_path / "photos", PEOPLE, 3)
     monkeypatch.setenv("FACELEDGER_DATA_DIR", str(data_dir))
     monkeypatch.delenv("FACELEDGER_EMBEDDER", raising=False)
     runner = CliRunner()
-    assert runner.invoke(main, ["collection", "create", "old", "--model", "1.0"]).exit_code == 0
-    r = runner.invoke(main, ["collection", "index", "old", str(enrol), "--external-id-from",
-                             "parent", "--workers", "1", "--no-progress"])
-    assert r.exit_code == 0, r.output
+    _index_into(runner, "old", "1.0", enrol)
     api = FaceLedger(Settings(data_dir=data_dir))
     source = _faces(api, "old")
     assert len(source) == 3 * len(PEOPLE)
@@ -421,18 +431,11 @@ def test_reenrol_a_2_0_collection_into_model_3(data_dir: Path, lfw: Path, tmp_pa
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """`collection reenrol --model 3.0` moves a 2.0 collection to the fused model: 384-d
     templates from the same photos, every face linked, searches scored by 3.0's table."""
-    enrol = tmp_path / "photos"
-    for person in PEOPLE[:2]:
-        (enrol / person).mkdir(parents=True)
-        for p in photos(lfw, person)[:2]:
-            shutil.copy(p, enrol / person / p.name)
+    enrol = _photo_folders(lfw, tmp_path / "photos", PEOPLE[:2], 2)
     monkeypatch.setenv("FACELEDGER_DATA_DIR", str(data_dir))
     monkeypatch.delenv("FACELEDGER_EMBEDDER", raising=False)
     runner = CliRunner()
-    assert runner.invoke(main, ["collection", "create", "two", "--model", "2.0"]).exit_code == 0
-    r = runner.invoke(main, ["collection", "index", "two", str(enrol), "--external-id-from",
-                             "parent", "--workers", "1", "--no-progress"])
-    assert r.exit_code == 0, r.output
+    _index_into(runner, "two", "2.0", enrol)
     r = runner.invoke(main, ["collection", "reenrol", "two", "--into", "three", "--model", "3.0",
                              str(enrol), "--workers", "1", "--no-progress", "--json"])
     assert r.exit_code == 0, r.output

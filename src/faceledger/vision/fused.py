@@ -54,9 +54,7 @@ class FusedEmbedder:
     def embed(
         self, pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None = None
     ) -> NDArray[np.float32]:
-        if landmarks is None or len(landmarks) != len(boxes):
-            raise ValueError("model 3.0 aligns by five landmarks per face")
-        return self.embed_aligned(self.aligned(pixels, landmarks))
+        return self.embed_many([(pixels, boxes, landmarks)], max(1, len(boxes)))[0]
 
     def embed_many(self, items: Sequence[FacesOfImage], batch: int) -> list[NDArray[np.float32]]:
         """Fused templates of the faces of many images: each network runs on all of them in

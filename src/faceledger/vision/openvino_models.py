@@ -21,7 +21,7 @@ import openvino as ov
 from numpy.typing import NDArray
 
 from ..model_versions import REID_0095
-from .align import align_face
+from .align import aligned_faces
 from .batching import landmarks_of, network_templates, split_by_image
 from .types import Box, FacesOfImage, Landmarks5, RGBImage
 from .weights import weight_file
@@ -62,6 +62,18 @@ def l2_normalised(raw: NDArray[np.float32]) -> NDArray[np.float32]:
     return np.asarray(raw / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
 
 
+def infer_templates(
+    compiled: ov.CompiledModel, x: NDArray[np.float32], dim: int
+) -> NDArray[np.float32]:
+    """L2-normalised `dim`-d templates of the network input `x` (n, 3, h, w), in one run."""
+    if len(x) == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    # an infer request per call: the compiled model is shared, a request is not thread-safe
+    out = compiled.create_infer_request().infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+    raw = np.asarray(out[compiled.output(0)], dtype=np.float32).reshape(len(x), dim)
+    return l2_normalised(raw)
+
+
 class ReidEmbedder:
     """face-reidentification-retail-0095: 256-d templates, L2-normalised."""
 
@@ -76,26 +88,17 @@ class ReidEmbedder:
 
     def aligned(self, pixels: RGBImage, landmarks: list[Landmarks5]) -> NDArray[np.uint8]:
         """(n, 128, 128, 3) RGB faces aligned to the model's template."""
-        if not landmarks:
-            return np.zeros((0, REID_SIZE, REID_SIZE, 3), dtype=np.uint8)
-        return np.stack([align_face(pixels, lm, REID_TEMPLATE, REID_SIZE) for lm in landmarks])
+        return aligned_faces(pixels, landmarks, REID_TEMPLATE, REID_SIZE)
 
     def embed_aligned(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:
         """Templates of (n, 128, 128, 3) RGB aligned faces, in one run."""
-        if len(faces) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        x = np.ascontiguousarray(faces[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32)  # BGR
-        # an infer request per call: the compiled model is shared, a request is not thread-safe
-        out = self._compiled.create_infer_request().infer({0: x})
-        raw = np.asarray(out[self._compiled.output(0)], dtype=np.float32).reshape(len(faces), self.dim)
-        return l2_normalised(raw)
+        x = faces[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)  # the network takes BGR
+        return infer_templates(self._compiled, x, self.dim)
 
     def embed(
         self, pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None = None
     ) -> NDArray[np.float32]:
-        if landmarks is None or len(landmarks) != len(boxes):
-            raise ValueError("the reid-0095 embedder aligns by five landmarks per face")
-        return self.embed_aligned(self.aligned(pixels, landmarks))
+        return self.embed_many([(pixels, boxes, landmarks)], max(1, len(boxes)))[0]
 
     def embed_many(self, items: Sequence[FacesOfImage], batch: int) -> list[NDArray[np.float32]]:
         """Templates of the faces of many images, in runs of `batch` faces."""

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from .align import align_face
+from .align import aligned_faces
 from .onnx_fold import cached_folded
-from .openvino_models import l2_normalised, openvino_model
+from .openvino_models import infer_templates, openvino_model
 from .operator_model import ARCFACE_TEMPLATE
 from .types import Landmarks5, RGBImage
 from .weights import weight_file
@@ -47,17 +47,9 @@ class SfaceEmbedder:
 
     def aligned(self, pixels: RGBImage, landmarks: list[Landmarks5]) -> NDArray[np.uint8]:
         """(n, 112, 112, 3) RGB faces aligned as cv2.FaceRecognizerSF.alignCrop does."""
-        if not landmarks:
-            return np.zeros((0, SFACE_SIZE, SFACE_SIZE, 3), dtype=np.uint8)
-        return np.stack([align_face(pixels, lm, SFACE_TEMPLATE, SFACE_SIZE) for lm in landmarks])
+        return aligned_faces(pixels, landmarks, SFACE_TEMPLATE, SFACE_SIZE)
 
     def embed_aligned(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:
         """L2-normalised templates of (n, 112, 112, 3) RGB aligned faces, in one run."""
-        if len(faces) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        x = np.ascontiguousarray(faces.transpose(0, 3, 1, 2), dtype=np.float32)
-        # an infer request per call: the compiled model is shared, a request is not thread-safe
-        out = self._compiled.create_infer_request().infer({0: x})
-        raw = np.asarray(out[self._compiled.output(0)], dtype=np.float32).reshape(len(faces), self.dim)
-        return l2_normalised(raw)
-
+        return infer_templates(self._compiled, faces.transpose(0, 3, 1, 2).astype(np.float32),
+                               self.dim)
