@@ -1,0 +1,247 @@
+"""Regression tests for the third security probe (issue 24, items 1-3): input that costs the
+server far more than it costs the sender. Each attack is made the way the probe made it - the
+request body over HTTP against a real server on 127.0.0.1 with unmodified boto3, the image bytes,
+the video file written by PyAV and patched byte by byte - and each of them failed or hung on the
+code before the fix (bounded here by timeouts).
+
+- a 336 KB SNSTopicArn made botocore's pattern backtrack for 12-22 s with the GIL held;
+- a progressive JPEG whose last scan is repeated costs a pass over the whole image per 75 bytes;
+- an MJPEG Matroska whose timestamps jump to 9e15 ms kept its job IN_PROGRESS for ever.
+
+The time bounds below are denial-of-service guards (the attacks took seconds to forever; the
+bounds are generous multiples of what the fixed code takes), not speed measurements.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from fnmatch import fnmatchcase
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+import faceledger
+from faceledger.errors import ValidationException
+from faceledger.server import RekognitionApp, protocol, running
+from faceledger.server.keys import IssuedKey, KeyStore
+from faceledger.service import FaceService
+from faceledger.settings import Settings
+
+# What the probe sent: 336 KB that held the GIL for 12-22 s in `(^arn:aws:sns:.*:\w{12}:.+$)`.
+PROBE_TOPIC = "arn:aws:sns:" + ":aaaaaaaaaaaa:" * 24000 + "\nX"
+ROLE = "arn:aws:iam::111122223333:role/video"
+# A bounded boto3: one attempt, and never a wait beyond the test's own bound.
+BOUNDED = Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=60,
+                 connect_timeout=10)
+
+
+def _rekognition(url: str, key: IssuedKey) -> Any:
+    return boto3.session.Session().client(
+        "rekognition", endpoint_url=url, region_name="us-east-1", config=BOUNDED,
+        aws_access_key_id=key.info.access_key_id, aws_secret_access_key=key.secret_access_key)
+
+
+def _error(call: Any, **members: Any) -> dict[str, Any]:
+    with pytest.raises(ClientError) as refused:
+        call(**members)
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    return dict(refused.value.response["Error"])
+
+
+# --- 1. regular expressions --------------------------------------------------------------------
+
+def _patterned_members() -> dict[str, Any]:
+    """Every string shape with a pattern that some operation's input reaches, by name."""
+    model = protocol.service_model()
+    found: dict[str, Any] = {}
+
+    def walk(shape: Any, seen: frozenset[str]) -> None:
+        if shape.name in seen:
+            return
+        seen = seen | {shape.name}
+        kind = shape.type_name
+        if kind == "structure":
+            for member in shape.members.values():
+                walk(member, seen)
+        elif kind == "list":
+            walk(shape.member, seen)
+        elif kind == "map":
+            walk(shape.key, seen)
+            walk(shape.value, seen)
+        elif kind == "string" and shape.metadata.get("pattern"):
+            found[shape.name] = shape
+
+    for name in model.operation_names:
+        shape = model.operation_model(name).input_shape
+        if shape is not None:
+            walk(shape, frozenset())
+    return found
+
+
+_ESCAPED = {"d": "0", "w": "a", "S": "a", "s": " ", "p": "a"}
+_META = set("\\^$.|?*+()[]{}")
+
+
+def _adversarial(pattern: str, length: int) -> Iterator[str]:
+    """Strings of exactly `length` characters that make a backtracking matcher work hardest on
+    `pattern`: its literal prefix, then one unit of its own alphabet (or of the probe's
+    attack) repeated, then a character that breaks the match at the very end."""
+    alphabet: set[str] = set()
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            alphabet.add(_ESCAPED.get(pattern[i + 1], pattern[i + 1]))
+            i += 2
+            continue
+        if c == ".":
+            alphabet.add("a")
+        elif c not in _META:
+            alphabet.add(c)
+        i += 1
+    prefix = re.match(r"[\^(]*([A-Za-z0-9:]*)", pattern)
+    start = prefix.group(1) if prefix else ""
+    units = sorted(alphabet) + ["".join(sorted(alphabet)), ":" + "a" * 12 + ":", "a-", "0.",
+                                "a/", "a:", "{a"]
+    for unit in units:
+        for end in ("", "\n", "\nX", "!", "\x00"):
+            body = start + unit * (length // max(len(unit), 1) + 1)
+            yield body[:length - len(end)] + end
+
+
+def test_every_model_pattern_is_bounded_and_fast_on_adversarial_input() -> None:
+    """Each of the ~38 patterns the Rekognition model applies to a request member gets a
+    length bound (the model's max, or AWS's documented one), and is run on adversarial input
+    at that bound: the whole sweep takes well under a second where the probe's one topic took
+    12 s. Beyond the bound the value is refused by length, the pattern never runs."""
+    members = _patterned_members()
+    assert len(members) >= 30 and "SNSTopicArn" in members
+    timings: list[tuple[float, str]] = []
+    started = time.perf_counter()
+    for name, shape in sorted(members.items()):
+        cap = protocol.length_cap(shape)
+        assert cap is not None, f"{name}: a pattern without a length bound"
+        assert cap <= max(shape.metadata.get("max", 0), protocol.ARN_MAX_CHARS), name
+        for text in _adversarial(shape.metadata["pattern"], cap):
+            t = time.perf_counter()
+            protocol.string_constraint(shape, text)
+            timings.append((time.perf_counter() - t, name))
+        over = protocol.string_constraint(shape, PROBE_TOPIC if cap < len(PROBE_TOPIC)
+                                          else "a" * (cap + 1))
+        assert over == f"Member must have length less than or equal to {cap}", (name, over)
+    total = time.perf_counter() - started
+    slowest = max(timings)
+    print(f"\n{len(timings)} adversarial values over {len(members)} patterns: {total:.2f} s, "
+          f"slowest {slowest[0] * 1000:.1f} ms ({slowest[1]})")
+    assert total < 6.0 and slowest[0] < 1.0
+
+
+def test_the_probes_topic_is_refused_by_its_length() -> None:
+    body = (b'{"Video": {"S3Object": {"Bucket": "b", "Name": "v.mp4"}}, "NotificationChannel": '
+            b'{"SNSTopicArn": "%s", "RoleArn": "%s"}}'
+            % (PROBE_TOPIC.replace("\n", "\\n").encode(), ROLE.encode()))
+    started = time.perf_counter()
+    with pytest.raises(ValidationException, match="less than or equal to 2048") as refused:
+        protocol.parse_input("StartFaceDetection", body)
+    assert time.perf_counter() - started < 2.0  # it held the GIL 12-22 s
+    assert "notificationChannel.sNSTopicArn" in refused.value.message
+    assert len(refused.value.message) < 1000  # the value is shown clipped, not echoed whole
+
+
+def _own_patterns() -> dict[str, re.Pattern[Any]]:
+    """Every compiled pattern at module level anywhere in faceledger (ids, tokens, SigV4
+    header fields, model versions, console links, JPEG markers), by where it lives."""
+    found: dict[str, re.Pattern[Any]] = {}
+    for info in pkgutil.walk_packages(faceledger.__path__, "faceledger."):
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if isinstance(value, re.Pattern):
+                found.setdefault(f"{info.name}.{name}", value)
+    return found
+
+
+def test_every_pattern_of_ours_is_linear_on_long_adversarial_input() -> None:
+    """Our own patterns see caller input (ids, tokens, headers, JPEG bytes): each is run with
+    fullmatch, match and search on 64 KB of its own alphabet (and of the JPEG walk's worst
+    case, 5 MB), longer than any value that reaches it. Key globs (fnmatch) are matched
+    against values of the longest length the protocol lets through."""
+    patterns = _own_patterns()
+    assert {"faceledger.server.sigv4._SIGNATURE",
+            "faceledger.service.collection_members.COLLECTION_ID"} <= set(patterns)
+    started = time.perf_counter()
+    for where, pattern in patterns.items():
+        if isinstance(pattern.pattern, bytes):
+            inputs: list[Any] = [b"\xff" * (5 << 20) + b"\x00", b"\xff\x00" * (5 << 19),
+                                 b"\xff\xd0" * (5 << 19) + b"\xff"]
+        else:
+            inputs = list(_adversarial(pattern.pattern, 1 << 16))
+        for text in inputs:
+            for method in (pattern.fullmatch, pattern.match, pattern.search):
+                t = time.perf_counter()
+                method(text)
+                assert time.perf_counter() - t < 1.0, where
+    for glob in ("arn:aws:sns:*:*:*:*:*:*x", "*a*a*a*a*a*a*a*b", "staff-*-*-*-*?"):
+        for value in ("arn:aws:sns:" + ":aaaaaaaaaaaa:" * 146, "a" * 2048, "staff-" * 42):
+            fnmatchcase(value, glob)
+    total = time.perf_counter() - started
+    print(f"\n{len(patterns)} patterns of ours: {total:.2f} s")
+    assert total < 10.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, service: FaceService) -> Iterator[
+        tuple[str, IssuedKey, FaceService]]:
+    root = tmp_path_factory.mktemp("probe-three")
+    settings = Settings(data_dir=root / "data", config_dir=root / "config", server_workers=2)
+    svc = FaceService(settings, pipeline=service.pipeline)
+    keys = KeyStore(svc.engine, secrets.token_bytes(32))
+    key = keys.create("caller", ["*"], ["*"])
+    svc.create_collection("probe")
+    app = RekognitionApp(svc, keys, settings, warm_up=False)
+    with running(app) as url:
+        yield url, key, svc
+    app.close()
+    svc.close()
+
+
+def test_a_long_topic_holds_no_one_up_over_http(server: tuple[str, IssuedKey, FaceService]
+                                               ) -> None:
+    """Three clients send the probe's topic at once while another lists its collections: the
+    topics are refused (ValidationException) and every listing is answered at once - before,
+    a listing waited 21 s."""
+    url, key, _ = server
+    answers: list[dict[str, Any]] = []
+
+    def attack(client: Any) -> None:
+        answers.append(_error(client.start_face_detection,
+                              Video={"S3Object": {"Bucket": "clips", "Name": "v.mp4"}},
+                              NotificationChannel={"SNSTopicArn": PROBE_TOPIC, "RoleArn": ROLE}))
+
+    # clients made (botocore loads its models) and connected before the clock starts
+    client, *theirs = (_rekognition(url, key) for _ in range(4))
+    for c in (client, *theirs):
+        c.list_collections()
+    attackers = [threading.Thread(target=attack, args=(c,)) for c in theirs]
+    for t in attackers:
+        t.start()
+    waits = []
+    while any(t.is_alive() for t in attackers) or not waits:
+        t0 = time.perf_counter()
+        assert "probe" in client.list_collections()["CollectionIds"]
+        waits.append(time.perf_counter() - t0)
+    for t in attackers:
+        t.join()
+    print(f"\n{len(waits)} listings during the attack, the slowest {max(waits):.2f} s")
+    assert len(answers) == 3
+    assert all(a["Code"] == "ValidationException" for a in answers), answers
+    assert all("less than or equal to 2048" in a["Message"] for a in answers)
+    assert max(waits) < 3.0
