@@ -15,6 +15,8 @@ bounds are generous multiples of what the fixed code takes), not speed measureme
 from __future__ import annotations
 
 import importlib
+import io
+import math
 import pkgutil
 import re
 import secrets
@@ -22,15 +24,29 @@ import threading
 import time
 from collections.abc import Iterator
 from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Any
 
 import boto3
+import numpy as np
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from PIL import Image
 
 import faceledger
-from faceledger.errors import ValidationException
+from faceledger.errors import (
+    ImageTooLargeException,
+    InvalidImageFormatException,
+    ValidationException,
+)
+from faceledger.imaging import (
+    BYTES_PER_DECODED_PIXEL,
+    MAX_JPEG_SCANS,
+    PixelBudget,
+    decode_image,
+    jpeg_layout,
+)
 from faceledger.server import RekognitionApp, protocol, running
 from faceledger.server.keys import IssuedKey, KeyStore
 from faceledger.service import FaceService
@@ -175,7 +191,7 @@ def test_every_pattern_of_ours_is_linear_on_long_adversarial_input() -> None:
     case, 5 MB), longer than any value that reaches it. Key globs (fnmatch) are matched
     against values of the longest length the protocol lets through."""
     patterns = _own_patterns()
-    assert {"faceledger.server.sigv4._SIGNATURE",
+    assert {"faceledger.server.sigv4._SIGNATURE", "faceledger.imaging._MARKER_AFTER_SCAN",
             "faceledger.service.collection_members.COLLECTION_ID"} <= set(patterns)
     started = time.perf_counter()
     for where, pattern in patterns.items():
@@ -245,3 +261,110 @@ def test_a_long_topic_holds_no_one_up_over_http(server: tuple[str, IssuedKey, Fa
     assert all(a["Code"] == "ValidationException" for a in answers), answers
     assert all("less than or equal to 2048" in a["Message"] for a in answers)
     assert max(waits) < 3.0
+
+
+# --- 2. progressive JPEGs ----------------------------------------------------------------------
+
+def _progressive(size: tuple[int, int], *, subsampling: int = 2, mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, 128 if mode == "L" else (120, 130, 140)).save(
+        buf, "JPEG", quality=50, progressive=True, subsampling=subsampling)
+    return buf.getvalue()
+
+
+def _repeat_last_scan(data: bytes, extra: int) -> bytes:
+    """The probe's scan bomb: the last scan of a progressive JPEG, repeated (Pillow ends it at
+    the EOI marker)."""
+    start, end = data.rindex(b"\xff\xda"), len(data) - 2
+    assert data[end:] == b"\xff\xd9"
+    return data[:end] + data[start:end] * extra + data[end:]
+
+
+def test_a_scan_bomb_is_refused_before_decoding() -> None:
+    """7000x7000 with its last scan repeated 100 times (7.5 KB more): the old decoder spent a
+    pass over 49 megapixels per scan (~2-8 s here, 47 s for the probe's 1,000); now the scans
+    are counted from the markers and the image is refused in milliseconds."""
+    bomb = _repeat_last_scan(_progressive((7000, 7000)), 100)
+    assert jpeg_layout(bomb, max_scans=10_000).scans == 110
+    started = time.perf_counter()
+    with pytest.raises(InvalidImageFormatException, match="more than 32 scans"):
+        decode_image(bomb)
+    assert time.perf_counter() - started < 2.0
+
+
+def test_real_encoders_pass_and_the_limit_is_exact(tmp_path: Path) -> None:
+    """libjpeg's standard progression (Pillow, OpenCV) writes 10 scans, 6 for greyscale; a file
+    of exactly MAX_JPEG_SCANS decodes, one more is refused; an MPO counts its first picture."""
+    import cv2
+
+    rgb = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    encoded = {"pillow": _progressive((320, 240)), "grey": _progressive((320, 240), mode="L"),
+               "opencv": cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1]
+               .tobytes()}
+    assert {k: jpeg_layout(v).scans for k, v in encoded.items()} == {
+        "pillow": 10, "grey": 6, "opencv": 10}
+    for data in encoded.values():
+        assert decode_image(data).width == 320
+    at_limit = _repeat_last_scan(encoded["pillow"], MAX_JPEG_SCANS - 10)
+    assert decode_image(at_limit).width == 320
+    with pytest.raises(InvalidImageFormatException):
+        decode_image(_repeat_last_scan(encoded["pillow"], MAX_JPEG_SCANS - 9))
+    frames = [Image.open(io.BytesIO(encoded["pillow"])), Image.fromarray(rgb)]
+    mpo = io.BytesIO()
+    frames[0].save(mpo, "MPO", save_all=True, append_images=frames[1:])
+    assert jpeg_layout(mpo.getvalue()).scans == 1  # MPO's writer re-encodes baseline
+    assert decode_image(mpo.getvalue()).width == 320
+
+
+def test_thousands_of_marker_segments_are_refused_without_walking_them() -> None:
+    """5 MB of empty comment segments: Pillow walks header markers in Python (about a second
+    for these); the walk stops after MAX_JPEG_SEGMENTS."""
+    data = b"\xff\xd8" + b"\xff\xfe\x00\x02" * ((5 << 20) // 4 - 1)
+    started = time.perf_counter()
+    with pytest.raises(InvalidImageFormatException, match="marker segments"):
+        decode_image(data)
+    assert time.perf_counter() - started < 0.5
+
+
+class _Recording(PixelBudget):
+    """A PixelBudget that remembers what each decode reserved."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__(total, wait_seconds=0.1)
+        self.charged: list[int] = []
+
+    def reserve(self, pixels: int) -> Any:
+        self.charged.append(pixels)
+        return super().reserve(pixels)
+
+
+def test_progressive_jpegs_are_charged_their_coefficients() -> None:
+    """A progressive 4:4:4 JPEG holds 6 bytes of coefficients per pixel of the whole image
+    while it decodes (at any scale): charged as that many decoded pixels more. Baseline is
+    charged its pixels, as before; a budget that fits the baseline image refuses the
+    progressive one alone."""
+    size = (2000, 1500)
+    baseline = io.BytesIO()
+    Image.new("RGB", size, (120, 130, 140)).save(baseline, "JPEG", subsampling=0)
+    progressive = _progressive(size, subsampling=0)
+    budget = _Recording(10_000_000)
+    decode_image(baseline.getvalue(), budget=budget)
+    decode_image(progressive, budget=budget)
+    coefficients = 3 * math.ceil(2000 / 8) * math.ceil(1500 / 8) * 64 * 2  # 18 MB
+    assert budget.charged == [3_000_000,
+                              3_000_000 + math.ceil(coefficients / BYTES_PER_DECODED_PIXEL)]
+    tight = PixelBudget(4_000_000)
+    assert decode_image(baseline.getvalue(), budget=tight).width == 2000
+    with pytest.raises(ImageTooLargeException, match="memory of"):
+        decode_image(progressive, budget=tight)
+
+
+def test_a_scan_bomb_over_http_is_a_rekognition_error(
+        server: tuple[str, IssuedKey, FaceService], astronaut_jpeg: bytes) -> None:
+    url, key, _ = server
+    client = _rekognition(url, key)
+    bomb = _repeat_last_scan(_progressive((2000, 2000)), 5000)  # 375 KB
+    error = _error(client.detect_faces, Image={"Bytes": bomb})
+    assert error["Code"] == "InvalidImageFormatException"
+    assert "scans" in error["Message"]
+    assert len(client.detect_faces(Image={"Bytes": astronaut_jpeg})["FaceDetails"]) == 1

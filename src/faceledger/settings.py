@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # Pixels being decoded at once across all requests; beyond it a decode waits (then
     # ThrottlingException), so concurrent large images cannot add up.
     decode_budget_pixels: int = 50_000_000
+    # Scans of a progressive JPEG, beyond which it is refused before decoding
+    # (InvalidImageFormat): each scan is a pass over the whole image (imaging.MAX_JPEG_SCANS
+    # says why 32; encoders write 1 to 16). Also applies to MJPEG video frames.
+    max_jpeg_scans: int = Field(default=32, ge=1)
     min_image_side: int = 80
     # Detection runs on an image whose long side is at most this; boxes are mapped back.
     detect_max_side: int = 1280
