@@ -20,10 +20,14 @@ import math
 import pkgutil
 import re
 import secrets
+import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from fnmatch import fnmatchcase
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,7 @@ import faceledger
 from faceledger.errors import (
     ImageTooLargeException,
     InvalidImageFormatException,
+    InvalidParameterException,
     ValidationException,
 )
 from faceledger.imaging import (
@@ -49,6 +54,7 @@ from faceledger.imaging import (
 )
 from faceledger.server import RekognitionApp, protocol, running
 from faceledger.server.keys import IssuedKey, KeyStore
+from faceledger.server.storage import build_resolver
 from faceledger.service import FaceService
 from faceledger.settings import Settings
 
@@ -368,3 +374,168 @@ def test_a_scan_bomb_over_http_is_a_rekognition_error(
     assert error["Code"] == "InvalidImageFormatException"
     assert "scans" in error["Message"]
     assert len(client.detect_faces(Image={"Bytes": astronaut_jpeg})["FaceDetails"]) == 1
+
+
+# --- 3. video jobs that end --------------------------------------------------------------------
+
+def _mjpeg_mkv(out: Path, times_ms: list[int], *, size: tuple[int, int] = (160, 120),
+               frame: bytes | None = None) -> None:
+    """A Matroska file of MJPEG frames at `times_ms` (grey, or the JPEG `frame` each time)."""
+    import av
+
+    w, h = size
+    grey = np.full((h, w, 3), 128, np.uint8)
+    with av.open(str(out), "w", format="matroska") as container:
+        stream = container.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuvj420p"
+        for t in times_ms:
+            packets = ([av.Packet(frame)] if frame is not None else
+                       list(stream.encode(av.VideoFrame.from_ndarray(grey, format="rgb24"))))
+            for packet in packets:
+                packet.pts = packet.dts = t
+                packet.time_base = Fraction(1, 1000)
+                packet.stream = stream
+                container.mux(packet)
+
+
+def _patch_duration(path: Path, milliseconds: float) -> None:
+    """Overwrite the Segment's Duration (EBML id 0x4489, a float in TimestampScale units)."""
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\x44\x89")
+    width = data[at + 2] & 0x7F  # a one-byte EBML size: 0x84 or 0x88
+    assert width in (4, 8)
+    data[at + 3:at + 3 + width] = struct.pack(">d" if width == 8 else ">f", milliseconds)
+    path.write_bytes(bytes(data))
+
+
+def jump_video(out: Path) -> Path:
+    """The probe's file: two frames 40 ms apart, then two at 9e15 ms; Duration says 2 s."""
+    jump = 9_000_000_000_000_000
+    _mjpeg_mkv(out, [0, 40, jump, jump + 40])
+    _patch_duration(out, 2000.0)
+    return out
+
+
+SAMPLE = """
+import sys
+from pathlib import Path
+from faceledger.video.decode import FrameLimits, probe, sample_frames
+path = Path(sys.argv[1])
+print([f.timestamp_ms for f in sample_frames(path, 2.0)])
+print([f.timestamp_ms for f in sample_frames(path, 2.0, limits=FrameLimits.for_video(probe(path)))])
+"""
+
+
+def test_sampling_jumps_to_the_next_sample_time(tmp_path: Path) -> None:
+    """The old loop stepped 0.5 s at a time towards 9e15 ms (1.8e13 steps: it never came
+    back; hence a child process and a timeout). Now the next sample time is computed; with the
+    probed duration as the end, the frames past it are not read at all."""
+    from faceledger.video.decode import probe
+
+    path = jump_video(tmp_path / "jump.mkv")
+    assert probe(path).duration_ms == 2000
+    out = subprocess.run([sys.executable, "-c", SAMPLE, str(path)], capture_output=True,
+                         text=True, timeout=60, check=True)
+    unbounded, bounded = out.stdout.split("\n")[:2]
+    assert unbounded == "[0, 9000000000000000]"
+    assert bounded == "[0]"
+
+
+@pytest.fixture
+def video_world(tmp_path: Path, service: FaceService) -> Iterator[tuple[Path, Settings]]:
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    settings = Settings(data_dir=tmp_path / "data", local_buckets={"clips": bucket},
+                        video_workers=1)
+    yield bucket, settings
+
+
+def _video_service(settings: Settings, service: FaceService) -> FaceService:
+    return FaceService(settings, pipeline=service.pipeline, resolver=build_resolver(settings))
+
+
+def _ended(svc: FaceService, job_id: str, seconds: float = 90.0) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while (out := svc.get_face_detection(job_id))["JobStatus"] == "IN_PROGRESS":
+        assert time.monotonic() < deadline, f"job {job_id} still IN_PROGRESS after {seconds} s"
+        time.sleep(0.2)
+    return dict(out)
+
+
+def _clip(name: str) -> dict[str, Any]:
+    return {"S3Object": {"Bucket": "clips", "Name": name}}
+
+
+def test_a_timestamp_jump_ends_its_job_and_frees_the_queue(
+        video_world: tuple[Path, Settings], service: FaceService) -> None:
+    """With one video worker, the probe's file used to hold it for ever (IN_PROGRESS, fresh
+    heartbeat) and every later job waited. Now its job ends with what the 2 s hold, and the
+    job queued behind it runs."""
+    bucket, settings = video_world
+    jump_video(bucket / "jump.mkv")
+    _mjpeg_mkv(bucket / "plain.mkv", list(range(0, 2000, 40)))
+    svc = _video_service(settings, service)
+    try:
+        stuck = svc.start_face_detection(_clip("jump.mkv"))["JobId"]
+        behind = svc.start_face_detection(_clip("plain.mkv"))["JobId"]
+        done = _ended(svc, stuck)
+        assert done["JobStatus"] == "SUCCEEDED", done
+        assert done["VideoMetadata"]["DurationMillis"] == 2000
+        assert _ended(svc, behind)["JobStatus"] == "SUCCEEDED"
+    finally:
+        svc.close()
+
+
+@pytest.mark.parametrize("limit, reason", [
+    ({"video_max_frame_rate": 5.0}, "frames a second"),
+    ({"video_max_job_seconds": 1e-6}, "ran longer"),
+    ({"max_jpeg_scans": 12}, "scans"),
+])
+def test_a_job_beyond_its_limits_fails_and_stays_failed(
+        video_world: tuple[Path, Settings], service: FaceService, limit: dict[str, Any],
+        reason: str) -> None:
+    """25 frames a second for 2 s, each a progressive JPEG of 16 scans: over 5 frames a second,
+    over a wall time of a microsecond, over 12 scans a frame, the job ends FAILED with the
+    reason as its StatusMessage - and a restarted server does not start it again."""
+    bucket, settings = video_world
+    frame = _repeat_last_scan(_progressive((160, 120)), 6)
+    _mjpeg_mkv(bucket / "clip.mkv", list(range(0, 2000, 40)), frame=frame)
+    settings = settings.model_copy(update=limit)
+    svc = _video_service(settings, service)
+    try:
+        job = svc.start_face_detection(_clip("clip.mkv"))["JobId"]
+        failed = _ended(svc, job)
+    finally:
+        svc.close()
+    assert failed["JobStatus"] == "FAILED"
+    assert reason in failed["StatusMessage"], failed["StatusMessage"]
+    again = _video_service(settings, service)
+    try:
+        again.start_video_jobs()
+        assert again.video_runner.sweep() == []
+        assert again.get_face_detection(job)["JobStatus"] == "FAILED"
+    finally:
+        again.close()
+
+
+def test_the_same_clip_within_its_limits_succeeds(video_world: tuple[Path, Settings],
+                                                  service: FaceService) -> None:
+    bucket, settings = video_world
+    frame = _repeat_last_scan(_progressive((160, 120)), 6)
+    _mjpeg_mkv(bucket / "clip.mkv", list(range(0, 2000, 40)), frame=frame)
+    svc = _video_service(settings, service)
+    try:
+        job = svc.start_face_detection(_clip("clip.mkv"))["JobId"]
+        assert _ended(svc, job)["JobStatus"] == "SUCCEEDED"
+    finally:
+        svc.close()
+
+
+def test_frame_limits_refuse_a_scan_bomb_frame_in_a_video(tmp_path: Path) -> None:
+    from faceledger.video.decode import FrameLimits, probe, sample_frames
+
+    path = tmp_path / "bomb.mkv"
+    _mjpeg_mkv(path, [0, 40, 80], frame=_repeat_last_scan(_progressive((160, 120)), 500))
+    limits = FrameLimits.for_video(probe(path), max_jpeg_scans=MAX_JPEG_SCANS)
+    with pytest.raises(InvalidParameterException, match="more than 32 scans"):
+        list(sample_frames(path, 2.0, limits=limits))
