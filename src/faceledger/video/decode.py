@@ -291,9 +291,11 @@ def _next_sample(first: float, step: float, after: float) -> float:
     """The first sample time `first + n * step` later than `after`: computed, so a jump in the
     timestamps costs nothing."""
     n = max(math.floor((after - first) / step) + 1, 0)
-    while first + n * step <= after:  # float rounding at the boundary
-        n += 1
-    return first + n * step
+    for k in (n, n + 1):  # float rounding at the boundary
+        if first + k * step > after:
+            return first + k * step
+    # beyond 2**53 steps a step is below a float's resolution: the next float will do
+    return math.nextafter(after + step, math.inf)
 
 
 def _check_scans(data: bytes, max_scans: int, at: float | None) -> None:
