@@ -78,8 +78,9 @@ MAX_JPEG_SEGMENTS = 4096
 # Where a scan's entropy-coded data ends: a 0xFF that is neither a stuffed 0xFF00, a restart
 # marker (RST0-7) nor fill before the next marker. One byte class after one byte: linear time.
 _MARKER_AFTER_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
-# Markers without a length (TEM, RST0-7, SOI; EOI ends the walk); SOFn carry the frame size.
-_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})
+# Markers without a length (TEM, RST0-7, SOI; EOI ends the walk), and 0xFF00, which libjpeg
+# skips outside a scan as it does any byte that is not a marker; SOFn carry the frame size.
+_STANDALONE = frozenset({0x00, 0x01, *range(0xD0, 0xD9)})
 _SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 _PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 _SOS, _EOI = 0xDA, 0xD9
@@ -134,10 +135,10 @@ class JpegLayout:
         """The whole-image coefficient buffer libjpeg allocates for a multi-scan JPEG: one
         16-bit coefficient a sample, in 8x8 blocks rounded up to whole sampling units
         (jdcoefct.c), whatever scale the image is decoded at."""
-        if not self.sampling:
-            return 0
-        h_max = max(h for h, _ in self.sampling)
-        v_max = max(v for _, v in self.sampling)
+        h_max = max((h for h, _ in self.sampling), default=0)
+        v_max = max((v for _, v in self.sampling), default=0)
+        if not h_max or not v_max:
+            return 0  # no frame, or factors of 0: libjpeg refuses it before allocating
         total = 0
         for h, v in self.sampling:
             cols = math.ceil(self.width * h / (h_max * 8))
@@ -151,14 +152,21 @@ def _round_up(n: int, unit: int) -> int:
 
 
 def jpeg_layout(data: bytes, max_scans: int = MAX_JPEG_SCANS) -> JpegLayout:
-    """Walk a JPEG's markers (without decoding) to its first EOI; InvalidImageFormatException
-    if it has more than `max_scans` scans or MAX_JPEG_SEGMENTS segments. A malformed structure
-    stops the walk: the decoder then says what is wrong with it."""
+    """Walk a JPEG's markers (without decoding) to its first EOI, the way libjpeg reads them;
+    InvalidImageFormatException if it has more than `max_scans` scans or MAX_JPEG_SEGMENTS
+    segments. What libjpeg would refuse is left to it to refuse."""
     end, pos = len(data), 2  # after SOI
     scans = segments = 0
     progressive, size = False, (0, 0)
     sampling: tuple[tuple[int, int], ...] = ()
-    while pos + 2 <= end and data[pos] == 0xFF:
+    while pos + 2 <= end:
+        if data[pos] != 0xFF:
+            # libjpeg skips bytes that are not a marker ("extraneous bytes before marker")
+            # and reads on from the next 0xFF: so does the count, or they would hide scans
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                break
+            continue
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte before a marker
             pos += 1
