@@ -49,7 +49,11 @@ UNKNOWN_KEY = "The security token included in the request is invalid."
 SigningKeyFor = Callable[[str, str, str, str], bytes | None]
 """(access key id, yyyymmdd, region, service) -> SigV4 signing key, or None if unknown/revoked."""
 
+# Caller-supplied header fields are matched by these (one character class each: linear time,
+# whatever the header; tests/test_probe_three_input.py runs every pattern of the package on
+# long adversarial input).
 _KEY_ID = re.compile(r"[A-Za-z0-9]{1,128}")
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ def parse_authorization(value: str) -> Authorization:
             f"got '{_clip(fields['SignedHeaders'])}'"
         )
     signature = fields["Signature"]
-    if not re.fullmatch(r"[0-9a-f]{64}", signature):
+    if not _SIGNATURE.fullmatch(signature):
         raise IncompleteSignatureException("Signature must be 64 lower-case hex characters.")
     return Authorization(cred[0], cred[1], cred[2], cred[3], cred[4], signed, signature)
 

@@ -121,6 +121,7 @@ class ServiceCore:
             max_decoded_pixels=s.max_decoded_pixels,
             min_side=s.min_image_side,
             budget=self.pixel_budget,
+            max_jpeg_scans=s.max_jpeg_scans,
         )
 
     def analyse_bytes(self, data: bytes, *, from_storage: bool = False) -> AnalysedImage:

@@ -294,8 +294,10 @@ class VideoOperations(CollectionOperations):
             if found is not None:
                 cache.move_to_end(key)
                 return found
+        s = self.settings
         found = analyse(spool, self.pipeline, rate, progress=progress,
-                        max_pixels=self.settings.max_decoded_pixels)
+                        max_pixels=s.max_decoded_pixels, max_frame_rate=s.video_max_frame_rate,
+                        max_seconds=s.video_max_job_seconds, max_jpeg_scans=s.max_jpeg_scans)
         with _CACHE_LOCK:
             cache[key] = found
             while len(cache) > RECENT_ANALYSES:
