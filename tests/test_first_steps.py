@@ -1,0 +1,79 @@
+"""What a new user trips over (issue 26), on the command line and in the Python API: folders of
+photos that hold bystanders, answers that must say what they mean, and the README's own
+examples. The SDK side (headers, the boto3 helper, regions, tags) is tests/test_sdk.py."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from faceledger.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The CLI in this process (click's runner) on a data directory of this test's own."""
+    monkeypatch.setenv("FACELEDGER_DATA_DIR", str(tmp_path / "data"))
+    runner = CliRunner()
+
+    def _run(*args: str) -> Result:
+        return runner.invoke(main, list(args))
+
+    return _run
+
+
+# --- 1. a folder per person: the folder's name labels one face per photo --------------------
+
+def test_index_from_folder_names_keeps_only_the_largest_face(run: Any, tmp_path: Path,
+                                                             faces_dir: Path) -> None:
+    blix = faces_dir / "lfw" / "Hans_Blix"  # Hans_Blix_0003.jpg: Blix and two other people
+    assert run("collection", "create", "staff").exit_code == 0
+    report = tmp_path / "run.jsonl"
+    r = run("collection", "index", "staff", str(blix), "--external-id-from", "parent",
+            "--report", str(report), "--workers", "1", "--no-progress")
+    assert r.exit_code == 0, r.output
+    lines = {Path(x["path"]).name: x for x in map(json.loads, report.read_text().splitlines())}
+    crowded = {name for name, x in lines.items() if x.get("faces_left_out")}
+    assert "Hans_Blix_0003.jpg" in crowded
+    assert lines["Hans_Blix_0003.jpg"]["faces_left_out"] == 2
+    # one face per photo, each labelled with the folder's name
+    assert all(len(x["face_ids"]) <= 1 for x in lines.values())
+    assert "photos with more faces than MaxFaces" in r.output
+    assert "Hans_Blix_0003.jpg" in r.output and "--all-faces" in r.output
+    faces = json.loads(run("collection", "faces", "staff", "--json").output)["Faces"]
+    assert len(faces) == sum(len(x["face_ids"]) for x in lines.values())
+    assert {f["ExternalImageId"] for f in faces} == {"Hans_Blix"}
+    # the one kept is LFW's subject: the face in the middle of the crop
+    kept = next(f for f in faces if f["FaceId"] in lines["Hans_Blix_0003.jpg"]["face_ids"])
+    box = kept["BoundingBox"]
+    assert abs(box["Left"] + box["Width"] / 2 - 0.5) < 0.1
+
+    # told otherwise, every face of the photo is indexed under the folder's name
+    assert run("collection", "create", "everyone").exit_code == 0
+    r = run("collection", "index", "everyone", str(blix / "Hans_Blix_0003.jpg"),
+            "--external-id-from", "parent", "--all-faces", "--workers", "1", "--no-progress",
+            "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert summary["faces_indexed"] == 3 and summary["photos_with_faces_left_out"] == []
+    r = run("collection", "index", "everyone", str(blix), "--all-faces", "--max-faces", "2")
+    assert r.exit_code == 2 and "exclude each other" in r.output
+
+
+# --- 9. packaging -----------------------------------------------------------------------------
+
+def test_each_dependency_is_listed_once() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    lists = {"dependencies": project["dependencies"], **project["optional-dependencies"]}
+    for name, requirements in lists.items():
+        names = Counter(req.split(";")[0].split("[")[0].split(">")[0].split("=")[0]
+                        .split("<")[0].strip().lower() for req in requirements)
+        assert [n for n, k in names.items() if k > 1] == [], name
