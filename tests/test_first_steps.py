@@ -77,3 +77,66 @@ def test_each_dependency_is_listed_once() -> None:
         names = Counter(req.split(";")[0].split("[")[0].split(">")[0].split("=")[0]
                         .split("<")[0].strip().lower() for req in requirements)
         assert [n for n, k in names.items() if k > 1] == [], name
+
+
+# --- 4. compare says how close a "no match" was ----------------------------------------------
+
+def _compare(run: Any, a: Path, b: Path) -> tuple[str, dict[str, Any]]:
+    text = run("compare", str(a), str(b))
+    raw = run("compare", str(a), str(b), "--json")
+    assert text.exit_code == raw.exit_code == 0, text.output + raw.output
+    return text.output, json.loads(raw.output)
+
+
+def test_compare_prints_the_best_score_and_the_threshold_it_passes(run: Any,
+                                                                   faces_dir: Path) -> None:
+    from faceledger.calibration import similarity_for_fmr
+
+    lfw = faces_dir / "lfw"
+    # two photos of one man that model 2.0 scores just below the 99.99 default
+    text, raw = _compare(run, lfw / "Ali_Naimi" / "Ali_Naimi_0003.jpg",
+                         lfw / "Ali_Naimi" / "Ali_Naimi_0004.jpg")
+    assert raw["FaceMatches"] == []
+    best = max(f["Similarity"] for f in raw["UnmatchedFaces"])
+    assert best < raw["SimilarityThreshold"]
+    assert f"no match: best similarity {best:.6g} of 1 face" in text
+    passed = float(text.split("would pass Similarity ")[1].split()[0])
+    fmr = float(text.split("(false-match rate ")[1].split(")")[0])
+    assert passed == pytest.approx(similarity_for_fmr(fmr))
+    assert passed <= best < similarity_for_fmr(fmr / 10)  # the strictest it reaches
+    # a score below every shipped threshold says so
+    text, raw = _compare(run, lfw / "Amelie_Mauresmo" / "Amelie_Mauresmo_0001.jpg",
+                         lfw / "Amelie_Mauresmo" / "Amelie_Mauresmo_0021.jpg")
+    best = max(f["Similarity"] for f in raw["UnmatchedFaces"])
+    assert best < 90 and f"best similarity {best:.6g}" in text
+    assert "none of the shipped thresholds" in text
+    # a target without a face is not "no match: 0 faces below the threshold"
+    text, raw = _compare(run, lfw / "Ali_Naimi" / "Ali_Naimi_0003.jpg",
+                         faces_dir / "detection" / "dogs.jpg")
+    assert raw["UnmatchedFaces"] == [] and "no face found in" in text
+
+
+# --- 3 and 9. searches say what they found, readably ---------------------------------------------
+
+def test_searches_print_matches_and_say_when_they_are_held_for_review(run: Any,
+                                                                      faces_dir: Path) -> None:
+    lopez = faces_dir / "lfw" / "Jennifer_Lopez"
+    enrolled, probe = lopez / "Jennifer_Lopez_0003.jpg", lopez / "Jennifer_Lopez_0004.jpg"
+    assert run("collection", "create", "door").exit_code == 0
+    r = run("collection", "index", "door", str(enrolled), "--workers", "1", "--json")
+    face_id = json.loads(run("collection", "faces", "door", "--json").output)["Faces"][0]["FaceId"]
+    assert run("user", "create", "door", "jlo").exit_code == 0
+    assert run("user", "associate", "door", "jlo", face_id).exit_code == 0
+    r = run("user", "search", "door", str(probe), "--threshold", "95")
+    assert r.exit_code == 0, r.output
+    assert "MATCH  user jlo (ACTIVE)  similarity" in r.output and "{" not in r.output
+    r = run("user", "search", "door", str(probe), "--threshold", "95", "--json")
+    assert json.loads(r.output)["UserMatches"][0]["User"]["UserId"] == "jlo"
+
+    assert run("policy", "set", "door", "--identification").exit_code == 0
+    for command in (["collection", "search"], ["user", "search"]):
+        r = run("--case", "INC-26", *command, "door", str(probe), "--threshold", "95")
+        assert r.exit_code == 0, r.output
+        assert "held for review: 1 candidate (case INC-26)" in r.output, r.output
+        assert "no match" not in r.output and "MATCH" not in r.output
+        assert "candidate " in r.output.splitlines()[-1]

@@ -49,20 +49,39 @@ def _client() -> Iterator[FaceLedger]:
         client.close()
 
 
-def _matches(result: dict[str, Any], as_json: bool) -> None:
+def _matches(result: dict[str, Any], as_json: bool, key: str = "FaceMatches") -> None:
+    """A search's answer: what its threshold means, then its matches, or that they were held
+    for review (an identification-mode collection answers with no matches then: saying
+    "no match" would be false)."""
     if as_json:
         emit_json(result)
         return
+    faces = "faces" if key == "FaceMatches" else "faces of users"
+    threshold = result["FaceMatchThreshold" if key == "FaceMatches" else "UserMatchThreshold"]
     click.echo(
-        f"threshold: Similarity {result['FaceMatchThreshold']:.10g} = false-match rate "
-        f"{result['FalseMatchRate']:.1e}; {result['FacesSearched']} faces searched, "
+        f"threshold: Similarity {threshold:.10g} = false-match rate "
+        f"{result['FalseMatchRate']:.1e}; {result['FacesSearched']} {faces} searched, "
         f"{result['ExpectedFalseMatches']:.2g} false matches expected")
-    if not result["FaceMatches"]:
+    if result.get("ReviewRequired"):
+        held = result.get("ReviewCandidates") or []
+        case = request_context().case
+        click.echo(f"held for review: {len(held)} candidate{'s' if len(held) != 1 else ''} "
+                   f"({f'case {case}' if case else 'no case given'}); reviewers decide them "
+                   "(`faceledger review list`, or the console)")
+        for c in held:
+            click.echo(f"  candidate {c['CandidateId']}  {c.get('Status', '')}")
+        return
+    if not result[key]:
         click.echo("no match")
-    for m in result["FaceMatches"]:
-        f = m["Face"]
-        click.echo(f"MATCH  {f['FaceId']}  {f.get('ExternalImageId', '-')}  "
-                   f"similarity {m['Similarity']:.10g}")
+    for m in result[key]:
+        if key == "FaceMatches":
+            f = m["Face"]
+            click.echo(f"MATCH  {f['FaceId']}  {f.get('ExternalImageId', '-')}  "
+                       f"similarity {m['Similarity']:.10g}")
+        else:
+            u = m["User"]
+            click.echo(f"MATCH  user {u['UserId']} ({u.get('UserStatus', '-')})  "
+                       f"similarity {m['Similarity']:.10g}")
 
 
 @main.group()
@@ -502,9 +521,17 @@ def user_disassociate(collection_id: str, user_id: str, face_ids: tuple[str, ...
 @user.command("search")
 @click.argument("collection_id")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
-@click.option("--threshold", type=float, default=None)
+@click.option("--threshold", type=float, default=None,
+              help="UserMatchThreshold; default: at most 0.01 false matches expected per "
+                   "search.")
+@click.option("--json", "as_json", is_flag=True, help="Print the SearchUsersByImage response.")
 @reports_errors
-def user_search(collection_id: str, image: str, threshold: float | None) -> None:
+def user_search(collection_id: str, image: str, threshold: float | None,
+                as_json: bool) -> None:
     """Search users by the largest face in IMAGE."""
     with _client() as c:
-        emit_json(c.search_users_by_image(collection_id, image, user_match_threshold=threshold))
+        r = c.search_users_by_image(collection_id, image, user_match_threshold=threshold)
+    if not as_json and "SearchedFace" not in r:
+        click.echo(f"no face found in {image}")
+        return
+    _matches(r, as_json, "UserMatches")

@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 import click
 
 from ..calibration import (
+    SHIPPED_FMRS,
     CalibrationTable,
     calibration_path,
     find_calibration,
@@ -27,8 +28,6 @@ from ..vision import FacePipeline
 from .app import emit_json, main, reports_errors
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-TABLE_FMRS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 
 
 def _command_line() -> str:
@@ -73,7 +72,7 @@ def calibration_rows(table: CalibrationTable) -> list[dict[str, Any]]:
     summary = {r["fmr"]: r for r in table.provenance.get("summary", [])}
     tail_u = (table.provenance.get("tail") or {}).get("u")
     rows = []
-    for fmr in TABLE_FMRS:
+    for fmr in SHIPPED_FMRS:
         d = table.distance_for_fmr(fmr)
         s = summary.get(fmr, {})
         ci = s.get("fnmr") or {}

@@ -34,6 +34,7 @@ from ..settings import Settings
 from ..text import install_log_escaping, logger, shown
 from ..vision.pool import default_workers
 from . import protocol, sigv4
+from .extensions import extension_headers
 from .keys import KeyInfo, KeyStore, KeyStoreError
 from .limits import Admission, BodyBudget, BodyReader, BodyTiming, RateLimiter, body_too_large
 from .replay import ReplayCache, changes_state
@@ -166,6 +167,7 @@ class RekognitionApp:
         operation = "-"
         principal = "-"
         entered = handed_off = False
+        extra: list[tuple[bytes, bytes]] = []  # X-Faceledger-* members as headers
         reader = BodyReader(self.settings.max_request_bytes, self.body_budget, self.body_timing,
                             body_too_large(self.settings.max_request_bytes))
         try:
@@ -217,7 +219,7 @@ class RekognitionApp:
             # Leave when the work is really done, even if this coroutine is cancelled.
             future.add_done_callback(lambda _: self.admission.leave())
             handed_off = True
-            payload = await future
+            payload, extra = await future
             status, error_code = 200, None
         except Exception as exc:  # noqa: BLE001 - the one place errors become responses
             status, error_code, payload = self._error(exc, request_id)
@@ -228,7 +230,7 @@ class RekognitionApp:
             # a body left unread (refused, too slow) cannot be followed by another request on
             # this connection: close it, or a trickle would keep it open for ever
             await self._respond(send, status, payload, request_id, error_code,
-                                close=not reader.complete)
+                                close=not reader.complete, extra=extra)
         finally:
             reader.release()
         log.info("%s %s %s %d %.1fms", request_id, principal, operation, status,
@@ -276,7 +278,8 @@ class RekognitionApp:
                 f"Key {key.access_key_id} is not allowed to call {operation}."
             )
 
-    def _invoke(self, operation: str, body: bytes, ctx: RequestContext, caller: Caller) -> bytes:
+    def _invoke(self, operation: str, body: bytes, ctx: RequestContext, caller: Caller
+                ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         """Runs in a worker thread: validate, refuse a replay, authorize collections, call,
         render."""
         parsed = protocol.parse_input(operation, body)
@@ -295,7 +298,7 @@ class RekognitionApp:
             raise
 
     def _call(self, operation: str, parsed: protocol.ParsedInput, ctx: RequestContext,
-              caller: Caller) -> bytes:
+              caller: Caller) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         key = caller.key
         if key is not None:
             for collection_id in parsed.collection_ids:
@@ -307,7 +310,9 @@ class RekognitionApp:
         method = getattr(self.service, protocol.snake_case(operation))
         kwargs = protocol.call_arguments(operation, method, parsed.members)
         # listings show only what ctx.collections names (the service filters, tokens included)
-        return protocol.render_output(method(**kwargs, ctx=ctx))
+        result = method(**kwargs, ctx=ctx)
+        # SDKs drop members their model lacks: those are repeated as X-Faceledger-* headers
+        return protocol.render_output(result), extension_headers(operation, result)
 
     @staticmethod
     def _error(exc: Exception, request_id: str) -> tuple[int, str, bytes]:
@@ -327,7 +332,8 @@ class RekognitionApp:
         return err.status, err.code, protocol.render_output(err.to_wire())
 
     async def _respond(self, send: Send, status: int, payload: bytes, request_id: str,
-                       error_code: str | None, *, close: bool = False) -> None:
+                       error_code: str | None, *, close: bool = False,
+                       extra: list[tuple[bytes, bytes]] | None = None) -> None:
         headers = [
             (b"content-type", protocol.CONTENT_TYPE.encode()),
             (b"content-length", str(len(payload)).encode()),
@@ -339,6 +345,7 @@ class RekognitionApp:
             headers.append((b"x-faceledger-dev-mode", b"unauthenticated"))
         if close:
             headers.append((b"connection", b"close"))
+        headers += extra or []
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 

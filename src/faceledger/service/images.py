@@ -103,7 +103,8 @@ class ImageOperations(ServiceCore):
                 if sim >= threshold:
                     matches.append((float(sim), shape))
                 else:
-                    unmatched.append(shape)
+                    # not in Rekognition's ComparedFace: how far below the threshold it was
+                    unmatched.append({**shape, "Similarity": float(sim)})
         matches.sort(key=lambda m: m[0], reverse=True)
         result: dict[str, Any] = {
             "SourceImageFace": {

@@ -1,0 +1,154 @@
+"""What SDK users see (issue 26): the unmodified boto3 Rekognition client against a real server on
+127.0.0.1. faceledger's own answers (a search's false-match rate and size, matches held for
+review) as X-Faceledger-* headers and through `faceledger.sdk`; regions; tags; attributes that
+are refused on purpose."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from faceledger.sdk import show_extensions, state_context
+from faceledger.server import RekognitionApp, running
+from faceledger.server.keys import IssuedKey, KeyStore
+from faceledger.service import FaceService
+from faceledger.settings import Settings
+
+NO_RETRIES = Config(retries={"total_max_attempts": 1, "mode": "standard"})
+SEARCH_FIGURES = ("FalseMatchRate", "FacesSearched", "ExpectedFalseMatches",
+                  "FalseNonMatchRate")
+
+
+@dataclass
+class Server:
+    url: str
+    service: FaceService
+    keys: KeyStore
+    admin: IssuedKey
+
+    def client(self, region: str = "us-east-1", key: IssuedKey | None = None) -> Any:
+        key = key or self.admin
+        return boto3.session.Session().client(
+            "rekognition", endpoint_url=self.url, region_name=region,
+            aws_access_key_id=key.info.access_key_id,
+            aws_secret_access_key=key.secret_access_key, config=NO_RETRIES)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, service: FaceService) -> Iterator[Server]:
+    settings = Settings(data_dir=tmp_path_factory.mktemp("sdk") / "data")
+    svc = FaceService(settings, pipeline=service.pipeline)
+    keys = KeyStore(svc.engine, secrets.token_bytes(32))
+    app = RekognitionApp(svc, keys, settings)
+    with running(app) as url:
+        yield Server(url, svc, keys, keys.create("admin", ["*"], ["*"], admin=True))
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def lopez(faces_dir: Path) -> tuple[bytes, bytes]:
+    """Two photos of one person (LFW): the second matches the first at Similarity 95."""
+    folder = faces_dir / "lfw" / "Jennifer_Lopez"
+    return ((folder / "Jennifer_Lopez_0003.jpg").read_bytes(),
+            (folder / "Jennifer_Lopez_0004.jpg").read_bytes())
+
+
+def headers(response: dict[str, Any]) -> dict[str, str]:
+    return dict(response["ResponseMetadata"]["HTTPHeaders"])
+
+
+def _collection(server: Server, name: str, photo: bytes) -> None:
+    rek = server.client()
+    rek.create_collection(CollectionId=name)
+    rek.index_faces(CollectionId=name, Image={"Bytes": photo}, ExternalImageId="lopez")
+
+
+# --- 2. the per-search figures -------------------------------------------------------------------
+
+def test_search_figures_reach_boto3_users(server: Server, lopez: tuple[bytes, bytes]) -> None:
+    _collection(server, "figures", lopez[0])
+    plain = server.client().search_faces_by_image(
+        CollectionId="figures", Image={"Bytes": lopez[1]}, FaceMatchThreshold=95)
+    assert not any(k in plain for k in SEARCH_FIGURES)  # botocore drops them ...
+    got = headers(plain)  # ... but not the headers
+    assert float(got["x-faceledger-false-match-rate"]) == pytest.approx(0.05)
+    assert int(got["x-faceledger-faces-searched"]) == 1
+    assert float(got["x-faceledger-expected-false-matches"]) == pytest.approx(0.05)
+    assert 0 <= float(got["x-faceledger-false-non-match-rate"]) < 1
+    assert float(got["x-faceledger-face-match-threshold"]) == 95
+    assert "x-faceledger-review-required" not in got
+
+    helped = show_extensions(server.client()).search_faces_by_image(
+        CollectionId="figures", Image={"Bytes": lopez[1]}, FaceMatchThreshold=95)
+    for member in SEARCH_FIGURES:
+        assert helped[member] == pytest.approx(float(got[_header(member)]))
+    assert helped["FacesSearched"] == 1
+    assert helped["FaceMatches"][0]["Face"]["ExternalImageId"] == "lopez"
+    # what botocore parsed is as it was: timestamps and model members untouched
+    assert helped["FaceMatches"] == plain["FaceMatches"]
+    # CompareFaces: the threshold and its rate; an unmatched face's Similarity
+    compared = show_extensions(server.client()).compare_faces(
+        SourceImage={"Bytes": lopez[0]}, TargetImage={"Bytes": lopez[1]},
+        SimilarityThreshold=100)
+    assert compared["SimilarityThreshold"] == 100 and compared["FalseMatchRate"] == 0
+    assert compared["FaceMatches"] == [] and 0 < compared["UnmatchedFaces"][0]["Similarity"] < 100
+
+
+def _header(member: str) -> str:
+    from faceledger.server.extensions import header_name
+
+    return header_name(member)
+
+
+# --- 3. held for review is not "no match" ------------------------------------------------------
+
+def test_held_for_review_is_visible_to_boto3(server: Server,
+                                             lopez: tuple[bytes, bytes]) -> None:
+    _collection(server, "held", lopez[0])
+    server.service.put_collection_policy("held", {"IdentificationMode": True})
+    rek = state_context(server.client(), purpose="door access", case="INC-26")
+    plain = rek.search_faces_by_image(CollectionId="held", Image={"Bytes": lopez[1]},
+                                      FaceMatchThreshold=95)
+    assert plain["FaceMatches"] == []
+    got = headers(plain)
+    assert got["x-faceledger-review-required"] == "true"
+    assert got["x-faceledger-review-candidates-count"] == "1"
+    held = server.service.list_review_candidates("held", "PENDING")
+    ids = [c["CandidateId"] for c in held["Candidates"]]
+    assert got["x-faceledger-review-candidates"].split(",") == ids
+    assert held["Candidates"][0]["CaseReference"] == "INC-26"
+
+    helped = show_extensions(rek).search_faces_by_image(
+        CollectionId="held", Image={"Bytes": lopez[1]}, FaceMatchThreshold=95)
+    assert helped["ReviewRequired"] is True and helped["FaceMatches"] == []
+    assert len(helped["ReviewCandidates"]) == 1
+    assert helped["ReviewCandidates"][0]["Status"] == "PENDING"
+
+
+def test_extension_headers_are_safe_header_text() -> None:
+    from faceledger.server.extensions import extension_headers
+
+    out = dict(extension_headers("SearchFaces", {
+        "FaceMatches": [], "FalseMatchRate": 1e-4, "ReviewRequired": True,
+        "ReviewCandidates": [{"CandidateId": f"c{i}"} for i in range(150)],
+        "Note": "line\r\nX-Evil: 1", "Big": float("inf")}))
+    assert out[b"x-faceledger-false-match-rate"] == b"0.0001"
+    assert out[b"x-faceledger-review-required"] == b"true"
+    assert out[b"x-faceledger-review-candidates-count"] == b"150"
+    assert len(out[b"x-faceledger-review-candidates"].split(b",")) == 100
+    assert b"x-faceledger-note" not in out and b"x-faceledger-big" not in out
+    assert b"x-faceledger-face-matches" not in out  # a model member: boto3 has it
+
+
+def test_errors_are_unchanged_by_the_helper(server: Server) -> None:
+    with pytest.raises(ClientError) as exc:
+        show_extensions(server.client()).describe_collection(CollectionId="absent")
+    assert exc.value.response["Error"]["Code"] == "ResourceNotFoundException"
