@@ -152,3 +152,58 @@ def test_errors_are_unchanged_by_the_helper(server: Server) -> None:
     with pytest.raises(ClientError) as exc:
         show_extensions(server.client()).describe_collection(CollectionId="absent")
     assert exc.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+# --- 6. regions ------------------------------------------------------------------------------
+
+def test_any_region_is_accepted_by_default(server: Server) -> None:
+    for region in ("us-east-1", "eu-west-1", "ap-southeast-2"):
+        assert "CollectionIds" in server.client(region).list_collections()
+
+
+def test_a_server_pinned_to_regions_says_which(server: Server, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", region="eu-west-1, eu-central-1")
+    svc = FaceService(settings, pipeline=server.service.pipeline)
+    keys = KeyStore(svc.engine, secrets.token_bytes(32))
+    key = keys.create("pinned", ["*"], ["*"])
+    app = RekognitionApp(svc, keys, settings, warm_up=False)
+    with running(app) as url:
+        pinned = Server(url, svc, keys, key)
+        assert "CollectionIds" in pinned.client("eu-central-1").list_collections()
+        with pytest.raises(ClientError) as exc:
+            pinned.client("us-east-1").list_collections()
+    app.close()
+    error = exc.value.response["Error"]
+    assert error["Code"] == "InvalidSignatureException"
+    assert "'eu-west-1', 'eu-central-1', not 'us-east-1'" in error["Message"]
+    assert "region_name=" in error["Message"] and "--region" in error["Message"]
+
+
+def test_the_aws_cli_in_another_region_and_what_it_shows(server: Server, tmp_path: Path,
+                                                         lopez: tuple[bytes, bytes]) -> None:
+    """AWS CLI v1 (where installed): any region works; its output drops faceledger's members,
+    its --debug log shows them as headers (what docs/sdk.md tells its users)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    aws = shutil.which("aws")
+    if aws is None:
+        pytest.skip("the AWS CLI is not installed (pip install awscli)")
+    _collection(server, "cli-figures", lopez[0])
+    probe = tmp_path / "probe.jpg"
+    probe.write_bytes(lopez[1])
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": server.admin.info.access_key_id,
+           "AWS_SECRET_ACCESS_KEY": server.admin.secret_access_key,
+           "AWS_CONFIG_FILE": str(tmp_path / "none"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
+    done = subprocess.run(
+        [aws, "rekognition", "search-faces-by-image", "--endpoint-url", server.url,
+         "--region", "eu-west-1", "--collection-id", "cli-figures", "--image-bytes",
+         f"fileb://{probe}", "--face-match-threshold", "95", "--output", "json", "--debug"],
+        env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout)
+    assert answer["FaceMatches"] and "FalseMatchRate" not in answer
+    assert "x-faceledger-false-match-rate" in done.stderr.lower()
