@@ -140,3 +140,39 @@ def test_searches_print_matches_and_say_when_they_are_held_for_review(run: Any,
         assert "held for review: 1 candidate (case INC-26)" in r.output, r.output
         assert "no match" not in r.output and "MATCH" not in r.output
         assert "candidate " in r.output.splitlines()[-1]
+
+
+# --- 7. a collection's purpose rule covers redaction, and each adapter says how to give one ------
+
+def test_redact_needs_the_purpose_a_collection_requires(run: Any, tmp_path: Path,
+                                                        faces_dir: Path) -> None:
+    photo = faces_dir / "lfw" / "Hans_Blix" / "Hans_Blix_0003.jpg"
+    assert run("collection", "create", "staff").exit_code == 0
+    assert run("policy", "set", "staff", "--require-purpose").exit_code == 0
+    out = tmp_path / "redacted.jpg"
+    r = run("redact", str(photo), "-o", str(out), "--collection", "staff")
+    assert r.exit_code == 2 and not out.exists()
+    assert "PolicyRefusedException" in r.output or "requires a stated purpose" in r.output
+    # the CLI's own way, where the option goes: not an HTTP header
+    assert "give one with `faceledger --purpose TEXT redact ..." in r.output
+    assert "X-Faceledger" not in r.output
+    r = run("--purpose", "press photo", "redact", str(photo), "-o", str(out),
+            "--collection", "staff")
+    assert r.exit_code == 0, r.output
+    last = json.loads(run("ledger", "log", "--last", "1").output.splitlines()[-1])
+    assert last["operation"] == "Redact" and last["purpose"] == "press photo"
+    # the search's refusal names the search command
+    r = run("collection", "search", "staff", str(photo))
+    assert "`faceledger --purpose TEXT collection search ...`." in r.output
+
+
+def test_the_python_api_names_with_context(tmp_path: Path) -> None:
+    from faceledger import FaceLedger, FaceledgerError, Settings
+
+    fl = FaceLedger(Settings(data_dir=tmp_path / "data"))
+    fl.create_collection("staff")
+    fl.service.put_collection_policy("staff", {"RequirePurpose": True})
+    with pytest.raises(FaceledgerError) as exc:
+        fl.list_faces("staff")
+    assert "with_context(purpose=...)" in exc.value.message
+    assert fl.with_context(purpose="audit").list_faces("staff")["Faces"] == []

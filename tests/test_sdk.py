@@ -207,3 +207,16 @@ def test_the_aws_cli_in_another_region_and_what_it_shows(server: Server, tmp_pat
     answer = json.loads(done.stdout)
     assert answer["FaceMatches"] and "FalseMatchRate" not in answer
     assert "x-faceledger-false-match-rate" in done.stderr.lower()
+
+
+# --- 7. a refusal names the HTTP way of giving a purpose ---------------------------------------
+
+def test_purpose_refusal_names_the_header(server: Server) -> None:
+    server.client().create_collection(CollectionId="purposeful")
+    server.service.put_collection_policy("purposeful", {"RequirePurpose": True})
+    with pytest.raises(ClientError) as exc:
+        server.client().list_faces(CollectionId="purposeful")
+    assert "X-Faceledger-Purpose header" in exc.value.response["Error"]["Message"]
+    assert "--purpose" not in exc.value.response["Error"]["Message"]
+    stated = state_context(server.client(), purpose="audit")
+    assert stated.list_faces(CollectionId="purposeful")["Faces"] == []

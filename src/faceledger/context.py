@@ -28,6 +28,11 @@ class RequestContext:
     # SNS topics (ARNs or globs) the caller's video jobs may notify (HTTP: the key's, none by
     # default; NotificationChannel.RoleArn is not an authorisation faceledger can check).
     sns_topics: tuple[str, ...] = ("*",)
+    # How this caller's adapter takes a purpose and a consent reference, named by a refusal
+    # that asks for one: each adapter sets its own (an HTTP header, a CLI option, a form field);
+    # the default is the Python API's.
+    purpose_via: str = "FaceLedger.with_context(purpose=...)"
+    consent_via: str = "FaceLedger.with_context(consent=...)"
 
     def has_role(self, *roles: str) -> bool:
         """Whether this caller holds one of `roles` (always, when not role-restricted)."""

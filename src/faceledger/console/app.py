@@ -285,7 +285,7 @@ class Console:
         key = session.key
         return RequestContext(
             principal=key.access_key_id, request_id=str(uuid.uuid4()), admin=key.admin,
-            roles=key.console_roles,
+            roles=key.console_roles, purpose_via="the page's Purpose field",
             collections=("*",) if key.all_collections else tuple(key.collections), **extra)
 
     async def form(self, request: Request, session: Session | None) -> FormData:

@@ -51,6 +51,9 @@ PURPOSE_HEADER = "x-faceledger-purpose"
 CASE_HEADER = "x-faceledger-case"
 CONSENT_HEADER = "x-faceledger-consent"
 CONTEXT_HEADERS = (PURPOSE_HEADER, CASE_HEADER, CONSENT_HEADER)
+# how an HTTP caller states a purpose or consent (named by a policy's refusal)
+PURPOSE_VIA = "the X-Faceledger-Purpose header (boto3: faceledger.sdk.state_context)"
+CONSENT_VIA = "the X-Faceledger-Consent header (boto3: faceledger.sdk.state_context)"
 MAX_CONTEXT_CHARS = 256
 DEV_PRINCIPAL = "anonymous-dev"
 DEV_BANNER = """
@@ -212,6 +215,7 @@ class RekognitionApp:
                 admin=caller.key.admin if caller.key is not None else self.dev_mode,
                 collections=caller.key.collections if caller.key is not None else ("*",),
                 sns_topics=caller.key.sns_topics if caller.key is not None else ("*",),
+                purpose_via=PURPOSE_VIA, consent_via=CONSENT_VIA,
             )
             future = asyncio.get_running_loop().run_in_executor(
                 self.pool, self._invoke, operation, body, ctx, caller
