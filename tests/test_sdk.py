@@ -220,3 +220,77 @@ def test_purpose_refusal_names_the_header(server: Server) -> None:
     assert "--purpose" not in exc.value.response["Error"]["Message"]
     stated = state_context(server.client(), purpose="audit")
     assert stated.list_faces(CollectionId="purposeful")["Faces"] == []
+
+
+# --- 8. tags: CreateCollection took them, now they can be read and changed --------------------
+
+def _code(exc: pytest.ExceptionInfo[ClientError]) -> str:
+    return str(exc.value.response["Error"]["Code"])
+
+
+def test_tags_on_a_collection(server: Server) -> None:
+    import json
+
+    rek = server.client()
+    arn = rek.create_collection(CollectionId="tagged",
+                                Tags={"team": "door", "cost centre": "17"})["CollectionArn"]
+    assert rek.describe_collection(CollectionId="tagged")["CollectionARN"] == arn
+    assert rek.list_tags_for_resource(ResourceArn=arn)["Tags"] == {"team": "door",
+                                                                   "cost centre": "17"}
+    rek.tag_resource(ResourceArn=arn, Tags={"team": "lobby", "owner": "ops@example.org"})
+    rek.untag_resource(ResourceArn=arn, TagKeys=["cost centre", "never-set"])
+    assert rek.list_tags_for_resource(ResourceArn=arn)["Tags"] == {"team": "lobby",
+                                                                   "owner": "ops@example.org"}
+    # each change is a ledger event naming the keys, never the values (free text)
+    events = [json.loads(e.body) for e in server.service.ledger.scan(1)]
+    tagged = [e for e in events if e["operation"] in ("TagResource", "UntagResource")]
+    assert [e["collection"] for e in tagged] == ["tagged", "tagged"]
+    assert tagged[0]["params"]["TagKeys"] == ["owner", "team"]
+    assert "ops@example.org" not in json.dumps(tagged)
+
+    # AWS's limits and errors
+    with pytest.raises(ClientError) as exc:
+        rek.tag_resource(ResourceArn=arn, Tags={f"k{i}": "v" for i in range(49)})
+    assert _code(exc) == "ServiceQuotaExceededException"  # 2 + 49 > 50
+    for bad in ({"aws:owner": "x"}, {"semi;colon": "x"}, {"k": "new\nline"}):
+        with pytest.raises(ClientError) as exc:
+            rek.tag_resource(ResourceArn=arn, Tags=bad)
+        assert _code(exc) == "InvalidParameterException", bad
+    with pytest.raises(ClientError) as exc:
+        rek.list_tags_for_resource(ResourceArn=arn.replace("tagged", "absent"))
+    assert _code(exc) == "ResourceNotFoundException"
+    with pytest.raises(ClientError) as exc:
+        rek.list_tags_for_resource(
+            ResourceArn="arn:aws:rekognition:eu-west-1:123456789012:collection/tagged")
+    assert _code(exc) == "ResourceNotFoundException"
+    assert "DescribeCollection's CollectionARN" in exc.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as exc:
+        rek.list_tags_for_resource(
+            ResourceArn="arn:aws:rekognition:eu-west-1:123456789012:project/p/1")
+    assert _code(exc) == "InvalidParameterException"
+    assert rek.list_tags_for_resource(ResourceArn=arn)["Tags"]["team"] == "lobby"  # unchanged
+
+    # a key names only its collections, by ARN as by CollectionId
+    other = server.keys.create("door-only", ["*"], ["door-*"])
+    with pytest.raises(ClientError) as exc:
+        server.client(key=other).tag_resource(ResourceArn=arn, Tags={"x": "y"})
+    assert _code(exc) == "AccessDeniedException"
+
+
+# --- 8. attributes refused on purpose say so --------------------------------------------------
+
+def test_attributes_not_estimated_are_named(server: Server, lopez: tuple[bytes, bytes]) -> None:
+    rek = server.client()
+    plain = rek.detect_faces(Image={"Bytes": lopez[0]}, Attributes=["ALL"])
+    assert "AgeRange" not in plain["FaceDetails"][0]  # nothing invented ...
+    got = headers(plain)  # ... and the answer says what is missing, and why
+    missing = got["x-faceledger-attributes-not-returned"].split(",")
+    assert {"AGE_RANGE", "GENDER", "EMOTIONS", "SMILE"} <= set(missing)
+    assert "docs/sdk.md" in got["x-faceledger-attributes-not-returned-reason"]
+    asked = show_extensions(server.client()).detect_faces(Image={"Bytes": lopez[0]},
+                                                          Attributes=["DEFAULT", "EMOTIONS"])
+    assert asked["AttributesNotReturned"] == ["EMOTIONS"]
+    assert "AttributesNotReturned" not in show_extensions(server.client()).detect_faces(
+        Image={"Bytes": lopez[0]})
+    assert "x-faceledger-attributes-not-returned" not in headers(
+        rek.detect_faces(Image={"Bytes": lopez[0]}, Attributes=["DEFAULT"]))

@@ -81,6 +81,18 @@ class FaceLedger:
                                 quality_filter=quality_filter, ctx=self._ctx())
         return result.to_dict()
 
+    def tag_resource(self, resource_arn: str, tags: dict[str, str]) -> Shape:
+        """TagResource on a collection's ARN (CreateCollection's CollectionArn)."""
+        return self.service.tag_resource(resource_arn, tags, ctx=self._ctx())
+
+    def untag_resource(self, resource_arn: str, tag_keys: list[str]) -> Shape:
+        """UntagResource."""
+        return self.service.untag_resource(resource_arn, tag_keys, ctx=self._ctx())
+
+    def list_tags_for_resource(self, resource_arn: str) -> Shape:
+        """ListTagsForResource."""
+        return self.service.list_tags_for_resource(resource_arn, ctx=self._ctx())
+
     def delete_collection(self, collection_id: str) -> Shape:
         """DeleteCollection: the collection and everything it holds."""
         return self.service.delete_collection(collection_id, ctx=self._ctx())
