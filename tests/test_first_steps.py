@@ -176,3 +176,82 @@ def test_the_python_api_names_with_context(tmp_path: Path) -> None:
         fl.list_faces("staff")
     assert "with_context(purpose=...)" in exc.value.message
     assert fl.with_context(purpose="audit").list_faces("staff")["Faces"] == []
+
+
+# --- 9. the Python API takes pictures as face_recognition users hold them ----------------------
+
+def test_python_api_takes_numpy_arrays_and_pil_images(service: Any, faces_dir: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from faceledger import FaceLedger, FaceledgerError
+    from faceledger.imaging import pixels_sha256
+
+    fl = FaceLedger(service=service)
+    lopez = faces_dir / "lfw" / "Jennifer_Lopez"
+    a, b = lopez / "Jennifer_Lopez_0003.jpg", lopez / "Jennifer_Lopez_0004.jpg"
+    # what face_recognition.load_image_file returns: np.array(PIL.Image.open(f).convert("RGB"))
+    array = np.array(Image.open(a).convert("RGB"))
+    assert array.dtype == np.uint8 and array.shape[2] == 3
+    from_file = fl.detect_faces(a)["FaceDetails"]
+    assert fl.detect_faces(array)["FaceDetails"] == from_file
+    assert fl.detect_faces(Image.open(a))["FaceDetails"] == from_file
+    grey = fl.detect_faces(np.array(Image.open(a).convert("L")))["FaceDetails"]
+    assert len(grey) == len(from_file)
+    by_path = fl.compare_faces(a, b, similarity_threshold=0)["FaceMatches"][0]["Similarity"]
+    mixed = fl.compare_faces(array, Image.open(b), similarity_threshold=0)
+    assert mixed["FaceMatches"][0]["Similarity"] == pytest.approx(by_path, abs=1e-9)
+    # the ledger names pixels by their own digest (there is no file)
+    event = json.loads(service.ledger.get(service.ledger.head().seq).body)
+    assert event["operation"] == "CompareFaces" and event["images"][0] == pixels_sha256(array)
+    for bad in (array.astype(np.float32), array[:, :, :2], np.zeros((40, 40, 3), np.uint8)):
+        with pytest.raises(FaceledgerError) as exc:
+            fl.detect_faces(bad)
+        assert exc.value.code in ("InvalidParameterException", "ImageTooLargeException")
+
+
+# --- 9. stopping the server leaves nothing behind ----------------------------------------------
+
+def test_stopping_the_server_leaks_no_semaphores(tmp_path: Path, astronaut_jpeg: bytes) -> None:
+    """`faceledger serve` with two inference processes, stopped by SIGTERM as a service manager
+    stops it: uvicorn re-raises the signal after its shutdown, so the pool must be closed
+    during the shutdown, or the resource tracker reports the pool's 5 queue semaphores."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+
+    env = {**os.environ, "FACELEDGER_DATA_DIR": str(tmp_path / "data")}
+    cli = [sys.executable, "-c", "from faceledger.cli import main; main()"]
+    created = subprocess.run([*cli, "keys", "create", "t", "-o", "DetectFaces", "-c", "*",
+                              "--json"], env=env, capture_output=True, text=True, timeout=120,
+                             check=False)
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([*cli, "serve", "--port", str(port), "--workers", "2"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = boto3.session.Session().client(
+            "rekognition", endpoint_url=f"http://127.0.0.1:{port}", region_name="eu-west-1",
+            aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                assert client.detect_faces(Image={"Bytes": astronaut_jpeg})["FaceDetails"]
+                break
+            except Exception:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    assert "faceledger server stopped" in out
+    assert "leaked" not in out, out

@@ -10,9 +10,12 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from .errors import InvalidParameterException, InvalidS3ObjectException
+from .imaging import DecodedImage
 from .text import shown
 
-ImageInput = bytes | Mapping[str, Any]
+# Rekognition's Image (Bytes or S3Object), or (the Python API only) a picture already turned
+# into pixels (`imaging.from_picture`); the HTTP server never makes one.
+ImageInput = bytes | Mapping[str, Any] | DecodedImage
 
 
 class ObjectResolver(Protocol):
@@ -34,6 +37,8 @@ def image_bytes(image: ImageInput, resolver: ObjectResolver, field: str = "Image
     """The bytes an `Image` value stands for."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image)
+    if isinstance(image, DecodedImage):
+        raise InvalidParameterException(f"{field} must be image bytes here, not pixels.")
     if not isinstance(image, Mapping):
         raise InvalidParameterException(f"{field} must be an object with Bytes or S3Object.")
     has_bytes = image.get("Bytes") is not None

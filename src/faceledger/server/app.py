@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -88,6 +88,7 @@ class RekognitionApp:
         warm_up: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         console: ASGIHandler | None = None,
+        owns: Sequence[Callable[[], None]] = (),
     ) -> None:
         if keys is None and not dev_mode:
             raise ValueError("a key store is required unless dev_mode is on")
@@ -115,6 +116,8 @@ class RekognitionApp:
         self.operations = frozenset(protocol.implemented_operations(service))
         # the review console (faceledger.console), served under /console on the same port
         self.console = console
+        # what the server built for itself and closes when it stops (see `close`)
+        self._owned = list(owns)
         # one request, one log line: no value a caller sends can break or forge one
         install_log_escaping(log.name)
 
@@ -160,7 +163,14 @@ class RekognitionApp:
                  ", ".join(sorted(self.operations)))
 
     def close(self) -> None:
+        """Stop the request threads, then close what the server owns (its service's index, its
+        inference processes). Called at the lifespan's shutdown: uvicorn then re-raises the
+        SIGTERM that stopped it, which ends the process before any `finally` of the caller's,
+        so a pool closed only there left its 5 queue semaphores to the resource tracker."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+        owned, self._owned = self._owned, []
+        for close in owned:
+            close()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = str(uuid.uuid4())

@@ -104,6 +104,8 @@ class ServiceCore:
         """Resolve and decode an `Image` parameter, refusing bad input with Rekognition codes."""
         if image is None:
             raise InvalidParameterException(f"{field} is required.")
+        if isinstance(image, DecodedImage):  # the Python API's arrays and PIL images
+            return image
         from_storage = isinstance(image, Mapping) and image.get("S3Object") is not None
         return self.decode_bytes(image_bytes(image, self.resolver, field),
                                  from_storage=from_storage)
