@@ -255,3 +255,72 @@ def test_stopping_the_server_leaks_no_semaphores(tmp_path: Path, astronaut_jpeg:
         out, _ = proc.communicate(timeout=120)
     assert "faceledger server stopped" in out
     assert "leaked" not in out, out
+
+
+# --- 5. the README's examples: what evaluate, report and keys say ------------------------------
+
+def test_impostor_summary_says_which_broken_cells_are_not_covered() -> None:
+    """Children's cells break the promise (model 2.0 cannot tell them apart) and the shipped
+    calibration says it does not cover them: the summary says so before its first BROKEN."""
+    import numpy as np
+
+    from faceledger.cli.evaluation import impostor_summary
+    from faceledger.evaluation.impostors import impostor_rates
+
+    rng = np.random.default_rng(7)
+    adults = rng.normal(size=(40, 16))
+    children = rng.normal(size=(1, 16)) + 0.05 * rng.normal(size=(40, 16))  # packed closely
+    templates = np.vstack([adults / np.linalg.norm(adults, axis=1, keepdims=True),
+                           children / np.linalg.norm(children, axis=1, keepdims=True)])
+    groups = ["adult"] * 40 + ["child"] * 40
+    def pair_distances(x: Any) -> Any:
+        d = np.linalg.norm(x[:, None] - x[None, :], axis=2)
+        return d[np.triu_indices(len(x), 1)]
+
+    # a threshold below every adult pair and above every child pair
+    cut = 0.9 * float(pair_distances(templates[:40]).min())
+    assert pair_distances(templates[40:]).max() < cut
+    imp = impostor_rates(templates, [str(i) for i in range(80)], groups,
+                         {"Similarity 99.9": cut}, {"Similarity 99.9": 1e-3}, replicates=20,
+                         not_covered=["child"])
+    imp["children"] = "not covered"
+    lines = impostor_summary(imp)
+    assert lines[0].startswith("NOTE") and "(child)" in lines[0]  # before any BROKEN cell
+    by_group = {line.split(" (")[0]: line for line in lines[1:]}
+    assert "BROKEN (not covered)" in by_group["child"]
+    assert "BROKEN" not in by_group["adult"] and "BROKEN" not in by_group["all covered"]
+    assert "in groups the calibration does not cover, 0 in groups it covers" in lines[-1]
+
+
+def test_report_to_a_date_includes_the_day_and_writes_where_o_says(run: Any,
+                                                                   tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    assert run("keys", "create", "k", "-o", "DetectFaces", "-c", "*").exit_code == 0  # an event
+    today = datetime.now(UTC).date()
+    out = tmp_path / "rep"
+    r = run("report", "--from", today.isoformat(), "--to", today.isoformat(), "-o", str(out))
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "report.json").read_text())
+    assert data["totals"]["events"] >= 1  # today's events, though --to names today
+    assert data["period"]["to"].startswith((today + timedelta(days=1)).isoformat())
+    # a time is the first instant left out, as before
+    r = run("report", "--from", (today - timedelta(days=1)).isoformat(), "--to",
+            f"{today.isoformat()}T00:00:00", "-o", str(out))
+    assert r.exit_code == 0 and json.loads((out / "report.json").read_text())[
+        "period"]["to"].startswith(today.isoformat())
+    assert "includes that whole day" in run("report", "--help").output
+
+
+def test_report_and_evaluate_write_to_folders_of_their_own() -> None:
+    from faceledger.cli.evaluation import evaluate
+    from faceledger.cli.ledger import export, report
+
+    def out_option(command: Any) -> Any:
+        return next(p for p in command.params if p.name == "out")
+
+    assert "-o" in out_option(report).opts and "-o" in out_option(export).opts
+    evaluations = list(evaluate.commands.values())
+    assert evaluations and all("-o" in out_option(c).opts for c in evaluations)
+    assert {out_option(c).default for c in evaluations} == {"faceledger-evaluation"}
+    assert out_option(report).default == "faceledger-report"

@@ -294,3 +294,16 @@ def test_attributes_not_estimated_are_named(server: Server, lopez: tuple[bytes, 
         Image={"Bytes": lopez[0]})
     assert "x-faceledger-attributes-not-returned" not in headers(
         rek.detect_faces(Image={"Bytes": lopez[0]}, Attributes=["DEFAULT"]))
+
+
+# --- 5. the README's search key meets CreateCollection: the refusal says what to do ----------
+
+def test_a_search_key_refused_enrolment_is_told_how(server: Server) -> None:
+    search_only = server.keys.create("door-app", ["SearchFacesByImage", "CompareFaces"],
+                                     ["staff"])
+    with pytest.raises(ClientError) as exc:
+        server.client(key=search_only).create_collection(CollectionId="staff")
+    message = exc.value.response["Error"]["Message"]
+    assert _code(exc) == "AccessDeniedException"
+    assert "may call SearchFacesByImage, CompareFaces" in message
+    assert "faceledger keys create NAME -o 'CreateCollection,...'" in message

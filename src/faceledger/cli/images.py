@@ -108,7 +108,7 @@ def _no_match(client: FaceLedger, unmatched: list[dict[str, Any]], target: str) 
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False), default="faceledger-demo",
+@click.option("-o", "--out", type=click.Path(file_okay=False), default="faceledger-demo",
               show_default=True, help="Folder for the demo's database and annotated image.")
 @reports_errors
 def demo(out: str) -> None:

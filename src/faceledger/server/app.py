@@ -288,8 +288,11 @@ class RekognitionApp:
     @staticmethod
     def _authorize_operation(key: KeyInfo, operation: str) -> None:
         if not key.allows_operation(operation):
+            # the key's own permissions, to its holder: what it may do and how to get more
             raise AccessDeniedException(
-                f"Key {key.access_key_id} is not allowed to call {operation}."
+                f"Key {key.access_key_id} is not allowed to call {operation}; it may call "
+                f"{', '.join(key.operations) or 'nothing'}. A key for {operation} is issued with "
+                f"`faceledger keys create NAME -o '{operation},...' -c COLLECTIONS`."
             )
 
     def _invoke(self, operation: str, body: bytes, ctx: RequestContext, caller: Caller
