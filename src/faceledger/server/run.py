@@ -52,8 +52,12 @@ def build_app(
         owns.append(service.close)
         if pipeline is not None:
             owns.append(pipeline.close)
-    # a missing or wrong KEK with sealed secrets: refused here, in one line
-    keys = KeyStore.open(settings, service.engine, need_kek=not dev_mode)
+    # a missing or wrong KEK with sealed secrets: refused here, in one line. With no secret
+    # sealed yet, a missing KEK is made now, as `keys create` would: a key issued while the
+    # server runs (`docker compose exec ... keys create`) is then sealed under the KEK the
+    # server holds, instead of being refused until a restart.
+    keys = KeyStore.open(settings, service.engine, need_kek=not dev_mode,
+                         create_kek=not dev_mode)
     if not dev_mode and not any(k.active for k in keys.list()):
         log.warning("no active API keys: every request will be refused; "
                     "create one with `faceledger keys create`")
