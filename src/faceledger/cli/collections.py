@@ -197,7 +197,7 @@ def index(collection_id: str, sources: tuple[str, ...], external_id: str | None,
     failed."""
     if all_faces and max_faces is not None:
         raise click.UsageError("--all-faces and --max-faces exclude each other")
-    # the id is a person's name: one face per photo unless told otherwise (docs/enrolment.md)
+    # the id is a person's name: one face per photo unless told otherwise (docs/first-steps.md)
     max_faces = None if all_faces else (max_faces or 1)
     settings = Settings()
     resolver = build_resolver(settings)
