@@ -135,3 +135,25 @@ def test_the_compose_server_on_postgresql(postgres_url: str, tmp_path: Path,
         assert conn.execute(sa.text(
             "SELECT count(*) FROM pg_extension WHERE extname = 'vector'")).scalar() == 1
     engine.dispose()
+
+
+def test_serve_makes_the_key_encryption_key_it_will_need(tmp_path: Path, service: Any,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """With no key sealed yet, the server makes the KEK (as `keys create` would); where it
+    cannot write one it starts as before, saying what that costs."""
+    from faceledger.server.run import build_app
+    from faceledger.service import FaceService
+    from faceledger.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "data", config_dir=tmp_path / "config")
+    build_app(settings, service=FaceService(settings, pipeline=service.pipeline),
+              warm_up=False, console=False).close()
+    assert (tmp_path / "config" / "key-encryption-key").is_file()
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    settings = Settings(data_dir=tmp_path / "data2", config_dir=blocked / "config")
+    with caplog.at_level("WARNING", logger="faceledger.server"):
+        build_app(settings, service=FaceService(settings, pipeline=service.pipeline),
+                  warm_up=False, console=False).close()
+    assert "no key-encryption key could be made" in caplog.text

@@ -56,8 +56,13 @@ def build_app(
     # sealed yet, a missing KEK is made now, as `keys create` would: a key issued while the
     # server runs (`docker compose exec ... keys create`) is then sealed under the KEK the
     # server holds, instead of being refused until a restart.
-    keys = KeyStore.open(settings, service.engine, need_kek=not dev_mode,
-                         create_kek=not dev_mode)
+    try:
+        keys = KeyStore.open(settings, service.engine, need_kek=not dev_mode,
+                             create_kek=not dev_mode)
+    except OSError as exc:  # a read-only config directory: serve as before, without one
+        log.warning("no key-encryption key could be made (%s): keys issued while this server "
+                    "runs will be refused until it restarts", exc)
+        keys = KeyStore.open(settings, service.engine, need_kek=not dev_mode)
     if not dev_mode and not any(k.active for k in keys.list()):
         log.warning("no active API keys: every request will be refused; "
                     "create one with `faceledger keys create`")
