@@ -31,6 +31,11 @@ class RequestContext:
     # S3 objects the caller may read, as `bucket/key` globs (HTTP: the key's `--s3` grants, none
     # by default); Image.S3Object and Video.S3Object outside them are answered as missing.
     s3_objects: tuple[str, ...] = ("*",)
+    # How this caller's adapter takes a purpose and a consent reference, named by a refusal
+    # that asks for one: each adapter sets its own (an HTTP header, a CLI option, a form field);
+    # the default is the Python API's.
+    purpose_via: str = "FaceLedger.with_context(purpose=...)"
+    consent_via: str = "FaceLedger.with_context(consent=...)"
 
     def has_role(self, *roles: str) -> bool:
         """Whether this caller holds one of `roles` (always, when not role-restricted)."""

@@ -408,6 +408,56 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def pixels_sha256(pixels: RGBImage) -> str:
+    """How the ledger names a picture given as pixels (no file, so no file hash): SHA-256 of
+    "RGB <width>x<height>\\n" and then the RGB bytes, row by row."""
+    h, w = pixels.shape[:2]
+    digest = hashlib.sha256(f"RGB {w}x{h}\n".encode("ascii"))
+    digest.update(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
+
+
+def from_picture(picture: object, *, max_pixels: int = 50_000_000,
+                 min_side: int = 80) -> DecodedImage:
+    """A picture the caller holds in memory, as face_recognition users do: a numpy array
+    (uint8; H x W x 3 RGB as `face_recognition.load_image_file` gives, H x W greyscale, or
+    H x W x 4 RGBA) or a PIL image (its EXIF orientation applied, as for bytes). The same
+    normaliser and size limits as decoded bytes; the byte limit does not apply (no bytes).
+    OpenCV's BGR arrays must be converted first (cv2.cvtColor(img, cv2.COLOR_BGR2RGB)): an
+    array does not say its channel order."""
+    if isinstance(picture, np.ndarray):
+        array = picture
+        if array.ndim == 3 and array.shape[2] == 1:
+            array = array[:, :, 0]
+        if array.dtype != np.uint8 or not (
+                array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+            raise InvalidParameterException(
+                f"An image array must be uint8 of shape (height, width, 3) in RGB order (or "
+                f"(height, width) greyscale, (height, width, 4) RGBA); got {array.dtype} "
+                f"{tuple(array.shape)}.")
+        _check_size(array.shape[1], array.shape[0], max_pixels, min_side)
+        rgb = to_rgb(Image.fromarray(np.ascontiguousarray(array)))
+    elif isinstance(picture, Image.Image):
+        _check_size(picture.width, picture.height, max_pixels, min_side)
+        rgb = to_rgb(ImageOps.exif_transpose(picture) or picture)
+    else:
+        raise InvalidParameterException(
+            f"An image must be bytes, a path, a numpy array or a PIL image; got "
+            f"{type(picture).__name__}.")
+    pixels = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+    _check_size(pixels.shape[1], pixels.shape[0], max_pixels, min_side)  # after EXIF rotation
+    return DecodedImage(pixels=pixels, sha256=pixels_sha256(pixels), format="pixels")
+
+
+def _check_size(width: int, height: int, max_pixels: int, min_side: int) -> None:
+    if width * height > max_pixels:
+        raise ImageTooLargeException(
+            f"Image is {width}x{height} pixels; the limit is {max_pixels} pixels.")
+    if min(width, height) < min_side:
+        raise InvalidParameterException(
+            f"Image is {width}x{height} pixels; both sides must be at least {min_side} pixels.")
+
+
 def encode_png(pixels: RGBImage) -> bytes:
     """PNG bytes of an RGB array (annotated outputs, tests)."""
     buf = io.BytesIO()

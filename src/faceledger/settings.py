@@ -92,8 +92,10 @@ class Settings(BaseSettings):
     # --- HTTP server (`faceledger serve`, faceledger.server) ---
     server_host: str = "127.0.0.1"
     server_port: int = 8080
-    # The region clients sign for (SigV4 credential scope); any other region is refused.
-    region: str = "us-east-1"
+    # The regions clients may sign for (SigV4 credential scope): "*" (any, the default) or a
+    # comma-separated list; a request signed for another is refused. The secret is what
+    # authenticates: the region only scopes the signing key derived from it (SECURITY.md).
+    region: str = "*"
     # Inference worker processes (0: one per core; 1: inference in the server process itself),
     # and authenticated requests allowed to wait for one; beyond that the server answers
     # ThrottlingException at once instead of queueing without bound.

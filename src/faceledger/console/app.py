@@ -292,7 +292,8 @@ class Console:
         return found
 
     def ctx(self, session: Session, **extra: Any) -> RequestContext:
-        return context_for(session.key, request_id=str(uuid.uuid4()), **extra)
+        return context_for(session.key, request_id=str(uuid.uuid4()),
+                           purpose_via="the page's Purpose field", **extra)
 
     async def form(self, request: Request, session: Session | None) -> FormData:
         """The posted form, refused unless it carries this session's CSRF token."""

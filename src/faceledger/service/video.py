@@ -158,9 +158,7 @@ class VideoOperations(CollectionOperations):
             with self.audit(kind, ctx, collection=collection) as op:
                 if kind == SEARCH and op.policy.require_purpose and not ctx.purpose:
                     # refused now, not after the video was analysed (the job's event checks again)
-                    op.refuse("purpose_required",
-                              f"Collection {collection} requires a stated purpose for {kind} "
-                              "(HTTP header X-Faceledger-Purpose).")
+                    op.refuse_without_purpose()
                 op.note(JobTag=tag, Video=ref, **{k: v for k, v in options.items()
                                                    if k != "FaceMatchThreshold"})
                 with self.catalog.read() as conn:
