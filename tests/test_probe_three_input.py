@@ -52,6 +52,7 @@ from faceledger.imaging import (
     decode_image,
     jpeg_layout,
 )
+from faceledger.sdk import sign_each_call
 from faceledger.server import RekognitionApp, protocol, running
 from faceledger.server.keys import IssuedKey, KeyStore
 from faceledger.server.storage import build_resolver
@@ -67,9 +68,10 @@ BOUNDED = Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_tim
 
 
 def _rekognition(url: str, key: IssuedKey) -> Any:
-    return boto3.session.Session().client(
+    # the listings repeat one request many times a second: each is signed anew
+    return sign_each_call(boto3.session.Session().client(
         "rekognition", endpoint_url=url, region_name="us-east-1", config=BOUNDED,
-        aws_access_key_id=key.info.access_key_id, aws_secret_access_key=key.secret_access_key)
+        aws_access_key_id=key.info.access_key_id, aws_secret_access_key=key.secret_access_key))
 
 
 def _error(call: Any, **members: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from faceledger.sdk import show_extensions, state_context
+from faceledger.sdk import show_extensions, sign_each_call, state_context
 from faceledger.server import RekognitionApp, running
 from faceledger.server.keys import IssuedKey, KeyStore
 from faceledger.service import FaceService
@@ -36,10 +36,12 @@ class Server:
 
     def client(self, region: str = "us-east-1", key: IssuedKey | None = None) -> Any:
         key = key or self.admin
-        return boto3.session.Session().client(
+        # these tests make the same call twice within a second (plain, then with the helper):
+        # each is signed anew, as SECURITY.md's "Replayed requests" tells SDK users to
+        return sign_each_call(boto3.session.Session().client(
             "rekognition", endpoint_url=self.url, region_name=region,
             aws_access_key_id=key.info.access_key_id,
-            aws_secret_access_key=key.secret_access_key, config=NO_RETRIES)
+            aws_secret_access_key=key.secret_access_key, config=NO_RETRIES))
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +309,25 @@ def test_a_search_key_refused_enrolment_is_told_how(server: Server) -> None:
     assert _code(exc) == "AccessDeniedException"
     assert "may call SearchFacesByImage, CompareFaces" in message
     assert "faceledger keys create NAME -o 'CreateCollection,...'" in message
+
+
+def test_sign_each_call_serves_the_same_call_twice_within_a_second(server: Server) -> None:
+    """Two byte-identical calls signed by one key within one second share a signature and the
+    server serves a signature once; with sign_each_call both are served at once (no retry)."""
+    key = server.admin
+    plain = boto3.session.Session().client(
+        "rekognition", endpoint_url=server.url, region_name="us-east-1",
+        aws_access_key_id=key.info.access_key_id, aws_secret_access_key=key.secret_access_key,
+        config=NO_RETRIES)
+    refused = 0
+    for _ in range(3):  # the second of a pair may fall into the next second: try a few pairs
+        try:
+            plain.list_collections()
+            plain.list_collections()
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] == "ThrottlingException"
+            refused += 1
+    assert refused >= 1  # the repeat within one second is refused ...
+    signed = server.client()
+    answers = [signed.list_collections() for _ in range(6)]  # ... each signed anew is served
+    assert [a["ResponseMetadata"]["RetryAttempts"] for a in answers] == [0] * 6

@@ -1,11 +1,12 @@
 """boto3 helpers for a faceledger server: see faceledger's own answers, state why you ask.
 
     import boto3
-    from faceledger.sdk import show_extensions, state_context
+    from faceledger.sdk import show_extensions, sign_each_call, state_context
 
     rek = boto3.client("rekognition", endpoint_url="http://127.0.0.1:8080", ...)
     show_extensions(rek)                                   # FalseMatchRate, FacesSearched, ...
     state_context(rek, purpose="door access", case="INC-17")
+    sign_each_call(rek)                                    # the same call twice a second: both served
     r = rek.search_faces_by_image(CollectionId="staff", Image={"Bytes": photo})
     r["FacesSearched"], r["ExpectedFalseMatches"], r.get("ReviewRequired")
 
@@ -25,6 +26,7 @@ install faceledger. (The same figures arrive as X-Faceledger-* response headers,
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 SERVICE = "rekognition"
@@ -54,6 +56,23 @@ def state_context(client: Any, *, purpose: str | None = None, case: str | None =
 
     client.meta.events.register(f"before-sign.{SERVICE}", add,
                                 unique_id="faceledger-state-context")
+    return client
+
+
+NONCE_HEADER = "X-Faceledger-Nonce"
+
+
+def sign_each_call(client: Any) -> Any:
+    """Give every request of `client` a signature of its own: a fresh random header, added
+    before signing. A faceledger server serves each signature once (SECURITY.md, "Replayed
+    requests"), and two byte-identical calls signed by one key within the same second share one;
+    without this, boto3 retries the second a second later. Returns the client."""
+
+    def add(request: Any, **_: Any) -> None:
+        request.headers[NONCE_HEADER] = uuid.uuid4().hex
+
+    client.meta.events.register(f"before-sign.{SERVICE}", add,
+                                unique_id="faceledger-sign-each-call")
     return client
 
 
