@@ -233,10 +233,10 @@ def review_list(collection: str | None, status: str, case: str | None,
 
 def _decide(candidate: str, decision: str, reason: str, reviewer: str | None,
             probe: str | None = None, enrolled: str | None = None) -> None:
-    evidence = {"probe_sha256": None if probe is None else file_sha256(Path(probe)),
-                "enrolled_sha256": None if enrolled is None else file_sha256(Path(enrolled))}
-    emit_json(_service().review_candidate(candidate, decision, reason,
-                                          ctx=_ctx(principal=reviewer), **evidence))
+    emit_json(_service().review_candidate(
+        candidate, decision, reason, ctx=_ctx(principal=reviewer),
+        probe_sha256=None if probe is None else file_sha256(Path(probe)),
+        enrolled_sha256=None if enrolled is None else file_sha256(Path(enrolled))))
 
 
 _REVIEWER = click.option(

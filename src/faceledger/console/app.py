@@ -38,22 +38,30 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..context import RequestContext
+from ..context import RequestContext, stated
 from ..errors import (
     AccessDeniedException,
     FaceledgerError,
     InvalidParameterException,
     ResourceNotFoundException,
 )
+from ..ledger import comparison
 from ..ledger.export import write_bundle
-from ..ledger.report import bar_chart, day_chart, render_html, review_funnel, search_sentence
+from ..ledger.report import (
+    bar_chart,
+    day_chart,
+    headline,
+    render_html,
+    review_funnel,
+    search_sentence,
+)
 from ..server.keys import KeyStore
 from ..server.limits import BodyBudget, BodyReader, BodyTiming, FailureThrottle, Slots
 from ..service import FaceService
 from ..settings import Settings
 from .charts import calibration_chart
 from .sessions import Session, SessionStore
-from ..text import logger
+from ..text import logger, safe_json, visible
 
 log = logger("faceledger.console")
 
@@ -183,7 +191,8 @@ class Console:
         self.signin_throttle = FailureThrottle(rate=s.console_signin_failures_per_minute / 60,
                                                burst=float(s.console_signin_burst))
         env = Environment(loader=PackageLoader("faceledger.console", "templates"),
-                          autoescape=select_autoescape(default=True, default_for_string=True))
+                          autoescape=select_autoescape(default=True, default_for_string=True),
+                          finalize=_visible)
         env.filters["fmr"] = _fmr
         env.filters["pct"] = lambda v: "–" if v is None else f"{float(v):.4g}%"
         env.filters["when"] = _when
@@ -223,6 +232,12 @@ class Console:
 
         @wraps(handler)
         async def run(request: Request) -> Response:
+            if request.method == "HEAD":
+                # a HEAD (link checkers, prefetchers) answers as the GET would start, without
+                # doing the GET's work: no page read, so no view event in the ledger
+                if self.session(request) is None and handler != self.signin_form:
+                    return RedirectResponse(f"{PREFIX}/signin", 303)
+                return Response(b"", media_type="text/html")
             try:
                 return await handler(request)
             except _SignInNeeded as exc:
@@ -288,8 +303,11 @@ class Console:
             roles=key.console_roles,
             collections=("*",) if key.all_collections else tuple(key.collections), **extra)
 
-    async def form(self, request: Request, session: Session | None) -> FormData:
-        """The posted form, refused unless it carries this session's CSRF token."""
+    async def form(self, request: Request, session: Session | None,
+                   operation: str = "SignIn") -> FormData:
+        """The posted form, refused unless it carries this session's CSRF token. A signed-in
+        session's refusal is logged as a refused `operation` (rule csrf): someone may be
+        forging requests in that key's name. (Without a session there is no one to log.)"""
         declared = request.headers.get("content-length", "0")
         if not declared.isdigit() or int(declared) > MAX_FORM_BYTES:
             raise InvalidParameterException("The form is too large.")
@@ -297,8 +315,12 @@ class Console:
         expected = session.csrf if session is not None else request.cookies.get(SIGNIN_COOKIE)
         given = form.get("csrf")
         if not expected or not isinstance(given, str) or not _same(given, expected):
-            raise AccessDeniedException(
-                "The form's CSRF token is missing or wrong: reload the page and try again.")
+            message = "The form's CSRF token is missing or wrong: reload the page and try again."
+            if session is None:
+                raise AccessDeniedException(message)
+            await self.call(self.service.refuse_console_form, operation, message,
+                            ctx=self.ctx(session),
+                            candidate_id=request.path_params.get("candidate_id"))
         return form
 
     @staticmethod
@@ -362,7 +384,7 @@ class Console:
 
     async def signout(self, request: Request) -> Response:
         session = self.require(request)
-        await self.form(request, session)
+        await self.form(request, session, "SignOut")
         await self.call(self.sessions.close, request.cookies.get(SESSION_COOKIE, ""))
         response = RedirectResponse(f"{PREFIX}/signin", 303)
         response.delete_cookie(SESSION_COOKIE, path=PREFIX)
@@ -401,18 +423,23 @@ class Console:
 
     async def decide(self, request: Request) -> Response:
         session = self.require(request)
-        form = await self.form(request, session)
+        form = await self.form(request, session, "ReviewCandidate")
         cid = request.path_params["candidate_id"]
         decision = str(form.get("decision") or "")
         reason = str(form.get("reason") or "")
-        hashes = {name: (str(form.get(name) or "").strip() or None)
-                  for name in ("probe_sha256", "enrolled_sha256")}
         try:
-            decided = await self.call(self.service.review_candidate, cid, decision, reason,
-                                      ctx=self.ctx(session), **hashes)
+            decided = await self.call(
+                self.service.review_candidate, cid, decision, reason, ctx=self.ctx(session),
+                probe_sha256=str(form.get("probe_sha256") or "").strip() or None,
+                enrolled_sha256=str(form.get("enrolled_sha256") or "").strip() or None,
+                features=comparison.from_form(form))
         except FaceledgerError as exc:
-            # the service's refusal, shown on the candidate's page, in words
-            return await self.candidate(request, f"Not recorded: {exc.message}", exc.status)
+            # the service's refusal (logged), in words, with the reason typed kept to copy; the
+            # case file is not shown again here, so a refused form writes no view event
+            return self.render(request, "error.html", {
+                "code": exc.code, "message": f"Not recorded: {exc.message}", "kept": reason,
+                "back": f"{PREFIX}/candidates/{quote(cid, safe='')}", "nav": "queue"},
+                status=exc.status)
         words = {"CONFIRM": "same person", "REJECT": "not the same person",
                  "INCONCLUSIVE": "inconclusive"}.get(decision, decision)
         note = (f"Recorded: {words}. The candidate is now {decided['Status']} "
@@ -454,7 +481,7 @@ class Console:
         if not 0 < seq <= MAX_SEQ - 1:  # the page also looks up seq + 1
             raise ResourceNotFoundException(f"The ledger has no event #{seq}.")
         data = await self.call(self.service.ledger_event, seq, ctx=self.ctx(session))
-        pretty = json.dumps(data["Body"], indent=2, ensure_ascii=False, sort_keys=True)
+        pretty = safe_json(data["Body"], indent=2, sort_keys=True)
         body = data["Body"] if isinstance(data["Body"], dict) else {}
         return self.render(request, "event.html", {
             "e": data, "pretty": _linked(pretty, body, session), "nav": "ledger"})
@@ -466,7 +493,7 @@ class Console:
 
     async def export(self, request: Request) -> Response:
         session = self.require(request)
-        form = await self.form(request, session)
+        form = await self.form(request, session, "ExportCase")
         case = str(form.get("case") or "").strip()
         # everything that could fail on the case id comes before the export (which is logged)
         disposition = _attachment(f"case-{case}.zip")
@@ -505,7 +532,8 @@ class Console:
         }
         return self.render(request, "report.html", {
             "r": rep, "charts": charts, "from": start, "to": end, "nav": "report",
-            "search_sentence": search_sentence(rep["searches"])})
+            "search_sentence": search_sentence(rep["searches"]),
+            "headline": headline(rep["totals"])})
 
     async def report_download(self, request: Request) -> Response:
         session = self.require(request)
@@ -517,7 +545,7 @@ class Console:
         name = f"transparency-{start}-{end}.{fmt}"
         disposition = {"content-disposition": _attachment(name)}
         if fmt == "json":
-            return Response(json.dumps(rep, indent=1, ensure_ascii=False),
+            return Response(safe_json(rep, indent=1),
                             media_type="application/json", headers=disposition)
         return HTMLResponse(render_html(rep), headers=disposition)
 
@@ -533,9 +561,15 @@ class Console:
 
     async def collection(self, request: Request) -> Response:
         session = self.require(request)
-        purpose = (request.query_params.get("purpose") or "").strip()[:255] or None
+        purpose_error: str | None = None
+        typed = (request.query_params.get("purpose") or "").strip()
+        try:  # the same check as the API's header and the CLI's --purpose, as a form error
+            purpose = stated(typed, "Purpose") if typed else None
+        except InvalidParameterException as exc:
+            purpose, purpose_error = None, exc.message
         data = await self.call(self.service.collection_overview,
                                request.path_params["collection_id"],
+                               listing=purpose_error is None,
                                ctx=self.ctx(session, purpose=purpose))
         # the collection's own model: its templates are scored with that model's table
         model = data["Description"]["FaceModelVersion"]
@@ -543,7 +577,8 @@ class Console:
         rates = await self.call(self.service.published_error_rates, model)
         return self.render(request, "collection.html", {
             "c": data, "chart": calibration_chart(curve), "rates": rates,
-            "purpose": purpose or "", "nav": "collections"})
+            "purpose": typed, "purpose_error": purpose_error, "nav": "collections"},
+            status=400 if purpose_error else 200)
 
     async def rates(self, request: Request) -> Response:
         self.require(request)
@@ -611,6 +646,17 @@ def _linked(pretty: str, body: Mapping[str, Any], session: Session) -> Markup:
         return m.group(0)
 
     return Markup(_UUID.sub(link, str(escape(pretty))))
+
+
+def _visible(value: Any) -> Any:
+    """Every value a template prints, with control, bidirectional and invisible characters shown
+    as escapes (`text.visible`): a reason stored before input was checked reads as typed,
+    never reordered. Markup stays markup (its text parts are neutralised the same way)."""
+    if isinstance(value, Markup):
+        return Markup(visible(str(value)))
+    if isinstance(value, str):
+        return visible(value)
+    return value
 
 
 def _num(v: Any) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from ..shapes import Shape
+from ..text import safe_json, visible
 from . import schema
 from .chain import Ledger
 from .events import format_time, utc_now
@@ -90,11 +91,13 @@ def write_bundle(bundle: Shape, folder: Path) -> list[Path]:
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(bundle["case"]))
     name = f"case-{safe}.json"
     paths = [folder / name, folder / "verify.py", folder / "README.txt"]
-    paths[0].write_text(json.dumps(bundle, indent=1, ensure_ascii=False), encoding="utf-8")
+    # control and bidirectional characters as JSON escapes: the same strings once parsed (the
+    # hashed bodies verify), but a reader opening the file sees them, not their effect
+    paths[0].write_text(safe_json(bundle, indent=1), encoding="utf-8")
     source = resources.files("faceledger.ledger").joinpath("segment.py").read_text("utf-8")
     paths[1].write_text(source, encoding="utf-8")
     paths[2].write_text(README.format(
-        case=bundle["case"], name=name, n=len(bundle["events"]), s=bundle["start"]["seq"],
+        case=visible(str(bundle["case"])), name=name, n=len(bundle["events"]), s=bundle["start"]["seq"],
         e=bundle["end"]["seq"], sh=bundle["start"]["hash"], eh=bundle["end"]["hash"],
     ), encoding="utf-8")
     return paths

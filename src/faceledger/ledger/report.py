@@ -19,6 +19,7 @@ from ..calibration import load_calibration
 from ..calibration.coverage import coverage_lines
 from ..model_versions import canonical, describe
 from ..shapes import Shape
+from ..text import visible
 from . import schema
 from .chain import Ledger
 from .events import (
@@ -171,7 +172,18 @@ def build(ledger: Ledger, start: datetime, end: datetime, *, generated_by: str,
         "chain": dict(chain or {}),
         "scoped": include is not None,
         "totals": {"events": n, "done": sum(c["done"] for c in operations.values()),
-                   "refused": sum(c[REFUSED] for c in operations.values())},
+                   "refused": sum(c[REFUSED] for c in operations.values()),
+                   # the headline: operations on faces, settings and the record, apart from
+                   # the console's page views (opening a queue or a case file is logged, but
+                   # it is not something the service did to anyone's face)
+                   **{kind: {"total": sum(c["done"] + c[REFUSED] for _, c in ops),
+                             "done": sum(c["done"] for _, c in ops),
+                             "refused": sum(c[REFUSED] for _, c in ops)}
+                      for kind, ops in (
+                          ("operations", [(o, c) for o, c in operations.items()
+                                          if o not in PAGE_VIEWS]),
+                          ("page_views", [(o, c) for o, c in operations.items()
+                                          if o in PAGE_VIEWS]))}},
         "operations": {o: {"done": c["done"], "refused": c[REFUSED]}
                        for o, c in sorted(operations.items())},
         "searches": {
@@ -234,6 +246,18 @@ def review_funnel(ident: Mapping[str, Any]) -> dict[str, float]:
             "inconclusive": ident["inconclusive"]}
 
 
+def headline(totals: Mapping[str, Any]) -> str:
+    """The report's first count: operations, with console page views apart (reports built
+    before the split say only events)."""
+    ops, views = totals.get("operations"), totals.get("page_views")
+    if not isinstance(ops, Mapping) or not isinstance(views, Mapping):
+        return f"{totals['events']} events: {totals['done']} done, {totals['refused']} refused."
+    return (f"{ops['total']} operations: {ops['done']} done, {ops['refused']} refused. "
+            f"Besides them, {views['total']} console page views (people opening the review "
+            f"queue, case files, the ledger or reports; {views['refused']} refused), logged "
+            "but not operations on faces.")
+
+
 def search_sentence(s: Mapping[str, Any]) -> str:
     """What the searchers saw, in one sentence (returned vs held for review)."""
     return (f"{s['matches_returned']} matches returned to searchers; {s['candidates_held']} "
@@ -252,7 +276,9 @@ td,th{padding:.2em .8em;border-bottom:1px solid #eee;text-align:left}td.n{text-a
 
 
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    """Escaped for HTML, control and bidirectional characters shown as escapes (text.visible):
+    purposes and names stored before input was checked cannot reorder the report."""
+    return html.escape(visible(str(value)), quote=True)
 
 
 def bar_chart(items: Mapping[str, float], *, color: str = BAR, width: int = 640) -> str:
@@ -376,8 +402,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         (f"<p>Period <b>{_e(p['from'])}</b> to <b>{_e(p['to'])}</b> (end excluded). "
          f"Generated {_e(report['generated_at'])} by {_e(report['generated_by'])}.</p>"),
         chain_line,
-        (f"<p>{report['totals']['events']} events: {report['totals']['done']} done, "
-         f"{report['totals']['refused']} refused.</p>"),
+        f"<p>{_e(headline(report['totals']))}</p>",
         "<h3>Events per day</h3>", day_chart(report["per_day"]),
         "<h2>Operations</h2>", _table(ops, ("operation", "done", "refused")),
         f"<h2>Searches ({s['total']})</h2>",

@@ -31,6 +31,7 @@ from sqlalchemy import Connection, and_, func, insert, or_, select, update
 
 from ..errors import InvalidParameterException, ResourceNotFoundException
 from ..shapes import Shape
+from ..text import check_text
 from . import schema
 from .events import format_time
 from .refusals import ReviewConflict, ReviewRefusal
@@ -198,6 +199,18 @@ def check_evidence(decision: str, given: Evidence, probe: str | None,
     return shown
 
 
+def check_decision(decision: str, reason: str) -> str:
+    """The reason as stored, or InvalidParameterException: the decision must be one of
+    DECISIONS, the reason 1 to MAX_REASON characters of text without control, bidirectional or
+    invisible formatting characters (text.check_text; line breaks are kept)."""
+    if decision not in DECISIONS:
+        raise InvalidParameterException(f"Decision must be one of {', '.join(DECISIONS)}.")
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidParameterException(
+            "Reason is required: say why you confirm, reject or find it inconclusive.")
+    return check_text(reason, "Reason", max_chars=MAX_REASON, prose=True, lines=True)
+
+
 def has_decided(cand: Shape, reviewer: str) -> bool:
     return any(r["Reviewer"] == reviewer for r in cand["Reviews"])
 
@@ -236,13 +249,7 @@ def decide(conn: Connection, candidate_id: str, reviewer: str, decision: str, re
 
     `recorded` is (probe, enrolled) SHA-256 as the ledger has them; `evidence` what the reviewer
     compared (checked with `check_evidence`)."""
-    if decision not in DECISIONS:
-        raise InvalidParameterException(f"Decision must be one of {', '.join(DECISIONS)}.")
-    if not isinstance(reason, str) or not reason.strip():
-        raise InvalidParameterException(
-            "Reason is required: say why you confirm, reject or find it inconclusive.")
-    if len(reason) > MAX_REASON:
-        raise InvalidParameterException(f"Reason must be at most {MAX_REASON} characters.")
+    reason = check_decision(decision, reason)
     c, r = schema.candidates, schema.reviews
     # Lock the candidate first, so two reviewers deciding at once are settled one after another.
     locked = conn.execute(update(c).where(c.c.id == candidate_id).values(status=c.c.status))
@@ -266,7 +273,7 @@ def decide(conn: Connection, candidate_id: str, reviewer: str, decision: str, re
     before = get(conn, candidate_id)
     stage = VERIFICATION if verification_stage(before, verifier_sees_earlier) else INDEPENDENT
     conn.execute(insert(r).values(candidate_id=candidate_id, reviewer=reviewer,
-                                  decision=decision, reason=reason.strip(),
+                                  decision=decision, reason=reason,
                                   time=format_time(now), probe_sha256=shown.probe_sha256,
                                   enrolled_sha256=shown.enrolled_sha256, stage=stage))
     confirmations = int(conn.execute(

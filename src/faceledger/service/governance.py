@@ -23,7 +23,8 @@ from ..ledger import Anchor, CollectionPolicy, FaceRemover, retention, review, s
 from ..ledger import export as case_export
 from ..ledger.events import format_time, parse_time, utc_now
 from ..ledger.policy import check_collection_id, load_policy, policies_with_retention, store_policy
-from ..ledger.refusals import AdminRequired, RoleRequired
+from ..ledger import comparison
+from ..ledger.refusals import AdminRequired, MalformedRequest, RoleRequired
 from ..ledger.report import build as build_report
 from ..shapes import Shape
 from ..text import shown
@@ -147,23 +148,35 @@ class GovernanceOperations(ServiceCore):
 
     def review_candidate(self, candidate_id: str, decision: str, reason: str, *,
                          probe_sha256: str | None = None, enrolled_sha256: str | None = None,
+                         features: Mapping[str, str] | None = None,
                          ctx: RequestContext = LOCAL) -> Shape:
         """Decide a candidate as reviewer `ctx.principal`: CONFIRM, REJECT or INCONCLUSIVE,
         with a reason (logged). A CONFIRM or INCONCLUSIVE names the two photos compared by
-        their SHA-256, which must equal the recorded ones; the event records them."""
+        their SHA-256, which must equal the recorded ones; the event records them, and the
+        facial features compared (`ledger.comparison`) when given. A malformed decision is
+        refused and logged (rule malformed_decision)."""
         current = self.get_review_candidate(candidate_id, ctx=ctx)
-        check_enum(decision, review.DECISIONS, "Decision")
         self._require_role("ReviewCandidate", ctx, ("reviewer",), current["CollectionId"])
         # The decision belongs to the search's case, so the case export carries it.
         rctx = dataclasses.replace(ctx, case=ctx.case or current["CaseReference"],
                                    purpose=ctx.purpose or current["Purpose"])
-        given = review.Evidence(_optional_str(probe_sha256, "ProbeImageSha256", 128),
-                                _optional_str(enrolled_sha256, "EnrolledImageSha256", 128))
         with self.audit("ReviewCandidate", rctx, collection=current["CollectionId"],
                         uses_model=False) as op:
-            op.note(candidate_id=current["CandidateId"], decision=decision, reason=reason,
+            op.note(candidate_id=current["CandidateId"])
+            try:  # a decision the rules cannot read is refused and logged, never stored
+                check_enum(decision, review.DECISIONS, "Decision")
+                reason = review.check_decision(decision, reason)
+                given = review.Evidence(
+                    _optional_str(probe_sha256, "ProbeImageSha256", 128),
+                    _optional_str(enrolled_sha256, "EnrolledImageSha256", 128))
+                compared = comparison.check_features(features)
+            except InvalidParameterException as exc:
+                op.note(submitted_decision=shown(decision, 40))
+                raise MalformedRequest("malformed_decision", exc.message) from exc
+            op.note(decision=decision, reason=reason,
                     submitted_probe_sha256=given.probe_sha256,
-                    submitted_enrolled_sha256=given.enrolled_sha256)
+                    submitted_enrolled_sha256=given.enrolled_sha256,
+                    **({comparison.EVENT_FIELD: compared} if compared else {}))
             recorded = (current["ProbeImageSha256"],
                         self.recorded_enrolled_sha256(op.conn, current))
             policy = load_policy(op.conn, current["CollectionId"])

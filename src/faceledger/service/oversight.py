@@ -14,7 +14,7 @@ import dataclasses
 import json
 from datetime import timedelta
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Connection, select
 
@@ -30,11 +30,12 @@ from ..errors import (
 from ..ledger import review, schema
 from ..ledger.events import PAGE_VIEWS, SEARCH_OPERATIONS, format_time, parse_time
 from ..ledger.policy import check_collection_id, load_policy
-from ..ledger.refusals import RoleRequired
+from ..ledger.refusals import FormRefused, RoleRequired
 from ..model_versions import canonical
 from ..rates import wilson_interval
 from ..shapes import Shape
 from ..store.thresholds import default_search_fmr
+from . import collection_members as members
 from .governance import GovernanceOperations, index_event, like_escape
 from .users import UserOperations
 
@@ -406,22 +407,29 @@ class OversightOperations(UserOperations, GovernanceOperations):
                  "FaceModelVersion": r.face_model_version}
                 for r in rows if ctx.may_name(r.collection_id)]
 
-    def collection_overview(self, collection_id: str, *, ctx: RequestContext = LOCAL) -> Shape:
-        """A collection's faces, users, policy, retention and model (ListFaces is logged)."""
+    def collection_overview(self, collection_id: str, *, listing: bool = True,
+                            ctx: RequestContext = LOCAL) -> Shape:
+        """A collection's counts, policy, retention and model, and (with `listing`) its first
+        100 faces and users, recorded as one ListFaces event (the listing obeys the collection's
+        purpose rule: without a purpose where one is required, nothing is listed or logged)."""
         cid = check_collection_id(collection_id)
         self._need_role("ViewCollection", ctx, ("reviewer", "auditor", "admin"), cid)
-        described = self.describe_collection(cid, ctx=ctx)
+        with self.catalog.read() as conn:  # counts and the model: aggregates, not logged
+            coll = self.catalog.collection(conn, cid)
+            user_count = self.catalog.user_count(conn, coll.pk)
+        described: Shape = {"FaceCount": coll.face_count, "UserCount": user_count,
+                            "FaceModelVersion": coll.face_model_version,
+                            "CreationTimestamp": coll.created_at}
         out: Shape = {"CollectionId": cid, "Description": described, "Faces": [], "Users": [],
                       "ListingNeedsPurpose": False}
         with self.ledger.engine.connect() as conn:
             policy = load_policy(conn, cid)
         if policy.require_purpose and not ctx.purpose:
             # asked for a purpose first, rather than listing and being refused
-            out["ListingNeedsPurpose"] = True
-        else:
+            out["ListingNeedsPurpose"] = listing
+        elif listing:
             try:
-                out["Faces"] = self.list_faces(cid, max_results=100, ctx=ctx).get("Faces", [])
-                out["Users"] = self.list_users(cid, max_results=100, ctx=ctx).get("Users", [])
+                out["Faces"], out["Users"] = self._list_for_console(cid, ctx)
             except PolicyRefusedException as exc:
                 # the collection's policy refused the listing; it is logged
                 out["ListingRefused"] = exc.message
@@ -438,6 +446,32 @@ class OversightOperations(UserOperations, GovernanceOperations):
                 face["ExpiresAt"] = format_time(
                     parse_time(started) + timedelta(days=policy.retention_days))
         return out
+
+    def _list_for_console(self, cid: str, ctx: RequestContext,
+                          limit: int = 100) -> tuple[list[Shape], list[Shape]]:
+        """The first `limit` faces and users of `cid`, in one ListFaces event (a page is one
+        view: not a DescribeCollection, a ListFaces and a ListUsers)."""
+        with self.audit("ListFaces", ctx, collection=cid, uses_model=False) as op:
+            op.note(MaxResults=limit, Users=True, Via="console")
+            with self.catalog.read() as conn:
+                coll = self.catalog.collection(conn, cid)
+                faces = self.catalog.list_faces(conn, coll.pk, 0, limit + 1)
+                users = self.catalog.list_users(conn, coll.pk, 0, limit + 1)
+            op.record(face_ids=[f.face_id for f in faces[:limit]],
+                      user_ids=[u.user_id for u in users[:limit]],
+                      more=len(faces) > limit or len(users) > limit)
+        return ([members.face_shape(f, coll.face_model_version) for f in faces[:limit]],
+                [{"UserId": u.user_id, "UserStatus": members.status(u.face_count)}
+                 for u in users[:limit]])
+
+    def refuse_console_form(self, operation: str, message: str, *,
+                            candidate_id: str | None = None,
+                            ctx: RequestContext = LOCAL) -> NoReturn:
+        """Log a console form refused for its CSRF token, as a refused `operation` of the
+        signed-in key (rule csrf: a forged request in that key's name), and raise it."""
+        with self.audit(operation, ctx, uses_model=False) as op:
+            op.note(form="console", candidate_id=candidate_id)
+            raise FormRefused(message)
 
 
 def _search_facts(conn: Connection, request_id: str | None) -> Shape:
