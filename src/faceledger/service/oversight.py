@@ -18,7 +18,12 @@ from typing import Any, NoReturn
 
 from sqlalchemy import Connection, select
 
-from ..calibration.coverage import coverage_lines
+from ..calibration.coverage import (
+    STATUS_WORDS,
+    coverage_at,
+    coverage_lines,
+    threshold_coverage,
+)
 from ..calibration.table import fmr_for_similarity, similarity_for_fmr
 from ..context import LOCAL, RequestContext
 from ..errors import (
@@ -214,7 +219,10 @@ class OversightOperations(UserOperations, GovernanceOperations):
                       decisions_shown=not seen["DecisionsHidden"])
         return {"Candidate": seen, "Search": search, "EnrolledFace": enrolled,
                 "Rank": seen["Rank"], "CandidatesHeld": len(ranks), "Siblings": siblings,
-                "PublishedErrorRates": self.published_error_rates(search.get("FaceModelVersion"))}
+                "PublishedErrorRates": self.published_error_rates(
+                    search.get("FaceModelVersion"),
+                    search["Threshold"] if isinstance(search.get("Threshold"), (int, float))
+                    else None)}
 
     def recorded_enrolled_sha256(self, conn: Connection, candidate: Shape) -> str | None:
         """The ledger's IndexFaces hash, else the catalog's (faces indexed before the ledger
@@ -255,24 +263,34 @@ class OversightOperations(UserOperations, GovernanceOperations):
         face["ExpectedSha256"] = face.get("IndexFacesImageSha256") or face["ImageSha256"]
         return face
 
-    def published_error_rates(self, model_version: str | None = None) -> Shape:
+    def published_error_rates(self, model_version: str | None = None,
+                              threshold: float | None = None) -> Shape:
         """A model's (default: the configured one's) published error rates from its
-        calibration table: operating points, and per group where the table measured groups
-        (rows as the table gives them)."""
+        calibration table: operating points at the thresholds the table checked, whom the
+        promise holds for at each (`calibration.coverage`, the one source of these words), and
+        per group where the table measured groups. With `threshold` (a search's), the coverage
+        at exactly that threshold, if the table checked it."""
         version = canonical(model_version or self.pipeline.model_version)
         try:
             table = self.calibration_for(version)
         except (LookupError, ResourceNotReadyException):
             return {"ModelVersion": version, "Available": False}
-        points = []
-        for fmr in (1e-3, 1e-4, 1e-5):
-            d = table.distance_for_fmr(fmr)
-            points.append({"Similarity": 100 * (1 - fmr), "FalseMatchRate": fmr,
-                           "FalseNonMatchRate": float(table.fnmr_at(d)),
-                           "Credible": table.is_credible(fmr)})
         prov = table.provenance
+        coverage = threshold_coverage(table)
+        sims = [t.similarity for t in coverage] or [
+            float(row["similarity"]) for row in prov.get("summary", [])
+            if isinstance(row, Mapping) and 0 < float(row.get("fmr", 1)) < 1]
+        points = []
+        for sim in sims:
+            fmr = fmr_for_similarity(sim)
+            d = table.distance_for_fmr(fmr)
+            checked = next((t for t in coverage if t.similarity == sim), None)
+            points.append({"Similarity": sim, "FalseMatchRate": fmr,
+                           "FalseNonMatchRate": float(table.fnmr_at(d)),
+                           "Credible": table.is_credible(fmr),
+                           "Coverage": None if checked is None else checked.as_dict()})
         groups = _group_rows(prov.get("coverage"))
-        covered = sum(1 for g in groups if g["Covered"])
+        at = None if threshold is None else coverage_at(table, threshold)
         return {"ModelVersion": table.model_version, "Available": True,
                 "Dataset": (prov.get("dataset") or {}).get("name"),
                 "LowestCredibleFalseMatchRate": table.lowest_credible_fmr,
@@ -280,8 +298,9 @@ class OversightOperations(UserOperations, GovernanceOperations):
                 # the summary lines; the per-group lines are the rows of Groups
                 "Populations": [ln.rstrip(":") for ln in coverage_lines(table)
                                 if not ln.startswith("  ")],
-                "Groups": groups, "GroupsMeasured": len(groups), "GroupsCovered": covered,
-                "GroupsNotCovered": [g["Group"] for g in groups if not g["Covered"]],
+                "Coverage": [t.as_dict() for t in coverage],
+                "Threshold": threshold, "AtThreshold": None if at is None else at.as_dict(),
+                "Groups": groups, "GroupsMeasured": len(groups),
                 # groups whose own rate at a shipped threshold is above the promise beyond
                 # chance (the whole 95% interval above it): said next to every decision
                 "GroupsAbovePromise": [
@@ -577,9 +596,11 @@ def _group_rows(coverage: Any) -> list[Shape]:
                            "PromisedFalseMatchRate": promised,
                            "FalseMatches": k, "FalseMatchRate": fmr,
                            "Low": low, "High": float(hi), "Status": status,
+                           "StatusWords": STATUS_WORDS.get(status, status),
                            # above the promise beyond chance: the whole interval is above it
                            "AbovePromise": low > promised,
                            "PointAbovePromise": fmr > promised})
+        # covered at every threshold checked (a summary for code; pages state it per threshold)
         covered = all(p["Status"] == "covered" for p in points) if per_threshold else bool(g["covered"])
         rows.append({"Group": g["group"], "People": int(g["people"] if per_threshold else g["images"]),
                      "ImpostorPairs": pairs, "Covered": covered, "HeldOut": per_threshold,
