@@ -55,6 +55,7 @@ from ..ledger.report import (
     review_funnel,
     search_sentence,
 )
+from ..rates import how_often
 from ..server.keys import KeyStore
 from ..server.limits import BodyBudget, BodyReader, BodyTiming, FailureThrottle, Slots
 from ..service import FaceService
@@ -211,6 +212,7 @@ class Console:
             Route("/queue", self.page(self.queue)),
             Route("/candidates/{candidate_id}", self.page(self.candidate), methods=["GET"]),
             Route("/candidates/{candidate_id}", self.page(self.decide), methods=["POST"]),
+            Route("/candidates/{candidate_id}/scores", self.page(self.scores), methods=["GET"]),
             Route("/ledger", self.page(self.ledger)),
             Route("/ledger/verify", self.page(self.verify)),
             Route("/ledger/export", self.page(self.export), methods=["POST"]),
@@ -419,7 +421,19 @@ class Console:
                 k: (data["EnrolledFace"] or {}).get(k) for k in ("BoundingBox", "Landmarks")}),
             "enrolled_detail": {k: (data["EnrolledFace"] or {}).get(k)
                                 for k in ("Pose", "Quality")},
+            "features": comparison.FEATURES, "findings": comparison.FINDINGS,
+            "feature_prefix": comparison.FORM_PREFIX,
         }, status=status)
+
+    async def scores(self, request: Request) -> Response:
+        """The candidate's scores, asked for after a first look (logged; opens beside the
+        comparison, so the photos opened there stay open)."""
+        session = self.require(request)
+        q = request.query_params
+        data = await self.call(self.service.reveal_scores, request.path_params["candidate_id"],
+                               probe_sha256=q.get("probe"), enrolled_sha256=q.get("enrolled"),
+                               ctx=self.ctx(session))
+        return self.render(request, "scores.html", {"r": data, "nav": "queue"})
 
     async def decide(self, request: Request) -> Response:
         session = self.require(request)
@@ -720,7 +734,7 @@ def _fmr(value: Any) -> str:
     v = float(value)
     if v <= 0:
         return "0"
-    return f"{v:.2g} (1 in {1 / v:,.0f})"
+    return f"{v:.2g} ({how_often(v)})"
 
 
 __all__ = ["Console", "build_console"]

@@ -173,6 +173,9 @@ class GovernanceOperations(ServiceCore):
             except InvalidParameterException as exc:
                 op.note(submitted_decision=shown(decision, 40))
                 raise MalformedRequest("malformed_decision", exc.message) from exc
+            # ACE-V: whether the reviewer saw the scores before deciding, and when
+            op.note(scores_revealed_at=scores_revealed(op.conn, current["CandidateId"],
+                                                       ctx.principal))
             op.note(decision=decision, reason=reason,
                     submitted_probe_sha256=given.probe_sha256,
                     submitted_enrolled_sha256=given.enrolled_sha256,
@@ -314,6 +317,24 @@ class GovernanceOperations(ServiceCore):
             op.record(events=count)
         # The export event is chained now: the bundle's segment ends with it.
         return case_export.build_bundle(self.ledger, ref, exported_by=ctx.principal)
+
+
+REVEAL_SCORES = "RevealCandidateScores"
+
+
+def scores_revealed(conn: Connection, candidate_id: str, principal: str) -> str | None:
+    """When `principal` asked to see `candidate_id`'s scores (the time of their first
+    RevealCandidateScores event), or None: a reviewer who may decide sees no score before."""
+    e = schema.events
+    rows = conn.execute(
+        select(e.c.time, e.c.body).where(
+            e.c.operation == REVEAL_SCORES, e.c.principal == principal, e.c.outcome == "done",
+            e.c.body.like(f"%{like_escape(candidate_id)}%", escape="\\")).order_by(e.c.seq)
+    ).all()
+    for time, body in rows:
+        if (json.loads(body).get("result") or {}).get("candidate_id") == candidate_id:
+            return str(time)
+    return None
 
 
 def index_event(conn: Connection, cid: str, face_id: str) -> Shape | None:

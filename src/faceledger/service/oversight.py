@@ -37,14 +37,23 @@ from ..ledger.events import PAGE_VIEWS, SEARCH_OPERATIONS, format_time, parse_ti
 from ..ledger.policy import check_collection_id, load_policy
 from ..ledger.refusals import FormRefused, RoleRequired
 from ..model_versions import canonical
-from ..rates import wilson_interval
+from ..rates import pairs_of_different_people, wilson_interval
 from ..shapes import Shape
 from ..store.thresholds import default_search_fmr
 from . import collection_members as members
-from .governance import GovernanceOperations, index_event, like_escape
+from .governance import (
+    REVEAL_SCORES,
+    GovernanceOperations,
+    index_event,
+    like_escape,
+    scores_revealed,
+)
 from .users import UserOperations
 
 REVIEW_READERS = ("reviewer", "auditor")
+# Beyond these a face is too turned for a like-for-like comparison (FISWG: pose differences
+# change which features are visible and how they look); the reviewer is told so, in degrees.
+TURNED_YAW, TURNED_PITCH, POSE_APART = 30.0, 25.0, 30.0
 
 LEDGER_READERS = ("auditor",)
 EVENT_FILTERS = ("operation", "collection", "principal", "purpose", "case", "outcome")
@@ -76,7 +85,8 @@ class OversightOperations(UserOperations, GovernanceOperations):
         with self.ledger.engine.connect() as conn:
             found = review.query(conn, status=review.PENDING, limit=4096)
             visible = [c for c in found if ctx.may_name(c["CollectionId"])]
-            shaped = [self._as_seen(conn, c, ctx) for c in visible]
+            open_to = _open_to(found, ctx)
+            shaped = [self._as_seen(conn, c, ctx, open_to) for c in visible]
             needing = sum(1 for c in shaped if c["YourPart"]["State"] == "needs_decision")
             if needs_my_decision:
                 shaped = [c for c in shaped if c["YourPart"]["State"] == "needs_decision"]
@@ -94,7 +104,8 @@ class OversightOperations(UserOperations, GovernanceOperations):
                         "Search": self._strength(conn, cand), "CandidatesHeld": len(ranks),
                         "Candidates": [], "_ranks": ranks}
                 group = groups[key]
-                cand["Rank"] = group["_ranks"].get(cand["CandidateId"])
+                cand["Rank"] = (None if cand["ScoresHidden"]
+                                else group["_ranks"].get(cand["CandidateId"]))
                 group["Candidates"].append(cand)
             for group in groups.values():
                 group.pop("_ranks")
@@ -105,8 +116,14 @@ class OversightOperations(UserOperations, GovernanceOperations):
                 "PendingVisible": len(visible), "NeedsYourDecision": needing,
                 "PublishedErrorRates": self.published_error_rates()}
 
-    def _as_seen(self, conn: Connection, cand: Shape, ctx: RequestContext) -> Shape:
-        """`cand` as the caller may see it, with YourPart: may they decide, and if not why."""
+    def _as_seen(self, conn: Connection, cand: Shape, ctx: RequestContext,
+                 open_to: tuple[set[str], set[str]] | None = None) -> Shape:
+        """`cand` as the caller may see it, with YourPart: may they decide, and if not why.
+        Blind review covers the whole search and probe: while the caller still has a candidate
+        of the same search (or of another search of the same probe photo) to decide, they see
+        no other reviewer's decision, reason, name or count, and no outcome, on any of them."""
+        if open_to is None:
+            open_to = _open_to(review.query(conn, status=review.PENDING, limit=4096), ctx)
         policy = load_policy(conn, cand["CollectionId"])
         reviewer = ctx.has_role("reviewer")
         own = cand["RequestedBy"] == ctx.principal
@@ -130,8 +147,31 @@ class OversightOperations(UserOperations, GovernanceOperations):
                            "decide it."}
         else:
             part = {"State": "needs_decision", "CanDecide": True, "Why": None}
+        requests, probes = open_to
+        verifying = part["CanDecide"] and seen["Stage"] == review.VERIFICATION
+        if (cand["RequestId"] in requests or cand["ProbeImageSha256"] in probes) and not verifying:
+            # a sibling's outcome is a colleague's conclusion about the same probe face
+            seen["Reviews"] = [r for r in seen["Reviews"] if r["Reviewer"] == ctx.principal]
+            seen["Confirmations"] = None
+            seen["DecisionsHidden"] = True
+            if not part["CanDecide"]:
+                seen["Status"] = None  # PENDING or settled would tell what others decided
+                mine = (f"You decided this candidate ({seen['MyDecision']}). "
+                        if seen["MyDecision"] else "This candidate is not open to your decision. ")
+                part = {"State": "blind", "CanDecide": False,
+                        "Why": mine + "Its status and other reviewers' decisions are hidden "
+                               "from you until you have decided every candidate of this search "
+                               "(and of other searches of the same probe photo) that is open "
+                               "to you: blind review."}
         seen["YourPart"] = part
         seen["VerifierSeesEarlier"] = policy.verifier_sees_earlier
+        # ACE-V: analysis before comparison. Whoever may decide sees no score (Similarity,
+        # its false-match rate, rank) until they ask for it after a first look (logged).
+        seen["ScoresRevealedAt"] = (scores_revealed(conn, cand["CandidateId"], ctx.principal)
+                                    if part["CanDecide"] else None)
+        seen["ScoresHidden"] = part["CanDecide"] and seen["ScoresRevealedAt"] is None
+        if seen["ScoresHidden"]:
+            seen["Similarity"] = seen["FalseMatchRate"] = None
         return seen
 
     def _strength(self, conn: Connection, cand: Shape) -> Shape:
@@ -156,14 +196,14 @@ class OversightOperations(UserOperations, GovernanceOperations):
         expected = facts.get("ExpectedFalseMatches")
         if isinstance(threshold, (int, float)):
             fmr = fmr if isinstance(fmr, (int, float)) else fmr_for_similarity(threshold)
-            one_in = f"1 in {1 / fmr:,.0f}" if fmr > 0 else "none"
+            one_in = pairs_of_different_people(fmr)
             default = out.get("DefaultThreshold")
             if isinstance(default, float) and threshold < default - 1e-9:
                 expect = (f"; {expected:.3g} false matches expected in this search"
                           if isinstance(expected, (int, float)) else "")
                 warnings.append(
                     f"This search ran at {threshold:g}, below the default of {default:.6g} "
-                    f"for {searched} faces: {one_in} pairs of different people score this "
+                    f"for {searched} faces: {one_in} score this "
                     f"high{expect}.")
             if table is not None and fmr < table.lowest_credible_fmr:
                 warnings.append(
@@ -199,16 +239,17 @@ class OversightOperations(UserOperations, GovernanceOperations):
                 for other in review.query(conn, request_id=cand["RequestId"], limit=4096):
                     if other["CandidateId"] == cand["CandidateId"]:
                         continue
+                    hidden = seen["ScoresHidden"]  # a sibling's rank tells this one's
                     siblings.append({
                         "CandidateId": other["CandidateId"],
-                        "Rank": ranks.get(other["CandidateId"]),
-                        "Similarity": other["Similarity"],
-                        "FalseMatchRate": other["FalseMatchRate"],
+                        "Rank": None if hidden else ranks.get(other["CandidateId"]),
+                        "Similarity": None if hidden else other["Similarity"],
+                        "FalseMatchRate": None if hidden else other["FalseMatchRate"],
                         "ExternalImageId": other["ExternalImageId"], "FaceId": other["FaceId"],
                         # another candidate's outcome is a colleague's conclusion too
                         "Status": None if seen["DecisionsHidden"] else other["Status"]})
-                siblings.sort(key=lambda o: o["Rank"] or 0)
-        seen["Rank"] = ranks.get(cand["CandidateId"])
+                siblings.sort(key=lambda o: (o["Rank"] or 0, o["CandidateId"]))
+        seen["Rank"] = None if seen["ScoresHidden"] else ranks.get(cand["CandidateId"])
         # the view belongs to the search's case, so the case export shows who saw it
         vctx = dataclasses.replace(ctx, case=ctx.case or cand["CaseReference"],
                                    purpose=ctx.purpose or cand["Purpose"])
@@ -216,13 +257,51 @@ class OversightOperations(UserOperations, GovernanceOperations):
             op.record(candidate_id=cand["CandidateId"],
                       face_ids=[cand["FaceId"]] if cand["FaceId"] else [],
                       search_request_id=cand["RequestId"],
-                      decisions_shown=not seen["DecisionsHidden"])
+                      decisions_shown=not seen["DecisionsHidden"],
+                      scores_shown=not seen["ScoresHidden"])
         return {"Candidate": seen, "Search": search, "EnrolledFace": enrolled,
+                "Suitability": suitability(cand.get("ProbeFace"), enrolled),
                 "Rank": seen["Rank"], "CandidatesHeld": len(ranks), "Siblings": siblings,
                 "PublishedErrorRates": self.published_error_rates(
                     search.get("FaceModelVersion"),
                     search["Threshold"] if isinstance(search.get("Threshold"), (int, float))
                     else None)}
+
+    def reveal_scores(self, candidate_id: str, *, probe_sha256: str | None = None,
+                      enrolled_sha256: str | None = None,
+                      ctx: RequestContext = LOCAL) -> Shape:
+        """Show a reviewer the candidate's scores after their own first look (ACE-V: analysis
+        before comparison): its Similarity, false-match rate and rank, and the search's other
+        candidates' scores. Logged as RevealCandidateScores with `photos_checked` (both hashes
+        given and equal to the recorded ones: the photos were open in the reviewer's browser);
+        from then on the reviewer's pages show the scores, and their decision event says when
+        they saw them."""
+        self._need_role(REVEAL_SCORES, ctx, REVIEW_READERS)
+        cand = self.get_review_candidate(candidate_id, ctx=ctx)
+        cid = cand["CollectionId"]
+        self._need_role(REVEAL_SCORES, ctx, REVIEW_READERS, cid)
+        with self.ledger.engine.connect() as conn:
+            ranks = _ranks(conn, cand["RequestId"])
+            enrolled = self.recorded_enrolled_sha256(conn, cand)
+            others = review.query(conn, request_id=cand["RequestId"], limit=4096) \
+                if cand["RequestId"] else []
+        given = [(v or "").strip().lower() or None for v in (probe_sha256, enrolled_sha256)]
+        checked = given == [cand["ProbeImageSha256"], enrolled] and None not in given
+        vctx = dataclasses.replace(ctx, case=ctx.case or cand["CaseReference"],
+                                   purpose=ctx.purpose or cand["Purpose"])
+        with self.audit(REVEAL_SCORES, vctx, collection=cid, uses_model=False) as op:
+            op.record(candidate_id=cand["CandidateId"], photos_checked=checked,
+                      search_request_id=cand["RequestId"])
+        return {"CandidateId": cand["CandidateId"], "CaseReference": cand["CaseReference"],
+                "ExternalImageId": cand["ExternalImageId"], "Similarity": cand["Similarity"],
+                "FalseMatchRate": cand["FalseMatchRate"], "Rank": ranks.get(cand["CandidateId"]),
+                "CandidatesHeld": len(ranks), "PhotosChecked": checked,
+                "Others": sorted(({"CandidateId": o["CandidateId"],
+                                   "ExternalImageId": o["ExternalImageId"],
+                                   "Similarity": o["Similarity"],
+                                   "Rank": ranks.get(o["CandidateId"])}
+                                  for o in others if o["CandidateId"] != cand["CandidateId"]),
+                                 key=lambda o: o["Rank"] or 0)}
 
     def recorded_enrolled_sha256(self, conn: Connection, candidate: Shape) -> str | None:
         """The ledger's IndexFaces hash, else the catalog's (faces indexed before the ledger
@@ -520,6 +599,52 @@ def _search_facts(conn: Connection, request_id: str | None) -> Shape:
                 "FaceModelVersion": canonical(str(body["model_version"]))
                 if body.get("model_version") else None}
     return {}
+
+
+def suitability(probe: Shape | None, enrolled: Shape | None) -> list[str]:
+    """Warnings about how comparable the two faces are, from the pose the detector recorded
+    for each (the probe at the search, the enrolled face at indexing)."""
+    poses = {name: (face or {}).get("Pose") for name, face in (("probe", probe),
+                                                                ("enrolled", enrolled))}
+    out = []
+    for name, pose in poses.items():
+        if not isinstance(pose, Mapping):
+            continue
+        yaw, pitch = float(pose.get("Yaw") or 0.0), float(pose.get("Pitch") or 0.0)
+        if abs(yaw) >= TURNED_YAW:
+            out.append(f"The {name} face is turned {abs(yaw):.0f}° to the side (yaw "
+                       f"{yaw:+.0f}°): the far half of the face is hidden and foreshortened, "
+                       "so its features cannot be compared like for like, and the picture "
+                       "below scales it by its eye-to-mouth height, not its narrowed eyes.")
+        if abs(pitch) >= TURNED_PITCH:
+            out.append(f"The {name} face is tilted {abs(pitch):.0f}° up or down (pitch "
+                       f"{pitch:+.0f}°): heights of the nose, mouth and chin are foreshortened.")
+    p, e = poses["probe"], poses["enrolled"]
+    if isinstance(p, Mapping) and isinstance(e, Mapping):
+        apart = abs(float(p.get("Yaw") or 0.0) - float(e.get("Yaw") or 0.0))
+        if apart >= POSE_APART:
+            out.append(f"The two faces are turned {apart:.0f}° apart: compare only features "
+                       "visible in both; a conclusion on these photos may not be possible "
+                       "(inconclusive).")
+    return out
+
+
+def _open_to(pending: list[Shape], ctx: RequestContext) -> tuple[set[str], set[str]]:
+    """The searches (request ids) and probe photos (SHA-256) in which the caller still has a
+    pending candidate to decide (a reviewer, not its searcher, not decided yet)."""
+    requests: set[str] = set()
+    probes: set[str] = set()
+    if not ctx.has_role("reviewer"):
+        return requests, probes
+    for c in pending:
+        if (c["RequestedBy"] == ctx.principal or review.has_decided(c, ctx.principal)
+                or not ctx.may_name(c["CollectionId"])):
+            continue
+        if c["RequestId"]:
+            requests.add(c["RequestId"])
+        if c["ProbeImageSha256"]:
+            probes.add(c["ProbeImageSha256"])
+    return requests, probes
 
 
 def _ranks(conn: Connection, request_id: str | None) -> dict[str, int]:
