@@ -181,7 +181,12 @@ class OversightOperations(UserOperations, GovernanceOperations):
         threshold, fmr = facts.get("Threshold"), facts.get("ThresholdFalseMatchRate")
         searched = facts.get("FacesSearched")
         warnings: list[str] = []
-        out: Shape = dict(facts)
+        # a candidate whose search event is not found (held by an older version, or by hand)
+        # still has every field, as unknown
+        out: Shape = {k: None for k in ("EventSeq", "Threshold", "ThresholdFalseMatchRate",
+                                        "FacesSearched", "ExpectedFalseMatches",
+                                        "ProbeImageSha256", "FaceModelVersion")}
+        out.update(facts)
         try:
             table = self.calibration
         except LookupError:
