@@ -231,7 +231,7 @@ def test_blind_review_two_reviewers_confirm_and_a_wrong_file_is_refused(
     page.goto(f"{world.url}/console/candidates/{world.candidates['weak']}")
     warning = page.locator(".strength .warn-box").first.inner_text()
     assert warning.startswith("This search ran at 50, below the default")
-    assert "1 in 2 pairs of different people score this high" in warning
+    assert "50% of pairs of different people score this high" in warning
     _shot(page, world, "02-weak-candidate")
     page.goto(f"{world.url}/console/candidates/{cand}")
     # the wrong file is refused by its hash, the page says which file is expected
