@@ -408,11 +408,14 @@ class Console:
                                                    "mine": mine})
 
     async def candidate(self, request: Request, message: str | None = None,
-                        status: int = 200, good: bool = False) -> Response:
+                        status: int = 200, good: bool = False,
+                        blind_message: str | None = None) -> Response:
         session = self.require(request)
         cid = request.path_params["candidate_id"]
         data = await self.call(self.service.review_case_file, cid, ctx=self.ctx(session))
         cand = data["Candidate"]
+        if blind_message is not None and cand["DecisionsHidden"]:
+            message = blind_message  # the outcome would tell what the other reviewers decided
         return self.render(request, "candidate.html", {
             "file": data, "c": cand, "s": data["Search"], "nav": "queue", "message": message,
             "message_ok": good,
@@ -450,15 +453,22 @@ class Console:
         except FaceledgerError as exc:
             # the service's refusal (logged), in words, with the reason typed kept to copy; the
             # case file is not shown again here, so a refused form writes no view event
+            said = exc.message
+            if getattr(exc, "rule", None) == "not_pending":
+                # settled by others while this reviewer worked blind: no outcome named here
+                said = ("other reviewers settled this candidate before your decision. Your "
+                        "conclusion and reason are in the ledger, as a refused decision. "
+                        f"The outcome is shown on its page {_ONCE_DECIDED}")
             return self.render(request, "error.html", {
-                "code": exc.code, "message": f"Not recorded: {exc.message}", "kept": reason,
+                "code": exc.code, "message": f"Not recorded: {said}", "kept": reason,
                 "back": f"{PREFIX}/candidates/{quote(cid, safe='')}", "nav": "queue"},
                 status=exc.status)
         words = {"CONFIRM": "same person", "REJECT": "not the same person",
                  "INCONCLUSIVE": "inconclusive"}.get(decision, decision)
         note = (f"Recorded: {words}. The candidate is now {decided['Status']} "
                 f"({decided['Confirmations']} of {decided['ReviewersRequired']} confirmations).")
-        return await self.candidate(request, note, good=True)
+        return await self.candidate(request, note, good=True, blind_message=(
+            f"Recorded: {words}. The candidate's status is shown {_ONCE_DECIDED}"))
 
     # -- ledger ------------------------------------------------------------------------
 
@@ -725,6 +735,11 @@ def _when(value: Any) -> str:
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return "–" if value is None else str(value)
+
+
+# when a blind reviewer sees outcomes (service.oversight: blind review covers search and probe)
+_ONCE_DECIDED = ("once you have decided every candidate of this search (and of other searches "
+                 "of the same probe photo) that is open to you: blind review.")
 
 
 def _fmr(value: Any) -> str:

@@ -325,15 +325,26 @@ REVEAL_SCORES = "RevealCandidateScores"
 def scores_revealed(conn: Connection, candidate_id: str, principal: str) -> str | None:
     """When `principal` asked to see `candidate_id`'s scores (the time of their first
     RevealCandidateScores event), or None: a reviewer who may decide sees no score before."""
+    found = own_event(conn, REVEAL_SCORES, candidate_id, principal)
+    return None if found is None else found[0]
+
+
+def own_event(conn: Connection, operation: str, candidate_id: str, principal: str, *,
+              outcome: str = "done", rule: str | None = None) -> tuple[str, Shape] | None:
+    """`principal`'s first `operation` event on `candidate_id` with this outcome (and refusal
+    rule): its time and body, or None."""
     e = schema.events
     rows = conn.execute(
         select(e.c.time, e.c.body).where(
-            e.c.operation == REVEAL_SCORES, e.c.principal == principal, e.c.outcome == "done",
+            e.c.operation == operation, e.c.principal == principal, e.c.outcome == outcome,
             e.c.body.like(f"%{like_escape(candidate_id)}%", escape="\\")).order_by(e.c.seq)
     ).all()
-    for time, body in rows:
-        if (json.loads(body).get("result") or {}).get("candidate_id") == candidate_id:
-            return str(time)
+    for time, text in rows:
+        body = json.loads(text)
+        named = ((body.get("result") or {}).get("candidate_id")
+                 or (body.get("params") or {}).get("candidate_id"))
+        if named == candidate_id and (rule is None or body.get("rule") == rule):
+            return str(time), body
     return None
 
 

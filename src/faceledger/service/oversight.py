@@ -16,7 +16,7 @@ from datetime import timedelta
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, or_, select
 
 from ..calibration.coverage import (
     STATUS_WORDS,
@@ -46,6 +46,7 @@ from .governance import (
     GovernanceOperations,
     index_event,
     like_escape,
+    own_event,
     scores_revealed,
 )
 from .users import UserOperations
@@ -84,8 +85,11 @@ class OversightOperations(UserOperations, GovernanceOperations):
         self._need_role("ViewReviewQueue", ctx, REVIEW_READERS)
         with self.ledger.engine.connect() as conn:
             found = review.query(conn, status=review.PENDING, limit=4096)
-            visible = [c for c in found if ctx.may_name(c["CollectionId"])]
             open_to = _open_to(found, ctx)
+            # blind review: a search (or probe photo) still open to the caller keeps every
+            # candidate listed, settled or not, so none leaving the queue tells of a decision
+            found += _settled_in(conn, *open_to)
+            visible = [c for c in found if ctx.may_name(c["CollectionId"])]
             shaped = [self._as_seen(conn, c, ctx, open_to) for c in visible]
             needing = sum(1 for c in shaped if c["YourPart"]["State"] == "needs_decision")
             if needs_my_decision:
@@ -109,6 +113,11 @@ class OversightOperations(UserOperations, GovernanceOperations):
                 group["Candidates"].append(cand)
             for group in groups.values():
                 group.pop("_ranks")
+                if any(c["ScoresHidden"] for c in group["Candidates"]):
+                    # the others' ranks and scores would tell the hidden one's
+                    for c in group["Candidates"]:
+                        c.update(ScoresHidden=True, Rank=None, Similarity=None,
+                                 FalseMatchRate=None)
                 group["Candidates"].sort(key=lambda c: (c["Rank"] or 0, c["CandidateId"]))
         with self.audit("ViewReviewQueue", ctx, uses_model=False) as op:
             op.record(candidate_ids=[c["CandidateId"] for c in shown])
@@ -150,14 +159,28 @@ class OversightOperations(UserOperations, GovernanceOperations):
         requests, probes = open_to
         verifying = part["CanDecide"] and seen["Stage"] == review.VERIFICATION
         if (cand["RequestId"] in requests or cand["ProbeImageSha256"] in probes) and not verifying:
-            # a sibling's outcome is a colleague's conclusion about the same probe face
+            # a sibling's outcome is a colleague's conclusion about the same probe face: every
+            # candidate of the search and probe looks the same to the caller, settled or not
             seen["Reviews"] = [r for r in seen["Reviews"] if r["Reviewer"] == ctx.principal]
             seen["Confirmations"] = None
             seen["DecisionsHidden"] = True
+            seen["Status"] = None  # PENDING or settled would tell what others decided
+            late = None
+            if cand["Status"] != review.PENDING and reviewer and not own and not decided:
+                # settled by others before the caller decided it: still open to the caller's
+                # conclusion, which the service refuses as a decision (logged, with the
+                # reason); after that attempt it reads as decided
+                late = own_event(conn, "ReviewCandidate", cand["CandidateId"], ctx.principal,
+                                 outcome="refused", rule="not_pending")
+                if late is None:
+                    part = {"State": "needs_decision", "CanDecide": True, "Why": None}
             if not part["CanDecide"]:
-                seen["Status"] = None  # PENDING or settled would tell what others decided
+                given = (late[1].get("params") or {}).get("decision") if late else None
                 mine = (f"You decided this candidate ({seen['MyDecision']}). "
-                        if seen["MyDecision"] else "This candidate is not open to your decision. ")
+                        if seen["MyDecision"] else
+                        f"You gave your conclusion ({given}) after other reviewers had settled "
+                        "this candidate: it is in the ledger, not counted as a decision. "
+                        if late else "This candidate is not open to your decision. ")
                 part = {"State": "blind", "CanDecide": False,
                         "Why": mine + "Its status and other reviewers' decisions are hidden "
                                "from you until you have decided every candidate of this search "
@@ -650,6 +673,19 @@ def _open_to(pending: list[Shape], ctx: RequestContext) -> tuple[set[str], set[s
         if c["ProbeImageSha256"]:
             probes.add(c["ProbeImageSha256"])
     return requests, probes
+
+
+def _settled_in(conn: Connection, requests: set[str], probes: set[str]) -> list[Shape]:
+    """The settled candidates of these searches and probe photos (at most 4096)."""
+    if not requests and not probes:
+        return []
+    c = schema.candidates
+    ids = conn.execute(
+        select(c.c.id).where(c.c.status != review.PENDING,
+                             or_(c.c.request_id.in_(sorted(requests)),
+                                 c.c.probe_sha256.in_(sorted(probes))))
+        .order_by(c.c.created_at, c.c.id).limit(4096)).scalars().all()
+    return [review.get(conn, i) for i in ids]
 
 
 def _ranks(conn: Connection, request_id: str | None) -> dict[str, int]:

@@ -4,16 +4,16 @@ Chromium through Playwright) against a real server, and at the service.
 Photos: LFW's Maria_Soledad_Alvear_Valenzuela (read from ../shared at test time, never copied):
 _0002 (near frontal) is enrolled, _0001 (yaw -48 degrees) is the probe, so the comparison shows
 a turned face. Other candidates are held directly in the ledger (review.hold) where no photo is
-needed. Screenshots go to FACELEDGER_SCREENSHOTS or a pytest temp folder.
+needed. Screenshots go to FACELEDGER_SCREENSHOTS or a pytest temp folder. The browser, keys and
+signing in are tests/console_helpers.py's, shared with test_console.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-import shutil
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,66 +21,61 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from conftest import SHARED_FACES
+from console_helpers import browser  # noqa: F401  (the fixture)
+from console_helpers import DESKTOP, PHONE, World, key_ctx, keyed_service, screenshot_dir
+from console_helpers import no_horizontal_scroll, sign_in
 from faceledger.cli import main
 from faceledger.context import RequestContext
 from faceledger.errors import InvalidParameterException
 from faceledger.ledger import review
 from faceledger.ledger.events import Event
-from faceledger.server.keys import IssuedKey, KeyStore
+from faceledger.server.keys import KeyStore
 from faceledger.server.run import build_app, running
 from faceledger.service import FaceService
-from faceledger.settings import Settings
 from faceledger.text import check_text, safe_json, visible
 
-CHROMIUM = os.environ.get("FACELEDGER_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
 BIDI = "Different person \u202e.emas eht era yeht\u202c"
 MARIA = "Maria_Soledad_Alvear_Valenzuela"
 
 
-@dataclass
-class World:
-    url: str
-    service: FaceService
-    keys: dict[str, IssuedKey]
-    files: dict[str, Path]
-    held: dict[str, str]  # name -> candidate id
-    shots: Path
-
-
-def _ctx(world: World, who: str, **extra: Any) -> RequestContext:
-    info = world.keys[who].info
-    return RequestContext(principal=info.access_key_id, roles=info.console_roles,
-                          admin=info.admin, **extra)
+def _enrolled_sha(face_id: str) -> str:
+    return hashlib.sha256(face_id.encode()).hexdigest()
 
 
 def _hold(svc: FaceService, searcher: str, request_id: str, probe: str, n: int,
           case: str) -> list[str]:
-    """`n` candidates of one search, held straight in the ledger (no photo needed)."""
+    """`n` candidates of one search, held straight in the ledger (no photo needed), each face
+    with the IndexFaces event a real one has (so every answer can name both photos' hashes)."""
+    faces = [f"face-{request_id}-{i}" for i in range(n)]
+    for face in faces:
+        svc.ledger.record(Event(operation="IndexFaces", principal=searcher, collection="staff",
+                                images=(_enrolled_sha(face),), result={"face_ids": [face]}))
     with svc.ledger.engine.begin() as conn:
-        return review.hold(conn, [review.Match(99.99 - i, face_id=f"face-{request_id}-{i}",
+        return review.hold(conn, [review.Match(99.99 - i, face_id=face,
                                                external_image_id=f"person-{i}",
                                                false_match_rate=1e-4 * (i + 1))
-                                  for i in range(n)],
+                                  for i, face in enumerate(faces)],
                            operation="SearchFacesByImage", collection="staff",
                            request_id=request_id, requested_by=searcher, purpose="door",
                            case=case, probe_sha256=probe, required=2,
                            now=datetime.now(UTC))
 
 
+def _decide(world: World, who: str, name: str, decision: str, reason: str) -> Any:
+    """`who` decides the held candidate `name`, naming both photos' recorded hashes."""
+    cand = world.service.get_review_candidate(world.candidates[name])
+    return world.service.review_candidate(
+        cand["CandidateId"], decision, reason, ctx=key_ctx(world, who),
+        probe_sha256=cand["ProbeImageSha256"], enrolled_sha256=_enrolled_sha(cand["FaceId"]))
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, service: FaceService,
           request: pytest.FixtureRequest) -> Iterator[World]:
-    data = tmp_path_factory.mktemp("evidence-data")
-    settings = Settings(data_dir=data)
-    svc = FaceService(settings, pipeline=service.pipeline)
-    store = KeyStore.open(settings, svc.engine, create_kek=True)
-    keys = {name: store.create(name, ["*"], ["*"], roles=roles) for name, roles in {
+    settings, svc, keys = keyed_service(tmp_path_factory, service, "display-data", {
         "searcher": ("reviewer",), "ann": ("reviewer",), "bob": ("reviewer",),
-        "auditor": ("auditor",), "admin": ("admin",)}.items()}
+        "cat": ("reviewer",), "auditor": ("auditor",), "admin": ("admin",)})
     svc.create_collection("staff")
     svc.put_collection_policy("staff", {"IdentificationMode": True, "ReviewersRequired": 2})
     searcher = keys["searcher"].info.access_key_id
@@ -89,12 +84,13 @@ def world(tmp_path_factory: pytest.TempPathFactory, service: FaceService,
     ranks = _hold(svc, searcher, "req-siblings", "ab" * 32, 2, "INC-5")
     held["rank1"], held["rank2"] = ranks
     held["same-probe"] = _hold(svc, searcher, "req-again", "ab" * 32, 1, "INC-5b")[0]
+    # a search of three: one settled by ann and one by two confirmations, one open to cat
+    held["s1"], held["s2"], held["s3"] = _hold(svc, searcher, "req-settled", "12" * 32, 3,
+                                               "INC-55")
     held["old-bidi"] = _hold(svc, searcher, "req-bidi", "cd" * 32, 1, "INC-6")[0]
     held["plain"] = _hold(svc, searcher, "req-plain", "ef" * 32, 1, "INC-9")[0]
     files: dict[str, Path] = {}
-    faces = Path(os.environ.get("FACELEDGER_SHARED_FACES",
-                                Path(__file__).resolve().parents[2] / "shared" / "faces"))
-    lfw = faces / "lfw" / MARIA
+    lfw = SHARED_FACES / "lfw" / MARIA
     if (lfw / f"{MARIA}_0001.jpg").is_file():
         files = {"probe": lfw / f"{MARIA}_0001.jpg", "enrolled": lfw / f"{MARIA}_0002.jpg"}
         svc.index_faces("staff", {"Bytes": files["enrolled"].read_bytes()},
@@ -103,40 +99,16 @@ def world(tmp_path_factory: pytest.TempPathFactory, service: FaceService,
             "staff", {"Bytes": files["probe"].read_bytes()}, face_match_threshold=50.0,
             ctx=RequestContext(principal=searcher, purpose="turned face", case="INC-8"))
         held["turned"] = found["ReviewCandidates"][0]["CandidateId"]
-    shots = Path(os.environ.get("FACELEDGER_SCREENSHOTS") or
-                 tmp_path_factory.mktemp("evidence-screenshots"))
-    shots.mkdir(parents=True, exist_ok=True)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if capture is not None and reporter is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(f"\nconsole evidence screenshots: {shots}")
+    shots = screenshot_dir(tmp_path_factory, request, "console display screenshots")
     with running(build_app(settings, service=svc, warm_up=False)) as url:
         yield World(url, svc, keys, files, held, shots)
     svc.close()
 
 
-@pytest.fixture(scope="module")
-def browser(world: World) -> Iterator[Any]:
-    if shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists():
-        pytest.skip(f"needs Chromium at {CHROMIUM} (apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
 def _page(browser: Any, world: World, who: str, viewport: dict[str, int] = DESKTOP,
           scale: float = 1) -> Any:
     page = browser.new_context(viewport=viewport, device_scale_factor=scale).new_page()
-    key = world.keys[who]
-    page.goto(f"{world.url}/console/signin")
-    page.get_by_label("Access key id").fill(key.info.access_key_id)
-    page.get_by_label("Secret access key").fill(key.secret_access_key)
-    with page.expect_navigation():
-        page.get_by_role("button", name="Sign in").click()
+    sign_in(page, world, who)
     return page
 
 
@@ -149,11 +121,6 @@ def _shots(page: Any, world: World, name: str, path: str) -> None:
     page.set_viewport_size(DESKTOP)
 
 
-def _no_sideways(page: Any) -> bool:
-    return bool(page.evaluate(
-        "document.documentElement.scrollWidth <= document.documentElement.clientWidth + 1"))
-
-
 def _events(world: World, **filters: str) -> list[dict[str, Any]]:
     return list(world.service.ledger_events(filters, limit=500)["Events"])
 
@@ -164,18 +131,17 @@ def _events(world: World, **filters: str) -> list[dict[str, Any]]:
 def test_a_pending_reviewer_sees_nothing_of_a_siblings_decision(browser: Any,
                                                                  world: World) -> None:
     secret = "Rank one is a different person: the ears differ."
-    world.service.review_candidate(world.held["rank1"], "REJECT", secret,
-                                   ctx=_ctx(world, "ann"))
+    _decide(world, "ann", "rank1", "REJECT", secret)
     page = _page(browser, world, "bob")
     for cand in ("rank1", "rank2", "same-probe"):
-        page.goto(f"{world.url}/console/candidates/{world.held[cand]}")
+        page.goto(f"{world.url}/console/candidates/{world.candidates[cand]}")
         text = page.locator("main").inner_text()
         # before: rank 1 showed "settled: REJECTED", ann's name and her reason
         assert secret not in text and "ann" not in text and "REJECTED" not in text, cand
         assert "confirmations" not in text, cand
-    _shots(page, world, "51-sibling-blind", f"candidates/{world.held['rank1']}")
+    _shots(page, world, "51-sibling-blind", f"candidates/{world.candidates['rank1']}")
     page.goto(f"{world.url}/console/queue")
-    block = page.locator("section.search").filter(has_text="INC-5").first.inner_text()
+    block = page.locator("section.search").filter(has_text=re.compile(r"INC-5\b")).inner_text()
     assert "2 of 2" not in block and "REJECTED" not in block and "confirmations" not in block
     _shots(page, world, "52-queue-blind", "queue")
     page.context.close()
@@ -184,6 +150,61 @@ def test_a_pending_reviewer_sees_nothing_of_a_siblings_decision(browser: Any,
              for e in _events(world, operation="ViewCandidate",
                               principal=world.keys["bob"].info.access_key_id)]
     assert views and not any(v["decisions_shown"] for v in views)
+
+
+def test_a_settled_sibling_looks_to_a_pending_reviewer_like_an_open_one(browser: Any,
+                                                                        world: World) -> None:
+    """Item 5, what was left: a sibling settled by others left the pending reviewer's queue
+    (or said "not open to your decision"), which told them a colleague had concluded on it."""
+    _decide(world, "ann", "s1", "REJECT", "Not the same person: the chin differs.")
+    for who in ("ann", "bob"):  # s2 confirmed by two reviewers
+        _decide(world, who, "s2", "CONFIRM", "Same person: every feature agrees.")
+    page = _page(browser, world, "cat")  # cat has decided none of the three
+    page.goto(f"{world.url}/console/queue")
+    block = page.locator("section.search").filter(has_text="INC-55").first
+    rows = block.locator("tbody tr")
+    assert rows.count() == 3  # none left the queue
+    cells = [rows.nth(i).locator('td[data-label="Your part"]').inner_text() for i in range(3)]
+    assert cells == ["needs your decision"] * 3, cells
+    text = block.inner_text()
+    assert "REJECTED" not in text and "CONFIRMED" not in text and "confirmations" not in text
+    _shots(page, world, "53-queue-settled-siblings", "queue")
+    pages = []
+    for name in ("s1", "s2", "s3"):
+        page.goto(f"{world.url}/console/candidates/{world.candidates[name]}")
+        main_text = page.locator("main").inner_text()
+        assert "Status: not shown to you (blind review)" in main_text, name
+        assert page.locator("#decide").count() == 1, name  # the same form on each
+        assert "chin" not in main_text and "every feature" not in main_text, name
+        pages.append(page.locator(".status").inner_text())
+    assert len(set(pages)) == 1  # the three status lines are the same words
+    # cat's conclusion on a settled one: refused as a decision (logged with cat's reason),
+    # without naming the outcome while s3 is still open to cat
+    page.goto(f"{world.url}/console/candidates/{world.candidates['s1']}")
+    csrf = page.locator('form.who input[name="csrf"]').input_value()
+    s1 = world.service.get_review_candidate(world.candidates["s1"])
+    answer = page.context.request.post(
+        f"{world.url}/console/candidates/{world.candidates['s1']}",
+        form={"csrf": csrf, "decision": "REJECT", "reason": "The chin differs.",
+              "probe_sha256": s1["ProbeImageSha256"],
+              "enrolled_sha256": _enrolled_sha(s1["FaceId"])})
+    assert answer.status == 400 and "settled this candidate before your decision" in answer.text()
+    assert "REJECTED" not in answer.text() and "The chin differs." in answer.text()
+    cat = world.keys["cat"].info.access_key_id
+    late = [e for e in _events(world, principal=cat, outcome="refused")
+            if e["Rule"] == "not_pending"]
+    assert late and world.service.ledger_event(late[0]["Seq"])["Body"]["params"]["reason"] \
+        == "The chin differs."
+    page.goto(f"{world.url}/console/candidates/{world.candidates['s1']}")
+    assert "after other reviewers had settled" in page.locator("#your-part").inner_text()
+    assert "REJECTED" not in page.locator("main").inner_text()
+    # cat decides the one still open: the search is no longer blind to cat, outcomes show
+    _decide(world, "cat", "s3", "CONFIRM", "Same person.")
+    page.goto(f"{world.url}/console/candidates/{world.candidates['s1']}")
+    assert "Status: REJECTED" in page.locator(".status").inner_text()
+    page.goto(f"{world.url}/console/queue")
+    assert page.locator("section.search").filter(has_text="INC-55").count() == 1  # s3 pending
+    page.context.close()
 
 
 # -- item 6: control and bidirectional characters -----------------------------------------------
@@ -202,9 +223,9 @@ def test_check_text_refuses_controls_and_bidi_and_visible_escapes_them() -> None
 
 def test_bidi_and_controls_are_refused_at_every_input(world: World) -> None:
     with pytest.raises(InvalidParameterException, match="U\\+202E"):
-        world.service.review_candidate(world.held["plain"], "REJECT", BIDI,
-                                       ctx=_ctx(world, "ann"))
-    assert world.service.get_review_candidate(world.held["plain"])["Reviews"] == []
+        world.service.review_candidate(world.candidates["plain"], "REJECT", BIDI,
+                                       ctx=key_ctx(world, "ann"))
+    assert world.service.get_review_candidate(world.candidates["plain"])["Reviews"] == []
     refused = [e for e in _events(world, operation="ReviewCandidate", outcome="refused")
                if e["Rule"] == "malformed_decision"]
     assert refused  # the attempt is logged (item 9), the reason is not stored
@@ -223,7 +244,7 @@ def test_bidi_and_controls_are_refused_at_every_input(world: World) -> None:
 
 
 def test_text_stored_before_the_check_displays_escaped(browser: Any, world: World) -> None:
-    cand = world.held["old-bidi"]
+    cand = world.candidates["old-bidi"]
     # as an older version stored it: the review row and its event, straight into the ledger
     with world.service.ledger.engine.begin() as conn:
         conn.execute(review.schema.reviews.insert().values(
@@ -241,7 +262,7 @@ def test_text_stored_before_the_check_displays_escaped(browser: Any, world: Worl
     assert "they are the same" not in decisions and "\u202e" not in page.content()
     page.goto(f"{world.url}/console/ledger")
     assert "door \\u202eaccess" in page.locator("tbody").inner_text()
-    assert _no_sideways(page)  # item 9: the ledger at 1280 px
+    assert no_horizontal_scroll(page)  # item 9: the ledger at 1280 px
     _shots(page, world, "61-ledger-escaped", "ledger")
     seq = _events(world, case="INC-6", operation="ReviewCandidate")[0]["Seq"]
     page.goto(f"{world.url}/console/ledger/{seq}")
@@ -252,7 +273,7 @@ def test_text_stored_before_the_check_displays_escaped(browser: Any, world: Worl
 
 def test_a_bidi_reason_is_a_form_error_in_the_console(browser: Any, world: World) -> None:
     page = _page(browser, world, "bob")
-    page.goto(f"{world.url}/console/candidates/{world.held['plain']}")
+    page.goto(f"{world.url}/console/candidates/{world.candidates['plain']}")
     page.get_by_label("Not the same person (reject)").check()
     page.get_by_label("Reason (required, recorded in the ledger)").fill(BIDI)
     page.get_by_role("button", name="Record decision").click()
@@ -262,7 +283,7 @@ def test_a_bidi_reason_is_a_form_error_in_the_console(browser: Any, world: World
     before = len(_events(world, operation="ViewCandidate"))
     csrf = page.locator('form.who input[name="csrf"]').input_value()
     answer = page.context.request.post(
-        f"{world.url}/console/candidates/{world.held['plain']}",
+        f"{world.url}/console/candidates/{world.candidates['plain']}",
         form={"csrf": csrf, "decision": "REJECT", "reason": BIDI})
     assert answer.status == 400 and "U+202E" in answer.text()
     assert len(_events(world, operation="ViewCandidate")) == before
@@ -312,9 +333,9 @@ def _open(page: Any, world: World) -> None:
 
 def test_the_comparison_scales_turned_faces_truly_and_scores_come_after_a_look(
         browser: Any, world: World) -> None:
-    if "turned" not in world.held:
+    if "turned" not in world.candidates:
         pytest.skip("needs LFW at ../shared/faces for a turned face")
-    cand = world.held["turned"]
+    cand = world.candidates["turned"]
     page = _page(browser, world, "ann", PHONE, scale=2)
     page.goto(f"{world.url}/console/candidates/{cand}")
     text = page.locator("main").inner_text()
@@ -372,11 +393,11 @@ def test_head_csrf_collection_views_and_the_report_headline(browser: Any, world:
     page = _page(browser, world, "admin")
     admin = world.keys["admin"].info.access_key_id
     before = len(_events(world, principal=admin))
-    for path in ("queue", f"candidates/{world.held['plain']}", "collections/staff"):
+    for path in ("queue", f"candidates/{world.candidates['plain']}", "collections/staff"):
         answer = page.context.request.head(f"{world.url}/console/{path}")
         assert answer.status == 200
     assert len(_events(world, principal=admin)) == before  # HEAD writes nothing
-    answer = page.context.request.post(f"{world.url}/console/candidates/{world.held['plain']}",
+    answer = page.context.request.post(f"{world.url}/console/candidates/{world.candidates['plain']}",
                                        form={"csrf": "forged", "decision": "REJECT",
                                              "reason": "x"})
     assert answer.status == 400
@@ -390,7 +411,7 @@ def test_head_csrf_collection_views_and_the_report_headline(browser: Any, world:
     page.goto(f"{world.url}/console/report")
     headline = page.locator("#headline").inner_text()
     assert "operations" in headline and "console page views" in headline
-    report = world.service.report_as("2000-01-01", "2100-01-01", ctx=_ctx(world, "admin"))
+    report = world.service.report_as("2000-01-01", "2100-01-01", ctx=key_ctx(world, "admin"))
     totals = report["totals"]
     assert totals["operations"]["total"] + totals["page_views"]["total"] == totals["events"]
     _shots(page, world, "92-report", "report")
