@@ -52,14 +52,20 @@ def _hold(svc: FaceService, searcher: str, request_id: str, probe: str, n: int,
         svc.ledger.record(Event(operation="IndexFaces", principal=searcher, collection="staff",
                                 images=(_enrolled_sha(face),), result={"face_ids": [face]}))
     with svc.ledger.engine.begin() as conn:
-        return review.hold(conn, [review.Match(99.99 - i, face_id=face,
-                                               external_image_id=f"person-{i}",
-                                               false_match_rate=1e-4 * (i + 1))
-                                  for i, face in enumerate(faces)],
-                           operation="SearchFacesByImage", collection="staff",
-                           request_id=request_id, requested_by=searcher, purpose="door",
-                           case=case, probe_sha256=probe, required=2,
-                           now=datetime.now(UTC))
+        ids = review.hold(conn, [review.Match(99.99 - i, face_id=face,
+                                              external_image_id=f"person-{i}",
+                                              false_match_rate=1e-4 * (i + 1))
+                                 for i, face in enumerate(faces)],
+                          operation="SearchFacesByImage", collection="staff",
+                          request_id=request_id, requested_by=searcher, purpose="door",
+                          case=case, probe_sha256=probe, required=2, now=datetime.now(UTC))
+    # and the search's own event, as a real search writes it
+    svc.ledger.record(Event(operation="SearchFacesByImage", principal=searcher,
+                            collection="staff", purpose="door", case=case, images=(probe,),
+                            request_id=request_id, thresholds={"FaceMatchThreshold": 99.99,
+                                                               "FalseMatchRate": 1e-4},
+                            result={"compared": 10, "held_for_review": ids}))
+    return ids
 
 
 def _decide(world: World, who: str, name: str, decision: str, reason: str) -> Any:
