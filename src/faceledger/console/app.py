@@ -453,14 +453,15 @@ class Console:
         except FaceledgerError as exc:
             # the service's refusal (logged), in words, with the reason typed kept to copy; the
             # case file is not shown again here, so a refused form writes no view event
-            said = exc.message
+            said, kept = exc.message, reason
             if getattr(exc, "rule", None) == "not_pending":
                 # settled by others while this reviewer worked blind: no outcome named here
                 said = ("other reviewers settled this candidate before your decision. Your "
                         "conclusion and reason are in the ledger, as a refused decision. "
                         f"The outcome is shown on its page {_ONCE_DECIDED}")
+                kept = ""  # recorded: nothing to submit again
             return self.render(request, "error.html", {
-                "code": exc.code, "message": f"Not recorded: {said}", "kept": reason,
+                "code": exc.code, "message": f"Not recorded: {said}", "kept": kept,
                 "back": f"{PREFIX}/candidates/{quote(cid, safe='')}", "nav": "queue"},
                 status=exc.status)
         words = {"CONFIRM": "same person", "REJECT": "not the same person",

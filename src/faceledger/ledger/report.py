@@ -269,8 +269,9 @@ def search_sentence(s: Mapping[str, Any]) -> str:
 
 BAR = "#3b6ea5"
 REFUSED_COLOR = "#b5473a"
-CSS = """body{font:15px/1.45 system-ui,sans-serif;max-width:60em;margin:2em auto;color:#222}
-h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ccc}table{border-collapse:collapse}
+CSS = """body{font:15px/1.45 system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ccc}p,li{overflow-wrap:anywhere}
+table{border-collapse:collapse;display:block;max-width:100%;overflow-x:auto}svg{max-width:100%;height:auto}
 td,th{padding:.2em .8em;border-bottom:1px solid #eee;text-align:left}td.n{text-align:right}
 .ok{color:#2d7a3a}.bad{color:#b5473a}small{color:#666}svg text{font:12px system-ui,sans-serif}"""
 
@@ -395,7 +396,8 @@ def render_html(report: Mapping[str, Any]) -> str:
             models.append(f"<p class=bad>No published calibration: {_e(m.get('reason'))}</p>")
     ops = [(o, c["done"], c["refused"]) for o, c in report["operations"].items()]
     body = [
-        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        "<meta name=viewport content='width=device-width,initial-scale=1'>",
         f"<title>faceledger transparency report {_e(p['from'])} – {_e(p['to'])}</title>",
         f"<style>{CSS}</style></head><body>",
         "<h1>Transparency report</h1>",

@@ -727,7 +727,7 @@ def _event_row(r: Any) -> Shape:
         row["Status"] = result.get("status")
         cid = params.get("candidate_id") or result.get("candidate_id")
         row["CandidateIds"] = [cid] if cid else []
-    elif r.operation == "ViewCandidate":
+    elif r.operation in ("ViewCandidate", REVEAL_SCORES):
         cid = result.get("candidate_id")
         row["CandidateIds"] = [cid] if cid else []
     else:
