@@ -17,7 +17,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from .context import LOCAL, RequestContext
+from .context import LOCAL, RequestContext, stated
 from .service import FaceService
 from .settings import Settings
 from .shapes import Shape
@@ -216,6 +216,11 @@ class FaceLedger:
         self.service.close()
 
     def with_context(self, **fields: Any) -> FaceLedger:
-        """A client whose operations carry this purpose/case/principal."""
+        """A client whose operations carry this purpose/case/principal (a purpose or reference
+        with control or bidirectional characters: InvalidParameterException)."""
+        for name, field in (("purpose", "Purpose"), ("case", "Case reference"),
+                            ("consent", "Consent reference")):
+            if name in fields:
+                fields[name] = stated(fields[name], field)
         return FaceLedger(service=self.service,
                           context=dataclasses.replace(self.context, **fields))

@@ -151,9 +151,10 @@ def _decide(candidate: str, decision: str, reason: str, key_id: str | None,
             probe: str | None, enrolled: str | None, as_json: bool) -> None:
     service = _service()
     ctx = _who(service, key_id)
-    evidence = {"probe_sha256": None if probe is None else file_sha256(Path(probe)),
-                "enrolled_sha256": None if enrolled is None else file_sha256(Path(enrolled))}
-    decided = service.review_candidate(candidate, decision, reason, ctx=ctx, **evidence)
+    decided = service.review_candidate(
+        candidate, decision, reason, ctx=ctx,
+        probe_sha256=None if probe is None else file_sha256(Path(probe)),
+        enrolled_sha256=None if enrolled is None else file_sha256(Path(enrolled)))
     if as_json:
         emit_json(decided)
         return

@@ -39,6 +39,7 @@ from sqlalchemy import Connection, and_, func, insert, or_, select, update
 
 from ..errors import InvalidParameterException, ResourceNotFoundException
 from ..shapes import Shape
+from ..text import check_text
 from . import schema
 from .events import format_time
 from .refusals import ReviewConflict, ReviewRefusal
@@ -254,6 +255,18 @@ def settle(decisions: Sequence[str], required: int, verify_every: bool) -> str:
     return CONFIRMED if len(decisions) >= required else PENDING
 
 
+def check_decision(decision: str, reason: str) -> str:
+    """The reason as stored, or InvalidParameterException: the decision must be one of
+    DECISIONS, the reason 1 to MAX_REASON characters of text without control, bidirectional or
+    invisible formatting characters (text.check_text; line breaks are kept)."""
+    if decision not in DECISIONS:
+        raise InvalidParameterException(f"Decision must be one of {', '.join(DECISIONS)}.")
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidParameterException(
+            "Reason is required: say why you confirm, reject or find it inconclusive.")
+    return check_text(reason, "Reason", max_chars=MAX_REASON, prose=True, lines=True)
+
+
 def has_decided(cand: Shape, reviewer: str) -> bool:
     return any(r["Reviewer"] == reviewer for r in cand["Reviews"])
 
@@ -297,9 +310,7 @@ def decide(conn: Connection, candidate_id: str, reviewer: str, decision: str, re
     other reviewers' decisions elsewhere (the ledger), so may give only the first decision
     (there is nothing to read yet) or the policy's open final verification. A confirmation that makes one probe face two
     people puts the candidates concerned in CONFLICT (the returned shape's ConflictsWith)."""
-    if decision not in DECISIONS:
-        raise InvalidParameterException(f"Decision must be one of {', '.join(DECISIONS)}.")
-    check_reason(reason)
+    reason = check_decision(decision, reason)
     c, r = schema.candidates, schema.reviews
     row = _locked(conn, candidate_id, reviewer, PENDING, "not_pending")
     done = conn.execute(
@@ -320,7 +331,7 @@ def decide(conn: Connection, candidate_id: str, reviewer: str, decision: str, re
             "candidate's first decision, or the open verification where the policy has one).")
     shown = check_evidence(decision, evidence, *recorded)
     conn.execute(insert(r).values(candidate_id=candidate_id, reviewer=reviewer,
-                                  decision=decision, reason=reason.strip(),
+                                  decision=decision, reason=reason,
                                   time=format_time(now), probe_sha256=shown.probe_sha256,
                                   enrolled_sha256=shown.enrolled_sha256, stage=stage))
     decisions = [d for (d,) in conn.execute(

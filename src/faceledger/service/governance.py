@@ -6,7 +6,6 @@ verification, transparency reports and per-case exports.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -19,12 +18,13 @@ from ..errors import (
     InvalidParameterException,
     ResourceNotFoundException,
 )
-from ..ledger import Anchor, CollectionPolicy, FaceRemover, retention, review, schema, verify
+from ..ledger import Anchor, CollectionPolicy, FaceRemover, retention, review, verify
 from ..ledger import export as case_export
 from ..ledger.events import format_time, parse_time, utc_now
-from ..ledger.lookup import index_event
+from ..ledger.lookup import index_event, own_event
 from ..ledger.policy import check_collection_id, load_policy, policies_with_retention, store_policy
-from ..ledger.refusals import AdminRequired, RoleRequired
+from ..ledger import comparison
+from ..ledger.refusals import AdminRequired, MalformedRequest, RoleRequired
 from ..ledger.report import build as build_report
 from ..shapes import Shape
 from ..text import shown
@@ -150,25 +150,40 @@ class GovernanceOperations(ServiceCore):
 
     def review_candidate(self, candidate_id: str, decision: str, reason: str, *,
                          probe_sha256: str | None = None, enrolled_sha256: str | None = None,
+                         features: Mapping[str, str] | None = None,
                          ctx: RequestContext = LOCAL) -> Shape:
         """Decide a candidate as reviewer `ctx.principal`: CONFIRM, REJECT or INCONCLUSIVE,
         with a reason (logged). Every decision names the two photos compared by their SHA-256,
-        which must equal the recorded ones; the event records them. A caller who can read the
-        ledger (auditor, admin, the local operator) may give only a candidate's first decision
-        or the policy's open verification: it could have read the others (`reads_decisions`)."""
+        which must equal the recorded ones; the event records them, and the facial features
+        compared (`ledger.comparison`) when given. A caller who can read the ledger (auditor,
+        admin, the local operator) may give only a candidate's first decision or the policy's
+        open verification: it could have read the others (`reads_decisions`). A malformed
+        decision is refused and logged (rule malformed_decision)."""
         current = self.get_review_candidate(candidate_id, ctx=ctx)
-        check_enum(decision, review.DECISIONS, "Decision")
         self._require_role("ReviewCandidate", ctx, ("reviewer",), current["CollectionId"])
         # The decision belongs to the search's case, so the case export carries it.
         rctx = dataclasses.replace(ctx, case=ctx.case or current["CaseReference"],
                                    purpose=ctx.purpose or current["Purpose"])
-        given = review.Evidence(_optional_str(probe_sha256, "ProbeImageSha256", 128),
-                                _optional_str(enrolled_sha256, "EnrolledImageSha256", 128))
         with self.audit("ReviewCandidate", rctx, collection=current["CollectionId"],
                         uses_model=False) as op:
-            op.note(candidate_id=current["CandidateId"], decision=decision, reason=reason,
+            op.note(candidate_id=current["CandidateId"])
+            try:  # a decision the rules cannot read is refused and logged, never stored
+                check_enum(decision, review.DECISIONS, "Decision")
+                reason = review.check_decision(decision, reason)
+                given = review.Evidence(
+                    _optional_str(probe_sha256, "ProbeImageSha256", 128),
+                    _optional_str(enrolled_sha256, "EnrolledImageSha256", 128))
+                compared = comparison.check_features(features)
+            except InvalidParameterException as exc:
+                op.note(submitted_decision=shown(decision, 40))
+                raise MalformedRequest("malformed_decision", exc.message) from exc
+            # ACE-V: whether the reviewer saw the scores before deciding, and when
+            op.note(scores_revealed_at=scores_revealed(op.conn, current["CandidateId"],
+                                                       ctx.principal))
+            op.note(decision=decision, reason=reason,
                     submitted_probe_sha256=given.probe_sha256,
-                    submitted_enrolled_sha256=given.enrolled_sha256)
+                    submitted_enrolled_sha256=given.enrolled_sha256,
+                    **({comparison.EVENT_FIELD: compared} if compared else {}))
             recorded = (current["ProbeImageSha256"],
                         self.recorded_enrolled_sha256(op.conn, current))
             policy = load_policy(op.conn, current["CollectionId"])
@@ -340,6 +355,16 @@ def reads_decisions(ctx: RequestContext, collection: str) -> bool:
     blind review: the ledger's ReviewCandidate events (auditors, admins, and the local
     operator, who holds the database)."""
     return ctx.has_role("auditor") and ctx.may_name(collection)
+
+
+REVEAL_SCORES = "RevealCandidateScores"
+
+
+def scores_revealed(conn: Connection, candidate_id: str, principal: str) -> str | None:
+    """When `principal` asked to see `candidate_id`'s scores (the time of their first
+    RevealCandidateScores event), or None: a reviewer who may decide sees no score before."""
+    found = own_event(conn, REVEAL_SCORES, candidate_id, principal)
+    return None if found is None else found[0]
 
 
 def _time(value: Any, field: str) -> datetime:
