@@ -102,7 +102,8 @@ def test_an_admin_who_read_the_ledger_cannot_then_decide_as_if_blind(
     _sign_in(page, world, "Ada Admin")
     # the admin reads Ana's confirmation and reason on the ledger page (no event written)
     page.goto(f"{world.url}/console/ledger?operation=ReviewCandidate")
-    assert "only a candidate's first decision" in page.locator("#reads-decisions").inner_text()
+    assert ("only the first decision on a search and its probe photo"
+            in page.locator("#reads-decisions").inner_text())
     row = page.locator("tbody tr").first
     assert "same person" in row.inner_text()
     with page.expect_navigation():
@@ -183,6 +184,15 @@ def test_one_probe_confirmed_as_two_people_is_flagged_with_key_ids(
     conflicts = page.get_by_role("region", name="Conflicts to resolve")
     with page.expect_navigation():
         conflicts.get_by_role("link").first.click()
+    # a forged resolution (no CSRF token) is refused and logged in Cy's name, as a decision's
+    forged = page.context.request.post(f"{world.url}/console/candidates/{first}/resolve",
+                                       form={"keep": second, "reason": "forged"})
+    assert forged.status == 400 and "CSRF token" in forged.text()
+    assert world.service.get_review_candidate(first)["Status"] == "CONFLICT"
+    cy = world.keys["Cy Reviewer"].info.access_key_id
+    (refused,) = world.service.ledger_events({"operation": "ResolveConflict",
+                                              "outcome": "refused"})["Events"]
+    assert (refused["Principal"], refused["Rule"]) == (cy, "csrf")
     page.locator(f'#resolve input[name="keep"][value="{first}"]').check()
     page.get_by_label("Reason for the resolution (required, recorded in the ledger)").fill(
         "Scar visible in the probe and only in this enrolled photo.")

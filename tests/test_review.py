@@ -107,12 +107,20 @@ def test_two_independent_reviewers_confirm_and_nobody_confirms_twice(svc: FaceSe
     assert (second["Status"], second["Confirmations"]) == ("CONFIRMED", 2)
     assert second["DecidedAt"] is not None
     assert [r["Reviewer"] for r in second["Reviews"]] == ["reviewer-1", "reviewer-2"]
-    with pytest.raises(ConflictException, match="already CONFIRMED"):
+    # reviewer-3 still has the search's other candidate to decide (blind review): a late
+    # conclusion needs the photos like any (the same answer as on an open candidate), and is
+    # then refused without naming the outcome
+    with pytest.raises(AccessDeniedException, match="must name the probe photo"):
         svc.review_candidate(cid, "REJECT", "late", ctx=_reviewer("reviewer-3"))
+    with pytest.raises(ConflictException, match="settled this candidate before your decision"
+                       ) as late:
+        svc.review_candidate(cid, "REJECT", "late", **EVIDENCE, ctx=_reviewer("reviewer-3"))
+    assert "CONFIRMED" not in late.value.message
     decisions = _events(svc, "ReviewCandidate")
     assert [(d["outcome"], d["rule"]) for d in decisions] == [
         ("refused", "reviewer_not_independent"), ("done", None), ("refused", "duplicate_review"),
-        ("done", None), ("refused", "not_pending")]
+        ("done", None), ("refused", "evidence_required"), ("refused", "not_pending")]
+    assert decisions[-1]["params"]["submitted_probe_sha256"] == PROBE
     # Decisions carry the search's case, so the case export discloses them.
     assert {d["case"] for d in decisions} == {"MP-12"}
     assert decisions[3]["result"]["status"] == "CONFIRMED"

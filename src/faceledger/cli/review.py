@@ -4,8 +4,8 @@ Who decides: a review is a person's decision, so `--key` names a reviewer key an
 proves it (FACELEDGER_REVIEWER_SECRET, or typed at a hidden prompt); the decision is recorded
 under that key's id, with its roles, exactly as if made in the console. Without `--key` the
 decision is the local operator's ("local"): one person however often it is run. The local
-operator holds the database and so can read every decision: the service lets it give only a
-candidate's first decision (or the policy's open verification). Typed names (the old
+operator holds the database and so can read every decision: the service lets it give only the
+first decision on a search and its probe photo (or the policy's open verification). Typed names (the old
 `--reviewer NAME`) are refused: one person typing two names was two reviewers.
 """
 

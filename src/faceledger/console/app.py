@@ -59,6 +59,7 @@ from ..rates import how_often
 from ..server.keys import KeyStore, context_for
 from ..server.limits import BodyBudget, BodyReader, BodyTiming, FailureThrottle, Slots
 from ..service import FaceService
+from ..service.governance import ONCE_DECIDED
 from ..settings import Settings
 from .charts import calibration_chart
 from .sessions import Session, SessionStore
@@ -459,27 +460,29 @@ class Console:
         except FaceledgerError as exc:
             # the service's refusal (logged), in words, with the reason typed kept to copy; the
             # case file is not shown again here, so a refused form writes no view event
-            said, kept = exc.message, reason
-            if getattr(exc, "rule", None) == "not_pending":
-                # settled by others while this reviewer worked blind: no outcome named here
-                said = ("other reviewers settled this candidate before your decision. Your "
-                        "conclusion and reason are in the ledger, as a refused decision. "
-                        f"The outcome is shown on its page {_ONCE_DECIDED}")
-                kept = ""  # recorded: nothing to submit again
-            return self.render(request, "error.html", {
-                "code": exc.code, "message": f"Not recorded: {said}", "kept": kept,
-                "back": f"{PREFIX}/candidates/{quote(cid, safe='')}", "nav": "queue"},
-                status=exc.status)
+            # (to a reviewer still working blind the service names no outcome: ONCE_DECIDED)
+            late = getattr(exc, "rule", None) == "not_pending"
+            return self._refused(request, exc, cid, "" if late else reason)
         words = {"CONFIRM": "same person", "REJECT": "not the same person",
                  "INCONCLUSIVE": "inconclusive"}.get(decision, decision)
         note = (f"Recorded: {words}. The candidate is now {decided['Status']} "
                 f"({decided['Confirmations']} of {decided['ReviewersRequired']} confirmations).")
         return await self.candidate(request, note, good=True, blind_message=(
-            f"Recorded: {words}. The candidate's status is shown {_ONCE_DECIDED}"))
+            f"Recorded: {words}. The candidate's status is shown {ONCE_DECIDED}"))
+
+    def _refused(self, request: Request, exc: FaceledgerError, cid: str,
+                 kept: str) -> Response:
+        """A refused candidate form (decision or resolution; the service logged it): the
+        refusal in words and what was typed, to copy; the case file is not shown again, so
+        the refusal writes no view event."""
+        return self.render(request, "error.html", {
+            "code": exc.code, "message": f"Not recorded: {exc.message}", "kept": kept,
+            "back": f"{PREFIX}/candidates/{quote(cid, safe='')}", "nav": "queue"},
+            status=exc.status)
 
     async def resolve(self, request: Request) -> Response:
         session = self.require(request)
-        form = await self.form(request, session)
+        form = await self.form(request, session, "ResolveConflict")
         cid = request.path_params["candidate_id"]
         keep = [str(k) for k in form.getlist("keep")]
         reason = str(form.get("reason") or "")
@@ -487,7 +490,8 @@ class Console:
             done = await self.call(self.service.resolve_review_conflict, cid, keep, reason,
                                    ctx=self.ctx(session))
         except FaceledgerError as exc:
-            return await self.candidate(request, f"Not recorded: {exc.message}", exc.status)
+            # as a refused decision: in words, the reason kept to copy, no view event
+            return self._refused(request, exc, cid, reason)
         outcome = ", ".join(f"candidate {k[:8]} {v}" for k, v in sorted(done["Statuses"].items()))
         return await self.candidate(request, f"Conflict resolved: {outcome}.", good=True)
 
@@ -758,11 +762,6 @@ def _when(value: Any) -> str:
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return "–" if value is None else str(value)
-
-
-# when a blind reviewer sees outcomes (service.oversight: blind review covers search and probe)
-_ONCE_DECIDED = ("once you have decided every candidate of this search (and of other searches "
-                 "of the same probe photo) that is open to you: blind review.")
 
 
 def _fmr(value: Any) -> str:

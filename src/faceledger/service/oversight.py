@@ -45,6 +45,7 @@ from . import collection_members as members
 from .governance import (
     REVEAL_SCORES,
     GovernanceOperations,
+    open_to,
     reads_decisions,
     scores_revealed,
 )
@@ -84,7 +85,7 @@ class OversightOperations(UserOperations, GovernanceOperations):
         self._need_role("ViewReviewQueue", ctx, REVIEW_READERS)
         with self.ledger.engine.connect() as conn:
             found = review.query(conn, status=review.PENDING, limit=4096)
-            opened = _open_to(found, ctx)
+            opened = open_to(found, ctx)
             # blind review: a search (or probe photo) still open to the caller keeps every
             # candidate listed, settled or not, so none leaving the queue tells of a decision
             found += _settled_in(conn, *opened)
@@ -122,7 +123,10 @@ class OversightOperations(UserOperations, GovernanceOperations):
             conflicts = [{k: c[k] for k in ("CandidateId", "CaseReference", "CollectionId",
                                             "ExternalImageId", "ConflictsWith", "RequestId")}
                          for c in review.query(conn, status=review.CONFLICT, limit=4096)
-                         if ctx.may_name(c["CollectionId"])]
+                         if ctx.may_name(c["CollectionId"])
+                         # blind review: a conflict is an outcome (listed above as open)
+                         and c["RequestId"] not in opened[0]
+                         and c["ProbeImageSha256"] not in opened[1]]
         with self.audit("ViewReviewQueue", ctx, uses_model=False) as op:
             op.record(candidate_ids=[c["CandidateId"] for c in shown + conflicts])
         return {"Searches": list(groups.values()), "Candidates": shown, "Conflicts": conflicts,
@@ -136,7 +140,7 @@ class OversightOperations(UserOperations, GovernanceOperations):
         of the same search (or of another search of the same probe photo) to decide, they see
         no other reviewer's decision, reason, name or count, and no outcome, on any of them."""
         if opened is None:
-            opened = _open_to(review.query(conn, status=review.PENDING, limit=4096), ctx)
+            opened = open_to(review.query(conn, status=review.PENDING, limit=4096), ctx)
         policy = load_policy(conn, cand["CollectionId"])
         reviewer = ctx.has_role("reviewer")
         own = cand["RequestedBy"] == ctx.principal
@@ -166,11 +170,13 @@ class OversightOperations(UserOperations, GovernanceOperations):
             part = {"State": "not_reviewer", "CanDecide": False,
                     "Why": "Your key has no reviewer role: you may read this case file, not "
                            "decide it."}
-        elif reader and cand["Reviews"] and seen["Stage"] != review.VERIFICATION:
+        elif (reader and seen["Stage"] != review.VERIFICATION
+              and review.decided_by_others(conn, cand, ctx.principal)):
             part = {"State": "reads_decisions", "CanDecide": False,
-                    "Why": "Your key can read the ledger, where the other reviewers' decisions "
-                           "on this candidate are recorded, so your decision would not be "
-                           "independent: a reviewer-only key decides it."}
+                    "Why": "Your key can read the ledger, where other reviewers' decisions on "
+                           "this candidate or on its search's other candidates (or other "
+                           "searches of its probe photo) are recorded, so your decision would "
+                           "not be independent: a reviewer-only key decides it."}
         else:
             part = {"State": "needs_decision", "CanDecide": True, "Why": None}
         requests, probes = opened
@@ -182,6 +188,9 @@ class OversightOperations(UserOperations, GovernanceOperations):
             seen["Confirmations"] = None
             seen["DecisionsHidden"] = True
             seen["Status"] = None  # PENDING or settled would tell what others decided
+            # a CONFLICT counts as settled here: that two people were confirmed for this
+            # probe, and how it was resolved, are other reviewers' conclusions
+            seen["ConflictsWith"], seen["Resolution"] = [], None
             late = None
             if cand["Status"] != review.PENDING and reviewer and not own and not decided:
                 # settled by others before the caller decided it: still open to the caller's
@@ -675,24 +684,6 @@ def suitability(probe: Shape | None, enrolled: Shape | None) -> list[str]:
                        "visible in both; a conclusion on these photos may not be possible "
                        "(inconclusive).")
     return out
-
-
-def _open_to(pending: list[Shape], ctx: RequestContext) -> tuple[set[str], set[str]]:
-    """The searches (request ids) and probe photos (SHA-256) in which the caller still has a
-    pending candidate to decide (a reviewer, not its searcher, not decided yet)."""
-    requests: set[str] = set()
-    probes: set[str] = set()
-    if not ctx.has_role("reviewer"):
-        return requests, probes
-    for c in pending:
-        if (c["RequestedBy"] == ctx.principal or review.has_decided(c, ctx.principal)
-                or not ctx.may_name(c["CollectionId"])):
-            continue
-        if c["RequestId"]:
-            requests.add(c["RequestId"])
-        if c["ProbeImageSha256"]:
-            probes.add(c["ProbeImageSha256"])
-    return requests, probes
 
 
 def _settled_in(conn: Connection, requests: set[str], probes: set[str]) -> list[Shape]:
