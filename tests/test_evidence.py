@@ -334,6 +334,42 @@ def test_the_cli_decides_as_a_reviewer_key_never_as_a_typed_name(tmp_path: Path)
     assert [r["Reviewer"] for r in reviews] == [key["AccessKeyId"]]
 
 
+def test_the_cli_records_the_features_compared(svc: FaceService, tmp_path: Path) -> None:
+    """`--feature KEY=FINDING` (repeatable) on review confirm/reject/inconclusive: the console's
+    structured features (issue 25.8), checked by the service and recorded with the decision."""
+    tang, angelo = _search(svc)
+    env = {"FACELEDGER_DATA_DIR": str(tmp_path)}
+    probe, enrolled = tmp_path / "probe.jpg", tmp_path / "enrolled.jpg"
+    probe.write_bytes(PROBE_BYTES)
+    enrolled.write_bytes(ENROLLED_BYTES)
+    files = ["--probe", str(probe), "--enrolled", str(enrolled)]
+    runner = CliRunner()
+    # a feature or finding the list does not have: refused by the service and logged
+    bad = runner.invoke(main, ["review", "reject", tang, "--reason", "ears differ", *files,
+                               "--feature", "earlobes=different"], env=env)
+    assert bad.exit_code == 2 and "Unknown feature 'earlobes'" in bad.output
+    assert _events(svc, "ReviewCandidate")[-1]["rule"] == "malformed_decision"
+    for given in ("ears", "ears=similar=x", "=similar"):  # not KEY=FINDING: a usage error
+        typo = runner.invoke(main, ["review", "reject", tang, "--reason", "x", *files,
+                                    "--feature", given], env=env)
+        assert typo.exit_code == 2 and "KEY=FINDING" in typo.output, (given, typo.output)
+    twice = runner.invoke(main, ["review", "reject", tang, "--reason", "x", *files,
+                                 "--feature", "ears=similar", "--feature", "ears=different"],
+                          env=env)
+    assert twice.exit_code == 2 and "ears is given twice" in twice.output
+    ok = runner.invoke(main, ["review", "reject", tang, "--reason", "the ears differ", *files,
+                              "--feature", "ears=different", "--feature",
+                              "chin_jaw=not visible", "--feature", "eyes=similar"], env=env)
+    assert ok.exit_code == 0, ok.output
+    # said in the feature list's order (comparison.FEATURES), whatever order they were typed in
+    assert "features compared: eyes similar, ears different, chin_jaw not visible" in ok.output
+    decided = _events(svc, "ReviewCandidate")[-1]
+    assert decided["outcome"] == "done"
+    assert decided["params"]["features"] == {"eyes": "similar", "ears": "different",
+                                             "chin_jaw": "not visible"}
+    assert "--feature KEY=FINDING" in runner.invoke(main, ["review", "confirm", "--help"]).output
+
+
 def test_review_list_is_a_table_with_each_probe_once_and_the_photo_to_bring(
         svc: FaceService, tmp_path: Path) -> None:
     tang, angelo = _search(svc)
