@@ -194,8 +194,10 @@ def test_one_probe_confirmed_as_two_people_is_flagged_with_key_ids(
                                               "outcome": "refused"})["Events"]
     assert (refused["Principal"], refused["Rule"]) == (cy, "csrf")
     page.locator(f'#resolve input[name="keep"][value="{first}"]').check()
-    page.get_by_label("Reason for the resolution (required, recorded in the ledger)").fill(
-        "Scar visible in the probe and only in this enrolled photo.")
+    box = page.get_by_label("Reason for the resolution (required, recorded in the ledger)")
+    box.fill("Same \u202eeno\u202c")  # named by the browser, as a decision's reason is
+    assert "U+202E" in page.evaluate("document.getElementById('resolve-reason').validationMessage")
+    box.fill("Scar visible in the probe and only in this enrolled photo.")
     with page.expect_navigation():
         page.get_by_role("button", name="Resolve the conflict").click()
     assert "Conflict resolved" in page.locator("#message").inner_text()

@@ -226,8 +226,8 @@ async function check(section, file) {
 // The reason is plain text: the characters the service refuses (controls, bidirectional and
 // invisible formatting) are named here before the form is sent.
 const REFUSED = /[\p{Cc}\p{Cf}\p{Cs}\p{Cn}\p{Zl}\p{Zp}]/u;
-const reason = document.getElementById("reason");
-if (reason) {
+// (a decision's reason and a conflict resolution's: the service checks both alike)
+for (const reason of document.querySelectorAll("#reason, #resolve-reason")) {
   reason.addEventListener("input", () => {
     const found = [...reason.value].find((ch) => ch !== "\n" && ch !== "\r" && ch !== "\t" &&
       ch !== "\u200c" && ch !== "\u200d" && REFUSED.test(ch));
