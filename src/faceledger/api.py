@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL.Image import Image as PILImage
 
-from .context import LOCAL, RequestContext
+from .context import LOCAL, RequestContext, stated
 from .imaging import from_picture
 from .service import FaceService
 from .settings import Settings
@@ -244,6 +244,11 @@ class FaceLedger:
         self.service.close()
 
     def with_context(self, **fields: Any) -> FaceLedger:
-        """A client whose operations carry this purpose/case/principal."""
+        """A client whose operations carry this purpose/case/principal (a purpose or reference
+        with control or bidirectional characters: InvalidParameterException)."""
+        for name, field in (("purpose", "Purpose"), ("case", "Case reference"),
+                            ("consent", "Consent reference")):
+            if name in fields:
+                fields[name] = stated(fields[name], field)
         return FaceLedger(service=self.service,
                           context=dataclasses.replace(self.context, **fields))

@@ -6,6 +6,11 @@ import uuid
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
+from .text import check_text
+
+# The ledger's purpose and case columns hold 255 characters.
+MAX_CONTEXT_CHARS = 255
+
 
 @dataclass(frozen=True)
 class RequestContext:
@@ -58,3 +63,12 @@ class RequestContext:
 
 # The local operator (CLI, in-process Python API) owns the database, so it is an admin.
 LOCAL = RequestContext(admin=True)
+
+
+def stated(value: str | None, field: str) -> str | None:
+    """A purpose, case reference or consent reference as a caller states it (HTTP header, CLI
+    option, console form, Python API): None when not given, else `check_text`'s value (purposes
+    are prose; references are identifiers, so no invisible joiners), or InvalidParameterException."""
+    if value is None:
+        return None
+    return check_text(value, field, max_chars=MAX_CONTEXT_CHARS, prose=field == "Purpose")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..context import RequestContext
+from ..context import MAX_CONTEXT_CHARS, RequestContext, stated
 from ..errors import (
     AccessDeniedException,
     FaceledgerError,
@@ -56,8 +56,10 @@ CONTEXT_HEADERS = (PURPOSE_HEADER, CASE_HEADER, CONSENT_HEADER)
 # how an HTTP caller states a purpose or consent (named by a policy's refusal)
 PURPOSE_VIA = "the X-Faceledger-Purpose header (boto3: faceledger.sdk.state_context)"
 CONSENT_VIA = "the X-Faceledger-Consent header (boto3: faceledger.sdk.state_context)"
-MAX_CONTEXT_CHARS = 256
 REPEAT_ANSWER_DELAY = 1.0  # seconds: SigV4's time resolution (replay.py)
+# what each header states, in the words `context.stated` refuses with
+HEADER_FIELDS = {PURPOSE_HEADER: "Purpose", CASE_HEADER: "Case reference",
+                 CONSENT_HEADER: "Consent reference"}
 DEV_PRINCIPAL = "anonymous-dev"
 DEV_BANNER = """
   ************************************************************************
@@ -381,10 +383,9 @@ def _context_header(request: sigv4.HttpRequest, name: str) -> str | None:
     value = request.header(name)
     if value is None:
         return None
-    value = value.strip()
-    if not value or len(value) > MAX_CONTEXT_CHARS or not value.isprintable():
+    try:
+        return stated(value, HEADER_FIELDS[name])
+    except InvalidParameterException as exc:
+        # the same check as the CLI's and the console's, naming the header
         raise InvalidParameterException(
-            f"{name} must be 1 to {MAX_CONTEXT_CHARS} printable characters."
-        )
-    return value
-
+            f"{exc.message} (HTTP header {name}: 1 to {MAX_CONTEXT_CHARS} characters)") from exc
