@@ -84,16 +84,19 @@ def main() -> int:
     for mode, w in modes.items():
         settings = Settings(data_dir=tmp / mode.split()[0])
         if w == RAY:
-            import ray
-
+            from faceledger.bulk import analysis_work
             from faceledger.cluster import LocalCluster, connect, start_workers
 
             cluster = LocalCluster(tmp, workers=1, cpus=1, object_store_mb=200)
             import atexit
 
             atexit.register(cluster.stop)  # whatever happens next
+            # the cluster's token, before Ray is imported here (Ray reads it when it loads)
+            os.environ.update(cluster.driver_env())
+            import ray
+
             connect(cluster.address)
-            actors = start_workers(settings, 2)
+            actors = start_workers(analysis_work(settings), 2)
             ray.get([a.ready.remote() for a in actors])  # type: ignore[attr-defined]
             # the round trip of an empty call, one actor at a time
             for a in actors * 50:

@@ -50,6 +50,16 @@ def moto_endpoint() -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The umask most machines have: what faceledger creates must be private anyway."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
 @pytest.fixture(scope="session")
 def astronaut_jpeg() -> bytes:
     """scikit-image's public-domain portrait of Eileen Collins (one face), as JPEG bytes."""

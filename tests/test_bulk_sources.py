@@ -19,11 +19,13 @@ from faceledger.bulk import (
     _Seen,
     analyse_item,
     find_sources,
+    is_known,
+    known_digests,
     parse_s3,
     write_analysis,
 )
 from faceledger import cluster
-from faceledger.cluster import ClusterError, is_known, known_digests
+from faceledger.cluster import ClusterError
 from faceledger.errors import InvalidParameterException, InvalidS3ObjectException
 from faceledger.imaging import sha256_hex
 from faceledger.server.storage import build_resolver

@@ -299,17 +299,22 @@ def serving(env: dict[str, str], log: Path) -> Iterator[tuple[subprocess.Popen[b
         proc.wait(timeout=60)
 
 
-def rekognition(url: str, key: IssuedKey, proc: subprocess.Popen[bytes]) -> Any:
-    """A boto3 client of the server at `url`, once the server answers."""
-    client = boto3.session.Session().client(
+def rekognition(url: str, key: IssuedKey) -> Any:
+    """A boto3 client of the server at `url`."""
+    return boto3.session.Session().client(
         "rekognition", endpoint_url=url, region_name="us-east-1", config=NO_RETRIES,
         aws_access_key_id=key.info.access_key_id, aws_secret_access_key=key.secret_access_key)
+
+
+def answering(url: str, key: IssuedKey, proc: subprocess.Popen[bytes]) -> Any:
+    """A client of the server at `url`, once the server answers."""
+    client = rekognition(url, key)
     deadline = time.monotonic() + 300
     while True:
         try:
             client.list_collections()
             return client
-        except (BotoCoreError, ClientError):
+        except BotoCoreError:  # not listening yet
             assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
             time.sleep(0.3)
 
@@ -319,14 +324,15 @@ def index_until_killed(proc: subprocess.Popen[bytes], url: str, key: IssuedKey,
                        kill_after: int) -> int:
     """Three clients index `photos` in turn while one searches; the server's process group is
     killed with SIGKILL once `kill_after` more IndexFaces were acknowledged and one is in flight.
-    Returns how many requests the kill cut off."""
+    Returns how many requests the kill cut off. Every request differs from the others (a
+    signed request is served once: the same bytes twice in one second are a replay)."""
     lock = threading.Lock()
     killed = threading.Event()
     state = {"acks": 0, "in_flight": 0, "cut": 0}
     errors: list[BaseException] = []
 
     def indexer() -> None:
-        client = rekognition(url, key, proc)
+        client = rekognition(url, key)
         while not killed.is_set():
             n = next(sent)
             with lock:
@@ -350,16 +356,19 @@ def index_until_killed(proc: subprocess.Popen[bytes], url: str, key: IssuedKey,
                     acked[rec["Face"]["FaceId"]] = Acked(n % len(photos), i == 0)
 
     def searcher() -> None:
-        client = rekognition(url, key, proc)
-        while not killed.is_set():
+        client = rekognition(url, key)
+        for n in itertools.count(1):
+            if killed.is_set():
+                return
             with lock:
                 done = sorted({a.photo for a in acked.values()})
             try:
                 if done:
                     client.search_faces_by_image(
-                        CollectionId="k", Image={"Bytes": photos[done[-1]].read_bytes()})
+                        CollectionId="k", Image={"Bytes": photos[done[-1]].read_bytes()},
+                        MaxFaces=n % 4096 + 1)
                 else:
-                    client.list_faces(CollectionId="k")
+                    client.list_faces(CollectionId="k", MaxResults=n % 4096 + 1)
             except (BotoCoreError, ClientError) as exc:
                 if not killed.is_set():
                     errors.append(exc)
@@ -421,13 +430,14 @@ def test_acknowledged_faces_survive_kill_9_of_the_server(
     sent = itertools.count()
     for life, kill_after in enumerate((8, 6)):
         with serving(env, tmp_path / "server.log") as (proc, url):
+            client = answering(url, key, proc)
             if life == 0:
-                rekognition(url, key, proc).create_collection(CollectionId="k")
+                client.create_collection(CollectionId="k")
             cut = index_until_killed(proc, url, key, photos, sent, acked, kill_after)
             assert cut >= 1, "no request was in flight when the server was killed"
 
     with serving(env, tmp_path / "server.log") as (proc, url):
-        client = rekognition(url, key, proc)
+        client = answering(url, key, proc)
         listed = all_faces(client)
         assert set(acked) <= set(listed)  # ListFaces: the catalog kept every one
         assert client.describe_collection(CollectionId="k")["FaceCount"] == len(listed)

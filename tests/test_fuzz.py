@@ -104,9 +104,12 @@ class World:
     user_ids: list[str]
 
     def sign(self, url: str, operation: str, body: bytes) -> dict[str, str]:
+        # a fresh signed invocation id, as the JS SDK v3 sends: a signature is served once, and
+        # hypothesis may send the same body twice within a second
         request = AWSRequest(method="POST", url=url, data=body, headers={
             "Content-Type": "application/x-amz-json-1.1",
-            "X-Amz-Target": f"RekognitionService.{operation}"})
+            "X-Amz-Target": f"RekognitionService.{operation}",
+            "amz-sdk-invocation-id": str(uuid.uuid4())})
         SigV4Auth(Credentials(self.key.info.access_key_id, self.key.secret_access_key),
                   "rekognition", REGION).add_auth(request)
         return dict(request.headers.items())
@@ -150,7 +153,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, service: FaceService,
                    video_sample_rate=1.0)
     svc = FaceService(cfg, pipeline=service.pipeline, resolver=build_resolver(cfg))
     keys = KeyStore(svc.engine, secrets.token_bytes(32))
-    key = keys.create("fuzzer", ["*"], ["*"], admin=True)
+    key = keys.create("fuzzer", ["*"], ["*"], admin=True, s3_objects=["*"])
     svc.create_collection(SEED)
     indexed = svc.index_faces(SEED, {"Bytes": astronaut_jpeg}, external_image_id="astronaut")
     face_ids = [r["Face"]["FaceId"] for r in indexed["FaceRecords"]]

@@ -396,6 +396,14 @@ def test_identification_mode_holds_matches_over_the_python_api(svc: FaceService,
     # searching by a stored face or for users is held the same way
     by_face = fl.search_faces("wanted", min(lagos), face_match_threshold=99.0)
     assert by_face["FaceMatches"] == [] and len(by_face["ReviewCandidates"]) == 1
+    # its probe photo is the stored face's, as its IndexFaces recorded it, so a reviewer can
+    # show which photos they compared (every answer needs both)
+    (held_by_face,) = svc.list_review_candidates(
+        "wanted", request_id=bodies(svc)[-1]["request_id"])["Candidates"]
+    indexed = next(b for b in bodies(svc) if b["operation"] == "IndexFaces"
+                   and min(lagos) in b["result"]["face_ids"])
+    assert held_by_face["ProbeImageSha256"] == indexed["images"][0] in {
+        sha(photo(faces_dir, "Ricardo_Lagos", n)) for n in ("0001", "0002")}
     svc.create_user(collection_id="wanted", user_id="lagos")
     svc.associate_faces(collection_id="wanted", user_id="lagos", face_ids=sorted(lagos))
     users = fl.search_users_by_image("wanted", probe, user_match_threshold=99.0)

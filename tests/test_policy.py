@@ -162,7 +162,8 @@ def test_cli_policy_set_merges_options_and_get_prints_it(tmp_path: Path) -> None
     got = json.loads(runner.invoke(main, ["policy", "get", "c1"], env=env).output)["Policy"]
     assert got == {"MinSimilarityThreshold": 99.5, "RequirePurpose": False,
                    "RequireConsent": False, "IdentificationMode": True, "ReviewersRequired": 3,
-                   "RetentionDays": 30, "VerifierSeesEarlierDecisions": False}
+                   "RetentionDays": 30, "VerifierSeesEarlierDecisions": False,
+                   "VerifyEveryConclusion": False}
     bad = runner.invoke(main, ["policy", "set", "c1", "--reviewers", "0"], env=env)
     assert bad.exit_code == 2 and "InvalidParameterException" in bad.output
     assert "Traceback" not in bad.output

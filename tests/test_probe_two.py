@@ -131,7 +131,7 @@ def test_trickling_connections_lock_no_one_out_and_are_cut_off(
             client = _client(url, key)
             for i in range(3):  # signed requests are served while the trickles last
                 client.create_collection(CollectionId=f"served-{i}")
-                client.list_collections()
+                client.describe_collection(CollectionId=f"served-{i}")  # each signature once
             print(f"\n40 trickles inside after {inside - started:.2f} s; 3 signed pairs "
                   f"served in {time.monotonic() - inside:.2f} s meanwhile")
             still_in = 0  # ... and the trickles were all still inside, unanswered, meanwhile
@@ -317,15 +317,6 @@ def _env(root: Path) -> dict[str, str]:
             "FACELEDGER_CONFIG_DIR": str(root / "config"), "FACELEDGER_SERVER_WORKERS": "1"}
 
 
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
 def test_keys_create_first_leaves_the_data_directory_private(tmp_path: Path,
                                                              umask_022: None) -> None:
     """The documented order: `keys create` first (it made the data directory 0755)."""
@@ -505,11 +496,12 @@ def test_failed_sign_ins_are_throttled_per_address(console: ConsoleWorld) -> Non
 
 # --- replayed signed requests ------------------------------------------------------------------
 
-def test_a_request_that_failed_is_served_when_sent_again(tmp_path: Path, service: FaceService,
-                                                        astronaut_jpeg: bytes) -> None:
-    """An SDK retries a failed request with the same bytes when it re-signs within the same
-    second: a refused or failed state-changing request changed nothing, so its copy is served
-    (here: refused again for the same reason), never answered 'already received'."""
+def test_a_request_that_failed_is_not_served_when_sent_again(
+        tmp_path: Path, service: FaceService, astronaut_jpeg: bytes) -> None:
+    """A failed request's copy was served (its signature was forgotten, so that botocore's
+    same-second retry would be): replayed once the collection existed, it indexed the face
+    (issue 24). Now every copy is refused as a repeat - ThrottlingException, which SDKs retry
+    signed anew (tests/test_probe_three_auth.py has botocore's retry)."""
     settings = Settings(data_dir=tmp_path / "data", config_dir=tmp_path / "config",
                         server_workers=1)
     svc = FaceService(settings, pipeline=service.pipeline)
@@ -520,16 +512,14 @@ def test_a_request_that_failed_is_served_when_sent_again(tmp_path: Path, service
     app = RekognitionApp(svc, keys, settings, warm_up=False)
     with running(app) as url:
         headers = _signed(url, key, "IndexFaces", body)
-        for attempt in range(2):
-            again = httpx.post(url + "/", content=body, headers=headers, timeout=60)
-            assert again.status_code == 400, (attempt, again.text)
-            assert again.json()["__type"] == "ResourceNotFoundException"
+        failed = httpx.post(url + "/", content=body, headers=headers, timeout=60)
+        assert failed.json()["__type"] == "ResourceNotFoundException"
         svc.create_collection("not-yet")
-        served = httpx.post(url + "/", content=body, headers=headers, timeout=60)
-        assert served.status_code == 200, served.text  # now it changes state: once
         replay = httpx.post(url + "/", content=body, headers=headers, timeout=60)
-        assert replay.json()["__type"] == "InvalidSignatureException"
-        assert len(svc.list_faces("not-yet")["Faces"]) == 1
+        assert replay.status_code == 400, replay.text
+        assert replay.json()["__type"] == "ThrottlingException"
+        assert "already received" in replay.json()["message"]
+        assert svc.list_faces("not-yet")["Faces"] == []
     app.close()
     svc.close()
 
@@ -538,7 +528,7 @@ def test_a_replayed_index_faces_adds_no_second_face(tmp_path: Path, service: Fac
                                                     astronaut_jpeg: bytes) -> None:
     """The probe replayed a captured IndexFaces within the 5-minute window and got a duplicate
     face. Now the second copy is refused - by this server and by another on the same
-    database - while read-only calls and ClientRequestToken retries are served as before."""
+    database - and so is a second copy of a listing (every operation writes an event)."""
     settings = Settings(data_dir=tmp_path / "data", config_dir=tmp_path / "config",
                         server_workers=1)
     svc = FaceService(settings, pipeline=service.pipeline)
@@ -555,14 +545,15 @@ def test_a_replayed_index_faces_adds_no_second_face(tmp_path: Path, service: Fac
         for target in (url, url2):  # behind one name (a load balancer): the same Host
             again = httpx.post(target + "/", content=body, timeout=60,
                                headers={**headers, "Host": url.removeprefix("http://")})
-            assert again.status_code == 403, again.text
-            assert again.json()["__type"] == "InvalidSignatureException"
+            assert again.status_code == 400, again.text
+            assert again.json()["__type"] == "ThrottlingException"
             assert "already received" in again.json()["message"]
         assert len(svc.list_faces("replayed")["Faces"]) == 1
         listing = b"{}"
         headers = _signed(url, key, "ListCollections", listing)
-        for _ in range(2):
-            assert httpx.post(url + "/", content=listing, headers=headers).status_code == 200
+        answers = [httpx.post(url + "/", content=listing, headers=headers) for _ in range(2)]
+        assert [a.status_code for a in answers] == [200, 400]
+        assert "already received" in answers[1].json()["message"]
         # a fresh signature is served: signed in a later second (SigV4's time has one-second
         # resolution; within the same second the same bytes are the same signature)
         time.sleep(1.05 - (time.time() % 1.0))
@@ -583,7 +574,8 @@ def test_a_key_may_notify_only_its_topics(tmp_path: Path, service: FaceService) 
     svc = FaceService(settings, pipeline=service.pipeline)
     keys = KeyStore(svc.engine, secrets.token_bytes(32))
     plain = keys.create("plain", ["*"], ["*"])
-    ops = keys.create("ops", ["*"], ["*"], sns_topics=["arn:aws:sns:*:111122223333:ops-*"])
+    ops = keys.create("ops", ["*"], ["*"], sns_topics=["arn:aws:sns:*:111122223333:ops-*"],
+                      s3_objects=["clips/*"])
     app = RekognitionApp(svc, keys, settings, warm_up=False)
     video = {"S3Object": {"Bucket": "clips", "Name": "missing.mp4"}}
     theirs = "arn:aws:sns:us-east-1:999999999999:someone-elses-topic"

@@ -5,13 +5,20 @@ photos, and one node killed with SIGKILL in the middle of a run.
 What must hold: the run finishes on the node left; every acknowledged face (a report line) is
 stored, nothing is stored twice (one image, one ImageId), the ledger verifies; a run whose
 driver is killed outright is finished by running the same command again.
+
+And who may drive the cluster (issue 24): a cluster started as the docs said before (plain
+`ray start --head`) runs a stranger's code, and faceledger refuses it; a cluster started as
+they say now (token authentication, private address) refuses a driver without its token; no
+secret of the command's settings is among what its driver sends to the actors.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil  # type: ignore[import-untyped]
 import pytest
 import sqlalchemy as sa
 
@@ -44,11 +52,14 @@ pytestmark = pytest.mark.skipif(
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-def _env() -> dict[str, str]:
+def _env(cluster: LocalCluster | None = None) -> dict[str, str]:
+    """A driver's environment: this checkout's faceledger, and `cluster`'s token if given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FACELEDGER_", "RAY_"))}
     # the nodes' worker processes import this checkout's faceledger, as the driver does
     env["PYTHONPATH"] = os.pathsep.join([SRC] + [p for p in sys.path if p])
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    if cluster is not None:
+        env.update(cluster.driver_env())
     return env
 
 
@@ -65,8 +76,9 @@ def ray_cluster() -> Iterator[LocalCluster]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _cli(data: Path, *args: str, stderr: Path | None = None) -> subprocess.Popen[str]:
-    env = _env()
+def _cli(data: Path, *args: str, stderr: Path | None = None,
+         cluster: LocalCluster | None = None) -> subprocess.Popen[str]:
+    env = _env(cluster)
     env["FACELEDGER_DATA_DIR"] = str(data)
     if stderr is None:
         return subprocess.Popen([sys.executable, "-c", "from faceledger.cli import main; main()",
@@ -133,7 +145,7 @@ def test_a_node_killed_mid_run_loses_and_duplicates_nothing(
            "--max-faces", "1", "--ray", ray_cluster.address, "--ray-batch", "2",
            "--no-progress", "--json"]
     errors = tmp_path / "run1.err"
-    run = _cli(data, *cmd, "--report", str(report), stderr=errors)
+    run = _cli(data, *cmd, "--report", str(report), stderr=errors, cluster=ray_cluster)
     # both actors at work (one per node), and a few images written
     _wait_for_lines(run, report, 4, errors, actors=2)
     start = len(_lines(report))
@@ -166,7 +178,7 @@ def test_a_node_killed_mid_run_loses_and_duplicates_nothing(
     # 2. the same command again, with the node back: everything stored is skipped
     ray_cluster.start_worker()
     again = tmp_path / "run2.jsonl"
-    run = _cli(data, *cmd, "--report", str(again))
+    run = _cli(data, *cmd, "--report", str(again), cluster=ray_cluster)
     out, err = run.communicate(timeout=600)
     assert run.returncode == 0, err
     summary2 = json.loads(out)
@@ -179,13 +191,13 @@ def test_a_node_killed_mid_run_loses_and_duplicates_nothing(
     assert "created" in out, err
     cmd2 = [c if c != "staff" else "staff2" for c in cmd]
     third = tmp_path / "run3.jsonl"
-    run = _cli(data, *cmd2, "--report", str(third))
+    run = _cli(data, *cmd2, "--report", str(third), cluster=ray_cluster)
     _wait_for_lines(run, third, 6)
     run.kill()
     run.communicate(timeout=60)
     cut = _lines(third)
     fourth = tmp_path / "run4.jsonl"
-    run = _cli(data, *cmd2, "--report", str(fourth))
+    run = _cli(data, *cmd2, "--report", str(fourth), cluster=ray_cluster)
     out, err = run.communicate(timeout=600)
     assert run.returncode == 0, err
     rest = _lines(fourth)
@@ -217,7 +229,7 @@ def test_evaluate_on_ray_fills_the_same_cache_and_report(
     base = ["evaluate", "folders", str(root), "--cache", str(cache), "--replicates", "20",
             "--quiet"]
     run = _cli(tmp_path, *base, "--out", str(tmp_path / "on-ray"), "--ray",
-               ray_cluster.address)
+               ray_cluster.address, cluster=ray_cluster)
     out, err = run.communicate(timeout=600)
     assert run.returncode == 0, err
     # every image is now in the cache, as the process pool would have stored it
@@ -275,7 +287,7 @@ def test_reenrol_on_ray_survives_a_lost_node_and_links_every_face(
     errors = tmp_path / "reenrol.err"
     cmd = ["collection", "reenrol", "old", "--into", "new", "--model", "2.0", str(photos),
            "--ray", ray_cluster.address, "--ray-batch", "2", "--no-progress", "--json"]
-    run = _cli(data, *cmd, "--report", str(report), stderr=errors)
+    run = _cli(data, *cmd, "--report", str(report), stderr=errors, cluster=ray_cluster)
     _wait_for_lines(run, report, 4, errors, actors=2)
     _wait_for_lines(run, report, len(_lines(report)) + 4)
     ray_cluster.kill_worker()
@@ -316,9 +328,119 @@ def test_reenrol_on_ray_survives_a_lost_node_and_links_every_face(
 
     # the node back, the same command: nothing left to do, nothing added
     ray_cluster.start_worker()
-    run = _cli(data, *cmd, "--report", str(tmp_path / "again.jsonl"))
+    run = _cli(data, *cmd, "--report", str(tmp_path / "again.jsonl"), cluster=ray_cluster)
     out, err = run.communicate(timeout=600)
     assert run.returncode == 0, err
     again = json.loads(out)
     assert again["indexing"]["indexed"] == 0 and not again["target"]["created"]
     assert sorted(_stored(data, "new")[1]) == sorted(face_ids)
+
+
+# A stranger's driver: joins the cluster at argv[1] and runs `id` on a node.
+STRANGER = """
+import subprocess, sys, ray
+ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
+@ray.remote(num_cpus=0)
+def run():
+    return subprocess.run(["id"], capture_output=True, text=True).stdout
+print("ran:", ray.get(run.remote(), timeout=120).strip())
+"""
+
+
+def _stranger(address: str, home: Path, **ray_env: str) -> subprocess.CompletedProcess[str]:
+    """STRANGER run from a process that holds no token (its own empty HOME, no RAY_* but
+    `ray_env`)."""
+    env = _env()
+    env["HOME"] = str(home)
+    env.update(ray_env)
+    return subprocess.run([sys.executable, "-c", STRANGER, address], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _outside_address(port: int) -> str:
+    """This machine's first address that is not loopback (where another machine would
+    connect), else loopback."""
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and not a.address.startswith("127."):
+                return f"{a.address}:{port}"
+    return f"127.0.0.1:{port}"
+
+
+def _refused_index(tmp_path: Path, faces_dir: Path, address: str) -> str:
+    """`collection index --ray ADDRESS` from a process without a token: refused before
+    anything is indexed (exit status 2, nothing on stdout, no face stored). Its stderr."""
+    photos = _lfw_people(faces_dir, tmp_path / "photos", 2)
+    data = tmp_path / "data"
+    out, err = _cli(data, "collection", "create", "staff").communicate(timeout=120)
+    assert "created" in out, err
+    run = _cli(data, "collection", "index", "staff", str(photos), "--ray", address,
+               "--no-progress", "--json")
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 2 and out == "", (out, err)
+    assert _stored(data, "staff")[1] == []
+    return err
+
+
+@pytest.mark.slow
+def test_a_cluster_as_the_old_docs_said_runs_a_strangers_code_and_faceledger_refuses_it(
+        tmp_path: Path, faces_dir: Path) -> None:
+    """Plain `ray start --head` (the old docs): any driver that reaches the port runs code on
+    the node, as the user Ray runs as. `--ray` refuses such a cluster before it sends it
+    anything."""
+    base = Path(tempfile.mkdtemp(prefix="flopen-"))
+    cluster = LocalCluster(base, workers=0, cpus=1, object_store_mb=100, open_to_anyone=True)
+    try:
+        address = _outside_address(cluster.port)
+        ran = _stranger(address, tmp_path)
+        me = subprocess.run(["id"], capture_output=True, text=True).stdout.strip()
+        assert f"ran: {me}" in ran.stdout, (ran.stdout, ran.stderr[-2000:])
+
+        assert "accepts drivers without a token" in _refused_index(tmp_path, faces_dir, address)
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_cluster_as_the_docs_say_refuses_a_driver_without_its_token(
+        tmp_path: Path, faces_dir: Path, ray_cluster: LocalCluster) -> None:
+    """Token authentication on every node (LocalCluster, as docs/deployment.md says): a
+    driver with no token, or another token, is refused, from outside and on loopback alike;
+    `--ray` without the token stops at once and says what to set."""
+    address = _outside_address(ray_cluster.port)
+    for attempt in (_stranger(address, tmp_path),
+                    _stranger(ray_cluster.address, tmp_path, RAY_AUTH_MODE="token",
+                              RAY_AUTH_TOKEN=secrets.token_hex(32))):
+        assert attempt.returncode != 0 and "ran:" not in attempt.stdout
+        assert "Authentication token is missing or incorrect" in attempt.stderr, \
+            attempt.stderr[-2000:]
+
+    assert "requires a token: run this command with RAY_AUTH_MODE=token" in _refused_index(
+        tmp_path, faces_dir, address)
+
+
+@pytest.mark.slow
+def test_no_secret_of_the_settings_reaches_an_actor(
+        tmp_path: Path, faces_dir: Path, ray_cluster: LocalCluster) -> None:
+    """Everything the driver of `collection index --ray` and of `evaluate --ray` hands Ray to
+    send (actor arguments, batches, shared arguments), recorded in Ray's serializer: the
+    worker's settings and the photos' paths are there; the key-encryption key, the database
+    URL, and the S3 and SNS keys are not."""
+    if not ray_cluster.workers:
+        ray_cluster.start_worker()
+    photos = _lfw_people(faces_dir, tmp_path / "photos", 4)
+    secret = {"kek": secrets.token_urlsafe(32), "database_file": f"db-{secrets.token_hex(8)}.db",
+              "s3_key_id": "AKIA" + secrets.token_hex(8).upper(),
+              "s3_secret": secrets.token_urlsafe(30), "sns_key_id": secrets.token_hex(10),
+              "sns_secret": secrets.token_urlsafe(30)}
+    run = subprocess.run([sys.executable, str(Path(__file__).with_name("ray_shipped.py")),
+                          ray_cluster.address, str(photos), str(tmp_path / "data")],
+                         input=json.dumps(secret), env=_env(ray_cluster), capture_output=True,
+                         text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    print(f"\nshipped to the cluster: {found}")
+    assert found["indexed"] >= 1 and found["enrolled"] >= 1  # the actors did the work
+    assert found["worker_settings"] >= 2 and found["photo_paths"] >= 2  # the spy saw it
+    assert found["leaks"] == []

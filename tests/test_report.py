@@ -66,12 +66,15 @@ def populated(tmp_path_factory: pytest.TempPathFactory, astronaut_jpeg: bytes
     with svc.audit("IndexFaces", enrol, collection="watch") as op:  # the enrolled photo
         op.image("e1" * 32)
         op.record(face_ids=["face-0", "face-1"])
-    r1, r2 = RequestContext(principal="rev-1"), RequestContext(principal="rev-2")
+    r1, r2 = (RequestContext(principal=f"rev-{i}", roles=frozenset({"reviewer"}))
+              for i in (1, 2))
     compared = {"probe_sha256": held_probe(svc, held[0]["CandidateId"]),
                 "enrolled_sha256": "e1" * 32}
     svc.review_candidate(held[0]["CandidateId"], "CONFIRM", "match", **compared, ctx=r1)
     svc.review_candidate(held[0]["CandidateId"], "CONFIRM", "match", **compared, ctx=r2)
-    svc.review_candidate(held[1]["CandidateId"], "REJECT", "different person", ctx=r1)
+    svc.review_candidate(held[1]["CandidateId"], "REJECT", "different person", ctx=r1,
+                         probe_sha256=held_probe(svc, held[1]["CandidateId"]),
+                         enrolled_sha256="e1" * 32)
     with svc.audit("DeleteFaces", officer, collection="staff") as op:
         op.deleted(["face-0", "face-1"])
     return svc, folder

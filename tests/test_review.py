@@ -37,6 +37,11 @@ ENROLLED = "e1" * 32
 EVIDENCE = {"probe_sha256": PROBE, "enrolled_sha256": ENROLLED}
 
 
+def _reviewer(name: str) -> RequestContext:
+    """A reviewer-only key's context (a key that also reads the ledger decides only first)."""
+    return RequestContext(principal=name, roles=frozenset({"reviewer"}))
+
+
 def _search(svc: FaceService, ctx: RequestContext = SEARCHER,
             enrolled: str = ENROLLED) -> dict[str, Any]:
     response = {
@@ -92,8 +97,8 @@ def test_two_independent_reviewers_confirm_and_nobody_confirms_twice(svc: FaceSe
     cid = _search(svc)["ReviewCandidates"][0]["CandidateId"]
     with pytest.raises(AccessDeniedException, match="ran the search"):
         svc.review_candidate(cid, "CONFIRM", "looks like him", **EVIDENCE, ctx=SEARCHER)
-    r1 = RequestContext(principal="reviewer-1")
-    r2 = RequestContext(principal="reviewer-2")
+    r1 = _reviewer("reviewer-1")
+    r2 = _reviewer("reviewer-2")
     first = svc.review_candidate(cid, "CONFIRM", "ear shape and scar match", **EVIDENCE, ctx=r1)
     assert (first["Status"], first["Confirmations"]) == ("PENDING", 1)
     with pytest.raises(ConflictException, match="already reviewed"):
@@ -103,7 +108,7 @@ def test_two_independent_reviewers_confirm_and_nobody_confirms_twice(svc: FaceSe
     assert second["DecidedAt"] is not None
     assert [r["Reviewer"] for r in second["Reviews"]] == ["reviewer-1", "reviewer-2"]
     with pytest.raises(ConflictException, match="already CONFIRMED"):
-        svc.review_candidate(cid, "REJECT", "late", ctx=RequestContext(principal="reviewer-3"))
+        svc.review_candidate(cid, "REJECT", "late", ctx=_reviewer("reviewer-3"))
     decisions = _events(svc, "ReviewCandidate")
     assert [(d["outcome"], d["rule"]) for d in decisions] == [
         ("refused", "reviewer_not_independent"), ("done", None), ("refused", "duplicate_review"),
@@ -119,8 +124,8 @@ def test_two_independent_reviewers_confirm_and_nobody_confirms_twice(svc: FaceSe
 
 def test_one_rejection_settles_a_candidate(svc: FaceService) -> None:
     cid = _search(svc)["ReviewCandidates"][1]["CandidateId"]
-    out = svc.review_candidate(cid, "REJECT", "different person: eye distance",
-                               ctx=RequestContext(principal="reviewer-1"))
+    out = svc.review_candidate(cid, "REJECT", "different person: eye distance", **EVIDENCE,
+                               ctx=_reviewer("reviewer-1"))
     assert out["Status"] == "REJECTED"
     assert svc.get_review_candidate(cid)["Status"] == "REJECTED"
 
@@ -136,13 +141,13 @@ def test_reviewers_required_follows_the_policy(svc: FaceService) -> None:
     svc.put_collection_policy("wanted", {"IdentificationMode": True, "ReviewersRequired": 1},
                               ctx=ADMIN)
     cid = _search(svc)["ReviewCandidates"][0]["CandidateId"]
-    out = svc.review_candidate(cid, "CONFIRM", "sure", **EVIDENCE, ctx=RequestContext(principal="r1"))
+    out = svc.review_candidate(cid, "CONFIRM", "sure", **EVIDENCE, ctx=_reviewer("r1"))
     assert out["Status"] == "CONFIRMED"
 
 
 def test_bad_review_input_gets_rekognition_codes(svc: FaceService) -> None:
     cid = _search(svc)["ReviewCandidates"][0]["CandidateId"]
-    r1 = RequestContext(principal="r1")
+    r1 = _reviewer("r1")
     with pytest.raises(ResourceNotFoundException):
         svc.review_candidate("no-such-candidate", "CONFIRM", "x", ctx=r1)
     for decision, reason in (("MAYBE", "x"), ("CONFIRM", ""), ("CONFIRM", "   "),
@@ -172,42 +177,9 @@ def test_pagination_walks_every_candidate_once(svc: FaceService) -> None:
     assert len(seen) == 6 == len(set(seen))
 
 
-def test_cli_review_list_confirm_reject(tmp_path: Path) -> None:
-    svc = FaceService(Settings(data_dir=tmp_path))
-    svc.put_collection_policy("wanted", {"IdentificationMode": True}, ctx=ADMIN)
-    ids = [c["CandidateId"] for c in _search(
-        svc, enrolled=hashlib.sha256(b"enrolled photo").hexdigest())["ReviewCandidates"]]
-    env = {"FACELEDGER_DATA_DIR": str(tmp_path)}
-    runner = CliRunner()
-    listed = json.loads(runner.invoke(main, ["review", "list"], env=env).output)
-    assert {c["CandidateId"] for c in listed["Candidates"]} == set(ids)
-    photos = tmp_path / "probe.jpg", tmp_path / "enrolled.jpg"
-    for path, content in zip(photos, (b"probe photo", b"enrolled photo"), strict=True):
-        path.write_bytes(content)
-    files = ["--probe", str(photos[0]), "--enrolled", str(photos[1])]
-    with svc.engine.begin() as conn:  # the search saw this probe file
-        conn.execute(schema.candidates.update().values(
-            probe_sha256=hashlib.sha256(b"probe photo").hexdigest()))
-    missing = runner.invoke(main, ["review", "confirm", ids[0], "--reason", "match",
-                                   "--reviewer", "ana"], env=env)
-    assert missing.exit_code == 2 and "--probe" in missing.output
-    for reviewer in ("ana", "ben"):
-        out = runner.invoke(main, ["review", "confirm", ids[0], "--reason", "match",
-                                   "--reviewer", reviewer, *files], env=env)
-        assert out.exit_code == 0, out.output
-    assert json.loads(out.output)["Status"] == "CONFIRMED"
-    again = runner.invoke(main, ["review", "confirm", ids[0], "--reason", "x", "--reviewer",
-                                 "ana", *files], env=env)
-    assert again.exit_code == 2 and "ConflictException" in again.output
-    rej = runner.invoke(main, ["review", "reject", ids[1], "--reason", "no"], env=env)
-    assert rej.exit_code == 0 and json.loads(rej.output)["Status"] == "REJECTED"
-    pending = json.loads(runner.invoke(main, ["review", "list"], env=env).output)
-    assert pending["Candidates"] == []
-
-
 def test_confirm_and_inconclusive_need_the_recorded_photos_hashes(svc: FaceService) -> None:
     cid = _search(svc)["ReviewCandidates"][0]["CandidateId"]
-    r1 = RequestContext(principal="reviewer-1")
+    r1 = _reviewer("reviewer-1")
     for decision in ("CONFIRM", "INCONCLUSIVE"):
         with pytest.raises(AccessDeniedException, match="must name the probe photo"):
             svc.review_candidate(cid, decision, "looked", ctx=r1)
@@ -231,7 +203,7 @@ def test_confirm_and_inconclusive_need_the_recorded_photos_hashes(svc: FaceServi
 
 def test_an_inconclusive_settles_the_candidate_apart_from_rejections(svc: FaceService) -> None:
     cid = _search(svc)["ReviewCandidates"][0]["CandidateId"]
-    r1, r2 = RequestContext(principal="reviewer-1"), RequestContext(principal="reviewer-2")
+    r1, r2 = _reviewer("reviewer-1"), _reviewer("reviewer-2")
     svc.review_candidate(cid, "CONFIRM", "same", **EVIDENCE, ctx=r1)
     out = svc.review_candidate(cid, "INCONCLUSIVE", "probe too blurred", **EVIDENCE, ctx=r2)
     assert out["Status"] == "INCONCLUSIVE" and out["DecidedAt"]
@@ -240,9 +212,10 @@ def test_an_inconclusive_settles_the_candidate_apart_from_rejections(svc: FaceSe
     report = svc.transparency_report("2000-01-01", "2100-01-01")["identification"]
     assert (report["inconclusive"], report["rejected"], report["confirmed"]) == (1, 0, 0)
     assert report["decisions"]["inconclusive"] == 1
-    # a rejection needs no photos (the reviewer may exclude on what the case file shows)
+    # a rejection names the photos compared too (tests/test_evidence.py: refused without)
     other = _search(svc)["ReviewCandidates"][1]["CandidateId"]
-    assert svc.review_candidate(other, "REJECT", "different", ctx=r1)["Status"] == "REJECTED"
+    assert svc.review_candidate(other, "REJECT", "different", **EVIDENCE,
+                                ctx=r1)["Status"] == "REJECTED"
 
 
 def test_blind_review_hides_others_decisions_until_one_decides(svc: FaceService) -> None:

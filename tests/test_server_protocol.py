@@ -32,7 +32,9 @@ URL = "http://testserver/"
 
 
 class Client:
-    """Signs like boto3 (botocore's SigV4Auth) and sends through httpx.ASGITransport."""
+    """Signs with botocore's SigV4Auth and sends through httpx.ASGITransport. Each call signs
+    a fresh amz-sdk-invocation-id, as the JS SDK v3 does: a signature is served once, and two
+    calls with the same body in the same second would otherwise be one signature."""
 
     def __init__(self, app: RekognitionApp, key: IssuedKey | None) -> None:
         self.app = app
@@ -43,6 +45,7 @@ class Client:
         base = {"Content-Type": "application/x-amz-json-1.1"}
         if operation is not None:
             base["X-Amz-Target"] = f"RekognitionService.{operation}"
+        base["amz-sdk-invocation-id"] = str(uuid.uuid4())
         request = AWSRequest(method="POST", url=URL, data=body, headers={**base, **(headers or {})})
         if sign and self.key is not None:
             creds = Credentials(self.key.info.access_key_id, self.key.secret_access_key)

@@ -28,6 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+import numpy as np
+from numpy.typing import NDArray
+
+from .cluster import Work, run_batches
 from .context import LOCAL, RequestContext
 from .errors import FaceledgerError, InvalidParameterException, InvalidS3ObjectException
 from .imaging import AnalysedImage, file_sha256, sha256_hex
@@ -35,11 +39,15 @@ from .model_versions import canonical
 from .service import FaceService
 from .service.core import ServiceCore
 from .service.source_faces import ReenrolPlan, ReenrolSource
+from .settings import Settings
 from .sources import ObjectResolver
+from .worker_settings import WorkerSettings
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 ExternalIdFrom = Literal["name", "parent", "relative-path"]
 Status = Literal["indexed", "skipped", "not_indexed", "failed"]
+# IndexFaces' reason for a face beyond MaxFaces (the faces kept are the largest)
+MAX_FACES_REASON = "EXCEEDS_MAX_FACES"
 
 
 @dataclass(frozen=True)
@@ -165,12 +173,20 @@ class Outcome:
     source_faces: tuple[tuple[str, str], ...] = ()
     source_faces_not_found: tuple[str, ...] = ()
 
+    @property
+    def faces_left_out(self) -> int:
+        """Faces of this photo that passed the quality filter but exceeded MaxFaces (people
+        beside the one the ExternalImageId names, when it names one)."""
+        return sum(1 for r in self.reasons if MAX_FACES_REASON in r)
+
     def to_json(self) -> str:
         out: dict[str, Any] = {"path": self.path, "status": self.status, "sha256": self.sha256,
                                "external_image_id": self.external_image_id,
                                "face_ids": list(self.face_ids)}
         if self.reasons:
             out["unindexed_reasons"] = [list(r) for r in self.reasons]
+        if self.faces_left_out:
+            out["faces_left_out"] = self.faces_left_out
         if self.error is not None:
             out["error"] = {"code": self.error, "message": self.message}
         if self.source_faces or self.source_faces_not_found:
@@ -191,6 +207,8 @@ class Summary:
     failed: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # path, code, message
+    # photos with more faces than MaxFaces: the largest were indexed, these paths held others
+    crowded: list[str] = field(default_factory=list)
     interrupted: bool = False
     seconds: float = 0.0
 
@@ -212,6 +230,8 @@ class Summary:
         # a face left out of an indexed image still counts, by its reasons
         for reasons in o.reasons:
             self.reasons.update(reasons)
+        if o.faces_left_out:
+            self.crowded.append(o.path)
 
     def to_dict(self) -> dict[str, Any]:
         return {"images": self.total, "processed": self.done, "indexed": self.indexed,
@@ -220,6 +240,7 @@ class Summary:
                 "unindexed_faces_by_reason": dict(self.reasons.most_common()),
                 "failed_files": [{"path": p, "code": c, "message": m}
                                  for p, c, m in self.failures],
+                "photos_with_faces_left_out": list(self.crowded),
                 "interrupted": self.interrupted, "seconds": round(self.seconds, 3),
                 "images_per_second": round(self.done / self.seconds, 3) if self.seconds else None}
 
@@ -281,6 +302,54 @@ def analyse_item(core: ServiceCore, item: ImageFile, known: Callable[[str], bool
         return Analysis(sha, error=exc.code, message=exc.message)
     except Exception as exc:  # noqa: BLE001 - one bad image must not end a run of millions
         return Analysis(sha, error="InternalServerError", message=f"{type(exc).__name__}: {exc}")
+
+
+# ---- the same per-image work on Ray actors (faceledger.cluster runs it) ----------------------
+
+
+def known_digests(hashes: Iterable[str]) -> NDArray[np.bytes_]:
+    """Hex SHA-256 digests as a sorted array of 32-byte values (shared zero-copy by Ray)."""
+    return np.array(sorted(bytes.fromhex(h) for h in hashes), dtype="S32")
+
+
+def is_known(known: NDArray[np.bytes_], sha256: str) -> bool:
+    if len(known) == 0:
+        return False
+    probe = np.array([bytes.fromhex(sha256)], dtype="S32")
+    i = int(np.searchsorted(known, probe[0]))
+    return i < len(known) and bool(known[i] == probe[0])
+
+
+def _actor_core(config: WorkerSettings) -> ServiceCore:
+    """A Ray actor's state: the service's decoding rules, buckets (no keys: the node's own
+    credentials read S3) and face pipeline, from the worker's part of the settings only."""
+    import cv2
+
+    from .server.storage import build_resolver
+
+    cv2.setNumThreads(1)  # one actor per CPU already
+    settings = config.settings()
+    core = ServiceCore(settings, resolver=build_resolver(settings))
+    core.pipeline.warm_up()
+    return core
+
+
+def _analyse_batch(core: ServiceCore, where: list[tuple[str, str | None]],
+                   known: NDArray[np.bytes_]) -> list[Analysis]:
+    """A Ray actor's batch: `analyse_item` of each (path or object name, bucket)."""
+    return [analyse_item(core, ImageFile(Path(path), None, bucket),
+                         lambda sha: is_known(known, sha)) for path, bucket in where]
+
+
+def _location(item: ImageFile) -> tuple[str, str | None]:
+    """What an actor gets of an image: where to read it (not its ExternalImageId, not the
+    source faces of a re-enrolment)."""
+    return str(item.path), item.bucket
+
+
+def analysis_work(settings: Settings) -> Work[WorkerSettings, ServiceCore]:
+    """Bulk enrolment's work for Ray actors: the pipeline of `settings`, loaded once each."""
+    return Work(_actor_core, WorkerSettings.of(settings), _analyse_batch)
 
 
 def write_analysis(service: FaceService, collection_id: str, item: ImageFile, a: Analysis,
@@ -435,11 +504,10 @@ def index_images_ray(
 ) -> Summary:
     """index_images with decoding and inference on the Ray cluster this process joined
     (`faceledger.cluster.connect`): batches of images go to actors that load the pipeline of
-    `service.settings` once each; every result is written here, through `write_analysis`, as
-    without Ray. Images already in the collection are skipped by the actors before any
-    decoding. A batch whose actor (or node) died is sent again; what was written stays."""
-    from .cluster import known_digests, run_batches
-
+    `service.settings` once each (`analysis_work`: `workers` must run it); every result is
+    written here, through `write_analysis`, as without Ray. Images already in the collection
+    are skipped by the actors before any decoding. A batch whose actor (or node) died is sent
+    again; what was written stays."""
     with service.catalog.read() as conn:
         coll = service.catalog.collection(conn, collection_id)
         hashes = service.catalog.image_hashes(conn, coll.pk)
@@ -451,9 +519,9 @@ def index_images_ray(
     def should_stop() -> bool:
         return stopping.is_set() or (stop is not None and stop.is_set())
 
-    batches = run_batches(service.settings, images, "analyse", known_digests(hashes),
-                          batch_size=batch_size, actors=actors, stop=should_stop,
-                          on_event=on_event, workers=workers)
+    batches = run_batches(analysis_work(service.settings), images, known_digests(hashes),
+                          send=_location, batch_size=batch_size, actors=actors,
+                          stop=should_stop, on_event=on_event, workers=workers)
     # Writes overlap on PostgreSQL (the ledger's chain head is the only serial step); SQLite
     # has one writer at a time, where threads only queue.
     n_writers = writers or (4 if service.catalog.dialect == "postgresql" else 1)
@@ -510,6 +578,13 @@ def write_summary(summary: Summary, stream: TextIO) -> None:
         f"{summary.failed} failed\n")
     for reason, n in summary.reasons.most_common():
         stream.write(f"  faces not indexed, {reason}: {n}\n")
+    if summary.crowded:
+        stream.write(f"  photos with more faces than MaxFaces (the largest indexed, the others "
+                     f"not): {len(summary.crowded)}\n")
+        for path in summary.crowded[:10]:
+            stream.write(f"    {path}\n")
+        if len(summary.crowded) > 10:
+            stream.write(f"    ... {len(summary.crowded) - 10} more (see --report)\n")
     for path, code, message in summary.failures[:20]:
         stream.write(f"  failed {path}: {code}: {message}\n")
     if len(summary.failures) > 20:

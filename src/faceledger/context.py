@@ -28,6 +28,14 @@ class RequestContext:
     # SNS topics (ARNs or globs) the caller's video jobs may notify (HTTP: the key's, none by
     # default; NotificationChannel.RoleArn is not an authorisation faceledger can check).
     sns_topics: tuple[str, ...] = ("*",)
+    # S3 objects the caller may read, as `bucket/key` globs (HTTP: the key's `--s3` grants, none
+    # by default); Image.S3Object and Video.S3Object outside them are answered as missing.
+    s3_objects: tuple[str, ...] = ("*",)
+    # How this caller's adapter takes a purpose and a consent reference, named by a refusal
+    # that asks for one: each adapter sets its own (an HTTP header, a CLI option, a form field);
+    # the default is the Python API's.
+    purpose_via: str = "FaceLedger.with_context(purpose=...)"
+    consent_via: str = "FaceLedger.with_context(consent=...)"
 
     def has_role(self, *roles: str) -> bool:
         """Whether this caller holds one of `roles` (always, when not role-restricted)."""
@@ -38,6 +46,10 @@ class RequestContext:
     def may_notify(self, topic_arn: str) -> bool:
         """Whether the caller may have a job's completion published to `topic_arn`."""
         return any(fnmatchcase(topic_arn, p) for p in self.sns_topics)
+
+    def may_read(self, bucket: str, name: str) -> bool:
+        """Whether a grant covers object `name` of `bucket` (`*` in a glob spans '/')."""
+        return any(fnmatchcase(f"{bucket}/{name}", p) for p in self.s3_objects)
 
     def may_name(self, collection_id: str) -> bool:
         """Whether the caller may name (and so see) `collection_id`."""

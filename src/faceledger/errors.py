@@ -18,6 +18,7 @@
     │   ├── ValidationException
     │   ├── PolicyRefusedException        (a collection policy refused the operation)
     │   ├── ThrottlingException
+    │   │   └── ReplayedRequestException  (a signature already received; SDKs retry it signed anew)
     │   ├── ProvisionedThroughputExceededException
     │   ├── VideoTooLargeException        (stored video over the size or duration limit)
     │   ├── LimitExceededException        (too many video jobs in progress)
@@ -29,8 +30,7 @@
     │   ├── InvalidSignatureException
     │   ├── IncompleteSignatureException
     │   ├── MissingAuthenticationTokenException
-    │   ├── ExpiredTokenException (request expired, "InvalidSignatureException" on the wire)
-    │   └── ReplayedRequestException (a signature seen before, "InvalidSignatureException" too)
+    │   └── ExpiredTokenException (request expired, "InvalidSignatureException" on the wire)
     └── InternalServerError               (HTTP 500: a bug of ours; the log keeps the traceback)
 
 Adapters turn these into responses in exactly one place each (HTTP: `server`, CLI: `cli`).
@@ -178,8 +178,13 @@ class ExpiredTokenException(InvalidSignatureException):
     """AWS answers an expired SigV4 request with InvalidSignatureException ("Signature expired")."""
 
 
-class ReplayedRequestException(InvalidSignatureException):
-    """A signed request that changes state arrived again with a signature already used."""
+class ReplayedRequestException(ThrottlingException):
+    """A signed request arrived again with a signature already received (server/replay.py).
+
+    It is never served. ThrottlingException on the wire, because every SDK retries that code
+    and signs the retry anew: botocore signs a retry within the same second byte-identically
+    (its amz-sdk-request attempt header is added after signing), so its retry of a request
+    that reached the server arrives as a repeat, and must be able to try again."""
 
 
 class InternalServerError(FaceledgerError):

@@ -1,8 +1,9 @@
 """Files and directories that hold biometric data or secrets: owner-only, whatever the umask.
 
 Templates, the ledger, sealed API secrets, cached models and spooled videos live in the data
-directory; under the common umask 022 everything created there would be world-readable. Every
-creator goes through this module: `private_data_dir` / `data_subdir` for the data directory and
+directory; under the common umask 022 everything created there would be world-readable. So would
+what faceledger writes elsewhere that holds such data: the evaluation embedding cache
+(templates), case export bundles, bulk run reports. Every creator goes through this module: `private_data_dir` / `data_subdir` for the data directory and
 its folders (0700, tightened if an older version or another tool left them open), `open_private`
 for files (0600), `private_sqlite` for the database. mkdir and open modes are filtered by the
 umask; chmod is not, so another local user can read nothing even if the operator never thought
@@ -70,16 +71,17 @@ def data_subdir(data_dir: Path, name: str) -> Path:
     return private_dir(data_dir / name, tighten=True)
 
 
-def open_private(path: Path) -> BinaryIO:
-    """Open `path` for binary writing, created (or truncated) with mode 0600 whatever the
-    umask."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+def open_private(path: Path, *, append: bool = False) -> BinaryIO:
+    """Open `path` for binary writing, created (or truncated; with `append`, appended to) with
+    mode 0600 whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC),
+                 FILE_MODE)
     try:
         os.fchmod(fd, FILE_MODE)  # an existing file keeps its mode through O_CREAT
     except BaseException:
         os.close(fd)
         raise
-    return os.fdopen(fd, "wb")
+    return os.fdopen(fd, "ab" if append else "wb")
 
 
 def write_private(path: Path, data: bytes | str) -> None:

@@ -42,6 +42,11 @@ def request_context(**overrides: Any) -> RequestContext:
     given = dict(click_ctx.find_root().obj or {}) if click_ctx is not None else {}
     given.update({k: v for k, v in overrides.items() if v is not None})
     fields = {k: v for k, v in given.items() if v is not None}
+    # a policy's refusal names the option, where it goes: before the command
+    command = "" if click_ctx is None else click_ctx.command_path.partition(" ")[2]
+    rest = f"{command} ..." if command else "COMMAND ..."
+    fields.setdefault("purpose_via", f"`faceledger --purpose TEXT {rest}`")
+    fields.setdefault("consent_via", f"`faceledger --consent REF {rest}`")
     return dataclasses.replace(LOCAL, request_id=str(uuid.uuid4()), **fields)
 
 

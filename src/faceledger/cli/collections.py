@@ -33,6 +33,7 @@ from ..bulk import (
     write_summary,
 )
 from ..evaluation.enrolment import Progress
+from ..permissions import open_private
 from ..server.storage import build_resolver
 from ..service import FaceService
 from ..settings import Settings
@@ -52,20 +53,39 @@ def _client() -> Iterator[FaceLedger]:
         client.close()
 
 
-def _matches(result: dict[str, Any], as_json: bool) -> None:
+def _matches(result: dict[str, Any], as_json: bool, key: str = "FaceMatches") -> None:
+    """A search's answer: what its threshold means, then its matches, or that they were held
+    for review (an identification-mode collection answers with no matches then: saying
+    "no match" would be false)."""
     if as_json:
         emit_json(result)
         return
+    faces = "faces" if key == "FaceMatches" else "faces of users"
+    threshold = result["FaceMatchThreshold" if key == "FaceMatches" else "UserMatchThreshold"]
     click.echo(
-        f"threshold: Similarity {result['FaceMatchThreshold']:.10g} = false-match rate "
-        f"{result['FalseMatchRate']:.1e}; {result['FacesSearched']} faces searched, "
+        f"threshold: Similarity {threshold:.10g} = false-match rate "
+        f"{result['FalseMatchRate']:.1e}; {result['FacesSearched']} {faces} searched, "
         f"{result['ExpectedFalseMatches']:.2g} false matches expected")
-    if not result["FaceMatches"]:
+    if result.get("ReviewRequired"):
+        held = result.get("ReviewCandidates") or []
+        case = request_context().case
+        click.echo(f"held for review: {len(held)} candidate{'s' if len(held) != 1 else ''} "
+                   f"({f'case {case}' if case else 'no case given'}); reviewers decide them "
+                   "(`faceledger review list`, or the console)")
+        for c in held:
+            click.echo(f"  candidate {c['CandidateId']}  {c.get('Status', '')}")
+        return
+    if not result[key]:
         click.echo("no match")
-    for m in result["FaceMatches"]:
-        f = m["Face"]
-        click.echo(f"MATCH  {f['FaceId']}  {f.get('ExternalImageId', '-')}  "
-                   f"similarity {m['Similarity']:.10g}")
+    for m in result[key]:
+        if key == "FaceMatches":
+            f = m["Face"]
+            click.echo(f"MATCH  {f['FaceId']}  {f.get('ExternalImageId', '-')}  "
+                       f"similarity {m['Similarity']:.10g}")
+        else:
+            u = m["User"]
+            click.echo(f"MATCH  user {u['UserId']} ({u.get('UserStatus', '-')})  "
+                       f"similarity {m['Similarity']:.10g}")
 
 
 @main.group()
@@ -139,33 +159,51 @@ def describe(collection_id: str) -> None:
               default="name", show_default=True,
               help="ExternalImageId from the file name (without suffix), its folder's name "
                    "(a folder per person) or its path under the folder given (':' for '/').")
-@click.option("--max-faces", type=int, default=None, help="Index at most this many (largest).")
+@click.option("--max-faces", type=click.IntRange(1), default=None,
+              help="Index at most this many faces of each photo, the largest [default: 1, "
+                   "see --all-faces].")
+@click.option("--all-faces", is_flag=True,
+              help="Index every face of each photo (as Rekognition's IndexFaces does), each "
+                   "labelled with the photo's ExternalImageId. Without it, the id names one "
+                   "person, so only the largest face is indexed and the others are reported.")
 @click.option("--quality-filter", type=QUALITY, default="AUTO", show_default=True)
 @click.option("--workers", type=click.IntRange(0, 256), default=None,
               help="Inference processes [default: FACELEDGER_WORKERS, else one per core].")
 @click.option("--report", type=click.Path(dir_okay=False, writable=True, path_type=Path),
               default=None, help="Append one JSON line per image (path, status, sha256, face "
-                                 "ids, reasons, error) to this file.")
+                                 "ids, reasons, faces_left_out, error) to this file.")
 @click.option("--verbose", "-v", is_flag=True, help="A line per indexed or refused face.")
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--ray", "ray_address", metavar="ADDRESS|auto", default=None,
               help="Decode and analyse on this Ray cluster (one actor per CPU, models loaded "
                    "once each; files must be readable at the same path on every node); "
-                   "writes stay in this process. Needs faceledger[ray].")
+                   "writes stay in this process. Needs faceledger[ray] and a cluster with "
+                   "token authentication (docs/deployment.md).")
 @click.option("--ray-batch", type=click.IntRange(1, 1024), default=8, show_default=True,
               help="Images per call to a Ray actor.")
 @reports_errors
 def index(collection_id: str, sources: tuple[str, ...], external_id: str | None,
-          external_id_from: ExternalIdFrom, max_faces: int | None, quality_filter: str,
-          workers: int | None, report: Path | None, verbose: bool, no_progress: bool,
-          as_json: bool, ray_address: str | None, ray_batch: int) -> None:
+          external_id_from: ExternalIdFrom, max_faces: int | None, all_faces: bool,
+          quality_filter: str, workers: int | None, report: Path | None, verbose: bool,
+          no_progress: bool, as_json: bool, ray_address: str | None, ray_batch: int) -> None:
     """Add the faces found in SOURCEs: image files, folders (searched recursively for
     .jpg/.jpeg/.png) and s3://BUCKET/PREFIX of a configured bucket, on every core (or a Ray
     cluster with --ray), with a progress bar. Templates only; photos are never stored.
+
+    Each photo's ExternalImageId comes from a name (its file's, its folder's, or
+    --external-id), which names one person: only the photo's largest face is indexed, and
+    photos that held others are listed in the summary (and as faces_left_out in --report),
+    so that bystanders are never stored under someone else's name. --all-faces indexes
+    every face, --max-faces N the N largest.
+
     Resumable: images already indexed in the collection (same SHA-256) are skipped, so after
     Ctrl-C, a crash or a lost node run the same command again. Exit status 1 if a file
     failed."""
+    if all_faces and max_faces is not None:
+        raise click.UsageError("--all-faces and --max-faces exclude each other")
+    # the id is a person's name: one face per photo unless told otherwise (docs/first-steps.md)
+    max_faces = None if all_faces else (max_faces or 1)
     settings = Settings()
     resolver = build_resolver(settings)
     for source in sources:
@@ -190,7 +228,7 @@ def index(collection_id: str, sources: tuple[str, ...], external_id: str | None,
                                max_faces=max_faces, quality_filter=quality_filter,
                                ctx=request_context(), on_outcome=_show(out, verbose, bar),
                                stop=stop)
-    _finish(summary, bar, as_json)
+    _finish(summary, bar, as_json, one_face=max_faces == 1)
 
 
 @contextmanager
@@ -217,7 +255,9 @@ def _run_closing(service: FaceService, report: Path | None,
                  pipeline: PipelinePool | None = None) -> Iterator[TextIO | None]:
     """A bulk run's report file (None without --report), open for the run; it, the service and
     the pipeline pool are closed after it, however it ends."""
-    out = report.open("a", encoding="utf-8") if report is not None else None
+    # one line per image, with its path and faces: owner-only whatever the umask
+    out = None if report is None else io.TextIOWrapper(open_private(report, append=True),
+                                                       encoding="utf-8")
     try:
         yield out
     finally:
@@ -256,7 +296,8 @@ def _cluster_event(bar: Progress | None) -> Callable[[str], None]:
     return lambda text: click.echo(f"\n{text}" if bar and bar.tty else text, err=True)
 
 
-def _finish(summary: Summary, bar: Progress | None, as_json: bool) -> None:
+def _finish(summary: Summary, bar: Progress | None, as_json: bool,
+            one_face: bool = False) -> None:
     if bar is not None and bar.tty and bar.done < bar.total:
         click.echo("", err=True)  # end the progress line of an interrupted run
     if as_json:
@@ -266,6 +307,9 @@ def _finish(summary: Summary, bar: Progress | None, as_json: bool) -> None:
         # written whole, in the encoding click chose for stdout
         text = io.StringIO()
         write_summary(summary, text)
+        if summary.crowded and one_face:
+            text.write("  Each photo's ExternalImageId names one person, so only its largest "
+                       "face was indexed; --all-faces indexes every face.\n")
         click.echo(text.getvalue(), nl=False)
     if summary.interrupted:
         raise SystemExit(130)
@@ -294,7 +338,8 @@ def _finish(summary: Summary, bar: Progress | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto",
               help="Decode and embed on this Ray cluster (the target must be the configured "
-                   "model); writes stay in this process, as without --ray.")
+                   "model; token authentication: docs/deployment.md); writes stay in this "
+                   "process, as without --ray.")
 @click.option("--ray-batch", type=click.IntRange(1, 256), default=8, show_default=True)
 @reports_errors
 def reenrol(source_collection: str, photos: tuple[Path, ...], target: str, model: str | None,
@@ -358,7 +403,7 @@ def _index_on_ray(settings: Settings, resolver: ObjectResolver, collection_id: s
                 service, collection_id, images, batch_size=batch, max_faces=max_faces,
                 quality_filter=quality_filter, ctx=request_context(),
                 on_outcome=_show(out, verbose, bar, stdout), on_event=_cluster_event(bar))
-    _finish(summary, bar, as_json)
+    _finish(summary, bar, as_json, one_face=max_faces == 1)
 
 
 @collection.command("faces")
@@ -505,9 +550,17 @@ def user_disassociate(collection_id: str, user_id: str, face_ids: tuple[str, ...
 @user.command("search")
 @click.argument("collection_id")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
-@click.option("--threshold", type=float, default=None)
+@click.option("--threshold", type=float, default=None,
+              help="UserMatchThreshold; default: at most 0.01 false matches expected per "
+                   "search.")
+@click.option("--json", "as_json", is_flag=True, help="Print the SearchUsersByImage response.")
 @reports_errors
-def user_search(collection_id: str, image: str, threshold: float | None) -> None:
+def user_search(collection_id: str, image: str, threshold: float | None,
+                as_json: bool) -> None:
     """Search users by the largest face in IMAGE."""
     with _client() as c:
-        emit_json(c.search_users_by_image(collection_id, image, user_match_threshold=threshold))
+        r = c.search_users_by_image(collection_id, image, user_match_threshold=threshold)
+    if not as_json and "SearchedFace" not in r:
+        click.echo(f"no face found in {image}")
+        return
+    _matches(r, as_json, "UserMatches")

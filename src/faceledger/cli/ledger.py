@@ -1,10 +1,11 @@
-"""`faceledger ledger ...`, `policy ...`, `review ...`, `retention ...`, `report`, `export`:
-the audit ledger and governance from the shell (the local operator is an admin)."""
+"""`faceledger ledger ...`, `policy ...`, `retention ...`, `report`, `export`: the audit ledger
+and governance from the shell (the local operator is an admin). `review ...` is cli/review.py."""
 
 from __future__ import annotations
 
 import json
 import zipfile
+from datetime import date, timedelta
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,6 @@ import click
 
 from ..context import RequestContext
 from ..errors import InvalidParameterException
-from ..imaging import file_sha256
 from ..ledger.chain import Anchor
 from ..ledger.export import write_bundle
 from ..ledger.report import render_html
@@ -27,9 +27,8 @@ def _service() -> FaceService:
     return FaceService(Settings())
 
 
-def _ctx(principal: str | None = None, **fields: Any) -> RequestContext:
-    extra = {"principal": principal} if principal else {}
-    return request_context(**fields, **extra)
+def _ctx(**fields: Any) -> RequestContext:
+    return request_context(**fields)
 
 
 def _anchors(tokens: tuple[str, ...], files: tuple[str, ...]) -> list[Anchor]:
@@ -181,6 +180,10 @@ def policy_get(collection: str) -> None:
 @click.option("--verifier-sees-earlier/--blind-verifier", "verifier_sees_earlier",
               default=None, help="Whether the reviewer giving the last confirmation sees the "
                                  "earlier conclusions (ACE-V verification); default blind.")
+@click.option("--verify-every-conclusion/--first-answer-settles", "verify_every",
+              default=None, help="Whether rejections and inconclusives need --reviewers "
+                                 "agreeing reviewers too (ACE-V: every conclusion verified); "
+                                 "default: the first answer that is not a confirmation settles.")
 @click.option("--retention-days", type=int, default=None)
 @click.option("--no-retention", is_flag=True, help="Keep faces until deleted.")
 @click.option("--reset", is_flag=True, help="Start from the default policy.")
@@ -188,7 +191,7 @@ def policy_get(collection: str) -> None:
 def policy_set(collection: str, min_threshold: float | None, no_min_threshold: bool,
                require_purpose: bool | None, require_consent: bool | None,
                identification: bool | None, reviewers: int | None,
-               verifier_sees_earlier: bool | None,
+               verifier_sees_earlier: bool | None, verify_every: bool | None,
                retention_days: int | None, no_retention: bool, reset: bool) -> None:
     """Change the options given; keep the others (logged in the ledger)."""
     service = _service()
@@ -199,6 +202,7 @@ def policy_set(collection: str, min_threshold: float | None, no_min_threshold: b
         "RequireConsent": require_consent, "IdentificationMode": identification,
         "ReviewersRequired": reviewers, "RetentionDays": retention_days,
         "VerifierSeesEarlierDecisions": verifier_sees_earlier,
+        "VerifyEveryConclusion": verify_every,
     }
     new = {**current, **{k: v for k, v in changes.items() if v is not None}}
     if no_min_threshold:
@@ -206,90 +210,6 @@ def policy_set(collection: str, min_threshold: float | None, no_min_threshold: b
     if no_retention:
         new["RetentionDays"] = None
     emit_json(service.put_collection_policy(collection, new, ctx=ctx))
-
-
-# -- review --------------------------------------------------------------------------------
-
-@main.group()
-def review() -> None:
-    """The human review queue for identification-mode search results."""
-
-
-@review.command("list")
-@click.option("--collection", default=None)
-@click.option("--status", type=click.Choice(["PENDING", "CONFIRMED", "REJECTED",
-                                            "INCONCLUSIVE", "ALL"]),
-              default="PENDING", show_default=True)
-@click.option("--case", "case", default=None)
-@click.option("--request-id", default=None, help="Candidates of one search request.")
-@reports_errors
-def review_list(collection: str | None, status: str, case: str | None,
-                request_id: str | None) -> None:
-    """List candidates (JSON)."""
-    emit_json(_service().list_review_candidates(
-        collection, None if status == "ALL" else status, request_id=request_id, case=case,
-        ctx=_ctx()))
-
-
-def _decide(candidate: str, decision: str, reason: str, reviewer: str | None,
-            probe: str | None = None, enrolled: str | None = None) -> None:
-    evidence = {"probe_sha256": None if probe is None else file_sha256(Path(probe)),
-                "enrolled_sha256": None if enrolled is None else file_sha256(Path(enrolled))}
-    emit_json(_service().review_candidate(candidate, decision, reason,
-                                          ctx=_ctx(principal=reviewer), **evidence))
-
-
-_REVIEWER = click.option(
-    "--reviewer", default=None,
-    help="Your reviewer identity (default: the local principal); over HTTP it is your key.")
-
-
-def _photos(required: bool) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    need = "required" if required else "optional; checked when given"
-    probe = click.option("--probe", type=click.Path(exists=True, dir_okay=False),
-                         required=required,
-                         help=f"The probe photo you compared (its SHA-256 must be the "
-                              f"recorded one; {need}).")
-    enrolled = click.option("--enrolled", type=click.Path(exists=True, dir_okay=False),
-                            required=required,
-                            help=f"The enrolled photo you compared ({need}).")
-    return lambda fn: probe(enrolled(fn))
-
-
-@review.command("confirm")
-@click.argument("candidate")
-@click.option("--reason", required=True, help="Why the identification is right.")
-@_photos(True)
-@_REVIEWER
-@reports_errors
-def review_confirm(candidate: str, reason: str, probe: str, enrolled: str,
-                   reviewer: str | None) -> None:
-    """Confirm a candidate as one independent reviewer (names the two photos compared)."""
-    _decide(candidate, "CONFIRM", reason, reviewer, probe, enrolled)
-
-
-@review.command("inconclusive")
-@click.argument("candidate")
-@click.option("--reason", required=True, help="Why the photos allow no conclusion.")
-@_photos(True)
-@_REVIEWER
-@reports_errors
-def review_inconclusive(candidate: str, reason: str, probe: str, enrolled: str,
-                        reviewer: str | None) -> None:
-    """The pair allows no conclusion (settles the candidate as INCONCLUSIVE)."""
-    _decide(candidate, "INCONCLUSIVE", reason, reviewer, probe, enrolled)
-
-
-@review.command("reject")
-@click.argument("candidate")
-@click.option("--reason", required=True, help="Why the identification is wrong.")
-@_photos(False)
-@_REVIEWER
-@reports_errors
-def review_reject(candidate: str, reason: str, probe: str | None, enrolled: str | None,
-                  reviewer: str | None) -> None:
-    """Reject a candidate: not the same person (one rejection settles it)."""
-    _decide(candidate, "REJECT", reason, reviewer, probe, enrolled)
 
 
 # -- retention -----------------------------------------------------------------------------
@@ -318,25 +238,41 @@ def retention_renew(collection: str, face_ids: tuple[str, ...]) -> None:
 # -- report and export ---------------------------------------------------------------------
 
 @main.command()
-@click.option("--from", "time_from", required=True, help="Start (ISO date/time, included).")
-@click.option("--to", "time_to", required=True, help="End (ISO date/time, excluded).")
-@click.option("--out", type=click.Path(file_okay=False), default="faceledger-report",
+@click.option("--from", "time_from", required=True,
+              help="Start (ISO 8601 date or time, UTC unless it says otherwise), included.")
+@click.option("--to", "time_to", required=True,
+              help="End: a date (2026-12-31) includes that whole day; a time "
+                   "(2026-12-31T12:00) is the first instant left out.")
+@click.option("-o", "--out", type=click.Path(file_okay=False), default="faceledger-report",
               show_default=True, help="Folder for report.html and report.json.")
 @reports_errors
 def report(time_from: str, time_to: str, out: str) -> None:
     """Write a transparency report (HTML with charts, and JSON) for a period."""
-    result = _service().transparency_report(time_from, time_to, ctx=_ctx())
+    result = _service().transparency_report(time_from, day_after(time_to), ctx=_ctx())
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     (folder / "report.html").write_text(render_html(result), encoding="utf-8")
-    click.echo(f"{result['totals']['events']} events from {result['period']['from']} to "
+    click.echo(f"{result['totals']['events']} events from {result['period']['from']} up to "
                f"{result['period']['to']}: {folder / 'report.html'}, {folder / 'report.json'}")
+
+
+def day_after(end: str) -> str:
+    """A period's end as the report takes it (the first instant left out): a date alone means
+    the whole of that day, as a person reading "to 2026-12-31" means it; a time is as given."""
+    text = end.strip()
+    try:
+        day = date.fromisoformat(text) if len(text) == 10 else None
+    except ValueError:
+        day = None  # not a date: the report's own check names the problem
+    if day is None or day == date.max:
+        return end
+    return (day + timedelta(days=1)).isoformat()
 
 
 @main.command()
 @click.option("--case", "case", required=True, help="The case reference to disclose.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
+@click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Folder for the bundle [default: case-<CASE>].")
 @reports_errors
 def export(case: str, out: str | None) -> None:

@@ -40,12 +40,16 @@ def _settings(**overrides: object) -> Settings:
               help="Development mode: NO authentication, loopback only. Never in production.")
 @click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--forwarded-allow-ips", default=None,
+              help="Reverse proxies (IPs or networks, comma-separated) whose X-Forwarded-For "
+                   "is believed [default: FACELEDGER_FORWARDED_ALLOW_IPS, else none].")
 @reports_errors
 def serve(host: str | None, port: int | None, workers: int | None, queue: int | None, dev: bool,
-          ssl_certfile: str | None, ssl_keyfile: str | None) -> None:
+          ssl_certfile: str | None, ssl_keyfile: str | None,
+          forwarded_allow_ips: str | None) -> None:
     """Serve Amazon Rekognition's API (boto3: endpoint_url=http://HOST:PORT), SigV4-signed."""
     settings = _settings(server_host=host, server_port=port, server_workers=workers,
-                         server_queue=queue)
+                         server_queue=queue, forwarded_allow_ips=forwarded_allow_ips)
     if dev and not is_loopback(settings.server_host):
         raise click.UsageError(
             f"--dev serves anyone without authentication; it only binds to loopback, "
@@ -64,8 +68,9 @@ def serve(host: str | None, port: int | None, workers: int | None, queue: int | 
     except KeyStoreError as exc:  # an unsafe or unreadable KEK: one line, like `keys create`
         raise click.ClickException(str(exc)) from exc
     scheme = "https" if ssl_certfile else "http"
+    regions = "any region" if settings.region.strip() == "*" else f"region {settings.region}"
     click.echo(f"faceledger: Rekognition API at {scheme}://{settings.server_host}:"
-               f"{settings.server_port} (region {settings.region}); "
+               f"{settings.server_port} ({regions}); "
                f"{len(app.operations)} operations; {default_workers(settings.server_workers)} "
                "inference worker(s)", err=True)
     click.echo(f"faceledger: review console at {scheme}://{settings.server_host}:"
@@ -137,11 +142,14 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--sns-topic", "sns_topics", multiple=True,
               help="SNS topic ARN (or glob) this key's video jobs may notify (repeatable); "
                    "NotificationChannel naming any other is refused.")
+@click.option("--s3", "s3_objects", multiple=True,
+              help="S3 objects this key may read as Image/Video.S3Object: 'BUCKET/PREFIX*' "
+                   "globs (repeatable, e.g. 'photos/staff/*'); without it, none.")
 @click.option("--json", "as_json", is_flag=True)
 @reports_errors
 def keys_create(name: str, operations: tuple[str, ...], collections: tuple[str, ...],
                 rate: float | None, admin: bool, roles: tuple[str, ...],
-                sns_topics: tuple[str, ...], as_json: bool) -> None:
+                sns_topics: tuple[str, ...], s3_objects: tuple[str, ...], as_json: bool) -> None:
     """Issue a key named NAME; its secret is printed once and cannot be shown again."""
     service = FaceService(Settings())  # for its audit hook: no model is loaded
     store = _store(create_kek=True, service=service, need_kek=True)
@@ -150,7 +158,7 @@ def keys_create(name: str, operations: tuple[str, ...], collections: tuple[str, 
         issued = store.create(
             name, _split(operations), _split(collections), rate, admin=admin,
             roles=roles, known_operations=model_operations(), conn=op.conn,
-            sns_topics=_split(sns_topics),
+            sns_topics=_split(sns_topics), s3_objects=s3_objects,
         )
         info = issued.info
         op.record(access_key_id=info.access_key_id, name=info.name,
@@ -160,12 +168,14 @@ def keys_create(name: str, operations: tuple[str, ...], collections: tuple[str, 
             op.record(roles=list(info.roles))
         if info.sns_topics:
             op.record(sns_topics=list(info.sns_topics))
+        if info.s3_objects:
+            op.record(s3_objects=list(info.s3_objects))
     if as_json:
         emit_json({"AccessKeyId": info.access_key_id, "SecretAccessKey": issued.secret_access_key,
                    "Name": info.name, "Operations": list(info.operations),
                    "Collections": list(info.collections), "RateLimit": info.rate_limit,
                    "Admin": info.admin, "Roles": list(info.roles),
-                   "SnsTopics": list(info.sns_topics)})
+                   "SnsTopics": list(info.sns_topics), "S3Objects": list(info.s3_objects)})
         return
     click.echo(f"access key id:     {info.access_key_id}")
     click.echo(f"secret access key: {issued.secret_access_key}")
@@ -183,7 +193,7 @@ def keys_list(as_json: bool) -> None:
         emit_json([{"AccessKeyId": k.access_key_id, "Name": k.name, "Active": k.active,
                     "Operations": list(k.operations), "Collections": list(k.collections),
                     "RateLimit": k.rate_limit, "Admin": k.admin, "Roles": list(k.roles),
-                    "SnsTopics": list(k.sns_topics),
+                    "SnsTopics": list(k.sns_topics), "S3Objects": list(k.s3_objects),
                     "CreatedAt": k.created_at.isoformat(),
                     "RevokedAt": k.revoked_at.isoformat() if k.revoked_at else None}
                    for k in rows])
@@ -195,6 +205,7 @@ def keys_list(as_json: bool) -> None:
         rate = "" if k.rate_limit is None else f"  rate {k.rate_limit:g}/s"
         rate += "  admin" if k.admin else ""
         rate += f"  roles {','.join(k.roles)}" if k.roles else ""
+        rate += f"  s3 {','.join(k.s3_objects)}" if k.s3_objects else ""
         click.echo(f"{k.access_key_id}  {k.name:<20} {state:<24} "
                    f"operations {','.join(k.operations)}  collections "
                    f"{','.join(k.collections)}{rate}")

@@ -47,7 +47,7 @@ from ..errors import (
 )
 from ..ledger.export import write_bundle
 from ..ledger.report import bar_chart, day_chart, render_html, review_funnel, search_sentence
-from ..server.keys import KeyStore
+from ..server.keys import KeyStore, context_for
 from ..server.limits import BodyBudget, BodyReader, BodyTiming, FailureThrottle, Slots
 from ..service import FaceService
 from ..settings import Settings
@@ -202,6 +202,8 @@ class Console:
             Route("/queue", self.page(self.queue)),
             Route("/candidates/{candidate_id}", self.page(self.candidate), methods=["GET"]),
             Route("/candidates/{candidate_id}", self.page(self.decide), methods=["POST"]),
+            Route("/candidates/{candidate_id}/resolve", self.page(self.resolve),
+                  methods=["POST"]),
             Route("/ledger", self.page(self.ledger)),
             Route("/ledger/verify", self.page(self.verify)),
             Route("/ledger/export", self.page(self.export), methods=["POST"]),
@@ -263,7 +265,15 @@ class Console:
                 return Markup('<code>{}</code>').format(key_id)
             return Markup('<span class="who-name" title="{}">{}</span>').format(key_id, name)
 
+        def who_id(key_id: Any) -> Markup:
+            """A key's display name and, visibly, its id: two people may share a name, a key
+            id names one key (decisions are shown with it)."""
+            if not key_id or str(key_id) not in names:
+                return who(key_id)
+            return Markup('{} <code class="key-id">{}</code>').format(who(key_id), key_id)
+
         full["who"] = who
+        full["who_id"] = who_id
         full["names"] = names
         if session is not None:
             full.setdefault("csrf", session.csrf)
@@ -282,11 +292,8 @@ class Console:
         return found
 
     def ctx(self, session: Session, **extra: Any) -> RequestContext:
-        key = session.key
-        return RequestContext(
-            principal=key.access_key_id, request_id=str(uuid.uuid4()), admin=key.admin,
-            roles=key.console_roles,
-            collections=("*",) if key.all_collections else tuple(key.collections), **extra)
+        return context_for(session.key, request_id=str(uuid.uuid4()),
+                           purpose_via="the page's Purpose field", **extra)
 
     async def form(self, request: Request, session: Session | None) -> FormData:
         """The posted form, refused unless it carries this session's CSRF token."""
@@ -418,6 +425,20 @@ class Console:
         note = (f"Recorded: {words}. The candidate is now {decided['Status']} "
                 f"({decided['Confirmations']} of {decided['ReviewersRequired']} confirmations).")
         return await self.candidate(request, note, good=True)
+
+    async def resolve(self, request: Request) -> Response:
+        session = self.require(request)
+        form = await self.form(request, session)
+        cid = request.path_params["candidate_id"]
+        keep = [str(k) for k in form.getlist("keep")]
+        reason = str(form.get("reason") or "")
+        try:
+            done = await self.call(self.service.resolve_review_conflict, cid, keep, reason,
+                                   ctx=self.ctx(session))
+        except FaceledgerError as exc:
+            return await self.candidate(request, f"Not recorded: {exc.message}", exc.status)
+        outcome = ", ".join(f"candidate {k[:8]} {v}" for k, v in sorted(done["Statuses"].items()))
+        return await self.candidate(request, f"Conflict resolved: {outcome}.", good=True)
 
     # -- ledger ------------------------------------------------------------------------
 
@@ -597,6 +618,8 @@ def _linked(pretty: str, body: Mapping[str, Any], session: Session) -> Markup:
     for where in (result, params):
         if isinstance(where.get("candidate_id"), str):
             candidates.add(where["candidate_id"])
+        for key in ("candidate_ids", "conflicts_with", "keep"):  # conflicts, resolutions
+            candidates.update(str(c) for c in (where.get(key) or []) if isinstance(c, str))
     faces = {str(f) for f in (result.get("face_ids") or [])}
     coll = body.get("collection")
     can = _can(session)

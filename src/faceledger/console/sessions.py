@@ -11,7 +11,6 @@ at once (and a session also ends at sign-out or expiry).
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,8 +18,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, delete, insert, select
 
 from ..db import create_tables
-from ..server.keys import KeyInfo, KeyStore, KeyStoreError
-from ..server.sigv4 import signing_key
+from ..server.keys import KeyInfo, KeyStore
 
 metadata = MetaData()
 
@@ -34,7 +32,6 @@ sessions = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
 )
 
-SIGNIN_SCOPE = ("console", "faceledger")  # region/service of the sign-in check (any fixed pair)
 
 
 @dataclass(frozen=True)
@@ -65,16 +62,7 @@ class SessionStore:
 
     def check_secret(self, access_key_id: str, secret: str, now: datetime) -> KeyInfo | None:
         """The key's record if `secret` is its secret and the key is active, else None."""
-        date = now.strftime("%Y%m%d")
-        try:
-            creds = self.keys.credentials(access_key_id, date, *SIGNIN_SCOPE)
-        except KeyStoreError:
-            return None
-        if creds is None:
-            return None
-        info, expected = creds
-        given = signing_key(secret, date, *SIGNIN_SCOPE)
-        return info if hmac.compare_digest(expected, given) else None
+        return self.keys.verify_secret(access_key_id, secret, now)
 
     def open(self, key: KeyInfo, now: datetime) -> tuple[str, Session]:
         """A new session for `key`: its id (for the cookie only) and record."""

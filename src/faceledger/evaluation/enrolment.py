@@ -8,6 +8,7 @@ Never pickle: `np.load(..., allow_pickle=False)` reads only plain arrays.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -22,15 +23,18 @@ from typing import TextIO
 import numpy as np
 from numpy.typing import NDArray
 
+from ..cluster import Work, run_batches, session
 from ..errors import FaceledgerError
 from ..imaging import decode_image, sha256_hex
 from ..model_versions import canonical, legacy_names
+from ..permissions import private_dir, write_private
 from ..settings import Settings
 from ..vision import FacePipeline
 from ..vision.pipeline import detector_name
 from ..vision.pool import default_workers
 from ..vision.quality import measure_quality, quality_reasons
 from ..vision.types import Box, FaceAnalysis, Pose, Quality
+from ..worker_settings import WorkerSettings
 
 # Bump when what is stored (or how the face is chosen) changes: old entries are then ignored.
 CACHE_FORMAT = 1
@@ -161,16 +165,18 @@ class EmbeddingCache:
     def put(self, e: Enrolment) -> None:
         """Store an enrolment atomically (write a temporary file, then rename)."""
         path = self._path(e.sha256)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)  # templates: owner-only whatever the umask
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        buf = io.BytesIO()  # np.savez(path) would create it 0644 under umask 022
         np.savez(
-            tmp,
+            buf,
             meta=np.array([e.n_faces, e.width, e.height, e.embedding is not None], dtype=np.int64),
             face=np.zeros(0) if e.face is None else e.face,
             embedding=np.zeros(0, np.float32) if e.embedding is None else e.embedding,
             error=np.array(e.error),
             quality_stamp=np.array(quality_stamp(), dtype=np.float64),
         )
+        write_private(tmp, buf.getvalue())
         os.replace(tmp, path)
 
 
@@ -351,13 +357,28 @@ def _run_on_ray(
     The paths must be readable on every node (a shared filesystem)."""
     if not todo:
         return
-    from ..cluster import run_batches, session
-
+    work = Work(_actor_pipeline, WorkerSettings.of(settings), _enrol_batch)
     with session(address):
         items = [(i, str(paths[i].resolve())) for i in todo]
-        for batch, results in run_batches(settings, items, "enrol", embed, batch_size=16):
+        for batch, results in run_batches(work, items, embed, send=lambda item: item[1],
+                                          batch_size=16):
             for (i, _), e in zip(batch, results):
                 yield i, e
+
+
+def _actor_pipeline(config: WorkerSettings) -> FacePipeline:
+    """A Ray actor's state: the face pipeline of the worker's part of the settings."""
+    import cv2
+
+    cv2.setNumThreads(1)  # one actor per CPU already
+    pipeline = FacePipeline(config.settings())
+    pipeline.warm_up()
+    return pipeline
+
+
+def _enrol_batch(pipeline: FacePipeline, paths: list[str], embed: bool) -> list[Enrolment]:
+    """A Ray actor's batch: `enrol_bytes` of each file."""
+    return [enrol_bytes(pipeline, Path(p).read_bytes(), embed=embed) for p in paths]
 
 
 def template_matrix(enrolments: Sequence[Enrolment], dim: int | None = None) -> NDArray[np.float64]:

@@ -10,6 +10,10 @@
     VerifierSeesEarlierDecisions  the reviewer who would give the last of ReviewersRequired
                             confirmations sees the earlier conclusions (open verification,
                             ACE-V); otherwise every reviewer decides blind (the default)
+    VerifyEveryConclusion   exclusions and inconclusives need ReviewersRequired reviewers
+                            too (ACE-V: every conclusion is verified); reviewers who disagree
+                            leave the candidate INCONCLUSIVE. Default: the first answer that is
+                            not a confirmation settles the candidate
     RetentionDays           faces expire this many days after indexing (or their last renewal);
                             the retention sweep deletes them and logs it
 
@@ -49,6 +53,7 @@ class CollectionPolicy(BaseModel):
     reviewers_required: int = Field(default=DEFAULT_REVIEWERS, ge=1, le=10,
                                     alias="ReviewersRequired")
     verifier_sees_earlier: bool = Field(default=False, alias="VerifierSeesEarlierDecisions")
+    verify_every_conclusion: bool = Field(default=False, alias="VerifyEveryConclusion")
     retention_days: int | None = Field(default=None, ge=1, le=36500, alias="RetentionDays")
 
     def to_wire(self) -> dict[str, Any]:

@@ -92,6 +92,7 @@ def build(ledger: Ledger, start: datetime, end: datetime, *, generated_by: str,
     expected_by_threshold: dict[str, float] = defaultdict(float)
     decisions_by_kind: Counter[str] = Counter()
     settled: dict[str, str] = {}
+    conflicts = 0  # probe faces confirmed as different people (each time one arose)
     held_ids: list[str] = []
     n = returned = held = 0
     expected_fm = 0.0
@@ -142,8 +143,15 @@ def build(ledger: Ledger, start: datetime, end: datetime, *, generated_by: str,
             decisions_by_kind[str(params.get("decision") or "unrecorded")] += 1
             status = result.get("status")
             cid = result.get("candidate_id")
-            if isinstance(cid, str) and status in ("CONFIRMED", "REJECTED", "INCONCLUSIVE"):
+            if isinstance(cid, str) and status in SETTLED:
                 settled[cid] = str(status)
+            rivals = [r for r in result.get("conflicts_with") or [] if isinstance(r, str)]
+            if rivals:
+                conflicts += 1
+                settled.update({r: "CONFLICT" for r in rivals})
+        elif op == "ResolveConflict":
+            statuses = result.get("statuses") or {}
+            settled.update({str(c): str(st) for c, st in statuses.items() if st in SETTLED})
         elif op == "DeleteFaces":
             delete_requests += 1
             deleted_faces += len(result.get("face_ids") or [])
@@ -195,6 +203,9 @@ def build(ledger: Ledger, start: datetime, end: datetime, *, generated_by: str,
             "confirmed": outcomes["CONFIRMED"],
             "rejected": outcomes["REJECTED"],
             "inconclusive": outcomes["INCONCLUSIVE"],
+            # candidates still in CONFLICT at the period's end, and conflicts that arose
+            "in_conflict": outcomes["CONFLICT"],
+            "conflicts": conflicts,
             "review_decisions": sum(decisions_by_kind.values()),
             "decisions": {"same person (CONFIRM)": decisions_by_kind["CONFIRM"],
                           "not the same person (REJECT)": decisions_by_kind["REJECT"],
@@ -225,13 +236,17 @@ def _num(label: str) -> float:
         return float("inf")
 
 
+SETTLED = ("CONFIRMED", "REJECTED", "INCONCLUSIVE", "CONFLICT")
+
+
 def review_funnel(ident: Mapping[str, Any]) -> dict[str, float]:
     """The review chart's bars: held, still pending, and each outcome."""
     return {"candidates held for review": ident["candidates_held"],
             "still pending": ident["pending"],
             "confirmed: same person": ident["confirmed"],
             "rejected: not the same person": ident["rejected"],
-            "inconclusive": ident["inconclusive"]}
+            "inconclusive": ident["inconclusive"],
+            "in conflict: one face confirmed as different people": ident.get("in_conflict", 0)}
 
 
 def search_sentence(s: Mapping[str, Any]) -> str:

@@ -2,15 +2,23 @@
 
 Each reviewer answers one of three: CONFIRM (same person), REJECT (not the same person) or
 INCONCLUSIVE (the pair does not allow a conclusion), always with a reason. A candidate is
-CONFIRMED once `required` distinct reviewers confirmed it; the first answer that is not a
-confirmation settles it, as REJECTED or INCONCLUSIVE (an identification stands only if every
-reviewer says "same person"; an inconclusive is not an exclusion, so it is kept apart). The
-principal who ran the search may not review its results, and no reviewer decides twice.
+CONFIRMED once `required` distinct reviewers confirmed it. By default the first answer that is
+not a confirmation settles it, as REJECTED or INCONCLUSIVE (an identification stands only if
+every reviewer says "same person"; an inconclusive is not an exclusion, so it is kept apart).
+With the policy's VerifyEveryConclusion, every conclusion needs `required` reviewers: all N
+agree (CONFIRMED, REJECTED or INCONCLUSIVE), and reviewers who disagree leave it INCONCLUSIVE.
+The principal who ran the search may not review its results, and no reviewer decides twice.
 
-Evidence: a CONFIRM or INCONCLUSIVE carries the SHA-256 of the two photos the reviewer compared,
-and they must equal the recorded ones (the probe's, from the search; the enrolled photo's, from
-its IndexFaces). No image is kept: a candidate names the probe by its SHA-256 and the face by
-its ids.
+Evidence: every decision carries the SHA-256 of the two photos the reviewer compared, and they
+must equal the recorded ones (the probe's, from the search; the enrolled photo's, from its
+IndexFaces). A photo the ledger never hashed cannot be shown to anyone, so such a candidate can
+only be found INCONCLUSIVE. No image is kept: a candidate names the probe by its SHA-256 and the
+face by its ids.
+
+Conflicts: one probe face (one single-probe search) identified as two different people (two
+CONFIRMED candidates whose identities differ) is a CONFLICT: none of them stands until a
+reviewer resolves it (`resolve`), keeping the candidates that show the person and rejecting the
+others, or keeping none.
 
 Blind review: until a reviewer has decided, `blind` hides the other reviewers' decisions and
 reasons (and the count of confirmations) from them; with the collection policy's
@@ -36,14 +44,19 @@ from .events import format_time
 from .refusals import ReviewConflict, ReviewRefusal
 
 PENDING, CONFIRMED, REJECTED, INCONCLUSIVE = "PENDING", "CONFIRMED", "REJECTED", "INCONCLUSIVE"
-STATUSES = (PENDING, CONFIRMED, REJECTED, INCONCLUSIVE)
+# two or more identities confirmed for one probe face: none stands until resolved
+CONFLICT = "CONFLICT"
+STATUSES = (PENDING, CONFIRMED, REJECTED, INCONCLUSIVE, CONFLICT)
 CONFIRM, REJECT = "CONFIRM", "REJECT"
 DECISIONS = (CONFIRM, REJECT, INCONCLUSIVE)
-# what settles a candidate at once (the first answer that is not "same person")
-SETTLES = {REJECT: REJECTED, INCONCLUSIVE: INCONCLUSIVE}
-# answers that say something about the photos, so they must name the photos compared
-NEEDS_EVIDENCE = (CONFIRM, INCONCLUSIVE)
+# the status N agreeing answers give (and, by default, what one non-confirmation settles)
+OUTCOME = {CONFIRM: CONFIRMED, REJECT: REJECTED, INCONCLUSIVE: INCONCLUSIVE}
 INDEPENDENT, VERIFICATION = "independent", "verification"
+DOING = {PENDING: "decided", CONFLICT: "resolved"}
+# searches of one probe face: their confirmed candidates must be one person (a stored video's
+# face search holds the candidates of many people under one request, so it is not one of them)
+SINGLE_PROBE = frozenset({"SearchFaces", "SearchFacesByImage", "SearchUsers",
+                          "SearchUsersByImage"})
 MAX_REASON = 2000
 SHA256_HEX = frozenset("0123456789abcdef")
 
@@ -119,7 +132,35 @@ def _shape(row: Any, reviews: list[Shape]) -> Shape:
         "Reviews": reviews,
         "CreatedAt": row.created_at,
         "DecidedAt": row.decided_at,
+        "Resolution": json.loads(row.resolution) if row.resolution else None,
     }
+
+
+def identity(cand: Shape) -> str:
+    """Who a candidate says the probe is: its user, else its ExternalImageId, else its face
+    (two faces with one ExternalImageId are one person; without either, a face is its own)."""
+    if cand.get("UserId"):
+        return f"user:{cand['UserId']}"
+    if cand.get("ExternalImageId"):
+        return f"external:{cand['ExternalImageId']}"
+    return f"face:{cand.get('FaceId')}"
+
+
+def _with_conflicts(conn: Connection, shaped: list[Shape]) -> list[Shape]:
+    """Add ConflictsWith (the other candidates of the same probe in CONFLICT) to each."""
+    c = schema.candidates
+    requests = sorted({s["RequestId"] for s in shaped
+                       if s["Status"] == CONFLICT and s["RequestId"]})
+    found: dict[str, list[str]] = {}
+    if requests:
+        rows = conn.execute(select(c.c.id, c.c.request_id).where(
+            c.c.request_id.in_(requests), c.c.status == CONFLICT).order_by(c.c.id)).all()
+        for cid, request_id in rows:
+            found.setdefault(request_id, []).append(cid)
+    for s in shaped:
+        s["ConflictsWith"] = [i for i in found.get(s["RequestId"], []) if i != s["CandidateId"]
+                              ] if s["Status"] == CONFLICT else []
+    return shaped
 
 
 def get(conn: Connection, candidate_id: str) -> Shape:
@@ -128,7 +169,7 @@ def get(conn: Connection, candidate_id: str) -> Shape:
     row = conn.execute(select(c).where(c.c.id == candidate_id)).first()
     if row is None:
         raise ResourceNotFoundException(f"Review candidate {candidate_id} does not exist.")
-    return _shape(row, _reviews(conn, [candidate_id])[candidate_id])
+    return _with_conflicts(conn, [_shape(row, _reviews(conn, [candidate_id])[candidate_id])])[0]
 
 
 def query(conn: Connection, *, collection: str | None = None, status: str | None = None,
@@ -150,7 +191,7 @@ def query(conn: Connection, *, collection: str | None = None, status: str | None
         q = q.where(or_(c.c.created_at > t, and_(c.c.created_at == t, c.c.id > i)))
     rows = conn.execute(q.order_by(c.c.created_at, c.c.id).limit(limit)).all()
     reviews = _reviews(conn, [r.id for r in rows])
-    return [_shape(r, reviews[r.id]) for r in rows]
+    return _with_conflicts(conn, [_shape(r, reviews[r.id]) for r in rows])
 
 
 @dataclass(frozen=True)
@@ -170,26 +211,26 @@ def _hex(value: str | None) -> str | None:
 
 def check_evidence(decision: str, given: Evidence, probe: str | None,
                    enrolled: str | None) -> Evidence:
-    """The evidence as recorded, or a refusal: a CONFIRM or INCONCLUSIVE must carry both
-    hashes and each must equal the recorded one; a REJECT's hashes, when given, too."""
+    """The evidence as recorded, or a refusal: every decision carries both hashes and each
+    must equal the recorded one. A photo the ledger never hashed cannot be checked: then only
+    INCONCLUSIVE is possible (without that photo's hash)."""
     shown = Evidence(_hex(given.probe_sha256), _hex(given.enrolled_sha256))
-    needed = decision in NEEDS_EVIDENCE
     for label, value, recorded in (("probe", shown.probe_sha256, probe),
                                    ("enrolled", shown.enrolled_sha256, enrolled)):
-        if value is None:
-            if needed:
-                raise ReviewRefusal(
-                    "evidence_required",
-                    f"A {decision} must name the {label} photo you compared by its SHA-256 "
-                    "(the console sends it once the file's hash matched the ledger's).")
-            continue
-        if len(value) != 64 or not set(value) <= SHA256_HEX:
-            raise InvalidParameterException(f"The {label} photo's SHA-256 must be 64 hex digits.")
         if recorded is None:
+            if decision == INCONCLUSIVE and value is None:
+                continue
             raise ReviewRefusal(
                 "evidence_unrecorded",
                 f"The ledger recorded no SHA-256 for the {label} photo, so no file can be shown "
-                "to be it; this candidate can only be rejected.")
+                "to be it; this candidate can only be found inconclusive (without that photo).")
+        if value is None:
+            raise ReviewRefusal(
+                "evidence_required",
+                f"A {decision} must name the {label} photo you compared by its SHA-256 "
+                "(the console sends it once the file's hash matched the ledger's).")
+        if len(value) != 64 or not set(value) <= SHA256_HEX:
+            raise InvalidParameterException(f"The {label} photo's SHA-256 must be 64 hex digits.")
         if value != recorded.lower():
             raise ReviewRefusal(
                 "evidence_mismatch",
@@ -198,16 +239,32 @@ def check_evidence(decision: str, given: Evidence, probe: str | None,
     return shown
 
 
+def settle(decisions: Sequence[str], required: int, verify_every: bool) -> str:
+    """The status these decisions give. By default N confirmations confirm and the first
+    other answer settles; with `verify_every`, N agreeing answers settle and any
+    disagreement is INCONCLUSIVE (neither an identification nor an exclusion stands)."""
+    kinds = set(decisions)
+    if verify_every:
+        if len(kinds) > 1:
+            return INCONCLUSIVE
+        return OUTCOME[decisions[0]] if decisions and len(decisions) >= required else PENDING
+    for d in decisions:
+        if d != CONFIRM:
+            return OUTCOME[d]
+    return CONFIRMED if len(decisions) >= required else PENDING
+
+
 def has_decided(cand: Shape, reviewer: str) -> bool:
     return any(r["Reviewer"] == reviewer for r in cand["Reviews"])
 
 
 def verification_stage(cand: Shape, verifier_sees_earlier: bool) -> bool:
-    """Whether the next decision is the open final verification (policy, N > 1, all earlier
-    decisions confirmations and one short of N)."""
-    return (verifier_sees_earlier and cand["Status"] == PENDING
-            and int(cand["ReviewersRequired"]) > 1
-            and int(cand["Confirmations"]) == int(cand["ReviewersRequired"]) - 1)
+    """Whether the next decision is the open final verification (policy, N > 1, and N - 1
+    earlier decisions that agree: confirmations, or with VerifyEveryConclusion any one kind)."""
+    decisions = {r["Decision"] for r in cand["Reviews"]}
+    required = int(cand["ReviewersRequired"])
+    return (verifier_sees_earlier and cand["Status"] == PENDING and required > 1
+            and len(cand["Reviews"]) == required - 1 and len(decisions) == 1)
 
 
 def blind(cand: Shape, viewer: str, *, may_decide: bool, verifier_sees_earlier: bool) -> Shape:
@@ -231,30 +288,20 @@ def blind(cand: Shape, viewer: str, *, may_decide: bool, verifier_sees_earlier: 
 def decide(conn: Connection, candidate_id: str, reviewer: str, decision: str, reason: str,
            now: datetime, *, evidence: Evidence = Evidence(),
            recorded: tuple[str | None, str | None] = (None, None),
-           verifier_sees_earlier: bool = False) -> Shape:
+           verifier_sees_earlier: bool = False, verify_every: bool = False,
+           sees_decisions: bool = False) -> Shape:
     """Record one reviewer's decision and settle the candidate's status; return the candidate.
 
     `recorded` is (probe, enrolled) SHA-256 as the ledger has them; `evidence` what the reviewer
-    compared (checked with `check_evidence`)."""
+    compared (checked with `check_evidence`). `sees_decisions`: the reviewer can read the
+    other reviewers' decisions elsewhere (the ledger), so may give only the first decision
+    (there is nothing to read yet) or the policy's open final verification. A confirmation that makes one probe face two
+    people puts the candidates concerned in CONFLICT (the returned shape's ConflictsWith)."""
     if decision not in DECISIONS:
         raise InvalidParameterException(f"Decision must be one of {', '.join(DECISIONS)}.")
-    if not isinstance(reason, str) or not reason.strip():
-        raise InvalidParameterException(
-            "Reason is required: say why you confirm, reject or find it inconclusive.")
-    if len(reason) > MAX_REASON:
-        raise InvalidParameterException(f"Reason must be at most {MAX_REASON} characters.")
+    check_reason(reason)
     c, r = schema.candidates, schema.reviews
-    # Lock the candidate first, so two reviewers deciding at once are settled one after another.
-    locked = conn.execute(update(c).where(c.c.id == candidate_id).values(status=c.c.status))
-    if locked.rowcount == 0:
-        raise ResourceNotFoundException(f"Review candidate {candidate_id} does not exist.")
-    row = conn.execute(select(c).where(c.c.id == candidate_id)).one()
-    if row.status != PENDING:
-        raise ReviewConflict("not_pending",
-                             f"Candidate {candidate_id} is already {row.status}.")
-    if reviewer == row.requested_by:
-        raise ReviewRefusal("reviewer_not_independent",
-                            f"{reviewer} ran the search and cannot review its results.")
+    row = _locked(conn, candidate_id, reviewer, PENDING, "not_pending")
     done = conn.execute(
         select(r.c.decision).where(r.c.candidate_id == candidate_id, r.c.reviewer == reviewer)
     ).first()
@@ -262,21 +309,91 @@ def decide(conn: Connection, candidate_id: str, reviewer: str, decision: str, re
         raise ReviewConflict("duplicate_review",
                              f"{reviewer} has already reviewed candidate {candidate_id} "
                              f"({done[0]}); each reviewer decides once.")
-    shown = check_evidence(decision, evidence, *recorded)
     before = get(conn, candidate_id)
     stage = VERIFICATION if verification_stage(before, verifier_sees_earlier) else INDEPENDENT
+    if sees_decisions and before["Reviews"] and stage != VERIFICATION:
+        raise ReviewRefusal(
+            "reviewer_reads_decisions",
+            f"{reviewer} can read the ledger, where {len(before['Reviews'])} other "
+            "decision(s) on this candidate are recorded, so cannot decide it independently "
+            "now: a reviewer-only key decides (a key that reads the ledger may give only a "
+            "candidate's first decision, or the open verification where the policy has one).")
+    shown = check_evidence(decision, evidence, *recorded)
     conn.execute(insert(r).values(candidate_id=candidate_id, reviewer=reviewer,
                                   decision=decision, reason=reason.strip(),
                                   time=format_time(now), probe_sha256=shown.probe_sha256,
                                   enrolled_sha256=shown.enrolled_sha256, stage=stage))
-    confirmations = int(conn.execute(
-        select(func.count()).select_from(r).where(r.c.candidate_id == candidate_id,
-                                                  r.c.decision == CONFIRM)
-    ).scalar_one())
-    status = SETTLES.get(decision) or (
-        CONFIRMED if confirmations >= int(row.required) else PENDING
-    )
+    decisions = [d for (d,) in conn.execute(
+        select(r.c.decision).where(r.c.candidate_id == candidate_id).order_by(r.c.time))]
+    status = settle(decisions, int(row.required), verify_every)
+    if status == CONFIRMED and row.operation in SINGLE_PROBE and row.request_id:
+        rivals = [other for other in query(conn, request_id=row.request_id, limit=4096)
+                  if other["CandidateId"] != candidate_id
+                  and other["Status"] in (CONFIRMED, CONFLICT)
+                  and identity(other) != identity(before)]
+        if rivals:
+            status = CONFLICT
+            conn.execute(update(c).where(c.c.id.in_([o["CandidateId"] for o in rivals]))
+                         .values(status=CONFLICT))
     if status != PENDING:
         conn.execute(update(c).where(c.c.id == candidate_id).values(
             status=status, decided_at=format_time(now)))
     return get(conn, candidate_id)
+
+
+def check_reason(reason: Any) -> None:
+    """A reason is required, and at most MAX_REASON characters."""
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidParameterException(
+            "Reason is required: say why you confirm, reject or find it inconclusive.")
+    if len(reason) > MAX_REASON:
+        raise InvalidParameterException(f"Reason must be at most {MAX_REASON} characters.")
+
+
+def _locked(conn: Connection, candidate_id: str, who: str, status: str, rule: str) -> Any:
+    """The candidate's row, after taking its row lock (an update that changes nothing), so
+    that two reviewers acting at once are settled one after another; refused unless it is in
+    `status` and `who` did not run its search."""
+    c = schema.candidates
+    request = conn.execute(select(c.c.request_id).where(c.c.id == candidate_id)).first()
+    if request is None:
+        raise ResourceNotFoundException(f"Review candidate {candidate_id} does not exist.")
+    # Every candidate of the search at once (one statement, one order): two reviewers
+    # confirming two candidates of one probe face at the same time must not both miss the
+    # other's confirmation (PostgreSQL's READ COMMITTED locks rows, not the table).
+    conn.execute(update(c).where(c.c.request_id == request[0] if request[0] else
+                                 c.c.id == candidate_id).values(status=c.c.status))
+    row = conn.execute(select(c).where(c.c.id == candidate_id)).one()
+    if row.status != status:
+        raise ReviewConflict(rule, f"Candidate {candidate_id} is already {row.status} (only a "
+                                   f"{status} candidate can be {DOING[status]}).")
+    if who == row.requested_by:
+        raise ReviewRefusal("reviewer_not_independent",
+                            f"{who} ran the search and cannot review its results.")
+    return row
+
+
+def resolve(conn: Connection, candidate_id: str, resolver: str, keep: Sequence[str],
+            reason: str, now: datetime) -> dict[str, str]:
+    """Resolve the conflict `candidate_id` is in: the candidates in `keep` stand (CONFIRMED:
+    they show the one person the probe is, e.g. one person enrolled under two ids), the others
+    of the conflict are REJECTED; keeping none leaves them all INCONCLUSIVE (neither stands,
+    none is excluded). Returns each candidate's new status."""
+    check_reason(reason)
+    row = _locked(conn, candidate_id, resolver, CONFLICT, "not_in_conflict")
+    c = schema.candidates
+    group = [i for (i,) in conn.execute(select(c.c.id).where(
+        c.c.request_id == row.request_id, c.c.status == CONFLICT).order_by(c.c.id))]
+    stray = [k for k in keep if k not in group]
+    if stray:
+        raise InvalidParameterException(
+            f"Candidate {stray[0]} is not one of this conflict's candidates "
+            f"({', '.join(group)}).")
+    statuses = {i: (CONFIRMED if i in keep else REJECTED if keep else INCONCLUSIVE)
+                for i in group}
+    note = json.dumps({"By": resolver, "Reason": reason.strip(), "Kept": sorted(keep),
+                       "Time": format_time(now)}, sort_keys=True)
+    for cid, status in statuses.items():
+        conn.execute(update(c).where(c.c.id == cid).values(
+            status=status, decided_at=format_time(now), resolution=note))
+    return statuses

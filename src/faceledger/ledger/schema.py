@@ -100,6 +100,9 @@ candidates = Table(
     Column("status", String(16), nullable=False),
     Column("created_at", TIME, nullable=False),
     Column("decided_at", TIME),
+    # how a CONFLICT was resolved (JSON: By, Reason, Kept, Time); the ResolveConflict event
+    # is the record, this the copy the queue reads
+    Column("resolution", Text),
     Index("ix_ledger_candidates_status", "status", "collection"),
     Index("ix_ledger_candidates_request", "request_id"),
 )

@@ -10,6 +10,11 @@ Link rule (the same as the database chain):
     hash   = SHA-256("faceledger-v1\\n{seq}\\n{prev}\\n{digest}")
 Entries of other cases carry only seq, prev, digest and hash: their content stays private, yet
 every link can still be recomputed.
+
+What a reader reads is checked too: each event in the readable lists ("events", "enrolments",
+"policies", "keys") must equal the hashed body of the same seq, parsed (any difference in any
+field fails), every disclosed body must be shown in one of them, "events" must all carry the
+bundle's case, and each list must hold its kind of event.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from typing import Any
 GENESIS = "0" * 64
 LINK_PREFIX = "faceledger-v1"
 BUNDLE_FORMAT = "faceledger-case-export/1"
+# readable lists of disclosed events, and the operation each must hold (None: any)
+READABLE = ("events", "enrolments", "policies", "keys")
+KIND = {"events": None, "enrolments": "IndexFaces", "policies": "PutCollectionPolicy",
+        "keys": "CreateAccessKey"}
 
 
 def body_digest(body: str) -> str:
@@ -90,6 +99,7 @@ def verify_segment(
             problems.append(f"{label}: its hash does not match its seq, prev and digest")
         prev = str(entry.get("hash"))
         known[seq] = prev
+    problems.extend(check_readable(bundle, segment))
     if not problems and (seq, prev) != (end_seq, end_hash):
         problems.append(f"segment ends at #{seq} {prev[:12]}..., bundle says #{end_seq} "
                         f"{end_hash[:12]}...")
@@ -104,6 +114,77 @@ def verify_segment(
             "disclosed": disclosed, "anchors_matched": matched,
             "start": {"seq": int(start["seq"]), "hash": str(start["hash"])},
             "end": {"seq": end_seq, "hash": end_hash}}
+
+
+def _differs(shown: Any, hashed: Any, where: str = "") -> str | None:
+    """The first field where a readable event differs from its hashed body, or None."""
+    if isinstance(shown, dict) and isinstance(hashed, dict):
+        for key in sorted(set(shown) | set(hashed)):
+            if key not in shown or key not in hashed:
+                return f"{where}{key}"
+            found = _differs(shown[key], hashed[key], f"{where}{key}.")
+            if found is not None:
+                return found
+        return None
+    if isinstance(shown, list) and isinstance(hashed, list) and len(shown) == len(hashed):
+        for i, (a, b) in enumerate(zip(shown, hashed)):
+            found = _differs(a, b, f"{where}{i}.")
+            if found is not None:
+                return found
+        return None
+    same = type(shown) is type(hashed) and shown == hashed
+    return None if same else (where.rstrip(".") or "(the event)")
+
+
+def check_readable(bundle: dict[str, Any], segment: Any) -> list[str]:
+    """Problems with what a reader reads: each readable event against its hashed body."""
+    problems: list[str] = []
+    bodies: dict[int, Any] = {}
+    for entry in segment if isinstance(segment, list) else []:
+        if isinstance(entry, dict) and entry.get("body") is not None:
+            try:
+                bodies[int(entry["seq"])] = json.loads(str(entry["body"]))
+            except (KeyError, TypeError, ValueError):
+                problems.append(f"disclosed body of event #{entry.get('seq')} is not JSON")
+    shown: set[int] = set()
+    for name in READABLE:
+        items = bundle.get(name, [] if name != "events" else None)
+        if not isinstance(items, list):
+            problems.append(f'"{name}" is not a list of events')
+            continue
+        for item in items:
+            seq = item.get("seq") if isinstance(item, dict) else None
+            if not isinstance(seq, int) or seq not in bodies:
+                problems.append(f'"{name}": event #{seq} has no disclosed body in the segment '
+                                "(it is not verified)")
+                continue
+            shown.add(seq)
+            hashed = dict(bodies[seq], seq=seq) if isinstance(bodies[seq], dict) else None
+            field = _differs(item, hashed)
+            if field is not None:
+                problems.append(f'"{name}": event #{seq} differs from its hashed body '
+                                f"(field {field}): edited")
+                continue
+            kind = KIND[name]
+            if kind is not None and item.get("operation") != kind:
+                problems.append(f'"{name}": event #{seq} is {item.get("operation")}, '
+                                f"not {kind}")
+            if name == "events" and item.get("case") != bundle.get("case"):
+                problems.append(f'"events": event #{seq} belongs to case {item.get("case")!r}, '
+                                f"not {bundle.get('case')!r}")
+    for seq in sorted(set(bodies) - shown):
+        problems.append(f"disclosed body of event #{seq} is in no readable list")
+    enrolled = {item["seq"]: item for item in bundle.get("enrolments") or []
+                if isinstance(item, dict) and isinstance(item.get("seq"), int)}
+    for face in bundle.get("faces") or []:
+        seq = face.get("enrolment_seq") if isinstance(face, dict) else None
+        if seq is None:
+            continue
+        added = ((enrolled.get(seq) or {}).get("result") or {}).get("face_ids") or []
+        if face.get("face_id") not in added:
+            problems.append(f'"faces": event #{seq} is not the enrolment of face '
+                            f"{face.get('face_id')!r}")
+    return problems
 
 
 def main(argv: list[str]) -> int:
@@ -123,8 +204,10 @@ def main(argv: list[str]) -> int:
         bundle = json.load(f)
     result = verify_segment(bundle, anchors)
     s, e = result["start"] if result.get("start") else {}, result.get("end") or {}
+    lists = ", ".join(f"{len(bundle.get(n) or [])} {n}" for n in READABLE)
     print(f"case {bundle.get('case')!r}: {result['checked']} linked events checked, "
-          f"{result['disclosed']} disclosed")
+          f"{result['disclosed']} disclosed ({lists}), each readable event checked against "
+          "its hashed body")
     if s:
         print(f"segment starts after event #{s['seq']} ({s['hash']}) "
               f"and ends at #{e['seq']} ({e['hash']})")

@@ -1,11 +1,12 @@
 """The ASGI application: Rekognition's JSON protocol over HTTP, SigV4-authenticated.
 
 One request: read the body (bounded in size, shared memory and time) -> verify the signature ->
-resolve the operation from X-Amz-Target -> check the key's permission and rate -> admit it
-(a worker or queue slot, else ThrottlingException) -> refuse a replayed state-changing
-signature -> in a worker thread (a bounded pool): parse and validate the body against botocore's
-model, check collection permissions, call the FaceService method, render JSON. A slot is taken
-only by a signed, whole request, so unauthenticated or trickling connections never hold one.
+resolve the operation from X-Amz-Target -> check the key's rate -> refuse a signature already
+received, else remember it -> check the key's operation permission -> admit it (a worker or
+queue slot, else ThrottlingException) -> in a worker thread (a bounded pool): parse and validate
+the body against botocore's model, check collection permissions, call the FaceService method,
+render JSON. A slot is taken only by a signed, whole request, so unauthenticated or trickling
+connections never hold one.
 Errors become responses in exactly one place, `_error`.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from ..errors import (
     FaceledgerError,
     InternalServerError,
     InvalidParameterException,
+    ReplayedRequestException,
     UnknownOperationException,
     UnrecognizedClientException,
 )
@@ -34,9 +36,10 @@ from ..settings import Settings
 from ..text import install_log_escaping, logger, shown
 from ..vision.pool import default_workers
 from . import protocol, sigv4
+from .extensions import extension_headers
 from .keys import KeyInfo, KeyStore, KeyStoreError
 from .limits import Admission, BodyBudget, BodyReader, BodyTiming, RateLimiter, body_too_large
-from .replay import ReplayCache, changes_state
+from .replay import ReplayCache
 
 log = logger("faceledger.server")
 
@@ -50,7 +53,11 @@ PURPOSE_HEADER = "x-faceledger-purpose"
 CASE_HEADER = "x-faceledger-case"
 CONSENT_HEADER = "x-faceledger-consent"
 CONTEXT_HEADERS = (PURPOSE_HEADER, CASE_HEADER, CONSENT_HEADER)
+# how an HTTP caller states a purpose or consent (named by a policy's refusal)
+PURPOSE_VIA = "the X-Faceledger-Purpose header (boto3: faceledger.sdk.state_context)"
+CONSENT_VIA = "the X-Faceledger-Consent header (boto3: faceledger.sdk.state_context)"
 MAX_CONTEXT_CHARS = 256
+REPEAT_ANSWER_DELAY = 1.0  # seconds: SigV4's time resolution (replay.py)
 DEV_PRINCIPAL = "anonymous-dev"
 DEV_BANNER = """
   ************************************************************************
@@ -84,6 +91,7 @@ class RekognitionApp:
         warm_up: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         console: ASGIHandler | None = None,
+        owns: Sequence[Callable[[], None]] = (),
     ) -> None:
         if keys is None and not dev_mode:
             raise ValueError("a key store is required unless dev_mode is on")
@@ -111,6 +119,8 @@ class RekognitionApp:
         self.operations = frozenset(protocol.implemented_operations(service))
         # the review console (faceledger.console), served under /console on the same port
         self.console = console
+        # what the server built for itself and closes when it stops (see `close`)
+        self._owned = list(owns)
         # one request, one log line: no value a caller sends can break or forge one
         install_log_escaping(log.name)
 
@@ -156,7 +166,14 @@ class RekognitionApp:
                  ", ".join(sorted(self.operations)))
 
     def close(self) -> None:
+        """Stop the request threads, then close what the server owns (its service's index, its
+        inference processes). Called at the lifespan's shutdown: uvicorn then re-raises the
+        SIGTERM that stopped it, which ends the process before any `finally` of the caller's,
+        so a pool closed only there left its 5 queue semaphores to the resource tracker."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+        owned, self._owned = self._owned, []
+        for close in owned:
+            close()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = str(uuid.uuid4())
@@ -166,6 +183,7 @@ class RekognitionApp:
         operation = "-"
         principal = "-"
         entered = handed_off = False
+        extra: list[tuple[bytes, bytes]] = []  # X-Faceledger-* members as headers
         reader = BodyReader(self.settings.max_request_bytes, self.body_budget, self.body_timing,
                             body_too_large(self.settings.max_request_bytes))
         try:
@@ -191,11 +209,27 @@ class RekognitionApp:
                 raise UnknownOperationException(
                     f"Operation {operation} is not implemented by this faceledger server."
                 )
+            if caller.key is not None and caller.key.rate_limit is not None:
+                self.rates.take(caller.key.access_key_id, caller.key.rate_limit,
+                                time.monotonic())
+            if self.replays is not None and caller.signature is not None:
+                # every signed request once, before anything may come of it: served, refused
+                # or failed alike (replay.py). Over the key's rate it never got here: its
+                # signature costs no database write, and it did nothing.
+                try:
+                    await asyncio.to_thread(self.replays.first_use, caller.signature,
+                                            caller.expires_at)
+                except ReplayedRequestException:
+                    # Answered a second after it came, so the retry an SDK then makes is
+                    # signed in a later second (a new signature) whatever the two clocks say:
+                    # the first copy was signed before it arrived. Its body is let go first:
+                    # copies of one captured 16 MB request hold no body memory as they wait.
+                    del body, request
+                    reader.release()
+                    await asyncio.sleep(REPEAT_ANSWER_DELAY)
+                    raise
             if caller.key is not None:
                 self._authorize_operation(caller.key, operation)
-                if caller.key.rate_limit is not None:
-                    self.rates.take(caller.key.access_key_id, caller.key.rate_limit,
-                                    time.monotonic())
             protocol.check_content_type(request.header("content-type"))
             # a worker or queue slot, only now that the request is whole and signed
             self.admission.enter()
@@ -210,6 +244,8 @@ class RekognitionApp:
                 admin=caller.key.admin if caller.key is not None else self.dev_mode,
                 collections=caller.key.collections if caller.key is not None else ("*",),
                 sns_topics=caller.key.sns_topics if caller.key is not None else ("*",),
+                s3_objects=caller.key.s3_objects if caller.key is not None else ("*",),
+                purpose_via=PURPOSE_VIA, consent_via=CONSENT_VIA,
             )
             future = asyncio.get_running_loop().run_in_executor(
                 self.pool, self._invoke, operation, body, ctx, caller
@@ -217,7 +253,7 @@ class RekognitionApp:
             # Leave when the work is really done, even if this coroutine is cancelled.
             future.add_done_callback(lambda _: self.admission.leave())
             handed_off = True
-            payload = await future
+            payload, extra = await future
             status, error_code = 200, None
         except Exception as exc:  # noqa: BLE001 - the one place errors become responses
             status, error_code, payload = self._error(exc, request_id)
@@ -228,7 +264,7 @@ class RekognitionApp:
             # a body left unread (refused, too slow) cannot be followed by another request on
             # this connection: close it, or a trickle would keep it open for ever
             await self._respond(send, status, payload, request_id, error_code,
-                                close=not reader.complete)
+                                close=not reader.complete, extra=extra)
         finally:
             reader.release()
         log.info("%s %s %s %d %.1fms", request_id, principal, operation, status,
@@ -272,30 +308,18 @@ class RekognitionApp:
     @staticmethod
     def _authorize_operation(key: KeyInfo, operation: str) -> None:
         if not key.allows_operation(operation):
+            # the key's own permissions, to its holder: what it may do and how to get more
             raise AccessDeniedException(
-                f"Key {key.access_key_id} is not allowed to call {operation}."
+                f"Key {key.access_key_id} is not allowed to call {operation}; it may call "
+                f"{', '.join(key.operations) or 'nothing'}. A key for {operation} is issued with "
+                f"`faceledger keys create NAME -o '{operation},...' -c COLLECTIONS`."
             )
 
-    def _invoke(self, operation: str, body: bytes, ctx: RequestContext, caller: Caller) -> bytes:
-        """Runs in a worker thread: validate, refuse a replay, authorize collections, call,
-        render."""
+    def _invoke(self, operation: str, body: bytes, ctx: RequestContext, caller: Caller
+                ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """Runs in a worker thread: validate, authorize collections, call, render (the body and
+        the X-Faceledger-* headers of members SDKs drop)."""
         parsed = protocol.parse_input(operation, body)
-        # A request with a ClientRequestToken is idempotent by that token (its repeat gets the
-        # first answer, as in AWS), so only the others are served once per signature.
-        remembered = None
-        if self.replays is not None and caller.signature is not None and \
-                changes_state(operation) and "ClientRequestToken" not in parsed.members:
-            self.replays.first_use(caller.signature, caller.expires_at)
-            remembered = caller.signature
-        try:
-            return self._call(operation, parsed, ctx, caller)
-        except BaseException:
-            if remembered is not None and self.replays is not None:
-                self.replays.forget(remembered)  # it changed nothing: its retry is served
-            raise
-
-    def _call(self, operation: str, parsed: protocol.ParsedInput, ctx: RequestContext,
-              caller: Caller) -> bytes:
         key = caller.key
         if key is not None:
             for collection_id in parsed.collection_ids:
@@ -307,7 +331,9 @@ class RekognitionApp:
         method = getattr(self.service, protocol.snake_case(operation))
         kwargs = protocol.call_arguments(operation, method, parsed.members)
         # listings show only what ctx.collections names (the service filters, tokens included)
-        return protocol.render_output(method(**kwargs, ctx=ctx))
+        result = method(**kwargs, ctx=ctx)
+        # SDKs drop members their model lacks: those are repeated as X-Faceledger-* headers
+        return protocol.render_output(result), extension_headers(operation, result)
 
     @staticmethod
     def _error(exc: Exception, request_id: str) -> tuple[int, str, bytes]:
@@ -327,7 +353,8 @@ class RekognitionApp:
         return err.status, err.code, protocol.render_output(err.to_wire())
 
     async def _respond(self, send: Send, status: int, payload: bytes, request_id: str,
-                       error_code: str | None, *, close: bool = False) -> None:
+                       error_code: str | None, *, close: bool = False,
+                       extra: list[tuple[bytes, bytes]] | None = None) -> None:
         headers = [
             (b"content-type", protocol.CONTENT_TYPE.encode()),
             (b"content-length", str(len(payload)).encode()),
@@ -339,6 +366,7 @@ class RekognitionApp:
             headers.append((b"x-faceledger-dev-mode", b"unauthenticated"))
         if close:
             headers.append((b"connection", b"close"))
+        headers += extra or []
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -49,6 +51,7 @@ from sqlalchemy import (
     update,
 )
 
+from ..context import RequestContext
 from ..db import add_missing_columns, create_tables
 from ..errors import InvalidParameterException, ResourceNotFoundException
 from ..permissions import private_dir
@@ -59,6 +62,8 @@ from .sigv4 import signing_key
 log = logger("faceledger.server")
 
 KEY_ID_PREFIX = "FLK"
+# region/service of the secret check (console sign-in, CLI review): any fixed pair
+SECRET_CHECK_SCOPE = ("console", "faceledger")
 # Console roles: reviewers decide review candidates, auditors read the ledger and reports,
 # admins change policies (an admin key has every role).
 ROLES = ("reviewer", "auditor", "admin")
@@ -87,6 +92,9 @@ api_keys = Table(
     Column("roles", Text, nullable=True),
     # SNS topics (ARNs or globs, JSON list) this key's video jobs may notify; NULL: none
     Column("sns_topics", Text, nullable=True),
+    # S3 objects (`bucket/key` globs, JSON list) this key may read; NULL (keys made before
+    # grants existed): none
+    Column("s3_objects", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
@@ -110,6 +118,7 @@ class KeyInfo:
     admin: bool = False
     roles: tuple[str, ...] = ()
     sns_topics: tuple[str, ...] = ()
+    s3_objects: tuple[str, ...] = ()
 
     @property
     def console_roles(self) -> frozenset[str]:
@@ -139,6 +148,19 @@ class IssuedKey:
 
     info: KeyInfo
     secret_access_key: str
+
+
+def same_name(name: str) -> str:
+    """A display name as people read it: case and runs of spaces do not make another name."""
+    return " ".join(name.split()).casefold()
+
+
+def context_for(key: KeyInfo, **extra: Any) -> RequestContext:
+    """The request context of a signed-in key (console, CLI review): its id as principal,
+    its console roles and the collections it may name."""
+    return RequestContext(
+        principal=key.access_key_id, admin=key.admin, roles=key.console_roles,
+        collections=("*",) if key.all_collections else tuple(key.collections), **extra)
 
 
 def kek_fingerprint(kek: bytes) -> str:
@@ -249,6 +271,20 @@ def _as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+def check_object_grants(values: Iterable[str]) -> tuple[str, ...]:
+    """Validate S3 grants: `bucket/key-glob` (`photos/staff/*`, `photos/*`) or `*` for every
+    object; a bare bucket name would match no object, so it is refused with the fix."""
+    out = tuple(sorted({v.strip() for v in values if v.strip()}))
+    for v in out:
+        if len(v) > 1100 or not v.isprintable():
+            raise InvalidParameterException(f"S3 grant '{shown(v)}' is not a bucket/key glob")
+        if v != "*" and ("/" not in v or not v.partition("/")[0]):
+            raise InvalidParameterException(
+                f"S3 grant '{shown(v)}' names no object: write 'BUCKET/PREFIX*' "
+                "(e.g. 'photos/staff/*', or 'photos/*' for the whole bucket)")
+    return out
+
+
 def check_patterns(values: Iterable[str], known: Sequence[str] | None,
                    what: str) -> tuple[str, ...]:
     """Validate permission patterns; with `known`, each must match at least one known name."""
@@ -312,6 +348,7 @@ class KeyStore:
         known_operations: Sequence[str] | None = None,
         conn: Connection | None = None,
         sns_topics: Iterable[str] = (),
+        s3_objects: Iterable[str] = (),
     ) -> IssuedKey:
         """A new key with these permissions; the returned secret is shown once. With `conn`,
         inside that open transaction (the ledger logs the change in it)."""
@@ -325,12 +362,14 @@ class KeyStore:
         topics = tuple(sorted({t.strip() for t in sns_topics if t.strip()}))
         if topics:
             check_patterns(topics, None, "SNS topic")
+        grants = check_object_grants(s3_objects)
         role_list = tuple(sorted({r.strip() for r in roles if r.strip()}))
         unknown = [r for r in role_list if r not in ROLES]
         if unknown:
             raise InvalidParameterException(
                 f"unknown role {unknown[0]!r}: roles are {', '.join(ROLES)}")
         admin = admin or "admin" in role_list  # the admin role is the admin flag
+        deciding = admin or "reviewer" in role_list
         if rate_limit is not None and not rate_limit > 0:
             raise InvalidParameterException("rate limit must be a positive number of requests/s")
         key_id = _new_key_id()
@@ -339,16 +378,49 @@ class KeyStore:
         sealed = nonce + AESGCM(self._kek).encrypt(nonce, secret.encode(), _aad(key_id))
         now = datetime.now(UTC)
         with self._writing(conn) as c:
+            if deciding:
+                self._refuse_reviewer_name_in_use(c, name)
             c.execute(
                 insert(api_keys).values(
                     access_key_id=key_id, name=name, sealed_secret=sealed,
                     kek_id=kek_fingerprint(self._kek), operations=json.dumps(ops),
                     collections=json.dumps(cols), rate_limit=rate_limit, admin=admin,
-                    roles=json.dumps(role_list), sns_topics=json.dumps(topics), created_at=now,
+                    roles=json.dumps(role_list), sns_topics=json.dumps(topics),
+                    s3_objects=json.dumps(grants), created_at=now,
                 )
             )
-        info = KeyInfo(key_id, name, ops, cols, rate_limit, now, None, admin, role_list, topics)
+        info = KeyInfo(key_id, name, ops, cols, rate_limit, now, None, admin, role_list, topics,
+                       grants)
         return IssuedKey(info, secret)
+
+    def _refuse_reviewer_name_in_use(self, conn: Connection, name: str) -> None:
+        """Reviewers are people, shown by name: a name another active key that may decide
+        (reviewer or admin) already has is refused, so "two reviewers" are two names."""
+        wanted = same_name(name)
+        rows = conn.execute(select(api_keys).where(api_keys.c.revoked_at.is_(None))
+                            ).mappings().all()
+        for row in rows:
+            other = self._info(row)
+            if (other.admin or "reviewer" in other.roles) and same_name(other.name) == wanted:
+                raise InvalidParameterException(
+                    f"the name '{shown(name)}' is in use by active reviewer key "
+                    f"{other.access_key_id}: reviewers are told apart by name, so give each "
+                    "person their own (revoke the old key first to reissue one)")
+
+    def verify_secret(self, access_key_id: str, secret: str, now: datetime) -> KeyInfo | None:
+        """The key's record if `secret` is its secret and the key is active, else None: today's
+        SigV4 signing key derived from `secret` against the one derived from the sealed secret
+        (constant time), so the secret itself is never compared or kept."""
+        date = now.strftime("%Y%m%d")
+        try:
+            creds = self.credentials(access_key_id, date, *SECRET_CHECK_SCOPE)
+        except KeyStoreError:
+            return None
+        if creds is None:
+            return None
+        info, expected = creds
+        given = signing_key(secret, date, *SECRET_CHECK_SCOPE)
+        return info if hmac.compare_digest(expected, given) else None
 
     def list(self) -> list[KeyInfo]:
         """Every key, oldest first, revoked ones included."""
@@ -462,4 +534,5 @@ class KeyStore:
             admin=bool(r["admin"]),
             roles=tuple(json.loads(r["roles"])) if r.get("roles") else (),
             sns_topics=tuple(json.loads(r["sns_topics"])) if r.get("sns_topics") else (),
+            s3_objects=tuple(json.loads(r["s3_objects"])) if r.get("s3_objects") else (),
         )

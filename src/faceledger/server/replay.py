@@ -1,19 +1,23 @@
-"""Replay protection: a signed request that changes state is served once per signature.
+"""Replay protection: a signed request is served once per signature, whatever it asks for.
 
 SigV4 lets a captured request be sent again, unchanged, until its signing time is more than
-the allowed clock skew (5 minutes) away; AWS serves such replays, so a replayed IndexFaces adds
-the same face twice. faceledger remembers the signature of every state-changing request it
-served, in the database - so every server process and every server on that database shares
-the memory - until the signing time leaves the window (after which the signature check refuses
-the request anyway). The table is therefore bounded by the rate of such requests times the
-window. Read-only operations (Detect*, Compare*, Search*, List*, Describe*, Get*) are not
-remembered: repeating one changes nothing; nor are requests carrying a ClientRequestToken,
-whose repeat is answered like the first (AWS's idempotency, which clients rely on).
+the allowed clock skew (5 minutes) away; AWS serves such replays. Every faceledger operation
+writes a ledger event (searches, comparisons and detections too: a replayed identification
+search is a second search under the victim's key, purpose and case, with its own review
+candidates), and a request that failed can succeed when sent again later (a DeleteUser answered
+404 deletes the user created since). So the signature of every signed request is remembered
+before it is served - whether it is then served, refused or fails - in the database, so that
+every server process and every server on that database shares the memory, until the signing
+time leaves the window (after which the signature check refuses the request anyway). The table
+is bounded by the request rate times the window.
 
-An SDK retry is signed again, but SigV4's time has one-second resolution: a retry within the
-same second is byte-identical. So a request that fails is forgotten again (`forget`): it
-changed nothing, and its retry is served. Two identical successful requests signed by one key
-within one second are indistinguishable from a replay and the second is refused.
+A repeat is never served. It is answered ThrottlingException ("already received"), a second
+after it arrived: SDKs retry that code, and their retry is then signed in a later second, so it
+is a new signature and is served. That is what makes botocore work: it signs neither
+`amz-sdk-invocation-id` nor `amz-sdk-request: attempt=N` (they are added after signing), so a
+retry it signs within the same second as the attempt before is byte-identical. (The JS SDK v3
+signs both, so its retries never repeat a signature.) A retried request with a
+ClientRequestToken gets the first answer from the service (idempotency), as in AWS.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from sqlalchemy.exc import IntegrityError
 from ..db import create_tables
 from ..errors import ReplayedRequestException
 
-READ_ONLY_PREFIXES = ("Detect", "Compare", "Search", "List", "Describe", "Get")
 PURGE_EVERY = 64  # inserts between deletions of expired rows
 
 metadata = MetaData()
@@ -39,13 +42,8 @@ seen_signatures = Table(
 )
 
 
-def changes_state(operation: str) -> bool:
-    """Whether a repeat of `operation` could change something (so it is served once)."""
-    return not operation.startswith(READ_ONLY_PREFIXES)
-
-
 class ReplayCache:
-    """Signatures of served state-changing requests, until they expire."""
+    """Signatures of received signed requests, until they expire."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -65,12 +63,6 @@ class ReplayCache:
                                                             expires_at=expires_at))
         except IntegrityError:
             raise ReplayedRequestException(
-                "This signed request was already received: a request that changes state is "
-                "served once per signature. Sign it again to repeat it.") from None
-
-    def forget(self, signature: str) -> None:
-        """Drop `signature`: its request failed and changed nothing (the service's writes are
-        transactional), so the same bytes sent again - an SDK retry signed within the same
-        second is byte-identical - must be served, not refused as a replay."""
-        with self.engine.begin() as conn:
-            conn.execute(delete(seen_signatures).where(seen_signatures.c.signature == signature))
+                "This signed request was already received: a signed request is served once "
+                "per signature. Sign it again to repeat it (an SDK's retry is signed anew: a "
+                "later X-Amz-Date, or a signed amz-sdk-request: attempt=N header).") from None

@@ -16,13 +16,16 @@ from typing import Any
 from ..errors import ImageTooLargeException, InvalidS3ObjectException, VideoTooLargeException
 from ..permissions import open_private
 from ..settings import Settings
-from ..sources import NoObjectStorage, ObjectResolver
+from ..sources import (
+    NOT_READABLE,
+    NoObjectStorage,
+    ObjectResolver,
+    check_object_name,
+    check_prefix,
+)
 from ..text import logger, shown
 
 log = logger("faceledger.server")
-
-NOT_READABLE = ("Unable to get object metadata from S3. "
-                "Check object key, region and/or access permissions.")
 
 
 def not_configured(bucket: str) -> str:
@@ -70,10 +73,7 @@ class LocalBuckets:
         root = self.roots.get(bucket)
         if root is None:
             raise InvalidS3ObjectException(not_configured(bucket))
-        if "\\" in prefix or "\x00" in prefix or any(p in (".", "..")
-                                                     for p in prefix.split("/")):
-            raise InvalidS3ObjectException(
-                f"Prefix '{shown(prefix, 200)}' is not a plain relative name.")
+        check_prefix(prefix)
         head, _, _ = prefix.rpartition("/")
         base = root / head if head else root
         if not base.resolve().is_relative_to(root) or not base.is_dir():
@@ -103,14 +103,7 @@ class LocalBuckets:
             raise InvalidS3ObjectException(
                 f"Bucket '{shown(bucket)}' is a local directory: objects have no versions."
             )
-        parts = name.split("/")
-        if not name or name.startswith("/") or "\\" in name or "\x00" in name or any(
-            p in ("", ".", "..") for p in parts
-        ):
-            raise InvalidS3ObjectException(
-                f"Object name '{shown(name, 200)}' is not a plain relative name inside bucket "
-                f"'{shown(bucket)}'."
-            )
+        check_object_name(bucket, name)
         path = (root / name).resolve()
         # A symlink inside the bucket may still point outside it: check where it lands.
         if not path.is_relative_to(root) or not path.is_file():
@@ -156,6 +149,7 @@ class S3Buckets:
 
         if bucket not in self.buckets:
             raise InvalidS3ObjectException(not_configured(bucket))
+        check_object_name(bucket, name)  # sent as is, `..` could leave the bucket
         ref: dict[str, str] = {"Bucket": bucket, "Key": name}
         if version is not None:
             ref["VersionId"] = version
@@ -186,6 +180,7 @@ class S3Buckets:
 
         if bucket not in self.buckets:
             raise InvalidS3ObjectException(not_configured(bucket))
+        check_prefix(prefix)
         names: list[str] = []
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(

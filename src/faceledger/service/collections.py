@@ -34,6 +34,7 @@ from ..errors import (
 )
 from ..imaging import AnalysedImage, DecodedImage
 from ..ledger import AuditedOperation
+from ..ledger.lookup import index_event
 from ..model_versions import canonical
 from ..shapes import Shape, bounding_box, face_detail, landmarks, pose_quality
 from ..sources import ImageInput
@@ -49,6 +50,7 @@ from ..vision.types import FaceAnalysis
 from . import collection_members as m
 from . import paging
 from .core import ServiceCore, check_enum
+from .images import attributes_not_returned
 from .source_faces import NOT_IN_SOURCE, ReenrolSource, SourceFace, link_faces, match_faces
 
 ARN_PREFIX = "arn:faceledger:rekognition:local:000000000000:collection/"
@@ -219,7 +221,7 @@ class CollectionOperations(ServiceCore):
                 model = self._usable(self.catalog.collection(conn, cid), op).face_model_version
             img: DecodedImage | AnalysedImage
             if analysed is None:
-                img = self.decode(m.image(image))
+                img = self.decode(m.image(image), ctx=ctx)
             else:
                 if canonical(analysed.model_version) != canonical(model):
                     raise InvalidParameterException(
@@ -301,7 +303,8 @@ class CollectionOperations(ServiceCore):
             if n.external_image_id is not None:
                 shape["ExternalImageId"] = n.external_image_id
             records.append({"Face": shape, "FaceDetail": face_detail(f, img.width, img.height)})
-        out = {"FaceRecords": records, "FaceModelVersion": model, "UnindexedFaces": unindexed}
+        out = {"FaceRecords": records, "FaceModelVersion": model, "UnindexedFaces": unindexed,
+               **attributes_not_returned(detection_attributes)}
         if reenrol_from is not None:  # faceledger's, for the re-enrolment report
             out["SourceFaceIds"] = link["source_face_ids"]
             out["SourceFacesNotFound"] = link["source_faces_not_found"]
@@ -396,6 +399,9 @@ class CollectionOperations(ServiceCore):
                                                  with_embedding=True).get(fid)
             if probe is None or probe.embedding is None:
                 raise InvalidParameterException(f"faceId {fid} was not found in the collection.")
+            # held candidates' probe photo: the face's, as its IndexFaces event recorded it
+            indexed = index_event(op.conn, cid, fid)
+            op.probe_sha256 = indexed["image_sha256"] if indexed else probe.image_sha256
             searched = max(coll.face_count - 1, 0)  # the searched face itself is excluded
             point = self._threshold(op, coll, threshold, searched, "FaceMatchThreshold")
             matches, info = self._search(coll, probe.embedding, k, point, searched,
@@ -422,7 +428,7 @@ class CollectionOperations(ServiceCore):
             model = coll.face_model_version
             # the floor is checked before the photo is processed (a refusal analyses nothing)
             point = self._threshold(op, coll, threshold, coll.face_count, "FaceMatchThreshold")
-            img = self.decode(m.image(image))
+            img = self.decode(m.image(image), ctx=ctx)
             op.image(img.sha256)
             faces = self.pipeline.analyze(img.pixels, embed=False, model_version=model)
             usable = [f for f in faces

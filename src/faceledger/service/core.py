@@ -100,12 +100,16 @@ class ServiceCore:
         tables[model_version] = found  # a table once found is kept (a missing one is not)
         return found
 
-    def decode(self, image: ImageInput, field: str = "Image") -> DecodedImage:
-        """Resolve and decode an `Image` parameter, refusing bad input with Rekognition codes."""
+    def decode(self, image: ImageInput, field: str = "Image", *,
+               ctx: RequestContext) -> DecodedImage:
+        """Resolve and decode an `Image` parameter, refusing bad input with Rekognition codes
+        (an S3Object only where the caller's grants reach)."""
         if image is None:
             raise InvalidParameterException(f"{field} is required.")
+        if isinstance(image, DecodedImage):  # the Python API's arrays and PIL images
+            return image
         from_storage = isinstance(image, Mapping) and image.get("S3Object") is not None
-        return self.decode_bytes(image_bytes(image, self.resolver, field),
+        return self.decode_bytes(image_bytes(image, self.resolver, ctx, field),
                                  from_storage=from_storage)
 
     def decode_bytes(self, data: bytes, *, from_storage: bool = False) -> DecodedImage:
@@ -119,6 +123,7 @@ class ServiceCore:
             max_decoded_pixels=s.max_decoded_pixels,
             min_side=s.min_image_side,
             budget=self.pixel_budget,
+            max_jpeg_scans=s.max_jpeg_scans,
         )
 
     def analyse_bytes(self, data: bytes, *, from_storage: bool = False) -> AnalysedImage:

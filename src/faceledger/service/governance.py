@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from ..context import LOCAL, RequestContext
 from ..errors import (
@@ -22,6 +22,7 @@ from ..errors import (
 from ..ledger import Anchor, CollectionPolicy, FaceRemover, retention, review, schema, verify
 from ..ledger import export as case_export
 from ..ledger.events import format_time, parse_time, utc_now
+from ..ledger.lookup import index_event
 from ..ledger.policy import check_collection_id, load_policy, policies_with_retention, store_policy
 from ..ledger.refusals import AdminRequired, RoleRequired
 from ..ledger.report import build as build_report
@@ -131,6 +132,8 @@ class GovernanceOperations(ServiceCore):
                 request_id=_optional_str(request_id, "RequestId"),
                 case=_optional_str(case, "CaseReference"), after=after, limit=max_results + 1,
             )
+            for cand in found[:max_results]:  # the enrolled photo a reviewer must bring
+                cand["EnrolledImageSha256"] = self.recorded_enrolled_sha256(conn, cand)
         result: Shape = {"Candidates": found[:max_results]}
         if len(found) > max_results:
             last = found[max_results - 1]
@@ -149,8 +152,10 @@ class GovernanceOperations(ServiceCore):
                          probe_sha256: str | None = None, enrolled_sha256: str | None = None,
                          ctx: RequestContext = LOCAL) -> Shape:
         """Decide a candidate as reviewer `ctx.principal`: CONFIRM, REJECT or INCONCLUSIVE,
-        with a reason (logged). A CONFIRM or INCONCLUSIVE names the two photos compared by
-        their SHA-256, which must equal the recorded ones; the event records them."""
+        with a reason (logged). Every decision names the two photos compared by their SHA-256,
+        which must equal the recorded ones; the event records them. A caller who can read the
+        ledger (auditor, admin, the local operator) may give only a candidate's first decision
+        or the policy's open verification: it could have read the others (`reads_decisions`)."""
         current = self.get_review_candidate(candidate_id, ctx=ctx)
         check_enum(decision, review.DECISIONS, "Decision")
         self._require_role("ReviewCandidate", ctx, ("reviewer",), current["CollectionId"])
@@ -169,7 +174,9 @@ class GovernanceOperations(ServiceCore):
             policy = load_policy(op.conn, current["CollectionId"])
             decided = review.decide(op.conn, current["CandidateId"], ctx.principal, decision,
                                     reason, utc_now(), evidence=given, recorded=recorded,
-                                    verifier_sees_earlier=policy.verifier_sees_earlier)
+                                    verifier_sees_earlier=policy.verifier_sees_earlier,
+                                    verify_every=policy.verify_every_conclusion,
+                                    sees_decisions=reads_decisions(ctx, current["CollectionId"]))
             mine = next(r for r in decided["Reviews"] if r["Reviewer"] == ctx.principal)
             # the photos compared, as the event's images (probe first), and by role
             for sha in (mine["ProbeImageSha256"], mine["EnrolledImageSha256"]):
@@ -181,11 +188,36 @@ class GovernanceOperations(ServiceCore):
                                 "enrolled_sha256": mine["EnrolledImageSha256"]},
                       confirmations=decided["Confirmations"],
                       reviewers_required=decided["ReviewersRequired"],
+                      verify_every_conclusion=policy.verify_every_conclusion,
                       face_ids=[decided["FaceId"]] if decided["FaceId"] else [],
                       user_ids=[decided["UserId"]] if decided["UserId"] else [],
+                      external_image_id=decided["ExternalImageId"],
                       similarities=[decided["Similarity"]],
                       search_request_id=decided["RequestId"])
+            if decided["ConflictsWith"]:
+                op.record(conflicts_with=decided["ConflictsWith"])
         return decided
+
+    def resolve_review_conflict(self, candidate_id: str, keep: Sequence[str], reason: str, *,
+                                ctx: RequestContext = LOCAL) -> Shape:
+        """Resolve the CONFLICT `candidate_id` is in (one probe face confirmed as different
+        people): the candidates in `keep` stand, the conflict's others are rejected; keeping
+        none leaves them all inconclusive. Reviewers only, with a reason (logged)."""
+        current = self.get_review_candidate(candidate_id, ctx=ctx)
+        if isinstance(keep, str) or not isinstance(keep, Sequence):
+            raise InvalidParameterException("Keep must be a list of candidate ids (or empty).")
+        kept = [k for k in (_optional_str(k, "Keep[]", 64) for k in keep) if k is not None]
+        self._require_role("ResolveConflict", ctx, ("reviewer",), current["CollectionId"])
+        rctx = dataclasses.replace(ctx, case=ctx.case or current["CaseReference"],
+                                   purpose=ctx.purpose or current["Purpose"])
+        with self.audit("ResolveConflict", rctx, collection=current["CollectionId"],
+                        uses_model=False) as op:
+            op.note(candidate_id=current["CandidateId"], keep=kept, reason=reason)
+            statuses = review.resolve(op.conn, current["CandidateId"], ctx.principal, kept,
+                                      reason, utc_now())
+            op.record(candidate_ids=sorted(statuses), statuses=statuses,
+                      search_request_id=current["RequestId"])
+        return {"Statuses": statuses, "Candidate": self.get_review_candidate(candidate_id)}
 
     def recorded_enrolled_sha256(self, conn: Connection, candidate: Shape) -> str | None:
         """The enrolled photo's SHA-256 as the ledger recorded it (the IndexFaces event that
@@ -303,24 +335,11 @@ class GovernanceOperations(ServiceCore):
         return case_export.build_bundle(self.ledger, ref, exported_by=ctx.principal)
 
 
-def index_event(conn: Connection, cid: str, face_id: str) -> Shape | None:
-    """The IndexFaces event that added `face_id` to `cid`: its seq and image SHA-256."""
-    e = schema.events
-    rows = conn.execute(
-        select(e.c.seq, e.c.body).where(e.c.operation == "IndexFaces", e.c.collection == cid,
-                                        e.c.outcome == "done",
-                                        e.c.body.like(f"%{like_escape(face_id)}%", escape="\\"))
-    ).all()
-    for seq, text in rows:
-        body = json.loads(text)
-        if face_id in ((body.get("result") or {}).get("face_ids") or []):
-            images = body.get("images") or [None]
-            return {"seq": int(seq), "image_sha256": images[0]}
-    return None
-
-
-def like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def reads_decisions(ctx: RequestContext, collection: str) -> bool:
+    """Whether `ctx` can read the reviewers' decisions on this collection's candidates outside
+    blind review: the ledger's ReviewCandidate events (auditors, admins, and the local
+    operator, who holds the database)."""
+    return ctx.has_role("auditor") and ctx.may_name(collection)
 
 
 def _time(value: Any, field: str) -> datetime:

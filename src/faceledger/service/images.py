@@ -20,6 +20,23 @@ DETECT_ATTRIBUTES = (
     "DEFAULT", "ALL", "AGE_RANGE", "BEARD", "EMOTIONS", "EYE_DIRECTION", "EYEGLASSES",
     "EYES_OPEN", "GENDER", "MOUTH_OPEN", "MUSTACHE", "FACE_OCCLUDED", "SMILE", "SUNGLASSES",
 )  # fmt: skip
+# Everything beyond DEFAULT (box, landmarks, pose, quality, confidence) is refused on purpose,
+# and a response that was asked for any of it says so (docs/sdk.md, "Face attributes").
+NOT_ESTIMATED = DETECT_ATTRIBUTES[2:]
+NOT_ESTIMATED_REASON = (
+    "Not estimated on purpose: age, gender and emotion read from a face are unreliable and err "
+    "more for some groups (emotion recognition is banned at work and in schools in the EU); "
+    "the others have no measured model here. See docs/sdk.md.")
+
+
+def attributes_not_returned(asked: Sequence[str] | None) -> Shape:
+    """Extension members naming the attributes a request asked for that are not returned, and
+    why (nothing when it asked for none beyond DEFAULT)."""
+    wanted = set(asked or ())
+    missing = [a for a in NOT_ESTIMATED if "ALL" in wanted or a in wanted]
+    if not missing:
+        return {}
+    return {"AttributesNotReturned": missing, "AttributesNotReturnedReason": NOT_ESTIMATED_REASON}
 
 
 def passes(face: FaceAnalysis, quality_filter: str) -> bool:
@@ -40,19 +57,21 @@ class ImageOperations(ServiceCore):
         """Rekognition DetectFaces: the 100 largest faces with box, landmarks, pose, quality.
 
         Attributes other than the default set (age, emotions, ...) are accepted and not
-        returned: faceledger does not estimate them rather than invent them.
+        returned: faceledger does not estimate them rather than invent them, and says so in
+        AttributesNotReturned (an extension member and header).
         """
         if attributes is not None:
             if isinstance(attributes, str) or not isinstance(attributes, Sequence):
                 raise InvalidParameterException("Attributes must be a list of strings.")
             for a in attributes:
                 check_enum(a, DETECT_ATTRIBUTES, "Attributes")
-        img = self.decode(image)
+        img = self.decode(image, ctx=ctx)
         faces = self.pipeline.analyze(img.pixels, embed=False)
         with self.audit("DetectFaces", ctx) as op:  # the ledger event (nothing else changes)
             op.image(img.sha256)
             op.record(faces=len(faces))
-        return {"FaceDetails": [face_detail(f, img.width, img.height) for f in faces]}
+        return {"FaceDetails": [face_detail(f, img.width, img.height) for f in faces],
+                **attributes_not_returned(attributes)}
 
     def compare_faces(
         self,
@@ -76,8 +95,8 @@ class ImageOperations(ServiceCore):
             quality_filter, QUALITY_FILTERS, "QualityFilter"
         )
         cal = self.calibration
-        src = self.decode(source_image, "SourceImage")
-        tgt = self.decode(target_image, "TargetImage")
+        src = self.decode(source_image, "SourceImage", ctx=ctx)
+        tgt = self.decode(target_image, "TargetImage", ctx=ctx)
         model = cal.model_version  # the configured model's faces, templates and table
         source_faces = [f for f in self.pipeline.analyze(src.pixels, embed=False,
                                                          model_version=model) if passes(f, qf)]
@@ -103,7 +122,8 @@ class ImageOperations(ServiceCore):
                 if sim >= threshold:
                     matches.append((float(sim), shape))
                 else:
-                    unmatched.append(shape)
+                    # not in Rekognition's ComparedFace: how far below the threshold it was
+                    unmatched.append({**shape, "Similarity": float(sim)})
         matches.sort(key=lambda m: m[0], reverse=True)
         result: dict[str, Any] = {
             "SourceImageFace": {

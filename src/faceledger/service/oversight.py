@@ -35,7 +35,8 @@ from ..model_versions import canonical
 from ..rates import wilson_interval
 from ..shapes import Shape
 from ..store.thresholds import default_search_fmr
-from .governance import GovernanceOperations, index_event, like_escape
+from ..ledger.lookup import index_event, like_escape
+from .governance import GovernanceOperations, reads_decisions
 from .users import UserOperations
 
 REVIEW_READERS = ("reviewer", "auditor")
@@ -93,9 +94,14 @@ class OversightOperations(UserOperations, GovernanceOperations):
             for group in groups.values():
                 group.pop("_ranks")
                 group["Candidates"].sort(key=lambda c: (c["Rank"] or 0, c["CandidateId"]))
+            # probe faces confirmed as different people wait for a resolution, not a decision
+            conflicts = [{k: c[k] for k in ("CandidateId", "CaseReference", "CollectionId",
+                                            "ExternalImageId", "ConflictsWith", "RequestId")}
+                         for c in review.query(conn, status=review.CONFLICT, limit=4096)
+                         if ctx.may_name(c["CollectionId"])]
         with self.audit("ViewReviewQueue", ctx, uses_model=False) as op:
-            op.record(candidate_ids=[c["CandidateId"] for c in shown])
-        return {"Searches": list(groups.values()), "Candidates": shown,
+            op.record(candidate_ids=[c["CandidateId"] for c in shown + conflicts])
+        return {"Searches": list(groups.values()), "Candidates": shown, "Conflicts": conflicts,
                 "PendingVisible": len(visible), "NeedsYourDecision": needing,
                 "PublishedErrorRates": self.published_error_rates()}
 
@@ -105,9 +111,17 @@ class OversightOperations(UserOperations, GovernanceOperations):
         reviewer = ctx.has_role("reviewer")
         own = cand["RequestedBy"] == ctx.principal
         decided = review.has_decided(cand, ctx.principal)
-        seen = review.blind(cand, ctx.principal, may_decide=reviewer and not own,
+        # a key that reads the ledger has the others' decisions at hand anyway: nothing is
+        # withheld from it, and it may decide only while nobody has (or as the open verifier)
+        reader = reads_decisions(ctx, cand["CollectionId"])
+        seen = review.blind(cand, ctx.principal, may_decide=reviewer and not own and not reader,
                             verifier_sees_earlier=policy.verifier_sees_earlier)
-        if cand["Status"] != review.PENDING:
+        if cand["Status"] == review.CONFLICT:
+            part = {"State": "conflict", "CanDecide": False,
+                    "CanResolve": reviewer and not own,
+                    "Why": "This probe face was confirmed as different people (CONFLICT): no "
+                           "identification stands until a reviewer resolves the conflict."}
+        elif cand["Status"] != review.PENDING:
             part = {"State": "settled", "CanDecide": False,
                     "Why": f"This candidate is settled: {cand['Status']}."}
         elif decided:
@@ -122,10 +136,18 @@ class OversightOperations(UserOperations, GovernanceOperations):
             part = {"State": "not_reviewer", "CanDecide": False,
                     "Why": "Your key has no reviewer role: you may read this case file, not "
                            "decide it."}
+        elif reader and cand["Reviews"] and seen["Stage"] != review.VERIFICATION:
+            part = {"State": "reads_decisions", "CanDecide": False,
+                    "Why": "Your key can read the ledger, where the other reviewers' decisions "
+                           "on this candidate are recorded, so your decision would not be "
+                           "independent: a reviewer-only key decides it."}
         else:
             part = {"State": "needs_decision", "CanDecide": True, "Why": None}
+        part.setdefault("CanResolve", False)
         seen["YourPart"] = part
+        seen["ReadsDecisions"] = reader
         seen["VerifierSeesEarlier"] = policy.verifier_sees_earlier
+        seen["VerifyEveryConclusion"] = policy.verify_every_conclusion
         return seen
 
     def _strength(self, conn: Connection, cand: Shape) -> Shape:
@@ -508,6 +530,9 @@ def _event_row(r: Any) -> Shape:
         row["Status"] = result.get("status")
         cid = params.get("candidate_id") or result.get("candidate_id")
         row["CandidateIds"] = [cid] if cid else []
+    elif r.operation == "ResolveConflict":
+        row["Decision"] = "RESOLVE"
+        row["CandidateIds"] = list(result.get("candidate_ids") or [])
     elif r.operation == "ViewCandidate":
         cid = result.get("candidate_id")
         row["CandidateIds"] = [cid] if cid else []

@@ -272,7 +272,7 @@ class UserOperations(CollectionOperations):
             model = coll.face_model_version
             # the floor is checked before the photo is processed (a refusal analyses nothing)
             point = self._threshold(op, coll, threshold, searched, "UserMatchThreshold")
-            img = self.decode(m.image(image))
+            img = self.decode(m.image(image), ctx=ctx)
             op.image(img.sha256)
             searched_face: FaceAnalysis | None = None
             unsearched: list[Shape] = []

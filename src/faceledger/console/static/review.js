@@ -127,7 +127,7 @@ function updateForm() {
   if (why) {
     why.textContent = ok
       ? "Both photos match the ledger: their SHA-256 go with your decision."
-      : "\"Same person\" and \"Inconclusive\" are offered once both photos are open and their hashes match the ledger (" +
+      : "The answers (same person, not the same person, inconclusive) are offered once both photos are open and their hashes match the ledger (" +
         (state.probe ? "probe ✓" : "probe not yet") + ", " + (state.enrolled ? "enrolled ✓" : "enrolled not yet") + ").";
   }
 }
