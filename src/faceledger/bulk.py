@@ -430,8 +430,10 @@ def index_images(
     stop: threading.Event | None = None,
 ) -> Summary:
     """IndexFaces for every image from `threads` threads; `on_outcome` sees each result in this
-    thread as it comes. KeyboardInterrupt or `stop` end the run cleanly: nothing new starts,
-    images in progress finish (and are reported), and the summary says it was interrupted."""
+    thread as it comes. `stop` ends the run cleanly: nothing new starts, images in progress
+    finish (and are reported), and the summary says it was interrupted. A KeyboardInterrupt
+    does the same as well as it can, but raised in the middle of reporting it skips lines of
+    images already stored: turn SIGINT into `stop` (as the CLI does) where that matters."""
     with service.catalog.read() as conn:
         coll = service.catalog.collection(conn, collection_id)
         seen = _Seen(service.catalog.image_hashes(conn, coll.pk))
@@ -463,9 +465,13 @@ def index_images(
                 done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 for f in done:
                     record(f)
-                if stop is not None and stop.is_set() and not pending:
-                    summary.interrupted = True
-                    break
+                if stop is not None and stop.is_set():
+                    for f in pending:  # nothing new starts: queued images are dropped
+                        f.cancel()
+                    pending = {f for f in pending if not f.cancelled()}
+                    if not pending:  # ... and those in progress have finished
+                        summary.interrupted = True
+                        break
         except KeyboardInterrupt:
             summary.interrupted = True
             for f in pending:

@@ -6,9 +6,12 @@ The data directory and database come from FACELEDGER_DATA_DIR / FACELEDGER_DATAB
 from __future__ import annotations
 
 import io
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 import click
@@ -220,11 +223,31 @@ def index(collection_id: str, sources: tuple[str, ...], external_id: str | None,
     pipeline = PipelinePool(settings, n) if n > 1 else None
     service = FaceService(settings, pipeline=pipeline, resolver=resolver)
     bar = None if no_progress else Progress(len(images), f"indexing into {collection_id}")
-    with _run_closing(service, report, pipeline) as out:
+    with _run_closing(service, report, pipeline) as out, _stop_on_interrupt() as stop:
         summary = index_images(service, collection_id, images, threads=2 * n if n > 1 else 1,
                                max_faces=max_faces, quality_filter=quality_filter,
-                               ctx=request_context(), on_outcome=_show(out, verbose, bar))
+                               ctx=request_context(), on_outcome=_show(out, verbose, bar),
+                               stop=stop)
     _finish(summary, bar, as_json, one_face=max_faces == 1)
+
+
+@contextmanager
+def _stop_on_interrupt() -> Iterator[threading.Event]:
+    """An event the first Ctrl-C sets, for a bulk run to stop at its next step. Left to raise
+    KeyboardInterrupt, Ctrl-C lands on whatever line runs: between an image's commit and its
+    report line, the image was stored but never reported. A second Ctrl-C interrupts at once."""
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGINT) or signal.default_int_handler
+
+    def first(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, first)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
@@ -341,9 +364,10 @@ def reenrol(source_collection: str, photos: tuple[Path, ...], target: str, model
             stack.enter_context(session(ray_address))
         service = FaceService(settings, pipeline=pipeline)
         out = stack.enter_context(_run_closing(service, report, pipeline))
+        stop = stack.enter_context(_stop_on_interrupt())
         result = reenrol_images(service, source_collection, target, images,
                                 model_version=model, include_unmatched=include_unmatched,
-                                threads=2 * n if n > 1 else 1,
+                                threads=2 * n if n > 1 else 1, stop=stop,
                                 quality_filter=quality_filter, ctx=request_context(),
                                 on_outcome=_show(out, False, bar),
                                 ray_batch=None if ray_address is None else ray_batch,
