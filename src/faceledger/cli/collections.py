@@ -398,11 +398,12 @@ def _index_on_ray(settings: Settings, resolver: ObjectResolver, collection_id: s
     with session(address) as stdout:
         # the models load in the actors; this process only writes (its pipeline stays unloaded)
         service = FaceService(settings, resolver=resolver)
-        with _run_closing(service, report) as out:
+        with _run_closing(service, report) as out, _stop_on_interrupt() as stop:
             summary = index_images_ray(
                 service, collection_id, images, batch_size=batch, max_faces=max_faces,
                 quality_filter=quality_filter, ctx=request_context(),
-                on_outcome=_show(out, verbose, bar, stdout), on_event=_cluster_event(bar))
+                on_outcome=_show(out, verbose, bar, stdout), on_event=_cluster_event(bar),
+                stop=stop)
     _finish(summary, bar, as_json, one_face=max_faces == 1)
 
 
