@@ -382,9 +382,13 @@ def test_shipped_table_covers_every_measured_group() -> None:
     assert norm is not None and norm.weights.shape == (128,)
     assert norm.provenance["reference"]["images"] > 900
     assert "test" in norm.provenance["reference"]["name"]  # says which half it never saw
-    # The CLI says whom the promise covers.
+    # The CLI says whom the promise covers, at each threshold the table checked, and lists them.
     out = CliRunner().invoke(main, ["calibration", "--model", "1.0"]).output
-    assert "The promise covers these groups" in out and "male/asian/adult" in out
+    for sim in ("99.9", "99.99", "99.999"):
+        assert (f"At Similarity {sim} (false-match rate at most" in out
+                and "covered (checked on the people it was fitted on only) for all 20 groups "
+                "measured" in out.split(f"At Similarity {sim} ")[1].split("\n")[0])
+    assert "male/asian/adult" in out
 
 
 def test_shipped_table_never_claims_less_than_lfw_can_show() -> None:

@@ -8,8 +8,9 @@ Each test plays the attack an examiner found first:
   4. a rejection recorded without opening either photo.
 
 The world: scikit-image's public-domain astronaut portrait enrolled twice under different
-ExternalImageIds (its resized copy stands for "someone else"), its mirror image as the probe.
-Browser helpers and Chromium's options are tests/test_console.py's.
+ExternalImageIds (its resized copy stands for "someone else"), its mirror image as the probe
+(one file per search: searches of one probe photo share blind review). Browser helpers and
+Chromium's options are tests/console_helpers.py's.
 """
 
 from __future__ import annotations
@@ -17,19 +18,19 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image, ImageOps
 
+from console_helpers import World, browser, key_ctx, keyed_service, screenshot_dir  # noqa: F401
+from console_helpers import sign_in as _sign_in
 from faceledger.context import RequestContext
-from faceledger.server.keys import KeyInfo, KeyStore
+from faceledger.server.keys import KeyInfo
 from faceledger.server.run import build_app, running
 from faceledger.service import FaceService
-from faceledger.settings import Settings
 
-from test_console import REJECT, World, _csrf, _page, _sign_in, browser  # noqa: F401  (the fixture)
+from test_console import REJECT, _csrf, _page
 
 
 def context_for(key: KeyInfo, **extra: Any) -> RequestContext:
@@ -41,40 +42,37 @@ def context_for(key: KeyInfo, **extra: Any) -> RequestContext:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, service: FaceService,
-          astronaut_jpeg: bytes) -> Iterator[World]:
-    data = tmp_path_factory.mktemp("evidence-data")
-    settings = Settings(data_dir=data)
-    svc = FaceService(settings, pipeline=service.pipeline)  # models loaded once per session
-    store = KeyStore.open(settings, svc.engine, create_kek=True)
-    keys = {name: store.create(name, ["*"], ["*"], roles=roles) for name, roles in {
+          astronaut_jpeg: bytes, request: pytest.FixtureRequest) -> Iterator[World]:
+    settings, svc, keys = keyed_service(tmp_path_factory, service, "evidence-data", {
         "Searcher": ("reviewer",), "Ana Reviewer": ("reviewer",),
         "Ben Reviewer": ("reviewer",), "Cy Reviewer": ("reviewer",),
-        "Ada Admin": ("admin",)}.items()}
+        "Ada Admin": ("admin",)})
     files_dir = tmp_path_factory.mktemp("evidence-files")
     portrait = Image.open(io.BytesIO(astronaut_jpeg))
-    files = {"Eileen_Collins": files_dir / "eileen.jpg", "Anna_Other": files_dir / "anna.jpg",
-             "probe": files_dir / "probe.jpg"}
+    files = {"Eileen_Collins": files_dir / "eileen.jpg", "Anna_Other": files_dir / "anna.jpg"}
     files["Eileen_Collins"].write_bytes(astronaut_jpeg)
     portrait.resize((400, 400)).save(files["Anna_Other"], "JPEG", quality=90)
-    ImageOps.mirror(portrait).save(files["probe"], "JPEG", quality=92)
     held: dict[str, str] = {}  # watch, reject, dual-1, dual-2 (rank order) -> candidate id
     searcher = keys["Searcher"].info
-    for cid, policy, enrolled in (("watch", {"ReviewersRequired": 2}, ["Eileen_Collins"]),
-                                  ("reject", {"ReviewersRequired": 2}, ["Eileen_Collins"]),
-                                  ("dual", {"ReviewersRequired": 1},
-                                   ["Eileen_Collins", "Anna_Other"])):
+    for i, (cid, policy, enrolled) in enumerate((
+            ("watch", {"ReviewersRequired": 2}, ["Eileen_Collins"]),
+            ("reject", {"ReviewersRequired": 2}, ["Eileen_Collins"]),
+            ("dual", {"ReviewersRequired": 1}, ["Eileen_Collins", "Anna_Other"]))):
         svc.create_collection(cid)
         for name in enrolled:
             svc.index_faces(cid, {"Bytes": files[name].read_bytes()}, external_image_id=name)
         svc.put_collection_policy(cid, {"IdentificationMode": True, **policy})
-        found = svc.search_faces_by_image(cid, {"Bytes": files["probe"].read_bytes()},
+        # the probe: the portrait's mirror image, one file per search (JPEG quality 92, 91, ..)
+        files[f"probe-{cid}"] = probe = files_dir / f"probe-{cid}.jpg"
+        ImageOps.mirror(portrait).save(probe, "JPEG", quality=92 - i)
+        found = svc.search_faces_by_image(cid, {"Bytes": probe.read_bytes()},
                                           ctx=context_for(searcher, case=f"CASE-{cid}"))
         ids = [c["CandidateId"] for c in found["ReviewCandidates"]]
         ranked = sorted(ids, key=lambda i: -svc.get_review_candidate(i)["Similarity"])
         assert len(ranked) == len(enrolled), found
         held.update({cid if len(ranked) == 1 else f"{cid}-{i}": c
                      for i, c in enumerate(ranked, 1)})
-    shots = tmp_path_factory.mktemp("evidence-screenshots")
+    shots = screenshot_dir(tmp_path_factory, request, "evidence screenshots")
     app = build_app(settings, service=svc, warm_up=False)
     with running(app) as url:
         yield World(url, svc, keys, files, held, shots)
@@ -82,14 +80,16 @@ def world(tmp_path_factory: pytest.TempPathFactory, service: FaceService,
 
 
 def _ctx(world: World, who: str) -> RequestContext:
-    return context_for(world.keys[who].info)
+    return key_ctx(world, who)
 
 
 def _hashes(world: World, candidate: str) -> dict[str, str]:
     """The two photos' SHA-256, as a reviewer's browser sends them."""
-    external = world.service.get_review_candidate(candidate)["ExternalImageId"]
+    found = world.service.get_review_candidate(candidate)
+    probe = f"probe-{found['CollectionId']}"
     return {name: hashlib.sha256(world.files[which].read_bytes()).hexdigest()
-            for name, which in (("probe_sha256", "probe"), ("enrolled_sha256", external))}
+            for name, which in (("probe_sha256", probe),
+                                ("enrolled_sha256", found["ExternalImageId"]))}
 
 
 def test_an_admin_who_read_the_ledger_cannot_then_decide_as_if_blind(
@@ -102,7 +102,8 @@ def test_an_admin_who_read_the_ledger_cannot_then_decide_as_if_blind(
     _sign_in(page, world, "Ada Admin")
     # the admin reads Ana's confirmation and reason on the ledger page (no event written)
     page.goto(f"{world.url}/console/ledger?operation=ReviewCandidate")
-    assert "only a candidate's first decision" in page.locator("#reads-decisions").inner_text()
+    assert ("only the first decision on a search and its probe photo"
+            in page.locator("#reads-decisions").inner_text())
     row = page.locator("tbody tr").first
     assert "same person" in row.inner_text()
     with page.expect_navigation():
@@ -136,7 +137,7 @@ def test_a_rejection_needs_both_photos_opened_and_checked(browser: Any,
     answer = page.context.request.post(f"{world.url}/console/candidates/{cand}", form={
         "csrf": _csrf(page), "decision": "REJECT", "reason": "never opened them"})
     assert answer.status == 400 and "must name the probe photo" in answer.text()
-    page.get_by_label("Probe photo file").set_input_files(str(world.files["probe"]))
+    page.get_by_label("Probe photo file").set_input_files(str(world.files["probe-reject"]))
     page.get_by_label("Enrolled photo file").set_input_files(
         str(world.files["Eileen_Collins"]))
     for which in ("probe", "enrolled"):
@@ -183,9 +184,20 @@ def test_one_probe_confirmed_as_two_people_is_flagged_with_key_ids(
     conflicts = page.get_by_role("region", name="Conflicts to resolve")
     with page.expect_navigation():
         conflicts.get_by_role("link").first.click()
+    # a forged resolution (no CSRF token) is refused and logged in Cy's name, as a decision's
+    forged = page.context.request.post(f"{world.url}/console/candidates/{first}/resolve",
+                                       form={"keep": second, "reason": "forged"})
+    assert forged.status == 400 and "CSRF token" in forged.text()
+    assert world.service.get_review_candidate(first)["Status"] == "CONFLICT"
+    cy = world.keys["Cy Reviewer"].info.access_key_id
+    (refused,) = world.service.ledger_events({"operation": "ResolveConflict",
+                                              "outcome": "refused"})["Events"]
+    assert (refused["Principal"], refused["Rule"]) == (cy, "csrf")
     page.locator(f'#resolve input[name="keep"][value="{first}"]').check()
-    page.get_by_label("Reason for the resolution (required, recorded in the ledger)").fill(
-        "Scar visible in the probe and only in this enrolled photo.")
+    box = page.get_by_label("Reason for the resolution (required, recorded in the ledger)")
+    box.fill("Same \u202eeno\u202c")  # named by the browser, as a decision's reason is
+    assert "U+202E" in page.evaluate("document.getElementById('resolve-reason').validationMessage")
+    box.fill("Scar visible in the probe and only in this enrolled photo.")
     with page.expect_navigation():
         page.get_by_role("button", name="Resolve the conflict").click()
     assert "Conflict resolved" in page.locator("#message").inner_text()

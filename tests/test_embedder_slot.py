@@ -212,7 +212,7 @@ def test_boto3_gets_resource_not_ready_from_an_uncalibrated_model(
     app = RekognitionApp(FaceService(settings), None, settings, dev_mode=True, warm_up=False)
     with running(app) as url:
         client = boto3.session.Session().client(
-            "rekognition", endpoint_url=url, region_name=settings.region,
+            "rekognition", endpoint_url=url, region_name="eu-west-1",
             aws_access_key_id="anything", aws_secret_access_key="anything",
             config=Config(retries={"max_attempts": 1}))  # fmt: skip
         with pytest.raises(ClientError) as exc:

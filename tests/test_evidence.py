@@ -22,6 +22,7 @@ import io
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,11 @@ from PIL import Image, ImageOps
 
 from faceledger.cli import main
 from faceledger.context import RequestContext
-from faceledger.errors import AccessDeniedException, InvalidParameterException
+from faceledger.errors import (
+    AccessDeniedException,
+    ConflictException,
+    InvalidParameterException,
+)
 from faceledger.ledger.export import write_bundle
 from faceledger.server.keys import KeyStore
 from faceledger.service import FaceService
@@ -49,8 +54,10 @@ def _reviewer(name: str) -> RequestContext:
     return RequestContext(principal=name, roles=frozenset({"reviewer"}))
 
 
-def _search(svc: FaceService, ctx: RequestContext = SEARCHER) -> list[str]:
-    """One probe face searched: two candidates, Tang_Jiaxuan (rank 1) and Angelo_Reyes."""
+def _search(svc: FaceService, ctx: RequestContext = SEARCHER, probe: str = PROBE) -> list[str]:
+    """One probe face searched: two candidates, Tang_Jiaxuan (rank 1) and Angelo_Reyes (each
+    search its own request, as over HTTP)."""
+    ctx = dataclasses.replace(ctx, request_id=str(uuid.uuid4()))
     response = {
         "FaceMatches": [
             {"Similarity": 99.995, "Face": {"FaceId": "face-tang",
@@ -65,7 +72,7 @@ def _search(svc: FaceService, ctx: RequestContext = SEARCHER) -> list[str]:
         op.record(face_ids=["face-tang", "face-angelo"])
     with svc.audit("SearchFacesByImage", ctx, collection="wanted") as op:
         op.threshold(None, default=99.9)
-        op.image(PROBE)
+        op.image(probe)
         held = op.release(response, "FaceMatches", compared=5000)
     return [c["CandidateId"] for c in held["ReviewCandidates"]]
 
@@ -150,8 +157,20 @@ def test_a_caller_who_reads_the_ledger_cannot_decide_after_others(svc: FaceServi
     assert _events(svc, "ReviewCandidate")[-1]["rule"] == "reviewer_reads_decisions"
     part = svc.review_case_file(tang, ctx=admin_key)["Candidate"]["YourPart"]
     assert part["State"] == "reads_decisions" and not part["CanDecide"]
-    # the first decision of a candidate has nothing to read: it is independent
-    first = svc.review_candidate(angelo, "REJECT", "different ears", **EVIDENCE, ctx=admin_key)
+    # nothing is hidden from it (blind review would hide only what the ledger page shows)
+    assert svc.review_case_file(tang, ctx=admin_key)["Candidate"]["DecisionsHidden"] is False
+    # the search's other candidate: Ana's confirmation of Tang bears on Angelo too (one probe
+    # face, one person), so the admin who read it is not independent there either
+    file = svc.review_case_file(angelo, ctx=admin_key)
+    assert file["Candidate"]["YourPart"]["State"] == "reads_decisions"
+    assert [o["Status"] for o in file["Siblings"]] == ["PENDING"]
+    with pytest.raises(AccessDeniedException, match="its search or its probe photo"):
+        svc.review_candidate(angelo, "REJECT", "different ears", **EVIDENCE, ctx=admin_key)
+    # the first decision on a search and probe photo nobody decided has nothing to read
+    other = hashlib.sha256(b"another probe photo").hexdigest()
+    fresh, _ = _search(svc, dataclasses.replace(SEARCHER, case="MP-14"), probe=other)
+    first = svc.review_candidate(fresh, "REJECT", "different ears", probe_sha256=other,
+                                 enrolled_sha256=ENROLLED, ctx=admin_key)
     assert first["Reviews"][0]["Stage"] == "independent"
 
 
@@ -180,6 +199,54 @@ def test_one_probe_confirmed_as_two_people_is_a_conflict_until_resolved(
     assert resolved["result"]["statuses"] == {tang: "CONFIRMED", angelo: "REJECTED"}
     report = svc.transparency_report("2000-01-01", "2100-01-01")["identification"]
     assert (report["confirmed"], report["rejected"], report["conflicts"]) == (1, 1, 1)
+
+
+def test_a_conflict_is_an_outcome_that_blind_review_hides(svc: FaceService) -> None:
+    """Blind review (25.5) meets the conflict rule (25.3): a reviewer who still has a candidate
+    of the probe photo to decide must not learn from a CONFLICT what others concluded."""
+    tang, angelo = _search(svc)
+    tang2, angelo2 = _search(svc, dataclasses.replace(SEARCHER, case="MP-12b"))  # same photo
+    svc.review_candidate(tang, "CONFIRM", "same", **EVIDENCE, ctx=_reviewer("reviewer-1"))
+    svc.review_candidate(angelo, "CONFIRM", "same", **EVIDENCE, ctx=_reviewer("reviewer-2"))
+    assert svc.get_review_candidate(tang)["Status"] == "CONFLICT"
+    cy = _reviewer("reviewer-3")  # has decided nothing of this probe photo yet
+    seen = svc.review_case_file(tang, ctx=cy)["Candidate"]
+    assert (seen["Status"], seen["ConflictsWith"], seen["Resolution"]) == (None, [], None)
+    assert seen["YourPart"]["State"] == "needs_decision" and not seen["YourPart"]["CanResolve"]
+    queue = svc.review_queue(ctx=cy)
+    assert queue["Conflicts"] == []
+    assert {c["CandidateId"] for c in queue["Candidates"]} == {tang, angelo, tang2, angelo2}
+    # resolving is refused before anything tells whether there is a conflict at all
+    with pytest.raises(AccessDeniedException, match="still have candidates"):
+        svc.resolve_review_conflict(tang, [tang], "scar", ctx=cy)
+    assert _events(svc, "ResolveConflict")[-1]["rule"] == "blind_review"
+    # a late conclusion needs the photos like one on an open candidate: the same answer
+    with pytest.raises(AccessDeniedException) as on_open:
+        svc.review_candidate(tang2, "REJECT", "no", ctx=cy)
+    with pytest.raises(AccessDeniedException) as on_settled:
+        svc.review_candidate(tang, "REJECT", "no", ctx=cy)
+    assert on_open.value.message == on_settled.value.message
+    # with them it is refused as late, logged with its evidence, naming no outcome
+    with pytest.raises(ConflictException, match="before your decision") as late:
+        svc.review_candidate(tang, "REJECT", "chin differs", **EVIDENCE, ctx=cy)
+    assert "CONFLICT" not in late.value.message and "CONFIRMED" not in late.value.message
+    refused = _events(svc, "ReviewCandidate")[-1]
+    assert (refused["rule"], refused["params"]["submitted_probe_sha256"]) == (
+        "not_pending", PROBE)
+    # once cy has decided every open candidate of the photo, the conflict shows, to resolve
+    for cand in (tang2, angelo2):
+        svc.review_candidate(cand, "REJECT", "no", **EVIDENCE, ctx=cy)
+    seen = svc.review_case_file(tang, ctx=cy)["Candidate"]
+    assert seen["Status"] == "CONFLICT" and seen["ConflictsWith"] == [angelo]
+    assert seen["YourPart"]["CanResolve"]
+    assert {c["CandidateId"] for c in svc.review_queue(ctx=cy)["Conflicts"]} == {tang, angelo}
+    # a resolution's reason is checked like a decision's (logged, never stored)
+    with pytest.raises(InvalidParameterException, match="U\\+202E"):
+        svc.resolve_review_conflict(tang, [tang], "same \u202eeno\u202c", ctx=cy)
+    assert _events(svc, "ResolveConflict")[-1]["rule"] == "malformed_decision"
+    assert "reason" not in _events(svc, "ResolveConflict")[-1]["params"]
+    out = svc.resolve_review_conflict(tang, [tang], "scar only on Tang's photo", ctx=cy)
+    assert out["Statuses"] == {tang: "CONFIRMED", angelo: "REJECTED"}
 
 
 def test_two_reviewer_keys_cannot_share_a_name(tmp_path: Path) -> None:
@@ -265,6 +332,42 @@ def test_the_cli_decides_as_a_reviewer_key_never_as_a_typed_name(tmp_path: Path)
     assert local.exit_code == 2 and "cannot review its results" in local.output
     reviews = svc.get_review_candidate(tang)["Reviews"]
     assert [r["Reviewer"] for r in reviews] == [key["AccessKeyId"]]
+
+
+def test_the_cli_records_the_features_compared(svc: FaceService, tmp_path: Path) -> None:
+    """`--feature KEY=FINDING` (repeatable) on review confirm/reject/inconclusive: the console's
+    structured features (issue 25.8), checked by the service and recorded with the decision."""
+    tang, angelo = _search(svc)
+    env = {"FACELEDGER_DATA_DIR": str(tmp_path)}
+    probe, enrolled = tmp_path / "probe.jpg", tmp_path / "enrolled.jpg"
+    probe.write_bytes(PROBE_BYTES)
+    enrolled.write_bytes(ENROLLED_BYTES)
+    files = ["--probe", str(probe), "--enrolled", str(enrolled)]
+    runner = CliRunner()
+    # a feature or finding the list does not have: refused by the service and logged
+    bad = runner.invoke(main, ["review", "reject", tang, "--reason", "ears differ", *files,
+                               "--feature", "earlobes=different"], env=env)
+    assert bad.exit_code == 2 and "Unknown feature 'earlobes'" in bad.output
+    assert _events(svc, "ReviewCandidate")[-1]["rule"] == "malformed_decision"
+    for given in ("ears", "ears=similar=x", "=similar"):  # not KEY=FINDING: a usage error
+        typo = runner.invoke(main, ["review", "reject", tang, "--reason", "x", *files,
+                                    "--feature", given], env=env)
+        assert typo.exit_code == 2 and "KEY=FINDING" in typo.output, (given, typo.output)
+    twice = runner.invoke(main, ["review", "reject", tang, "--reason", "x", *files,
+                                 "--feature", "ears=similar", "--feature", "ears=different"],
+                          env=env)
+    assert twice.exit_code == 2 and "ears is given twice" in twice.output
+    ok = runner.invoke(main, ["review", "reject", tang, "--reason", "the ears differ", *files,
+                              "--feature", "ears=different", "--feature",
+                              "chin_jaw=not visible", "--feature", "eyes=similar"], env=env)
+    assert ok.exit_code == 0, ok.output
+    # said in the feature list's order (comparison.FEATURES), whatever order they were typed in
+    assert "features compared: eyes similar, ears different, chin_jaw not visible" in ok.output
+    decided = _events(svc, "ReviewCandidate")[-1]
+    assert decided["outcome"] == "done"
+    assert decided["params"]["features"] == {"eyes": "similar", "ears": "different",
+                                             "chin_jaw": "not visible"}
+    assert "--feature KEY=FINDING" in runner.invoke(main, ["review", "confirm", "--help"]).output
 
 
 def test_review_list_is_a_table_with_each_probe_once_and_the_photo_to_bring(

@@ -123,13 +123,17 @@ def test_trickling_connections_lock_no_one_out_and_are_cut_off(
         sender.start()
         started = time.monotonic()
         try:
-            time.sleep(0.5)  # every trickle is inside, mid-body
+            # every trickle is inside, mid-body: each holds a byte of the body budget
+            while app.body_budget.used < len(socks):
+                assert time.monotonic() < started + 5, f"{app.body_budget.used} trickles inside"
+                time.sleep(0.01)
+            inside = time.monotonic()
             client = _client(url, key)
             for i in range(3):  # signed requests are served while the trickles last
                 client.create_collection(CollectionId=f"served-{i}")
                 client.describe_collection(CollectionId=f"served-{i}")  # each signature once
-            print(f"\n3 signed pairs served in {time.monotonic() - started - 0.5:.2f} s "
-                  "while 40 trickles were inside")
+            print(f"\n40 trickles inside after {inside - started:.2f} s; 3 signed pairs "
+                  f"served in {time.monotonic() - inside:.2f} s meanwhile")
             still_in = 0  # ... and the trickles were all still inside, unanswered, meanwhile
             for s in socks:
                 s.setblocking(False)

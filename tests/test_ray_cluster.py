@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -118,14 +119,36 @@ def _lines(report: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in report.read_text().splitlines()] if report.is_file() else []
 
 
-def _wait_for_lines(run: subprocess.Popen[str], report: Path, n: int,
-                    stderr: Path | None = None, actors: int = 0) -> None:
-    """Until `report` has n lines (and `stderr` says `actors` actors are ready)."""
+def _wait_for_lines(run: subprocess.Popen[str], report: Path, n: int) -> None:
+    """Until `report` has n lines."""
     deadline = time.monotonic() + 300
-    while len(_lines(report)) < n or (
-            stderr is not None and stderr.read_text().count("Ray actor ready") < actors):
+    while len(_lines(report)) < n:
         assert run.poll() is None and time.monotonic() < deadline, run.communicate()
         time.sleep(0.1)
+
+
+def _both_actors_at_work(run: subprocess.Popen[str], stderr: Path) -> None:
+    """Until both nodes' actors are ready. Work goes only to ready actors, so the first one is
+    stopped (SIGSTOP: its pid is in its line) until the other is: however long the other takes
+    to load its models on a busy machine, the first cannot do the whole run alone meanwhile."""
+    first = _ready_actors(run, stderr, 1)[0]
+    os.kill(first, signal.SIGSTOP)
+    try:
+        _ready_actors(run, stderr, 2)
+    finally:
+        os.kill(first, signal.SIGCONT)
+
+
+def _ready_actors(run: subprocess.Popen[str], stderr: Path, n: int) -> list[int]:
+    """The pids of the run's ready actors ("Ray actor ready on node/pid N/PID"), once n are."""
+    deadline = time.monotonic() + 300
+    while True:
+        pids = [int(line.rsplit("/", 1)[1]) for line in stderr.read_text().splitlines()
+                if line.startswith("Ray actor ready on node/pid ")]
+        if len(pids) >= n:
+            return pids
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.01)
 
 
 @pytest.mark.slow
@@ -147,7 +170,8 @@ def test_a_node_killed_mid_run_loses_and_duplicates_nothing(
     errors = tmp_path / "run1.err"
     run = _cli(data, *cmd, "--report", str(report), stderr=errors, cluster=ray_cluster)
     # both actors at work (one per node), and a few images written
-    _wait_for_lines(run, report, 4, errors, actors=2)
+    _both_actors_at_work(run, errors)
+    _wait_for_lines(run, report, 4)
     start = len(_lines(report))
     _wait_for_lines(run, report, start + 4)
     ray_cluster.kill_worker()
@@ -288,7 +312,8 @@ def test_reenrol_on_ray_survives_a_lost_node_and_links_every_face(
     cmd = ["collection", "reenrol", "old", "--into", "new", "--model", "2.0", str(photos),
            "--ray", ray_cluster.address, "--ray-batch", "2", "--no-progress", "--json"]
     run = _cli(data, *cmd, "--report", str(report), stderr=errors, cluster=ray_cluster)
-    _wait_for_lines(run, report, 4, errors, actors=2)
+    _both_actors_at_work(run, errors)
+    _wait_for_lines(run, report, 4)
     _wait_for_lines(run, report, len(_lines(report)) + 4)
     ray_cluster.kill_worker()
     killed_after = len(_lines(report))

@@ -107,12 +107,20 @@ def test_two_independent_reviewers_confirm_and_nobody_confirms_twice(svc: FaceSe
     assert (second["Status"], second["Confirmations"]) == ("CONFIRMED", 2)
     assert second["DecidedAt"] is not None
     assert [r["Reviewer"] for r in second["Reviews"]] == ["reviewer-1", "reviewer-2"]
-    with pytest.raises(ConflictException, match="already CONFIRMED"):
+    # reviewer-3 still has the search's other candidate to decide (blind review): a late
+    # conclusion needs the photos like any (the same answer as on an open candidate), and is
+    # then refused without naming the outcome
+    with pytest.raises(AccessDeniedException, match="must name the probe photo"):
         svc.review_candidate(cid, "REJECT", "late", ctx=_reviewer("reviewer-3"))
+    with pytest.raises(ConflictException, match="settled this candidate before your decision"
+                       ) as late:
+        svc.review_candidate(cid, "REJECT", "late", **EVIDENCE, ctx=_reviewer("reviewer-3"))
+    assert "CONFIRMED" not in late.value.message
     decisions = _events(svc, "ReviewCandidate")
     assert [(d["outcome"], d["rule"]) for d in decisions] == [
         ("refused", "reviewer_not_independent"), ("done", None), ("refused", "duplicate_review"),
-        ("done", None), ("refused", "not_pending")]
+        ("done", None), ("refused", "evidence_required"), ("refused", "not_pending")]
+    assert decisions[-1]["params"]["submitted_probe_sha256"] == PROBE
     # Decisions carry the search's case, so the case export discloses them.
     assert {d["case"] for d in decisions} == {"MP-12"}
     assert decisions[3]["result"]["status"] == "CONFIRMED"
@@ -219,7 +227,7 @@ def test_an_inconclusive_settles_the_candidate_apart_from_rejections(svc: FaceSe
 
 
 def test_blind_review_hides_others_decisions_until_one_decides(svc: FaceService) -> None:
-    cid = _search(svc)["ReviewCandidates"][0]["CandidateId"]
+    cid, other = [c["CandidateId"] for c in _search(svc)["ReviewCandidates"]]
     r1 = RequestContext(principal="reviewer-1", roles=frozenset({"reviewer"}))
     r2 = RequestContext(principal="reviewer-2", roles=frozenset({"reviewer"}))
     auditor = RequestContext(principal="aud", roles=frozenset({"auditor"}))
@@ -229,13 +237,19 @@ def test_blind_review_hides_others_decisions_until_one_decides(svc: FaceService)
     assert seen["YourPart"]["State"] == "needs_decision"
     queued = next(c for c in svc.review_queue(ctx=r2)["Candidates"] if c["CandidateId"] == cid)
     assert queued["Reviews"] == [] and queued["Confirmations"] is None
+    # blind review covers the search: while r1 has its other candidate to decide, r1 sees
+    # no outcome or other decision on either
+    mine = svc.review_case_file(cid, ctx=r1)["Candidate"]
+    assert mine["DecisionsHidden"] and mine["YourPart"]["State"] == "blind"
+    assert mine["MyDecision"] == "CONFIRM" and mine["Status"] is None
+    svc.review_candidate(other, "REJECT", "another person", **EVIDENCE, ctx=r1)
     mine = svc.review_case_file(cid, ctx=r1)["Candidate"]
     assert not mine["DecisionsHidden"] and mine["YourPart"]["State"] == "decided"
     assert svc.review_case_file(cid, ctx=auditor)["Candidate"]["Reviews"][0]["Reason"] == (
         "ears match")
     # the view event says whether decisions were shown
     views = _events(svc, "ViewCandidate")
-    assert [v["result"]["decisions_shown"] for v in views] == [False, True, True]
+    assert [v["result"]["decisions_shown"] for v in views] == [False, False, True, True]
     # the policy may open the final verification: the last reviewer sees the earlier ones
     svc.put_collection_policy("wanted", {"IdentificationMode": True,
                                          "VerifierSeesEarlierDecisions": True}, ctx=ADMIN)

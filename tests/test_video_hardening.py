@@ -395,8 +395,8 @@ def _free_port() -> int:
 
 
 def test_killed_workers_are_replaced(tmp_path: Path, faces_dir: Path) -> None:
-    """`faceledger serve --workers 2`: an idle worker killed, then the next request succeeds;
-    a worker killed mid-job, and the job still SUCCEEDS (its frame is sent again)."""
+    """`faceledger serve --workers 2`: its workers killed mid-job, and the job still SUCCEEDS
+    (its frame is sent again); an idle worker killed, then the next request succeeds."""
     import psutil
 
     data = tmp_path / "data"
@@ -416,6 +416,14 @@ def test_killed_workers_are_replaced(tmp_path: Path, faces_dir: Path) -> None:
     engine = make_engine(settings.resolved_database_url())
     key = KeyStore.open(settings, engine, create_kek=True).create("w", ["*"], ["*"], s3_objects=["*"])
     engine.dispose()
+    held: list[psutil.Process] = []  # workers stopped by the test
+
+    def dead(w: psutil.Process) -> bool:
+        try:
+            return bool(w.status() == psutil.STATUS_ZOMBIE)
+        except psutil.NoSuchProcess:
+            return True
+
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-c", "from faceledger.cli import main; main()", "serve", "--host",
@@ -434,22 +442,45 @@ def test_killed_workers_are_replaced(tmp_path: Path, faces_dir: Path) -> None:
                 time.sleep(0.5)
 
         def workers() -> list[psutil.Process]:
-            return [c for c in psutil.Process(proc.pid).children(recursive=True)
-                    if "multiprocessing" in " ".join(c.cmdline())
-                    and "resource_tracker" not in " ".join(c.cmdline())]
+            """The server's live inference processes (not multiprocessing's resource tracker)."""
+            found = []
+            for c in psutil.Process(proc.pid).children(recursive=True):
+                try:
+                    cmd = " ".join(c.cmdline())
+                except psutil.Error:  # gone, or dead and not yet reaped by the server
+                    continue
+                if "multiprocessing" in cmd and "resource_tracker" not in cmd:
+                    found.append(c)
+            return found
 
-        assert len(workers()) == 2
-        os.kill(workers()[0].pid, signal.SIGKILL)
-        time.sleep(1.05 - time.time() % 1.0)  # the same request: signed in a later second
-        assert client.detect_faces(Image={"Bytes": jpeg})["FaceDetails"]
+        assert len(workers()) == 2  # both started by the warm-up
+        # mid-job, whatever the machine's speed: the workers are stopped before the job starts,
+        # so its first frame waits in them until they are killed
+        held.extend(workers())
+        for w in held:
+            w.suspend()
         job = client.start_face_detection(Video=_video("clip.mp4"))["JobId"]
-        time.sleep(1.0)
-        for w in workers():
+        spool = data / "video-spool" / job
+        deadline = time.monotonic() + 120
+        while not any(Path(f.path) == spool for f in psutil.Process(proc.pid).open_files()):
+            assert time.monotonic() < deadline, "the job did not start its analysis"
+            time.sleep(0.1)  # until the job's runner is decoding the video
+        for w in held:
             os.kill(w.pid, signal.SIGKILL)  # mid-job: every worker
         out = _wait(client, job)
         assert out["JobStatus"] == "SUCCEEDED", out.get("StatusMessage")
         assert len({f["Timestamp"] for f in out["Faces"]}) >= 20  # 6 s at 4 samples a second
+        # an idle worker of the pool that replaced them, killed between requests
+        idle = workers()[0]
+        os.kill(idle.pid, signal.SIGKILL)
+        while not dead(idle):  # dead (not yet reaped by the server) before the next request
+            time.sleep(0.05)
+        time.sleep(1.05 - time.time() % 1.0)  # the same request: signed in a later second
+        assert client.detect_faces(Image={"Bytes": jpeg})["FaceDetails"]
     finally:
+        for w in held:  # never left stopped, whatever failed
+            if not dead(w):
+                w.kill()
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout=60)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import psutil
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -182,10 +183,30 @@ def _free_port() -> int:
 
 
 def _serve(env: dict[str, str], port: int) -> subprocess.Popen[str]:
+    """`faceledger serve` with two inference worker processes, in a process group of its own
+    (a SIGKILL of the group leaves no worker behind, stopped or not)."""
     return subprocess.Popen(
         [sys.executable, "-c", "from faceledger.cli import main; main()", "serve", "--dev",
-         "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        start_new_session=True)
+
+
+def _group(proc: subprocess.Popen[str]) -> list[psutil.Process]:
+    """The server process and every process it started."""
+    server = psutil.Process(proc.pid)
+    return [server, *server.children(recursive=True)]
+
+
+def _opened(proc: subprocess.Popen[str], path: Path) -> bool:
+    """Whether the server (or a process of its) has `path` open."""
+    for p in _group(proc):
+        try:
+            if any(Path(f.path) == path for f in p.open_files()):
+                return True
+        except psutil.NoSuchProcess:
+            pass
+    return False
 
 
 def _client(port: int, proc: subprocess.Popen[str]) -> Any:
@@ -215,14 +236,24 @@ def test_killed_server_mid_job(tmp_path: Path, faces_dir: Path) -> None:
     port = _free_port()
     proc = _serve(env, port)
     try:
-        rk = _client(port, proc)
+        rk = _client(port, proc)  # answering: its inference workers have loaded their models
+        # The job is held inside its analysis, however fast the machine: the inference workers
+        # are stopped (SIGSTOP), so the first frame sent to them is never answered.
+        for worker in _group(proc)[1:]:
+            if "resource_tracker" not in " ".join(worker.cmdline()):
+                worker.suspend()
         job = rk.start_face_detection(
             Video={"S3Object": {"Bucket": "clips", "Name": "long.mp4"}})["JobId"]
-        time.sleep(1.0)  # well inside the analysis of 40 frames
+        spool = tmp_path / "data" / "video-spool" / job
+        deadline = time.monotonic() + 120
+        while not _opened(proc, spool):  # the job's runner is decoding the video
+            assert time.monotonic() < deadline, "the job did not start its analysis"
+            time.sleep(0.1)
         assert rk.get_face_detection(JobId=job)["JobStatus"] == "IN_PROGRESS"
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # the server and its (stopped) workers
         proc.wait(timeout=30)
+    assert spool.is_file()  # what the killed server left: the job is resumed from it
     proc = _serve(env, port)
     try:
         rk = _client(port, proc)

@@ -5,8 +5,10 @@
     fl.detect_faces("group.jpg")["FaceDetails"]
     fl.compare_faces("id-card.jpg", "selfie.jpg")["FaceMatches"]
 
-Images are bytes, or paths to the caller's own files (the HTTP server never accepts paths).
-Responses are Rekognition's shapes, as dicts.
+Images are bytes, paths to the caller's own files (the HTTP server never accepts paths), or
+pictures in memory as face_recognition users hold them: numpy arrays (uint8 RGB, H x W x 3, as
+`face_recognition.load_image_file` returns) and PIL images. Responses are Rekognition's shapes,
+as dicts.
 """
 
 from __future__ import annotations
@@ -17,18 +19,28 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from .context import LOCAL, RequestContext
+import numpy as np
+from numpy.typing import NDArray
+from PIL.Image import Image as PILImage
+
+from .context import LOCAL, RequestContext, stated
+from .imaging import from_picture
 from .service import FaceService
 from .settings import Settings
 from .shapes import Shape
 from .sources import ImageInput
 
-ImageArg = ImageInput | str | PathLike[str]
+ImageArg = ImageInput | str | PathLike[str] | NDArray[np.uint8] | PILImage
 
 
-def _image(image: ImageArg) -> ImageInput:
+def _image(image: ImageArg, settings: Settings) -> ImageInput:
     if isinstance(image, (str, PathLike)):
         return Path(image).read_bytes()
+    if isinstance(image, (np.ndarray, PILImage)):
+        # pixels go to the pipeline as they are (no re-encoding; the ledger names them by
+        # imaging.pixels_sha256), within the same pixel limits as decoded bytes
+        return from_picture(image, max_pixels=settings.max_image_pixels,
+                            min_side=settings.min_image_side)
     return image
 
 
@@ -40,20 +52,23 @@ class FaceLedger:
         self.service = service or FaceService(settings or Settings())
         self.context = context
 
+    def _image(self, image: ImageArg) -> ImageInput:
+        return _image(image, self.service.settings)
+
     def _ctx(self) -> RequestContext:
         """This client's context with a request id of its own: one ledger event, one id."""
         return dataclasses.replace(self.context, request_id=str(uuid.uuid4()))
 
     def detect_faces(self, image: ImageArg, attributes: list[str] | None = None) -> Shape:
         """DetectFaces."""
-        return self.service.detect_faces(_image(image), attributes, ctx=self._ctx())
+        return self.service.detect_faces(self._image(image), attributes, ctx=self._ctx())
 
     def compare_faces(self, source: ImageArg, target: ImageArg,
                       similarity_threshold: float | None = None,
                       quality_filter: str | None = None) -> Shape:
         """CompareFaces."""
-        return self.service.compare_faces(_image(source), _image(target), similarity_threshold,
-                                          quality_filter, ctx=self._ctx())
+        return self.service.compare_faces(self._image(source), self._image(target),
+                                          similarity_threshold, quality_filter, ctx=self._ctx())
 
     # --- collections, faces, users and search (faceledger.service.collections) --------------
 
@@ -81,6 +96,18 @@ class FaceLedger:
                                 quality_filter=quality_filter, ctx=self._ctx())
         return result.to_dict()
 
+    def tag_resource(self, resource_arn: str, tags: dict[str, str]) -> Shape:
+        """TagResource on a collection's ARN (CreateCollection's CollectionArn)."""
+        return self.service.tag_resource(resource_arn, tags, ctx=self._ctx())
+
+    def untag_resource(self, resource_arn: str, tag_keys: list[str]) -> Shape:
+        """UntagResource."""
+        return self.service.untag_resource(resource_arn, tag_keys, ctx=self._ctx())
+
+    def list_tags_for_resource(self, resource_arn: str) -> Shape:
+        """ListTagsForResource."""
+        return self.service.list_tags_for_resource(resource_arn, ctx=self._ctx())
+
     def delete_collection(self, collection_id: str) -> Shape:
         """DeleteCollection: the collection and everything it holds."""
         return self.service.delete_collection(collection_id, ctx=self._ctx())
@@ -100,7 +127,8 @@ class FaceLedger:
                     detection_attributes: list[str] | None = None) -> Shape:
         """IndexFaces (QualityFilter AUTO unless given)."""
         return self.service.index_faces(
-            collection_id=collection_id, image=_image(image), external_image_id=external_image_id,
+            collection_id=collection_id, image=self._image(image),
+            external_image_id=external_image_id,
             detection_attributes=detection_attributes, max_faces=max_faces,
             quality_filter=quality_filter, ctx=self._ctx())
 
@@ -127,7 +155,7 @@ class FaceLedger:
                               quality_filter: str | None = None) -> Shape:
         """SearchFacesByImage (the largest face in the image)."""
         return self.service.search_faces_by_image(
-            collection_id, _image(image), max_faces, face_match_threshold, quality_filter,
+            collection_id, self._image(image), max_faces, face_match_threshold, quality_filter,
             ctx=self._ctx())
 
     def create_user(self, collection_id: str, user_id: str,
@@ -173,7 +201,7 @@ class FaceLedger:
                               max_users: int | None = None,
                               quality_filter: str | None = None) -> Shape:
         """SearchUsersByImage."""
-        return self.service.search_users_by_image(collection_id, _image(image),
+        return self.service.search_users_by_image(collection_id, self._image(image),
                                                   user_match_threshold, max_users,
                                                   quality_filter, ctx=self._ctx())
 
@@ -216,6 +244,11 @@ class FaceLedger:
         self.service.close()
 
     def with_context(self, **fields: Any) -> FaceLedger:
-        """A client whose operations carry this purpose/case/principal."""
+        """A client whose operations carry this purpose/case/principal (a purpose or reference
+        with control or bidirectional characters: InvalidParameterException)."""
+        for name, field in (("purpose", "Purpose"), ("case", "Case reference"),
+                            ("consent", "Consent reference")):
+            if name in fields:
+                fields[name] = stated(fields[name], field)
         return FaceLedger(service=self.service,
                           context=dataclasses.replace(self.context, **fields))

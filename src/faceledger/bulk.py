@@ -49,6 +49,8 @@ from .worker_settings import WorkerSettings
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 ExternalIdFrom = Literal["name", "parent", "relative-path"]
 Status = Literal["indexed", "skipped", "not_indexed", "failed"]
+# IndexFaces' reason for a face beyond MaxFaces (the faces kept are the largest)
+MAX_FACES_REASON = "EXCEEDS_MAX_FACES"
 
 
 @dataclass(frozen=True)
@@ -174,12 +176,20 @@ class Outcome:
     source_faces: tuple[tuple[str, str], ...] = ()
     source_faces_not_found: tuple[str, ...] = ()
 
+    @property
+    def faces_left_out(self) -> int:
+        """Faces of this photo that passed the quality filter but exceeded MaxFaces (people
+        beside the one the ExternalImageId names, when it names one)."""
+        return sum(1 for r in self.reasons if MAX_FACES_REASON in r)
+
     def to_json(self) -> str:
         out: dict[str, Any] = {"path": self.path, "status": self.status, "sha256": self.sha256,
                                "external_image_id": self.external_image_id,
                                "face_ids": list(self.face_ids)}
         if self.reasons:
             out["unindexed_reasons"] = [list(r) for r in self.reasons]
+        if self.faces_left_out:
+            out["faces_left_out"] = self.faces_left_out
         if self.error is not None:
             out["error"] = {"code": self.error, "message": self.message}
         if self.source_faces or self.source_faces_not_found:
@@ -200,6 +210,8 @@ class Summary:
     failed: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # path, code, message
+    # photos with more faces than MaxFaces: the largest were indexed, these paths held others
+    crowded: list[str] = field(default_factory=list)
     interrupted: bool = False
     seconds: float = 0.0
 
@@ -221,6 +233,8 @@ class Summary:
         # a face left out of an indexed image still counts, by its reasons
         for reasons in o.reasons:
             self.reasons.update(reasons)
+        if o.faces_left_out:
+            self.crowded.append(o.path)
 
     def to_dict(self) -> dict[str, Any]:
         return {"images": self.total, "processed": self.done, "indexed": self.indexed,
@@ -229,6 +243,7 @@ class Summary:
                 "unindexed_faces_by_reason": dict(self.reasons.most_common()),
                 "failed_files": [{"path": p, "code": c, "message": m}
                                  for p, c, m in self.failures],
+                "photos_with_faces_left_out": list(self.crowded),
                 "interrupted": self.interrupted, "seconds": round(self.seconds, 3),
                 "images_per_second": round(self.done / self.seconds, 3) if self.seconds else None}
 
@@ -444,8 +459,10 @@ def index_images(
     """IndexFaces for every image from `threads` threads, in batches of `batch_size` images
     (default `Settings.embed_batch`) whose faces go through the embedder together; each image
     is still its own IndexFaces and ledger event. `on_outcome` sees each result in this thread
-    as it comes. KeyboardInterrupt or `stop` end the run cleanly: nothing new starts, batches
-    in progress finish (and are reported), and the summary says it was interrupted."""
+    as it comes. `stop` ends the run cleanly: nothing new starts, batches in progress finish
+    (and are reported), and the summary says it was interrupted. A KeyboardInterrupt does the
+    same as well as it can, but raised in the middle of reporting it skips lines of images
+    already stored: turn SIGINT into `stop` (as the CLI does) where that matters."""
     with service.catalog.read() as conn:
         coll = service.catalog.collection(conn, collection_id)
         seen = _Seen(service.catalog.image_hashes(conn, coll.pk))
@@ -479,9 +496,13 @@ def index_images(
                 done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 for f in done:
                     record(f)
-                if stop is not None and stop.is_set() and not pending:
-                    summary.interrupted = True
-                    break
+                if stop is not None and stop.is_set():
+                    for f in pending:  # nothing new starts: queued images are dropped
+                        f.cancel()
+                    pending = {f for f in pending if not f.cancelled()}
+                    if not pending:  # ... and those in progress have finished
+                        summary.interrupted = True
+                        break
         except KeyboardInterrupt:
             summary.interrupted = True
             for f in pending:
@@ -588,6 +609,13 @@ def write_summary(summary: Summary, stream: TextIO) -> None:
         f"{summary.failed} failed\n")
     for reason, n in summary.reasons.most_common():
         stream.write(f"  faces not indexed, {reason}: {n}\n")
+    if summary.crowded:
+        stream.write(f"  photos with more faces than MaxFaces (the largest indexed, the others "
+                     f"not): {len(summary.crowded)}\n")
+        for path in summary.crowded[:10]:
+            stream.write(f"    {path}\n")
+        if len(summary.crowded) > 10:
+            stream.write(f"    ... {len(summary.crowded) - 10} more (see --report)\n")
     for path, code, message in summary.failures[:20]:
         stream.write(f"  failed {path}: {code}: {message}\n")
     if len(summary.failures) > 20:

@@ -6,6 +6,11 @@ import uuid
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
+from .text import check_text
+
+# The ledger's purpose and case columns hold 255 characters.
+MAX_CONTEXT_CHARS = 255
+
 
 @dataclass(frozen=True)
 class RequestContext:
@@ -31,6 +36,11 @@ class RequestContext:
     # S3 objects the caller may read, as `bucket/key` globs (HTTP: the key's `--s3` grants, none
     # by default); Image.S3Object and Video.S3Object outside them are answered as missing.
     s3_objects: tuple[str, ...] = ("*",)
+    # How this caller's adapter takes a purpose and a consent reference, named by a refusal
+    # that asks for one: each adapter sets its own (an HTTP header, a CLI option, a form field);
+    # the default is the Python API's.
+    purpose_via: str = "FaceLedger.with_context(purpose=...)"
+    consent_via: str = "FaceLedger.with_context(consent=...)"
 
     def has_role(self, *roles: str) -> bool:
         """Whether this caller holds one of `roles` (always, when not role-restricted)."""
@@ -53,3 +63,12 @@ class RequestContext:
 
 # The local operator (CLI, in-process Python API) owns the database, so it is an admin.
 LOCAL = RequestContext(admin=True)
+
+
+def stated(value: str | None, field: str) -> str | None:
+    """A purpose, case reference or consent reference as a caller states it (HTTP header, CLI
+    option, console form, Python API): None when not given, else `check_text`'s value (purposes
+    are prose; references are identifiers, so no invisible joiners), or InvalidParameterException."""
+    if value is None:
+        return None
+    return check_text(value, field, max_chars=MAX_CONTEXT_CHARS, prose=field == "Purpose")

@@ -482,3 +482,20 @@ def _widen(value: float, samples: F64, w_lo: float, w_hi: float) -> Interval:
 def intervals_overlap(a: Interval, b: Interval) -> bool:
     """Whether two 95% intervals share any value."""
     return a.low <= b.high and b.low <= a.high
+
+
+def how_often(fmr: float) -> str:
+    """A false-match rate as people read it: "1 in 10,000" where that is what it means (below
+    10%), a percentage above ("70%", never "1 in 1" for 0.7)."""
+    if fmr <= 0:
+        return "none"
+    if fmr >= 0.1:
+        return f"{100 * fmr:.2g}%"
+    return f"1 in {1 / fmr:,.0f}"
+
+
+def pairs_of_different_people(fmr: float) -> str:
+    """"1 in 10,000 pairs of different people" / "70% of pairs of different people"."""
+    words = how_often(fmr)
+    return f"{words} of pairs of different people" if words.endswith("%") else (
+        f"{words} pairs of different people")

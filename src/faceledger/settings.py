@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # Pixels being decoded at once across all requests; beyond it a decode waits (then
     # ThrottlingException), so concurrent large images cannot add up.
     decode_budget_pixels: int = 50_000_000
+    # Scans of a progressive JPEG, beyond which it is refused before decoding
+    # (InvalidImageFormat): each scan is a pass over the whole image (imaging.MAX_JPEG_SCANS
+    # says why 32; encoders write 1 to 16). Also applies to MJPEG video frames.
+    max_jpeg_scans: int = Field(default=32, ge=1)
     min_image_side: int = 80
     # Detection runs on an image whose long side is at most this; boxes are mapped back.
     detect_max_side: int = 1280
@@ -93,8 +97,10 @@ class Settings(BaseSettings):
     # --- HTTP server (`faceledger serve`, faceledger.server) ---
     server_host: str = "127.0.0.1"
     server_port: int = 8080
-    # The region clients sign for (SigV4 credential scope); any other region is refused.
-    region: str = "us-east-1"
+    # The regions clients may sign for (SigV4 credential scope): "*" (any, the default) or a
+    # comma-separated list; a request signed for another is refused. The secret is what
+    # authenticates: the region only scopes the signing key derived from it (SECURITY.md).
+    region: str = "*"
     # Inference worker processes (0: one per core; 1: inference in the server process itself),
     # and authenticated requests allowed to wait for one; beyond that the server answers
     # ThrottlingException at once instead of queueing without bound.
@@ -169,6 +175,14 @@ class Settings(BaseSettings):
     # restarted) server; after `video_max_attempts` starts it ends FAILED with the reason.
     video_job_stale_seconds: float = 30.0
     video_max_attempts: int = 3
+    # Bounds of one run of a job, whatever its file claims (issue 24: timestamps that jumped to
+    # 9e15 ms kept a job IN_PROGRESS for ever). Frames decoded: at most this rate over the
+    # video's probed duration (+1 s), 240/s being slow-motion phone video; frames past the
+    # duration are not read at all. Wall time: twice Rekognition's longest video (6 h), which
+    # this 2-core machine analysed at 0.7-2.8x real time (docs/video.md). Beyond either the job
+    # ends FAILED with the reason, and is not started again.
+    video_max_frame_rate: float = Field(default=240.0, gt=0)
+    video_max_job_seconds: float = Field(default=12 * 3600, gt=0)
     # NotificationChannel: an SNS-compatible endpoint (AWS SNS, moto, LocalStack); without
     # one, a request naming a channel is refused.
     sns_endpoint_url: str | None = None

@@ -12,11 +12,14 @@ from typing import Any, Protocol
 
 from .context import RequestContext
 from .errors import InvalidParameterException, InvalidS3ObjectException
+from .imaging import DecodedImage
 from .text import logger, shown
 
 log = logger("faceledger.sources")
 
-ImageInput = bytes | Mapping[str, Any]
+# Rekognition's Image (Bytes or S3Object), or (the Python API only) a picture already turned
+# into pixels (`imaging.from_picture`); the HTTP server never makes one.
+ImageInput = bytes | Mapping[str, Any] | DecodedImage
 
 # AWS's answer for an object that is missing *or* that the caller may not read: one message for
 # both, so the answer says nothing about what exists where the caller has no grant.
@@ -73,6 +76,8 @@ def image_bytes(image: ImageInput, resolver: ObjectResolver, ctx: RequestContext
     """The bytes an `Image` value stands for (an S3Object only where `ctx` may read it)."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image)
+    if isinstance(image, DecodedImage):
+        raise InvalidParameterException(f"{field} must be image bytes here, not pixels.")
     if not isinstance(image, Mapping):
         raise InvalidParameterException(f"{field} must be an object with Bytes or S3Object.")
     has_bytes = image.get("Bytes") is not None

@@ -122,8 +122,91 @@ def shifted_curve(distance: F64, log10_fmr: F64, shift: float) -> F64:
     return np.asarray(np.interp(distance + shift, distance, log10_fmr), dtype=np.float64)
 
 
+# How each per-threshold status reads, everywhere the table is shown (the console's group table
+# and footer, `faceledger calibration`, transparency reports): one set of words.
+STATUS_WORDS = {
+    "covered": "covered",
+    "not shown": "not covered (too few held-out pairs to show it)",
+    "broken": "NOT covered (BROKEN: held-out people matched more often than promised)",
+    "not covered": "not covered (the table is not set for this group)",
+}
+_SHORT_WORDS = {"covered": "yes", "broken": "BROKEN", "not covered": "no", "not shown": "not shown"}
+
+
 def _status_word(status: str) -> str:
-    return {"covered": "yes", "broken": "BROKEN", "not covered": "no"}.get(status, "not shown")
+    return _SHORT_WORDS.get(status, "not shown")
+
+
+@dataclass(frozen=True)
+class ThresholdCoverage:
+    """Whom a table's promise holds for at one threshold: the groups it measured, by status."""
+
+    similarity: float
+    promised_fmr: float
+    covered: tuple[str, ...]
+    not_shown: tuple[str, ...]  # too few held-out pairs to show the promise
+    broken: tuple[str, ...]  # held-out people show the promise broken
+    not_covered: tuple[str, ...]  # groups the table is not set for (children)
+    held_out: bool = True  # checked on held-out people (format 4); else on the fit people only
+
+    @property
+    def measured(self) -> int:
+        return len(self.covered) + len(self.not_shown) + len(self.broken) + len(self.not_covered)
+
+    def sentence(self) -> str:
+        """The promise at this threshold in one sentence, for people."""
+        held = ("shown to hold on held-out people" if self.held_out else
+                "covered (checked on the people it was fitted on only)")
+        head = (f"At Similarity {self.similarity:g} (false-match rate at most "
+                f"{self.promised_fmr:g}), the published rate is {held} for ")
+        if len(self.covered) == self.measured:
+            head += f"all {self.measured} groups measured"
+        else:
+            head += f"{len(self.covered)} of the {self.measured} groups measured"
+            head += f" ({', '.join(self.covered)})" if self.covered else ""
+        rest = [f"{len(groups)} {words}" for groups, words in (
+            (self.broken, "BROKEN (held-out people matched more often than promised)"),
+            (self.not_shown, "not shown (too few held-out pairs)"),
+            (self.not_covered, "not covered (the table is not set for them)")) if groups]
+        return head + ("; " + "; ".join(rest) if rest else "") + "."
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"Similarity": self.similarity, "PromisedFalseMatchRate": self.promised_fmr,
+                "Covered": list(self.covered), "NotShown": list(self.not_shown),
+                "Broken": list(self.broken), "NotCovered": list(self.not_covered),
+                "GroupsMeasured": self.measured, "HeldOut": self.held_out,
+                "Sentence": self.sentence()}
+
+
+def threshold_coverage(table: CalibrationTable) -> list[ThresholdCoverage]:
+    """Per threshold the table checked its groups at (from the table, in its order): which
+    groups the promise holds for. Format 4 tables decide it per group and threshold on held-out
+    people; older ones per group (covered or not at every threshold). Empty without groups."""
+    cov = table.provenance.get("coverage") or {}
+    held = cov.get("held_out")
+    statuses: dict[float, dict[str, list[str]]] = {}
+    promised: dict[float, float] = {}
+    if isinstance(held, dict):
+        rows = [(g["group"], float(t["similarity"]), float(t["promised_fmr"]), str(t["status"]))
+                for g in held.get("groups", []) for t in g["thresholds"]]
+    else:
+        rows = [(g["group"], float(t["similarity"]), float(t["promised_fmr"]),
+                 "covered" if g["covered"] else "not covered")
+                for g in cov.get("groups", []) for t in g.get("at_thresholds", [])]
+    for group, sim, fmr, status in rows:
+        promised[sim] = fmr
+        by = statuses.setdefault(sim, {k: [] for k in STATUS_WORDS})
+        by[status if status in by else "not shown"].append(group)
+    return [ThresholdCoverage(sim, promised[sim], tuple(by["covered"]), tuple(by["not shown"]),
+                              tuple(by["broken"]), tuple(by["not covered"]),
+                              isinstance(held, dict))
+            for sim, by in statuses.items()]
+
+
+def coverage_at(table: CalibrationTable, similarity: float) -> ThresholdCoverage | None:
+    """`threshold_coverage` at exactly `similarity`, or None where the table checked no group."""
+    return next((t for t in threshold_coverage(table)
+                 if abs(t.similarity - similarity) < 1e-9), None)
 
 
 def held_out_status(table: CalibrationTable) -> dict[str, dict[float, str]]:
@@ -158,21 +241,14 @@ def coverage_lines(table: CalibrationTable) -> list[str]:
         )
     held = cov.get("held_out")
     if held:
-        by_t = held.get("by_threshold", {})
-        sims = list(by_t)
+        sims = [f"{t.similarity:g}" for t in threshold_coverage(table)]
         lines.append(
             f"The table is LFW's bound moved by {cov['shift']:.4f} (set by {cov['set_by']}) to "
             "cover every group's fit people. A group is covered at a threshold only where its "
             "held-out people (never used to fit) show the promise; elsewhere it is NOT covered "
             "at that threshold (not shown: too few pairs to show it; BROKEN: shown above it)."
         )
-        for s in sims:
-            t = by_t[s]
-            lines.append(
-                f"Similarity {s}: covered for {len(t['covered'])} of "
-                f"{len(t['covered']) + len(t['not_shown']) + len(t['broken'])} groups"
-                + (f"; BROKEN for {', '.join(t['broken'])}" if t["broken"] else "")
-            )
+        lines.extend(t.sentence() for t in threshold_coverage(table))
         lines.append(
             f"  {'group':<22} {'held-out people':>15} {'pairs':>9}  "
             + "  ".join(f"{s:>9}" for s in sims)
@@ -185,9 +261,10 @@ def coverage_lines(table: CalibrationTable) -> list[str]:
             )
     else:
         lines.append(
-            f"The promise covers these groups (within-group impostor pairs; the table is LFW's "
-            f"bound moved by {cov['shift']:.4f}, set by {cov['set_by']}):"
+            f"The table is LFW's bound moved by {cov['shift']:.4f} (set by {cov['set_by']}) to "
+            "cover every group's within-group impostor pairs."
         )
+        lines.extend(t.sentence() for t in threshold_coverage(table))
         for g in cov["groups"]:
             state = "covered" if g["covered"] else "NOT covered"
             if g.get("covered_through"):

@@ -49,6 +49,16 @@ def fmr_for_similarity(similarity: float) -> float:
 
 # FMR below this is reported as this: beyond any fit's credibility.
 MIN_LOG10_FMR = -12.0
+# The operating points every table is printed at (`faceledger calibration`): Similarity 90,
+# 99, 99.9, 99.99, 99.999, 99.9999.
+SHIPPED_FMRS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+
+
+def strictest_fmr_passed(similarity: float, fmrs: tuple[float, ...] = SHIPPED_FMRS
+                         ) -> float | None:
+    """The lowest of `fmrs` whose Similarity threshold `similarity` reaches (None: none)."""
+    passed = [f for f in fmrs if similarity >= similarity_for_fmr(f) - 1e-9]
+    return min(passed) if passed else None
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
-from ..context import LOCAL, RequestContext
-from ..errors import FaceledgerError
+from ..context import LOCAL, RequestContext, stated
+from ..errors import FaceledgerError, InvalidParameterException
 from ..text import logger
 
 P = ParamSpec("P")
@@ -22,11 +22,27 @@ R = TypeVar("R")
 log = logger("faceledger")
 
 
+def checked(field: str) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """A click callback: the option's value through `context.stated` (the same check as the
+    HTTP headers' and the console's), a usage error naming the option otherwise."""
+
+    def check(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+        try:
+            return stated(value, field)
+        except InvalidParameterException as exc:
+            raise click.BadParameter(exc.message) from exc
+
+    return check
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--verbose", "-v", is_flag=True, help="Log details (and tracebacks) to stderr.")
-@click.option("--purpose", default=None, help="Purpose recorded in the ledger for this command.")
-@click.option("--case", "case", default=None, help="Case reference recorded in the ledger.")
-@click.option("--consent", default=None, help="Consent reference (IndexFaces under a policy).")
+@click.option("--purpose", default=None, callback=checked("Purpose"),
+              help="Purpose recorded in the ledger for this command.")
+@click.option("--case", "case", default=None, callback=checked("Case reference"),
+              help="Case reference recorded in the ledger.")
+@click.option("--consent", default=None, callback=checked("Consent reference"),
+              help="Consent reference (IndexFaces under a policy).")
 @click.pass_context
 def main(ctx: click.Context, verbose: bool, purpose: str | None, case: str | None,
          consent: str | None) -> None:
@@ -42,6 +58,11 @@ def request_context(**overrides: Any) -> RequestContext:
     given = dict(click_ctx.find_root().obj or {}) if click_ctx is not None else {}
     given.update({k: v for k, v in overrides.items() if v is not None})
     fields = {k: v for k, v in given.items() if v is not None}
+    # a policy's refusal names the option, where it goes: before the command
+    command = "" if click_ctx is None else click_ctx.command_path.partition(" ")[2]
+    rest = f"{command} ..." if command else "COMMAND ..."
+    fields.setdefault("purpose_via", f"`faceledger --purpose TEXT {rest}`")
+    fields.setdefault("consent_via", f"`faceledger --consent REF {rest}`")
     return dataclasses.replace(LOCAL, request_id=str(uuid.uuid4()), **fields)
 
 

@@ -6,9 +6,12 @@ The data directory and database come from FACELEDGER_DATA_DIR / FACELEDGER_DATAB
 from __future__ import annotations
 
 import io
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 import click
@@ -50,20 +53,39 @@ def _client() -> Iterator[FaceLedger]:
         client.close()
 
 
-def _matches(result: dict[str, Any], as_json: bool) -> None:
+def _matches(result: dict[str, Any], as_json: bool, key: str = "FaceMatches") -> None:
+    """A search's answer: what its threshold means, then its matches, or that they were held
+    for review (an identification-mode collection answers with no matches then: saying
+    "no match" would be false)."""
     if as_json:
         emit_json(result)
         return
+    faces = "faces" if key == "FaceMatches" else "faces of users"
+    threshold = result["FaceMatchThreshold" if key == "FaceMatches" else "UserMatchThreshold"]
     click.echo(
-        f"threshold: Similarity {result['FaceMatchThreshold']:.10g} = false-match rate "
-        f"{result['FalseMatchRate']:.1e}; {result['FacesSearched']} faces searched, "
+        f"threshold: Similarity {threshold:.10g} = false-match rate "
+        f"{result['FalseMatchRate']:.1e}; {result['FacesSearched']} {faces} searched, "
         f"{result['ExpectedFalseMatches']:.2g} false matches expected")
-    if not result["FaceMatches"]:
+    if result.get("ReviewRequired"):
+        held = result.get("ReviewCandidates") or []
+        case = request_context().case
+        click.echo(f"held for review: {len(held)} candidate{'s' if len(held) != 1 else ''} "
+                   f"({f'case {case}' if case else 'no case given'}); reviewers decide them "
+                   "(`faceledger review list`, or the console)")
+        for c in held:
+            click.echo(f"  candidate {c['CandidateId']}  {c.get('Status', '')}")
+        return
+    if not result[key]:
         click.echo("no match")
-    for m in result["FaceMatches"]:
-        f = m["Face"]
-        click.echo(f"MATCH  {f['FaceId']}  {f.get('ExternalImageId', '-')}  "
-                   f"similarity {m['Similarity']:.10g}")
+    for m in result[key]:
+        if key == "FaceMatches":
+            f = m["Face"]
+            click.echo(f"MATCH  {f['FaceId']}  {f.get('ExternalImageId', '-')}  "
+                       f"similarity {m['Similarity']:.10g}")
+        else:
+            u = m["User"]
+            click.echo(f"MATCH  user {u['UserId']} ({u.get('UserStatus', '-')})  "
+                       f"similarity {m['Similarity']:.10g}")
 
 
 @main.group()
@@ -137,13 +159,19 @@ def describe(collection_id: str) -> None:
               default="name", show_default=True,
               help="ExternalImageId from the file name (without suffix), its folder's name "
                    "(a folder per person) or its path under the folder given (':' for '/').")
-@click.option("--max-faces", type=int, default=None, help="Index at most this many (largest).")
+@click.option("--max-faces", type=click.IntRange(1), default=None,
+              help="Index at most this many faces of each photo, the largest [default: 1, "
+                   "see --all-faces].")
+@click.option("--all-faces", is_flag=True,
+              help="Index every face of each photo (as Rekognition's IndexFaces does), each "
+                   "labelled with the photo's ExternalImageId. Without it, the id names one "
+                   "person, so only the largest face is indexed and the others are reported.")
 @click.option("--quality-filter", type=QUALITY, default="AUTO", show_default=True)
 @click.option("--workers", type=click.IntRange(0, 256), default=None,
               help="Inference processes [default: FACELEDGER_WORKERS, else one per core].")
 @click.option("--report", type=click.Path(dir_okay=False, writable=True, path_type=Path),
               default=None, help="Append one JSON line per image (path, status, sha256, face "
-                                 "ids, reasons, error) to this file.")
+                                 "ids, reasons, faces_left_out, error) to this file.")
 @click.option("--verbose", "-v", is_flag=True, help="A line per indexed or refused face.")
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -156,15 +184,26 @@ def describe(collection_id: str) -> None:
               help="Images per call to a Ray actor.")
 @reports_errors
 def index(collection_id: str, sources: tuple[str, ...], external_id: str | None,
-          external_id_from: ExternalIdFrom, max_faces: int | None, quality_filter: str,
-          workers: int | None, report: Path | None, verbose: bool, no_progress: bool,
-          as_json: bool, ray_address: str | None, ray_batch: int) -> None:
+          external_id_from: ExternalIdFrom, max_faces: int | None, all_faces: bool,
+          quality_filter: str, workers: int | None, report: Path | None, verbose: bool,
+          no_progress: bool, as_json: bool, ray_address: str | None, ray_batch: int) -> None:
     """Add the faces found in SOURCEs: image files, folders (searched recursively for
     .jpg/.jpeg/.png) and s3://BUCKET/PREFIX of a configured bucket, on every core (or a Ray
     cluster with --ray), with a progress bar. Templates only; photos are never stored.
+
+    Each photo's ExternalImageId comes from a name (its file's, its folder's, or
+    --external-id), which names one person: only the photo's largest face is indexed, and
+    photos that held others are listed in the summary (and as faces_left_out in --report),
+    so that bystanders are never stored under someone else's name. --all-faces indexes
+    every face, --max-faces N the N largest.
+
     Resumable: images already indexed in the collection (same SHA-256) are skipped, so after
     Ctrl-C, a crash or a lost node run the same command again. Exit status 1 if a file
     failed."""
+    if all_faces and max_faces is not None:
+        raise click.UsageError("--all-faces and --max-faces exclude each other")
+    # the id is a person's name: one face per photo unless told otherwise (docs/first-steps.md)
+    max_faces = None if all_faces else (max_faces or 1)
     settings = Settings()
     resolver = build_resolver(settings)
     for source in sources:
@@ -184,11 +223,31 @@ def index(collection_id: str, sources: tuple[str, ...], external_id: str | None,
     pipeline = PipelinePool(settings, n) if n > 1 else None
     service = FaceService(settings, pipeline=pipeline, resolver=resolver)
     bar = None if no_progress else Progress(len(images), f"indexing into {collection_id}")
-    with _run_closing(service, report, pipeline) as out:
+    with _run_closing(service, report, pipeline) as out, _stop_on_interrupt() as stop:
         summary = index_images(service, collection_id, images, threads=2 * n if n > 1 else 1,
                                max_faces=max_faces, quality_filter=quality_filter,
-                               ctx=request_context(), on_outcome=_show(out, verbose, bar))
-    _finish(summary, bar, as_json)
+                               ctx=request_context(), on_outcome=_show(out, verbose, bar),
+                               stop=stop)
+    _finish(summary, bar, as_json, one_face=max_faces == 1)
+
+
+@contextmanager
+def _stop_on_interrupt() -> Iterator[threading.Event]:
+    """An event the first Ctrl-C sets, for a bulk run to stop at its next step. Left to raise
+    KeyboardInterrupt, Ctrl-C lands on whatever line runs: between an image's commit and its
+    report line, the image was stored but never reported. A second Ctrl-C interrupts at once."""
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGINT) or signal.default_int_handler
+
+    def first(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, first)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
@@ -237,7 +296,8 @@ def _cluster_event(bar: Progress | None) -> Callable[[str], None]:
     return lambda text: click.echo(f"\n{text}" if bar and bar.tty else text, err=True)
 
 
-def _finish(summary: Summary, bar: Progress | None, as_json: bool) -> None:
+def _finish(summary: Summary, bar: Progress | None, as_json: bool,
+            one_face: bool = False) -> None:
     if bar is not None and bar.tty and bar.done < bar.total:
         click.echo("", err=True)  # end the progress line of an interrupted run
     if as_json:
@@ -247,6 +307,9 @@ def _finish(summary: Summary, bar: Progress | None, as_json: bool) -> None:
         # written whole, in the encoding click chose for stdout
         text = io.StringIO()
         write_summary(summary, text)
+        if summary.crowded and one_face:
+            text.write("  Each photo's ExternalImageId names one person, so only its largest "
+                       "face was indexed; --all-faces indexes every face.\n")
         click.echo(text.getvalue(), nl=False)
     if summary.interrupted:
         raise SystemExit(130)
@@ -301,9 +364,10 @@ def reenrol(source_collection: str, photos: tuple[Path, ...], target: str, model
             stack.enter_context(session(ray_address))
         service = FaceService(settings, pipeline=pipeline)
         out = stack.enter_context(_run_closing(service, report, pipeline))
+        stop = stack.enter_context(_stop_on_interrupt())
         result = reenrol_images(service, source_collection, target, images,
                                 model_version=model, include_unmatched=include_unmatched,
-                                threads=2 * n if n > 1 else 1,
+                                threads=2 * n if n > 1 else 1, stop=stop,
                                 quality_filter=quality_filter, ctx=request_context(),
                                 on_outcome=_show(out, False, bar),
                                 ray_batch=None if ray_address is None else ray_batch,
@@ -334,12 +398,13 @@ def _index_on_ray(settings: Settings, resolver: ObjectResolver, collection_id: s
     with session(address) as stdout:
         # the models load in the actors; this process only writes (its pipeline stays unloaded)
         service = FaceService(settings, resolver=resolver)
-        with _run_closing(service, report) as out:
+        with _run_closing(service, report) as out, _stop_on_interrupt() as stop:
             summary = index_images_ray(
                 service, collection_id, images, batch_size=batch, max_faces=max_faces,
                 quality_filter=quality_filter, ctx=request_context(),
-                on_outcome=_show(out, verbose, bar, stdout), on_event=_cluster_event(bar))
-    _finish(summary, bar, as_json)
+                on_outcome=_show(out, verbose, bar, stdout), on_event=_cluster_event(bar),
+                stop=stop)
+    _finish(summary, bar, as_json, one_face=max_faces == 1)
 
 
 @collection.command("faces")
@@ -486,9 +551,17 @@ def user_disassociate(collection_id: str, user_id: str, face_ids: tuple[str, ...
 @user.command("search")
 @click.argument("collection_id")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
-@click.option("--threshold", type=float, default=None)
+@click.option("--threshold", type=float, default=None,
+              help="UserMatchThreshold; default: at most 0.01 false matches expected per "
+                   "search.")
+@click.option("--json", "as_json", is_flag=True, help="Print the SearchUsersByImage response.")
 @reports_errors
-def user_search(collection_id: str, image: str, threshold: float | None) -> None:
+def user_search(collection_id: str, image: str, threshold: float | None,
+                as_json: bool) -> None:
     """Search users by the largest face in IMAGE."""
     with _client() as c:
-        emit_json(c.search_users_by_image(collection_id, image, user_match_threshold=threshold))
+        r = c.search_users_by_image(collection_id, image, user_match_threshold=threshold)
+    if not as_json and "SearchedFace" not in r:
+        click.echo(f"no face found in {image}")
+        return
+    _matches(r, as_json, "UserMatches")

@@ -9,6 +9,7 @@ import click
 
 from ..annotate import GREEN, RED, draw_faces, save_png
 from ..api import FaceLedger
+from ..calibration import SHIPPED_FMRS, similarity_for_fmr, strictest_fmr_passed
 from ..imaging import decode_image
 from .app import emit_json, main, reports_errors, request_context
 
@@ -76,8 +77,10 @@ def compare(source: str, target: str, threshold: float | None, quality_filter: s
             f"threshold: Similarity {thr:.6g} = false-match rate {result['FalseMatchRate']:.1e} "
             f"({result['FaceModelVersion']})"
         )
-        if not matches:
-            click.echo(f"no match: {len(unmatched)} face(s) in {target} below the threshold")
+        if not matches and not unmatched:
+            click.echo(f"no face found in {target}")
+        elif not matches:
+            click.echo(_no_match(client, unmatched, target))
         for m in matches:
             click.echo(f"MATCH  similarity {m['Similarity']:.6g}")
         if matches and unmatched:
@@ -90,8 +93,22 @@ def compare(source: str, target: str, threshold: float | None, quality_filter: s
         click.echo(f"annotated image written to {annotate}", err=as_json)
 
 
+def _no_match(client: FaceLedger, unmatched: list[dict[str, Any]], target: str) -> str:
+    """"no match", with the best score and the strictest shipped threshold it reaches: a
+    score just below the threshold is not the same answer as a stranger's."""
+    best = max(float(f["Similarity"]) for f in unmatched)
+    table = client.service.calibration
+    fmr = strictest_fmr_passed(best, tuple(f for f in SHIPPED_FMRS if table.is_credible(f)))
+    faces = f"{len(unmatched)} face{'s' if len(unmatched) != 1 else ''} in {target}"
+    reaches = ("it reaches none of the shipped thresholds (the lowest is Similarity "
+               f"{similarity_for_fmr(SHIPPED_FMRS[0]):.6g})" if fmr is None else
+               f"it would pass Similarity {similarity_for_fmr(fmr):.6g} (false-match rate "
+               f"{fmr:.0e}), the strictest shipped threshold it reaches")
+    return f"no match: best similarity {best:.6g} of {faces}, below the threshold;\n  {reaches}"
+
+
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False), default="faceledger-demo",
+@click.option("-o", "--out", type=click.Path(file_okay=False), default="faceledger-demo",
               show_default=True, help="Folder for the demo's database and annotated image.")
 @reports_errors
 def demo(out: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import zipfile
+from datetime import date, timedelta
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -236,25 +238,41 @@ def retention_renew(collection: str, face_ids: tuple[str, ...]) -> None:
 # -- report and export ---------------------------------------------------------------------
 
 @main.command()
-@click.option("--from", "time_from", required=True, help="Start (ISO date/time, included).")
-@click.option("--to", "time_to", required=True, help="End (ISO date/time, excluded).")
-@click.option("--out", type=click.Path(file_okay=False), default="faceledger-report",
+@click.option("--from", "time_from", required=True,
+              help="Start (ISO 8601 date or time, UTC unless it says otherwise), included.")
+@click.option("--to", "time_to", required=True,
+              help="End: a date (2026-12-31) includes that whole day; a time "
+                   "(2026-12-31T12:00) is the first instant left out.")
+@click.option("-o", "--out", type=click.Path(file_okay=False), default="faceledger-report",
               show_default=True, help="Folder for report.html and report.json.")
 @reports_errors
 def report(time_from: str, time_to: str, out: str) -> None:
     """Write a transparency report (HTML with charts, and JSON) for a period."""
-    result = _service().transparency_report(time_from, time_to, ctx=_ctx())
+    result = _service().transparency_report(time_from, day_after(time_to), ctx=_ctx())
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     (folder / "report.html").write_text(render_html(result), encoding="utf-8")
-    click.echo(f"{result['totals']['events']} events from {result['period']['from']} to "
+    click.echo(f"{result['totals']['events']} events from {result['period']['from']} up to "
                f"{result['period']['to']}: {folder / 'report.html'}, {folder / 'report.json'}")
+
+
+def day_after(end: str) -> str:
+    """A period's end as the report takes it (the first instant left out): a date alone means
+    the whole of that day, as a person reading "to 2026-12-31" means it; a time is as given."""
+    text = end.strip()
+    try:
+        day = date.fromisoformat(text) if len(text) == 10 else None
+    except ValueError:
+        day = None  # not a date: the report's own check names the problem
+    if day is None or day == date.max:
+        return end
+    return (day + timedelta(days=1)).isoformat()
 
 
 @main.command()
 @click.option("--case", "case", required=True, help="The case reference to disclose.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
+@click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Folder for the bundle [default: case-<CASE>].")
 @reports_errors
 def export(case: str, out: str | None) -> None:

@@ -4,8 +4,8 @@ Who decides: a review is a person's decision, so `--key` names a reviewer key an
 proves it (FACELEDGER_REVIEWER_SECRET, or typed at a hidden prompt); the decision is recorded
 under that key's id, with its roles, exactly as if made in the console. Without `--key` the
 decision is the local operator's ("local"): one person however often it is run. The local
-operator holds the database and so can read every decision: the service lets it give only a
-candidate's first decision (or the policy's open verification). Typed names (the old
+operator holds the database and so can read every decision: the service lets it give only the
+first decision on a search and its probe photo (or the policy's open verification). Typed names (the old
 `--reviewer NAME`) are refused: one person typing two names was two reviewers.
 """
 
@@ -22,11 +22,12 @@ import click
 from ..context import RequestContext
 from ..errors import AccessDeniedException
 from ..imaging import file_sha256
+from ..ledger import comparison
 from ..server.keys import context_for
 from ..service import FaceService
 from ..settings import Settings
 from ..shapes import Shape
-from ..text import escape
+from ..text import escape, shown
 from .app import emit_json, main, reports_errors, request_context
 from .server import _store
 
@@ -67,6 +68,28 @@ _KEY = click.option("--key", "key_id", default=None, metavar="KEY_ID",
                          "prompt); default: the local operator, one person.")
 _TYPED = click.option("--reviewer", hidden=True, expose_value=False, callback=_refuse_typed_name)
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print the candidate as JSON.")
+
+
+def _features(_ctx: click.Context, _param: click.Parameter,
+              given: tuple[str, ...]) -> dict[str, str]:
+    """`--feature KEY=FINDING` options as {key: finding}; which keys and findings exist is
+    the service's check (ledger.comparison), so a wrong one is refused and logged there."""
+    out: dict[str, str] = {}
+    for item in given:
+        key, finding = (part.strip() for part in item.partition("=")[::2])
+        if "=" not in item or "=" in finding or not key or not finding:
+            raise click.BadParameter(f"{shown(item)}: give KEY=FINDING, e.g. ears=similar.")
+        if key in out:
+            raise click.BadParameter(f"{shown(key)} is given twice.")
+        out[key] = finding
+    return out
+
+
+_FEATURE = click.option(
+    "--feature", "features", multiple=True, metavar="KEY=FINDING", callback=_features,
+    help="A facial feature you compared and what you found, recorded with the decision "
+         f"(repeatable). KEY: {', '.join(comparison.FEATURE_KEYS)}; FINDING: "
+         f"{', '.join(comparison.FINDINGS)} (quote one with a space: \"eyes=not visible\").")
 
 
 @main.group()
@@ -148,18 +171,24 @@ def table(candidates: Sequence[Shape]) -> list[str]:
 
 
 def _decide(candidate: str, decision: str, reason: str, key_id: str | None,
-            probe: str | None, enrolled: str | None, as_json: bool) -> None:
+            probe: str | None, enrolled: str | None, features: dict[str, str],
+            as_json: bool) -> None:
     service = _service()
     ctx = _who(service, key_id)
-    evidence = {"probe_sha256": None if probe is None else file_sha256(Path(probe)),
-                "enrolled_sha256": None if enrolled is None else file_sha256(Path(enrolled))}
-    decided = service.review_candidate(candidate, decision, reason, ctx=ctx, **evidence)
+    decided = service.review_candidate(
+        candidate, decision, reason, ctx=ctx,
+        probe_sha256=None if probe is None else file_sha256(Path(probe)),
+        enrolled_sha256=None if enrolled is None else file_sha256(Path(enrolled)),
+        features=features or None)
     if as_json:
         emit_json(decided)
         return
     click.echo(f"recorded {WORDS[decision]} by {ctx.principal}: candidate "
                f"{decided['CandidateId']} is now {decided['Status']} "
                f"({decided['Confirmations']} of {decided['ReviewersRequired']} confirmations)")
+    if features:  # as recorded: in the feature list's order
+        recorded = comparison.check_features(features)
+        click.echo("features compared: " + ", ".join(f"{k} {v}" for k, v in recorded.items()))
     if decided["ConflictsWith"]:
         click.echo(f"CONFLICT: this probe face is also confirmed as "
                    f"{', '.join(decided['ConflictsWith'])}; no identification stands until "
@@ -184,13 +213,14 @@ def _decision_command(name: str, decision: str, reason_help: str,
     @click.argument("candidate")
     @click.option("--reason", required=True, help=reason_help)
     @_photos(decision != "INCONCLUSIVE")
+    @_FEATURE
     @_KEY
     @_TYPED
     @_JSON
     @reports_errors
     def command(candidate: str, reason: str, probe: str | None, enrolled: str | None,
-                key_id: str | None, as_json: bool) -> None:
-        _decide(candidate, decision, reason, key_id, probe, enrolled, as_json)
+                features: dict[str, str], key_id: str | None, as_json: bool) -> None:
+        _decide(candidate, decision, reason, key_id, probe, enrolled, features, as_json)
 
     return command
 

@@ -68,8 +68,9 @@ def serve(host: str | None, port: int | None, workers: int | None, queue: int | 
     except KeyStoreError as exc:  # an unsafe or unreadable KEK: one line, like `keys create`
         raise click.ClickException(str(exc)) from exc
     scheme = "https" if ssl_certfile else "http"
+    regions = "any region" if settings.region.strip() == "*" else f"region {settings.region}"
     click.echo(f"faceledger: Rekognition API at {scheme}://{settings.server_host}:"
-               f"{settings.server_port} (region {settings.region}); "
+               f"{settings.server_port} ({regions}); "
                f"{len(app.operations)} operations; {default_workers(settings.server_workers)} "
                "inference worker(s)", err=True)
     click.echo(f"faceledger: review console at {scheme}://{settings.server_host}:"

@@ -38,22 +38,32 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..context import RequestContext
+from ..context import RequestContext, stated
 from ..errors import (
     AccessDeniedException,
     FaceledgerError,
     InvalidParameterException,
     ResourceNotFoundException,
 )
+from ..ledger import comparison
 from ..ledger.export import write_bundle
-from ..ledger.report import bar_chart, day_chart, render_html, review_funnel, search_sentence
+from ..ledger.report import (
+    bar_chart,
+    day_chart,
+    headline,
+    render_html,
+    review_funnel,
+    search_sentence,
+)
+from ..rates import how_often
 from ..server.keys import KeyStore, context_for
 from ..server.limits import BodyBudget, BodyReader, BodyTiming, FailureThrottle, Slots
 from ..service import FaceService
+from ..service.governance import ONCE_DECIDED
 from ..settings import Settings
 from .charts import calibration_chart
 from .sessions import Session, SessionStore
-from ..text import logger
+from ..text import logger, safe_json, visible
 
 log = logger("faceledger.console")
 
@@ -183,7 +193,8 @@ class Console:
         self.signin_throttle = FailureThrottle(rate=s.console_signin_failures_per_minute / 60,
                                                burst=float(s.console_signin_burst))
         env = Environment(loader=PackageLoader("faceledger.console", "templates"),
-                          autoescape=select_autoescape(default=True, default_for_string=True))
+                          autoescape=select_autoescape(default=True, default_for_string=True),
+                          finalize=_visible)
         env.filters["fmr"] = _fmr
         env.filters["pct"] = lambda v: "–" if v is None else f"{float(v):.4g}%"
         env.filters["when"] = _when
@@ -204,6 +215,7 @@ class Console:
             Route("/candidates/{candidate_id}", self.page(self.decide), methods=["POST"]),
             Route("/candidates/{candidate_id}/resolve", self.page(self.resolve),
                   methods=["POST"]),
+            Route("/candidates/{candidate_id}/scores", self.page(self.scores), methods=["GET"]),
             Route("/ledger", self.page(self.ledger)),
             Route("/ledger/verify", self.page(self.verify)),
             Route("/ledger/export", self.page(self.export), methods=["POST"]),
@@ -225,6 +237,12 @@ class Console:
 
         @wraps(handler)
         async def run(request: Request) -> Response:
+            if request.method == "HEAD":
+                # a HEAD (link checkers, prefetchers) answers as the GET would start, without
+                # doing the GET's work: no page read, so no view event in the ledger
+                if self.session(request) is None and handler != self.signin_form:
+                    return RedirectResponse(f"{PREFIX}/signin", 303)
+                return Response(b"", media_type="text/html")
             try:
                 return await handler(request)
             except _SignInNeeded as exc:
@@ -292,10 +310,14 @@ class Console:
         return found
 
     def ctx(self, session: Session, **extra: Any) -> RequestContext:
-        return context_for(session.key, request_id=str(uuid.uuid4()), **extra)
+        return context_for(session.key, request_id=str(uuid.uuid4()),
+                           purpose_via="the page's Purpose field", **extra)
 
-    async def form(self, request: Request, session: Session | None) -> FormData:
-        """The posted form, refused unless it carries this session's CSRF token."""
+    async def form(self, request: Request, session: Session | None,
+                   operation: str = "SignIn") -> FormData:
+        """The posted form, refused unless it carries this session's CSRF token. A signed-in
+        session's refusal is logged as a refused `operation` (rule csrf): someone may be
+        forging requests in that key's name. (Without a session there is no one to log.)"""
         declared = request.headers.get("content-length", "0")
         if not declared.isdigit() or int(declared) > MAX_FORM_BYTES:
             raise InvalidParameterException("The form is too large.")
@@ -303,8 +325,12 @@ class Console:
         expected = session.csrf if session is not None else request.cookies.get(SIGNIN_COOKIE)
         given = form.get("csrf")
         if not expected or not isinstance(given, str) or not _same(given, expected):
-            raise AccessDeniedException(
-                "The form's CSRF token is missing or wrong: reload the page and try again.")
+            message = "The form's CSRF token is missing or wrong: reload the page and try again."
+            if session is None:
+                raise AccessDeniedException(message)
+            await self.call(self.service.refuse_console_form, operation, message,
+                            ctx=self.ctx(session),
+                            candidate_id=request.path_params.get("candidate_id"))
         return form
 
     @staticmethod
@@ -368,7 +394,7 @@ class Console:
 
     async def signout(self, request: Request) -> Response:
         session = self.require(request)
-        await self.form(request, session)
+        await self.form(request, session, "SignOut")
         await self.call(self.sessions.close, request.cookies.get(SESSION_COOKIE, ""))
         response = RedirectResponse(f"{PREFIX}/signin", 303)
         response.delete_cookie(SESSION_COOKIE, path=PREFIX)
@@ -390,11 +416,14 @@ class Console:
                                                    "mine": mine})
 
     async def candidate(self, request: Request, message: str | None = None,
-                        status: int = 200, good: bool = False) -> Response:
+                        status: int = 200, good: bool = False,
+                        blind_message: str | None = None) -> Response:
         session = self.require(request)
         cid = request.path_params["candidate_id"]
         data = await self.call(self.service.review_case_file, cid, ctx=self.ctx(session))
         cand = data["Candidate"]
+        if blind_message is not None and cand["DecisionsHidden"]:
+            message = blind_message  # the outcome would tell what the other reviewers decided
         return self.render(request, "candidate.html", {
             "file": data, "c": cand, "s": data["Search"], "nav": "queue", "message": message,
             "message_ok": good,
@@ -403,31 +432,58 @@ class Console:
                 k: (data["EnrolledFace"] or {}).get(k) for k in ("BoundingBox", "Landmarks")}),
             "enrolled_detail": {k: (data["EnrolledFace"] or {}).get(k)
                                 for k in ("Pose", "Quality")},
+            "features": comparison.FEATURES, "findings": comparison.FINDINGS,
+            "feature_prefix": comparison.FORM_PREFIX,
         }, status=status)
+
+    async def scores(self, request: Request) -> Response:
+        """The candidate's scores, asked for after a first look (logged; opens beside the
+        comparison, so the photos opened there stay open)."""
+        session = self.require(request)
+        q = request.query_params
+        data = await self.call(self.service.reveal_scores, request.path_params["candidate_id"],
+                               probe_sha256=q.get("probe"), enrolled_sha256=q.get("enrolled"),
+                               ctx=self.ctx(session))
+        return self.render(request, "scores.html", {"r": data, "nav": "queue"})
 
     async def decide(self, request: Request) -> Response:
         session = self.require(request)
-        form = await self.form(request, session)
+        form = await self.form(request, session, "ReviewCandidate")
         cid = request.path_params["candidate_id"]
         decision = str(form.get("decision") or "")
         reason = str(form.get("reason") or "")
-        hashes = {name: (str(form.get(name) or "").strip() or None)
-                  for name in ("probe_sha256", "enrolled_sha256")}
         try:
-            decided = await self.call(self.service.review_candidate, cid, decision, reason,
-                                      ctx=self.ctx(session), **hashes)
+            decided = await self.call(
+                self.service.review_candidate, cid, decision, reason, ctx=self.ctx(session),
+                probe_sha256=str(form.get("probe_sha256") or "").strip() or None,
+                enrolled_sha256=str(form.get("enrolled_sha256") or "").strip() or None,
+                features=comparison.from_form(form))
         except FaceledgerError as exc:
-            # the service's refusal, shown on the candidate's page, in words
-            return await self.candidate(request, f"Not recorded: {exc.message}", exc.status)
+            # the service's refusal (logged), in words, with the reason typed kept to copy; the
+            # case file is not shown again here, so a refused form writes no view event
+            # (to a reviewer still working blind the service names no outcome: ONCE_DECIDED)
+            late = getattr(exc, "rule", None) == "not_pending"
+            return self._refused(request, exc, cid, "" if late else reason)
         words = {"CONFIRM": "same person", "REJECT": "not the same person",
                  "INCONCLUSIVE": "inconclusive"}.get(decision, decision)
         note = (f"Recorded: {words}. The candidate is now {decided['Status']} "
                 f"({decided['Confirmations']} of {decided['ReviewersRequired']} confirmations).")
-        return await self.candidate(request, note, good=True)
+        return await self.candidate(request, note, good=True, blind_message=(
+            f"Recorded: {words}. The candidate's status is shown {ONCE_DECIDED}"))
+
+    def _refused(self, request: Request, exc: FaceledgerError, cid: str,
+                 kept: str) -> Response:
+        """A refused candidate form (decision or resolution; the service logged it): the
+        refusal in words and what was typed, to copy; the case file is not shown again, so
+        the refusal writes no view event."""
+        return self.render(request, "error.html", {
+            "code": exc.code, "message": f"Not recorded: {exc.message}", "kept": kept,
+            "back": f"{PREFIX}/candidates/{quote(cid, safe='')}", "nav": "queue"},
+            status=exc.status)
 
     async def resolve(self, request: Request) -> Response:
         session = self.require(request)
-        form = await self.form(request, session)
+        form = await self.form(request, session, "ResolveConflict")
         cid = request.path_params["candidate_id"]
         keep = [str(k) for k in form.getlist("keep")]
         reason = str(form.get("reason") or "")
@@ -435,7 +491,8 @@ class Console:
             done = await self.call(self.service.resolve_review_conflict, cid, keep, reason,
                                    ctx=self.ctx(session))
         except FaceledgerError as exc:
-            return await self.candidate(request, f"Not recorded: {exc.message}", exc.status)
+            # as a refused decision: in words, the reason kept to copy, no view event
+            return self._refused(request, exc, cid, reason)
         outcome = ", ".join(f"candidate {k[:8]} {v}" for k, v in sorted(done["Statuses"].items()))
         return await self.candidate(request, f"Conflict resolved: {outcome}.", good=True)
 
@@ -474,7 +531,7 @@ class Console:
         if not 0 < seq <= MAX_SEQ - 1:  # the page also looks up seq + 1
             raise ResourceNotFoundException(f"The ledger has no event #{seq}.")
         data = await self.call(self.service.ledger_event, seq, ctx=self.ctx(session))
-        pretty = json.dumps(data["Body"], indent=2, ensure_ascii=False, sort_keys=True)
+        pretty = safe_json(data["Body"], indent=2, sort_keys=True)
         body = data["Body"] if isinstance(data["Body"], dict) else {}
         return self.render(request, "event.html", {
             "e": data, "pretty": _linked(pretty, body, session), "nav": "ledger"})
@@ -486,7 +543,7 @@ class Console:
 
     async def export(self, request: Request) -> Response:
         session = self.require(request)
-        form = await self.form(request, session)
+        form = await self.form(request, session, "ExportCase")
         case = str(form.get("case") or "").strip()
         # everything that could fail on the case id comes before the export (which is logged)
         disposition = _attachment(f"case-{case}.zip")
@@ -525,7 +582,8 @@ class Console:
         }
         return self.render(request, "report.html", {
             "r": rep, "charts": charts, "from": start, "to": end, "nav": "report",
-            "search_sentence": search_sentence(rep["searches"])})
+            "search_sentence": search_sentence(rep["searches"]),
+            "headline": headline(rep["totals"])})
 
     async def report_download(self, request: Request) -> Response:
         session = self.require(request)
@@ -537,7 +595,7 @@ class Console:
         name = f"transparency-{start}-{end}.{fmt}"
         disposition = {"content-disposition": _attachment(name)}
         if fmt == "json":
-            return Response(json.dumps(rep, indent=1, ensure_ascii=False),
+            return Response(safe_json(rep, indent=1),
                             media_type="application/json", headers=disposition)
         return HTMLResponse(render_html(rep), headers=disposition)
 
@@ -553,9 +611,15 @@ class Console:
 
     async def collection(self, request: Request) -> Response:
         session = self.require(request)
-        purpose = (request.query_params.get("purpose") or "").strip()[:255] or None
+        purpose_error: str | None = None
+        typed = (request.query_params.get("purpose") or "").strip()
+        try:  # the same check as the API's header and the CLI's --purpose, as a form error
+            purpose = stated(typed, "Purpose") if typed else None
+        except InvalidParameterException as exc:
+            purpose, purpose_error = None, exc.message
         data = await self.call(self.service.collection_overview,
                                request.path_params["collection_id"],
+                               listing=purpose_error is None,
                                ctx=self.ctx(session, purpose=purpose))
         # the collection's own model: its templates are scored with that model's table
         model = data["Description"]["FaceModelVersion"]
@@ -563,7 +627,8 @@ class Console:
         rates = await self.call(self.service.published_error_rates, model)
         return self.render(request, "collection.html", {
             "c": data, "chart": calibration_chart(curve), "rates": rates,
-            "purpose": purpose or "", "nav": "collections"})
+            "purpose": typed, "purpose_error": purpose_error, "nav": "collections"},
+            status=400 if purpose_error else 200)
 
     async def rates(self, request: Request) -> Response:
         self.require(request)
@@ -635,6 +700,17 @@ def _linked(pretty: str, body: Mapping[str, Any], session: Session) -> Markup:
     return Markup(_UUID.sub(link, str(escape(pretty))))
 
 
+def _visible(value: Any) -> Any:
+    """Every value a template prints, with control, bidirectional and invisible characters shown
+    as escapes (`text.visible`): a reason stored before input was checked reads as typed,
+    never reordered. Markup stays markup (its text parts are neutralised the same way)."""
+    if isinstance(value, Markup):
+        return Markup(visible(str(value)))
+    if isinstance(value, str):
+        return visible(value)
+    return value
+
+
 def _num(v: Any) -> str:
     """A count or an estimate for people: 0 as 0, otherwise 3 significant digits."""
     if v is None:
@@ -696,7 +772,7 @@ def _fmr(value: Any) -> str:
     v = float(value)
     if v <= 0:
         return "0"
-    return f"{v:.2g} (1 in {1 / v:,.0f})"
+    return f"{v:.2g} ({how_often(v)})"
 
 
 __all__ = ["Console", "build_console"]

@@ -154,10 +154,14 @@ def impostor_rates(
     half_offsets: HalfOffsets | None = None,
     person: Sequence[int] | None = None,
     duplicates: Mapping[str, Any] | None = None,
+    not_covered: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Within-group and cross-group FMR at each threshold, the overall FMR, the max/min
     comparison between groups and the near-duplicate check. `person` (an id per image, from a
-    reviewed duplicate list) joins images of one person: their pairs are not impostor pairs."""
+    reviewed duplicate list) joins images of one person: their pairs are not impostor pairs.
+    `not_covered`: groups the calibration makes no promise for (children, for model 2.0):
+    their broken promises are marked as expected, and `overall_covered` is the overall rate
+    without them (what the promise is about)."""
     tmpl = np.asarray(templates, dtype=np.float64)
     pid = (np.arange(len(tmpl), dtype=np.int64) if person is None
            else np.asarray(person, dtype=np.int64))  # fmt: skip
@@ -176,6 +180,12 @@ def impostor_rates(
     overall, _ = _within_group(
         tmpl, pid, thresholds, nominal_fmr, replicates, seed, half_offsets
     )
+    uncovered = sorted(set(not_covered) & set(labels))
+    overall_covered = None
+    if uncovered:
+        mask = np.array([g not in uncovered for g in garr], dtype=bool)
+        overall_covered, _ = _within_group(
+            tmpl[mask], pid[mask], thresholds, nominal_fmr, replicates, seed, half_offsets)
     edges = score_edges(*(np.asarray(c.impostor, dtype=np.float64) for c in pairs.values()))
     for g, cp in pairs.items():
         per_group[g]["distributions"] = {"impostor": histogram(np.asarray(cp.impostor), edges)}
@@ -188,6 +198,8 @@ def impostor_rates(
         ),
         "unlabelled_images": int(sum(g is None for g in groups)),
         "overall": overall,
+        "not_covered": uncovered,
+        "overall_covered": overall_covered,
         "groups": per_group,
         "no_data": [g for g, s in per_group.items() if "no_data" in s],
         "comparisons": comparisons,
@@ -198,7 +210,7 @@ def impostor_rates(
            "joined_images": int(len(pid) - len(np.unique(pid)))},
         "promises_broken": [
             {"group": g, "threshold": r["name"], "fmr": r["fmr"]["value"],
-             "nominal_fmr": r["nominal_fmr"]}
+             "nominal_fmr": r["nominal_fmr"], "covered": g not in uncovered}
             for g, s in per_group.items() for r in s["at_thresholds"] if r["promise_broken"]
         ],  # fmt: skip
     }

@@ -315,17 +315,27 @@ def _impostors_html(imp: dict[str, Any], result: dict[str, Any]) -> str:
     parts = [f"<h2>False-match rates per group</h2><p>{escape(imp['design'])}. A threshold's "
              "promise is broken for a group (<span class=flag>broken</span>) when even the low "
              "end of the group's 95% interval is above 1 &minus; S/100.</p>"]  # fmt: skip
+    uncovered = set(imp.get("not_covered") or ())
+    if uncovered:
+        parts.append(
+            f"<p>The shipped calibration promises nothing for {len(uncovered)} of these groups "
+            f"({escape(', '.join(sorted(uncovered)))}): their broken promises are expected and "
+            "marked <i>not covered</i>; <i>all covered groups</i> leaves them out.</p>")
+    cells = {"all images": imp["overall"]}
+    if imp.get("overall_covered"):
+        cells["all covered groups"] = imp["overall_covered"]
     rows = []
-    for g, c in ({"all images": imp["overall"]} | imp["groups"]).items():
+    for g, c in (cells | imp["groups"]).items():
         if "no_data" in c:
             rows.append([escape(g), _num(c["images"], ","), "0", "no data", "", ""])
             continue
+        flag = (' <span class="flag">broken</span> (not covered)' if g in uncovered
+                else ' <span class="flag">broken</span>')
         for t in c["at_thresholds"]:
             rows.append([
                 escape(g), _num(c["images"], ","), _num(c["pairs"]["impostor"], ","),
                 escape(t["name"]), _ci(t["fmr"]) + f" <span class=muted>({t['impostor_matches']:,})</span>",
-                _num(t["nominal_fmr"], ".3g")
-                + (' <span class="flag">broken</span>' if t["promise_broken"] else ""),
+                _num(t["nominal_fmr"], ".3g") + (flag if t["promise_broken"] else ""),
             ])  # fmt: skip
     parts.append(_table(["group", "images", "impostor pairs", "threshold",
                          "FMR [95%] (matches)", "promised at most"], rows))  # fmt: skip

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..calibration import CalibrationTable, find_calibration, similarity_for_fmr
+from ..calibration.coverage import held_out_status
 from ..errors import InvalidParameterException, ResourceNotFoundException
 from ..service.core import DEFAULT_COMPARE_FMR
 from ..settings import Settings
@@ -321,12 +322,18 @@ class Evaluation:
         )
         out["enrolment"] = self.enrolment_summary(images, enr)
         excluded = None if dups is None else {"list": dups.source} | dups.counts()
+        # groups the shipped table promises nothing for at any threshold (children, 2.0)
+        status = held_out_status(self.table)
+        uncovered = [g for g, by in status.items()
+                     if by and all(s == "not covered" for s in by.values())]
         out["impostors"] = impostor_rates(
             template_matrix(enr), images.keys, groups, th, nominal,
             duplicate_distance=duplicate_distance, replicates=self.replicates, seed=self.seed,
             half_offsets=self.half_offsets, person=None if person is None else person.tolist(),
-            duplicates=excluded,
+            duplicates=excluded, not_covered=uncovered,
         )  # fmt: skip
+        out["impostors"]["children"] = (self.table.provenance.get("coverage") or {}).get(
+            "children")
         out["impostors"]["group_by"] = list(attributes)
         return out
 

@@ -41,7 +41,9 @@ from .events import (
 from .policy import CollectionPolicy, load_policy
 from .refusals import PolicyRefusal, Refusal
 
-PURPOSE_OPERATIONS = INDEX_OPERATIONS | SEARCH_OPERATIONS | LIST_OPERATIONS
+# Redact compares every face of a video or photo with the collection's kept templates: a use of
+# the collection's biometric data like a search, so a purpose rule covers it too.
+PURPOSE_OPERATIONS = INDEX_OPERATIONS | SEARCH_OPERATIONS | LIST_OPERATIONS | {"Redact"}
 
 
 class AuditedOperation:
@@ -99,13 +101,17 @@ class AuditedOperation:
                 self.policy = load_policy(conn, self.collection)
         p, ctx = self.policy, self.ctx
         if p.require_purpose and self.operation in PURPOSE_OPERATIONS and not ctx.purpose:
-            self.refuse("purpose_required",
-                        f"Collection {self.collection} requires a stated purpose for "
-                        f"{self.operation} (HTTP header X-Faceledger-Purpose).")
+            self.refuse_without_purpose()
         if p.require_consent and self.operation in INDEX_OPERATIONS and not ctx.consent:
             self.refuse("consent_required",
                         f"Collection {self.collection} requires a consent reference to index "
-                        "faces (HTTP header X-Faceledger-Consent).")
+                        f"faces: give one with {ctx.consent_via}.")
+
+    def refuse_without_purpose(self) -> NoReturn:
+        """Refuse for want of a stated purpose, naming the caller's way of giving one."""
+        self.refuse("purpose_required",
+                    f"Collection {self.collection} requires a stated purpose for "
+                    f"{self.operation}: give one with {self.ctx.purpose_via}.")
 
     def refuse(self, rule: str, message: str) -> NoReturn:
         """Refuse the operation under `rule`; the hook logs it and rolls back."""

@@ -35,7 +35,7 @@ LIST_OPERATIONS = frozenset({"ListFaces", "ListUsers"})
 # on faces (reports count them apart).
 PAGE_VIEWS = frozenset({"ViewReviewQueue", "ViewCandidate", "ListLedgerEvents",
                         "GetLedgerEvent", "VerifyLedger", "TransparencyReport",
-                        "ListCollections", "ViewCollection"})
+                        "ListCollections", "ViewCollection", "RevealCandidateScores"})
 
 EVENT_VERSION = 1
 

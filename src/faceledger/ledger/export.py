@@ -28,6 +28,7 @@ from sqlalchemy import Connection, func, select
 
 from ..permissions import private_dir, write_private
 from ..shapes import Shape
+from ..text import safe_json, visible
 from . import schema
 from .chain import Ledger
 from .events import SEARCH_OPERATIONS, format_time, utc_now
@@ -182,11 +183,13 @@ def write_bundle(bundle: Shape, folder: Path) -> list[Path]:
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(bundle["case"]))
     name = f"case-{safe}.json"
     paths = [folder / name, folder / "verify.py", folder / "README.txt"]
-    write_private(paths[0], json.dumps(bundle, indent=1, ensure_ascii=False))
+    # control and bidirectional characters as JSON escapes: the same strings once parsed (the
+    # hashed bodies verify), but a reader opening the file sees them, not their effect
+    write_private(paths[0], safe_json(bundle, indent=1))
     source = resources.files("faceledger.ledger").joinpath("segment.py").read_text("utf-8")
     paths[1].write_text(source, encoding="utf-8")
     write_private(paths[2], README.format(  # it names the case
-        case=bundle["case"], name=name, n=len(bundle["events"]),
+        case=visible(str(bundle["case"])), name=name, n=len(bundle["events"]),
         ne=len(bundle.get("enrolments") or []), np=len(bundle.get("policies") or []),
         nk=len(bundle.get("keys") or []), s=bundle["start"]["seq"],
         e=bundle["end"]["seq"], sh=bundle["start"]["hash"], eh=bundle["end"]["hash"],

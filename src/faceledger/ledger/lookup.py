@@ -1,5 +1,6 @@
 """Finding the events that stand behind a review candidate: the IndexFaces event that added a
-face, the key events that name a principal, the policy events of a collection. Events are found
+face, the key events that name a principal, the policy events of a collection, a principal's
+own events on a candidate (scores revealed, a late conclusion refused). Events are found
 by their hashed body (the query columns hold only some fields), so these scan with LIKE and
 then check the parsed body.
 """
@@ -52,6 +53,25 @@ def policy_events(conn: Connection, collection: str, before: int) -> list[int]:
                               e.c.collection == collection).order_by(e.c.seq))]
     earlier = [s for s in seqs if s < before]
     return earlier[-1:] + [s for s in seqs if s >= before]
+
+
+def own_event(conn: Connection, operation: str, candidate_id: str, principal: str, *,
+              outcome: str = "done", rule: str | None = None) -> tuple[str, Shape] | None:
+    """`principal`'s first `operation` event on `candidate_id` with this outcome (and refusal
+    rule): its time and body, or None."""
+    e = schema.events
+    rows = conn.execute(
+        select(e.c.time, e.c.body).where(
+            e.c.operation == operation, e.c.principal == principal, e.c.outcome == outcome,
+            e.c.body.like(f"%{like_escape(candidate_id)}%", escape="\\")).order_by(e.c.seq)
+    ).all()
+    for time, text in rows:
+        body = json.loads(text)
+        named = ((body.get("result") or {}).get("candidate_id")
+                 or (body.get("params") or {}).get("candidate_id"))
+        if named == candidate_id and (rule is None or body.get("rule") == rule):
+            return str(time), body
+    return None
 
 
 def like_escape(text: str) -> str:

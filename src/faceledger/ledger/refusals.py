@@ -5,7 +5,12 @@ Each is an ordinary faceledger error (its wire code is its base class's), plus `
 
 from __future__ import annotations
 
-from ..errors import AccessDeniedException, ConflictException, PolicyRefusedException
+from ..errors import (
+    AccessDeniedException,
+    ConflictException,
+    InvalidParameterException,
+    PolicyRefusedException,
+)
 
 
 class Refusal:
@@ -48,3 +53,20 @@ class RoleRequired(Refusal, AccessDeniedException):
     """The caller's key lacks the console role this needs (reviewer, auditor or admin)."""
 
     rule = "role_required"
+
+
+class MalformedRequest(Refusal, InvalidParameterException):
+    """A request the rules could not read (a decision that is none of the three, a reason that
+    is missing or carries control characters): logged like a refusal, so an auditor sees the
+    attempt; InvalidParameterException on the wire."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+class FormRefused(Refusal, AccessDeniedException):
+    """A console form whose CSRF token is missing or wrong, from a signed-in session (logged:
+    someone may be forging requests in that reviewer's name)."""
+
+    rule = "csrf"

@@ -19,6 +19,7 @@ from ..calibration import load_calibration
 from ..calibration.coverage import coverage_lines
 from ..model_versions import canonical, describe
 from ..shapes import Shape
+from ..text import visible
 from . import schema
 from .chain import Ledger
 from .events import (
@@ -179,7 +180,18 @@ def build(ledger: Ledger, start: datetime, end: datetime, *, generated_by: str,
         "chain": dict(chain or {}),
         "scoped": include is not None,
         "totals": {"events": n, "done": sum(c["done"] for c in operations.values()),
-                   "refused": sum(c[REFUSED] for c in operations.values())},
+                   "refused": sum(c[REFUSED] for c in operations.values()),
+                   # the headline: operations on faces, settings and the record, apart from
+                   # the console's page views (opening a queue or a case file is logged, but
+                   # it is not something the service did to anyone's face)
+                   **{kind: {"total": sum(c["done"] + c[REFUSED] for _, c in ops),
+                             "done": sum(c["done"] for _, c in ops),
+                             "refused": sum(c[REFUSED] for _, c in ops)}
+                      for kind, ops in (
+                          ("operations", [(o, c) for o, c in operations.items()
+                                          if o not in PAGE_VIEWS]),
+                          ("page_views", [(o, c) for o, c in operations.items()
+                                          if o in PAGE_VIEWS]))}},
         "operations": {o: {"done": c["done"], "refused": c[REFUSED]}
                        for o, c in sorted(operations.items())},
         "searches": {
@@ -249,6 +261,18 @@ def review_funnel(ident: Mapping[str, Any]) -> dict[str, float]:
             "in conflict: one face confirmed as different people": ident.get("in_conflict", 0)}
 
 
+def headline(totals: Mapping[str, Any]) -> str:
+    """The report's first count: operations, with console page views apart (reports built
+    before the split say only events)."""
+    ops, views = totals.get("operations"), totals.get("page_views")
+    if not isinstance(ops, Mapping) or not isinstance(views, Mapping):
+        return f"{totals['events']} events: {totals['done']} done, {totals['refused']} refused."
+    return (f"{ops['total']} operations: {ops['done']} done, {ops['refused']} refused. "
+            f"Besides them, {views['total']} console page views (people opening the review "
+            f"queue, case files, the ledger or reports; {views['refused']} refused), logged "
+            "but not operations on faces.")
+
+
 def search_sentence(s: Mapping[str, Any]) -> str:
     """What the searchers saw, in one sentence (returned vs held for review)."""
     return (f"{s['matches_returned']} matches returned to searchers; {s['candidates_held']} "
@@ -260,14 +284,17 @@ def search_sentence(s: Mapping[str, Any]) -> str:
 
 BAR = "#3b6ea5"
 REFUSED_COLOR = "#b5473a"
-CSS = """body{font:15px/1.45 system-ui,sans-serif;max-width:60em;margin:2em auto;color:#222}
-h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ccc}table{border-collapse:collapse}
+CSS = """body{font:15px/1.45 system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ccc}p,li{overflow-wrap:anywhere}
+table{border-collapse:collapse;display:block;max-width:100%;overflow-x:auto}svg{max-width:100%;height:auto}
 td,th{padding:.2em .8em;border-bottom:1px solid #eee;text-align:left}td.n{text-align:right}
 .ok{color:#2d7a3a}.bad{color:#b5473a}small{color:#666}svg text{font:12px system-ui,sans-serif}"""
 
 
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    """Escaped for HTML, control and bidirectional characters shown as escapes (text.visible):
+    purposes and names stored before input was checked cannot reorder the report."""
+    return html.escape(visible(str(value)), quote=True)
 
 
 def bar_chart(items: Mapping[str, float], *, color: str = BAR, width: int = 640) -> str:
@@ -384,15 +411,15 @@ def render_html(report: Mapping[str, Any]) -> str:
             models.append(f"<p class=bad>No published calibration: {_e(m.get('reason'))}</p>")
     ops = [(o, c["done"], c["refused"]) for o, c in report["operations"].items()]
     body = [
-        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        "<meta name=viewport content='width=device-width,initial-scale=1'>",
         f"<title>faceledger transparency report {_e(p['from'])} – {_e(p['to'])}</title>",
         f"<style>{CSS}</style></head><body>",
         "<h1>Transparency report</h1>",
         (f"<p>Period <b>{_e(p['from'])}</b> to <b>{_e(p['to'])}</b> (end excluded). "
          f"Generated {_e(report['generated_at'])} by {_e(report['generated_by'])}.</p>"),
         chain_line,
-        (f"<p>{report['totals']['events']} events: {report['totals']['done']} done, "
-         f"{report['totals']['refused']} refused.</p>"),
+        f"<p>{_e(headline(report['totals']))}</p>",
         "<h3>Events per day</h3>", day_chart(report["per_day"]),
         "<h2>Operations</h2>", _table(ops, ("operation", "done", "refused")),
         f"<h2>Searches ({s['total']})</h2>",

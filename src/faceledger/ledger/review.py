@@ -21,7 +21,8 @@ reviewer resolves it (`resolve`), keeping the candidates that show the person an
 others, or keeping none.
 
 Blind review: until a reviewer has decided, `blind` hides the other reviewers' decisions and
-reasons (and the count of confirmations) from them; with the collection policy's
+reasons (and the count of confirmations) from them (the service widens it to the whole search
+and probe photo, service.governance.open_to); with the collection policy's
 VerifierSeesEarlierDecisions, the reviewer who would give the last confirmation sees the
 earlier conclusions (the V of ACE-V, as a declared, recorded stage).
 """
@@ -39,6 +40,7 @@ from sqlalchemy import Connection, and_, func, insert, or_, select, update
 
 from ..errors import InvalidParameterException, ResourceNotFoundException
 from ..shapes import Shape
+from ..text import check_text
 from . import schema
 from .events import format_time
 from .refusals import ReviewConflict, ReviewRefusal
@@ -293,15 +295,17 @@ def decide(conn: Connection, candidate_id: str, reviewer: str, decision: str, re
     """Record one reviewer's decision and settle the candidate's status; return the candidate.
 
     `recorded` is (probe, enrolled) SHA-256 as the ledger has them; `evidence` what the reviewer
-    compared (checked with `check_evidence`). `sees_decisions`: the reviewer can read the
-    other reviewers' decisions elsewhere (the ledger), so may give only the first decision
-    (there is nothing to read yet) or the policy's open final verification. A confirmation that makes one probe face two
+    compared (checked with `check_evidence`), checked before whether the candidate is still
+    pending: a reviewer working blind gets the same answer for a settled candidate as for an
+    open one until they have shown the photos, and a conclusion refused as late (not_pending)
+    is one that met the evidence rule. `sees_decisions`: the reviewer can read the other
+    reviewers' decisions elsewhere (the ledger), so may give only the first decision on the
+    candidate's search and probe photo (blind review's scope: there is nothing to read yet)
+    or the policy's open final verification. A confirmation that makes one probe face two
     people puts the candidates concerned in CONFLICT (the returned shape's ConflictsWith)."""
-    if decision not in DECISIONS:
-        raise InvalidParameterException(f"Decision must be one of {', '.join(DECISIONS)}.")
-    check_reason(reason)
+    reason = check_decision(decision, reason)
     c, r = schema.candidates, schema.reviews
-    row = _locked(conn, candidate_id, reviewer, PENDING, "not_pending")
+    row = _locked(conn, candidate_id, reviewer)
     done = conn.execute(
         select(r.c.decision).where(r.c.candidate_id == candidate_id, r.c.reviewer == reviewer)
     ).first()
@@ -309,18 +313,21 @@ def decide(conn: Connection, candidate_id: str, reviewer: str, decision: str, re
         raise ReviewConflict("duplicate_review",
                              f"{reviewer} has already reviewed candidate {candidate_id} "
                              f"({done[0]}); each reviewer decides once.")
+    shown = check_evidence(decision, evidence, *recorded)
+    _require_status(row, PENDING, "not_pending")
     before = get(conn, candidate_id)
     stage = VERIFICATION if verification_stage(before, verifier_sees_earlier) else INDEPENDENT
-    if sees_decisions and before["Reviews"] and stage != VERIFICATION:
+    others = decided_by_others(conn, before, reviewer) if sees_decisions else 0
+    if others and stage != VERIFICATION:
         raise ReviewRefusal(
             "reviewer_reads_decisions",
-            f"{reviewer} can read the ledger, where {len(before['Reviews'])} other "
-            "decision(s) on this candidate are recorded, so cannot decide it independently "
-            "now: a reviewer-only key decides (a key that reads the ledger may give only a "
-            "candidate's first decision, or the open verification where the policy has one).")
-    shown = check_evidence(decision, evidence, *recorded)
+            f"{reviewer} can read the ledger, where {others} decision(s) of other reviewers on "
+            "this candidate, its search or its probe photo are recorded, so cannot decide it "
+            "independently now: a reviewer-only key decides (a key that reads the ledger may "
+            "give only the first decision on a search and its probe photo, or the open "
+            "verification where the policy has one).")
     conn.execute(insert(r).values(candidate_id=candidate_id, reviewer=reviewer,
-                                  decision=decision, reason=reason.strip(),
+                                  decision=decision, reason=reason,
                                   time=format_time(now), probe_sha256=shown.probe_sha256,
                                   enrolled_sha256=shown.enrolled_sha256, stage=stage))
     decisions = [d for (d,) in conn.execute(
@@ -341,19 +348,43 @@ def decide(conn: Connection, candidate_id: str, reviewer: str, decision: str, re
     return get(conn, candidate_id)
 
 
-def check_reason(reason: Any) -> None:
-    """A reason is required, and at most MAX_REASON characters."""
+def decided_by_others(conn: Connection, cand: Shape, reviewer: str) -> int:
+    """The decisions other reviewers gave on `cand`, the other candidates of its search and
+    those of other searches of its probe photo: what blind review keeps from a reviewer, and
+    what a key that reads the ledger has read."""
+    c, r = schema.candidates, schema.reviews
+    scope = [c.c.id == cand["CandidateId"]]
+    if cand["RequestId"]:
+        scope.append(c.c.request_id == cand["RequestId"])
+    if cand["ProbeImageSha256"]:
+        scope.append(c.c.probe_sha256 == cand["ProbeImageSha256"])
+    return int(conn.execute(
+        select(func.count()).select_from(r.join(c, r.c.candidate_id == c.c.id))
+        .where(or_(*scope), r.c.reviewer != reviewer)).scalar_one())
+
+
+def check_decision(decision: str, reason: str) -> str:
+    """The reason as stored, or InvalidParameterException: the decision must be one of
+    DECISIONS, the reason as `check_reason` wants it."""
+    if decision not in DECISIONS:
+        raise InvalidParameterException(f"Decision must be one of {', '.join(DECISIONS)}.")
+    return check_reason(reason)
+
+
+def check_reason(reason: Any) -> str:
+    """The reason as stored, or InvalidParameterException: 1 to MAX_REASON characters of text
+    without control, bidirectional or invisible formatting characters (text.check_text; line
+    breaks are kept)."""
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidParameterException(
             "Reason is required: say why you confirm, reject or find it inconclusive.")
-    if len(reason) > MAX_REASON:
-        raise InvalidParameterException(f"Reason must be at most {MAX_REASON} characters.")
+    return check_text(reason, "Reason", max_chars=MAX_REASON, prose=True, lines=True)
 
 
-def _locked(conn: Connection, candidate_id: str, who: str, status: str, rule: str) -> Any:
+def _locked(conn: Connection, candidate_id: str, who: str) -> Any:
     """The candidate's row, after taking its row lock (an update that changes nothing), so
-    that two reviewers acting at once are settled one after another; refused unless it is in
-    `status` and `who` did not run its search."""
+    that two reviewers acting at once are settled one after another; refused if `who` ran
+    its search."""
     c = schema.candidates
     request = conn.execute(select(c.c.request_id).where(c.c.id == candidate_id)).first()
     if request is None:
@@ -364,13 +395,17 @@ def _locked(conn: Connection, candidate_id: str, who: str, status: str, rule: st
     conn.execute(update(c).where(c.c.request_id == request[0] if request[0] else
                                  c.c.id == candidate_id).values(status=c.c.status))
     row = conn.execute(select(c).where(c.c.id == candidate_id)).one()
-    if row.status != status:
-        raise ReviewConflict(rule, f"Candidate {candidate_id} is already {row.status} (only a "
-                                   f"{status} candidate can be {DOING[status]}).")
     if who == row.requested_by:
         raise ReviewRefusal("reviewer_not_independent",
                             f"{who} ran the search and cannot review its results.")
     return row
+
+
+def _require_status(row: Any, status: str, rule: str) -> None:
+    """Refused (ReviewConflict under `rule`) unless the candidate is in `status`."""
+    if row.status != status:
+        raise ReviewConflict(rule, f"Candidate {row.id} is already {row.status} (only a "
+                                   f"{status} candidate can be {DOING[status]}).")
 
 
 def resolve(conn: Connection, candidate_id: str, resolver: str, keep: Sequence[str],
@@ -379,8 +414,9 @@ def resolve(conn: Connection, candidate_id: str, resolver: str, keep: Sequence[s
     they show the one person the probe is, e.g. one person enrolled under two ids), the others
     of the conflict are REJECTED; keeping none leaves them all INCONCLUSIVE (neither stands,
     none is excluded). Returns each candidate's new status."""
-    check_reason(reason)
-    row = _locked(conn, candidate_id, resolver, CONFLICT, "not_in_conflict")
+    reason = check_reason(reason)
+    row = _locked(conn, candidate_id, resolver)
+    _require_status(row, CONFLICT, "not_in_conflict")
     c = schema.candidates
     group = [i for (i,) in conn.execute(select(c.c.id).where(
         c.c.request_id == row.request_id, c.c.status == CONFLICT).order_by(c.c.id))]
@@ -391,7 +427,7 @@ def resolve(conn: Connection, candidate_id: str, resolver: str, keep: Sequence[s
             f"({', '.join(group)}).")
     statuses = {i: (CONFIRMED if i in keep else REJECTED if keep else INCONCLUSIVE)
                 for i in group}
-    note = json.dumps({"By": resolver, "Reason": reason.strip(), "Kept": sorted(keep),
+    note = json.dumps({"By": resolver, "Reason": reason, "Kept": sorted(keep),
                        "Time": format_time(now)}, sort_keys=True)
     for cid, status in statuses.items():
         conn.execute(update(c).where(c.c.id == cid).values(

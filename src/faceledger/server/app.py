@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..context import RequestContext
+from ..context import MAX_CONTEXT_CHARS, RequestContext, stated
 from ..errors import (
     AccessDeniedException,
     FaceledgerError,
@@ -36,6 +36,7 @@ from ..settings import Settings
 from ..text import install_log_escaping, logger, shown
 from ..vision.pool import default_workers
 from . import protocol, sigv4
+from .extensions import extension_headers
 from .keys import KeyInfo, KeyStore, KeyStoreError
 from .limits import Admission, BodyBudget, BodyReader, BodyTiming, RateLimiter, body_too_large
 from .replay import ReplayCache
@@ -52,8 +53,13 @@ PURPOSE_HEADER = "x-faceledger-purpose"
 CASE_HEADER = "x-faceledger-case"
 CONSENT_HEADER = "x-faceledger-consent"
 CONTEXT_HEADERS = (PURPOSE_HEADER, CASE_HEADER, CONSENT_HEADER)
-MAX_CONTEXT_CHARS = 256
+# how an HTTP caller states a purpose or consent (named by a policy's refusal)
+PURPOSE_VIA = "the X-Faceledger-Purpose header (boto3: faceledger.sdk.state_context)"
+CONSENT_VIA = "the X-Faceledger-Consent header (boto3: faceledger.sdk.state_context)"
 REPEAT_ANSWER_DELAY = 1.0  # seconds: SigV4's time resolution (replay.py)
+# what each header states, in the words `context.stated` refuses with
+HEADER_FIELDS = {PURPOSE_HEADER: "Purpose", CASE_HEADER: "Case reference",
+                 CONSENT_HEADER: "Consent reference"}
 DEV_PRINCIPAL = "anonymous-dev"
 DEV_BANNER = """
   ************************************************************************
@@ -87,6 +93,7 @@ class RekognitionApp:
         warm_up: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         console: ASGIHandler | None = None,
+        owns: Sequence[Callable[[], None]] = (),
     ) -> None:
         if keys is None and not dev_mode:
             raise ValueError("a key store is required unless dev_mode is on")
@@ -114,6 +121,8 @@ class RekognitionApp:
         self.operations = frozenset(protocol.implemented_operations(service))
         # the review console (faceledger.console), served under /console on the same port
         self.console = console
+        # what the server built for itself and closes when it stops (see `close`)
+        self._owned = list(owns)
         # one request, one log line: no value a caller sends can break or forge one
         install_log_escaping(log.name)
 
@@ -159,7 +168,14 @@ class RekognitionApp:
                  ", ".join(sorted(self.operations)))
 
     def close(self) -> None:
+        """Stop the request threads, then close what the server owns (its service's index, its
+        inference processes). Called at the lifespan's shutdown: uvicorn then re-raises the
+        SIGTERM that stopped it, which ends the process before any `finally` of the caller's,
+        so a pool closed only there left its 5 queue semaphores to the resource tracker."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+        owned, self._owned = self._owned, []
+        for close in owned:
+            close()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = str(uuid.uuid4())
@@ -169,6 +185,7 @@ class RekognitionApp:
         operation = "-"
         principal = "-"
         entered = handed_off = False
+        extra: list[tuple[bytes, bytes]] = []  # X-Faceledger-* members as headers
         reader = BodyReader(self.settings.max_request_bytes, self.body_budget, self.body_timing,
                             body_too_large(self.settings.max_request_bytes))
         try:
@@ -230,6 +247,7 @@ class RekognitionApp:
                 collections=caller.key.collections if caller.key is not None else ("*",),
                 sns_topics=caller.key.sns_topics if caller.key is not None else ("*",),
                 s3_objects=caller.key.s3_objects if caller.key is not None else ("*",),
+                purpose_via=PURPOSE_VIA, consent_via=CONSENT_VIA,
             )
             future = asyncio.get_running_loop().run_in_executor(
                 self.pool, self._invoke, operation, body, ctx, caller
@@ -237,7 +255,7 @@ class RekognitionApp:
             # Leave when the work is really done, even if this coroutine is cancelled.
             future.add_done_callback(lambda _: self.admission.leave())
             handed_off = True
-            payload = await future
+            payload, extra = await future
             status, error_code = 200, None
         except Exception as exc:  # noqa: BLE001 - the one place errors become responses
             status, error_code, payload = self._error(exc, request_id)
@@ -248,7 +266,7 @@ class RekognitionApp:
             # a body left unread (refused, too slow) cannot be followed by another request on
             # this connection: close it, or a trickle would keep it open for ever
             await self._respond(send, status, payload, request_id, error_code,
-                                close=not reader.complete)
+                                close=not reader.complete, extra=extra)
         finally:
             reader.release()
         log.info("%s %s %s %d %.1fms", request_id, principal, operation, status,
@@ -292,12 +310,17 @@ class RekognitionApp:
     @staticmethod
     def _authorize_operation(key: KeyInfo, operation: str) -> None:
         if not key.allows_operation(operation):
+            # the key's own permissions, to its holder: what it may do and how to get more
             raise AccessDeniedException(
-                f"Key {key.access_key_id} is not allowed to call {operation}."
+                f"Key {key.access_key_id} is not allowed to call {operation}; it may call "
+                f"{', '.join(key.operations) or 'nothing'}. A key for {operation} is issued with "
+                f"`faceledger keys create NAME -o '{operation},...' -c COLLECTIONS`."
             )
 
-    def _invoke(self, operation: str, body: bytes, ctx: RequestContext, caller: Caller) -> bytes:
-        """Runs in a worker thread: validate, authorize collections, call, render."""
+    def _invoke(self, operation: str, body: bytes, ctx: RequestContext, caller: Caller
+                ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """Runs in a worker thread: validate, authorize collections, call, render (the body and
+        the X-Faceledger-* headers of members SDKs drop)."""
         parsed = protocol.parse_input(operation, body)
         key = caller.key
         if key is not None:
@@ -310,7 +333,9 @@ class RekognitionApp:
         method = getattr(self.service, protocol.snake_case(operation))
         kwargs = protocol.call_arguments(operation, method, parsed.members)
         # listings show only what ctx.collections names (the service filters, tokens included)
-        return protocol.render_output(method(**kwargs, ctx=ctx))
+        result = method(**kwargs, ctx=ctx)
+        # SDKs drop members their model lacks: those are repeated as X-Faceledger-* headers
+        return protocol.render_output(result), extension_headers(operation, result)
 
     @staticmethod
     def _error(exc: Exception, request_id: str) -> tuple[int, str, bytes]:
@@ -330,7 +355,8 @@ class RekognitionApp:
         return err.status, err.code, protocol.render_output(err.to_wire())
 
     async def _respond(self, send: Send, status: int, payload: bytes, request_id: str,
-                       error_code: str | None, *, close: bool = False) -> None:
+                       error_code: str | None, *, close: bool = False,
+                       extra: list[tuple[bytes, bytes]] | None = None) -> None:
         headers = [
             (b"content-type", protocol.CONTENT_TYPE.encode()),
             (b"content-length", str(len(payload)).encode()),
@@ -342,6 +368,7 @@ class RekognitionApp:
             headers.append((b"x-faceledger-dev-mode", b"unauthenticated"))
         if close:
             headers.append((b"connection", b"close"))
+        headers += extra or []
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
@@ -356,10 +383,9 @@ def _context_header(request: sigv4.HttpRequest, name: str) -> str | None:
     value = request.header(name)
     if value is None:
         return None
-    value = value.strip()
-    if not value or len(value) > MAX_CONTEXT_CHARS or not value.isprintable():
+    try:
+        return stated(value, HEADER_FIELDS[name])
+    except InvalidParameterException as exc:
+        # the same check as the CLI's and the console's, naming the header
         raise InvalidParameterException(
-            f"{name} must be 1 to {MAX_CONTEXT_CHARS} printable characters."
-        )
-    return value
-
+            f"{exc.message} (HTTP header {name}: 1 to {MAX_CONTEXT_CHARS} characters)") from exc

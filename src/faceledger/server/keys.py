@@ -55,7 +55,7 @@ from ..context import RequestContext
 from ..db import add_missing_columns, create_tables
 from ..errors import InvalidParameterException, ResourceNotFoundException
 from ..permissions import private_dir
-from ..text import logger, shown
+from ..text import check_text, logger, shown
 from ..settings import Settings
 from .sigv4 import signing_key
 
@@ -354,9 +354,9 @@ class KeyStore:
         inside that open transaction (the ledger logs the change in it)."""
         if self._kek is None:
             raise KeyStoreError("no key-encryption key: open the store with create_kek=True")
-        name = name.strip()
-        if not name or len(name) > 128:
-            raise InvalidParameterException("a key name of 1 to 128 characters is required")
+        # a name people read in the console and the ledger: no control, bidi or invisible
+        # characters (two names that look alike must not be two names)
+        name = check_text(name, "The key name", max_chars=128)
         ops = check_patterns(operations, known_operations, "operation")
         cols = check_patterns(collections, None, "collection")
         topics = tuple(sorted({t.strip() for t in sns_topics if t.strip()}))

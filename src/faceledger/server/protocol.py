@@ -46,6 +46,15 @@ MAX_ERRORS_LISTED = 10
 # The model's integer and long are Java's: values outside them are refused even where the model
 # names no bound (IndexFaces' MaxFaces has only a minimum), never passed on to SQL or numpy.
 INTEGER_RANGE = {"integer": (-(1 << 31), (1 << 31) - 1), "long": (-(1 << 63), (1 << 63) - 1)}
+# The model's patterns run on Python's backtracking engine, and some take more than linear time:
+# SNSTopicArn's `(^arn:aws:sns:.*:\w{12}:.+$)` is quadratic, and a 336 KB topic held the GIL for
+# 12-22 s (issue 24) while every other request waited. So a string is measured first and matched
+# only within its length bound. Where the model gives a pattern but no maximum, the bound is
+# AWS's own: 2048 for an ARN (IAM's arnType, STS's RoleArn and Kinesis's StreamARN are 20-2048
+# characters; an SNS topic name is at most 256) and the length of a UUID for ids. A shape not
+# listed (a newer botocore) gets the ARN bound: AWS's longest documented identifier.
+ARN_MAX_CHARS = 2048
+PATTERN_CAPS = {"FaceId": 36, "ImageId": 36}
 
 
 @cache
@@ -325,14 +334,9 @@ class _Validator:
         return out
 
     def string(self, shape: Any, raw: str, path: str) -> None:
-        if shape.enum and raw not in shape.enum:
-            self.fail(path, raw, f"Member must satisfy enum value set: [{', '.join(shape.enum)}]")
-            return
-        self.bounds(shape, len(raw), path, raw, "have length")
-        pattern = shape.metadata.get("pattern")
-        compiled = _pattern(pattern) if pattern else None
-        if compiled is not None and raw and not compiled.fullmatch(raw):
-            self.fail(path, raw, f"Member must satisfy regular expression pattern: {pattern}")
+        failed = string_constraint(shape, raw)
+        if failed is not None:
+            self.fail(path, raw, failed)
 
     def bounds(self, shape: Any, measure: float, path: str, raw: Any, what: str) -> None:
         low, high = shape.metadata.get("min"), shape.metadata.get("max")
@@ -340,6 +344,36 @@ class _Validator:
             self.fail(path, raw, f"Member must {what} greater than or equal to {low}")
         elif high is not None and measure > high:
             self.fail(path, raw, f"Member must {what} less than or equal to {high}")
+
+
+def length_cap(shape: Any) -> int | None:
+    """The most characters a string member may have: the model's max, or for a patterned
+    member without one, AWS's documented bound (PATTERN_CAPS, else an ARN's)."""
+    high = shape.metadata.get("max")
+    if high is not None:
+        return int(high)
+    if shape.metadata.get("pattern"):
+        return PATTERN_CAPS.get(shape.name, ARN_MAX_CHARS)
+    return None
+
+
+def string_constraint(shape: Any, raw: str) -> str | None:
+    """The constraint a string member's value fails (enum, length, pattern), or None. The
+    pattern only ever runs on a value within the length bound."""
+    if shape.enum:
+        if raw not in shape.enum:
+            return f"Member must satisfy enum value set: [{', '.join(shape.enum)}]"
+        return None
+    low, high = shape.metadata.get("min"), length_cap(shape)
+    if low is not None and len(raw) < low:
+        return f"Member must have length greater than or equal to {low}"
+    if high is not None and len(raw) > high:
+        return f"Member must have length less than or equal to {high}"
+    pattern = shape.metadata.get("pattern")
+    compiled = _pattern(pattern) if pattern else None
+    if compiled is not None and raw and not compiled.fullmatch(raw):
+        return f"Member must satisfy regular expression pattern: {pattern}"
+    return None
 
 
 def _wrong_type(path: str, expected: str, raw: Any) -> SerializationException:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import uvicorn
@@ -40,20 +40,35 @@ def build_app(
     warm_up: bool = True,
     console: bool = True,
 ) -> RekognitionApp:
-    """The app for `settings`: a FaceService reading configured buckets, keys in its database."""
+    """The app for `settings`: a FaceService reading configured buckets, keys in its database.
+    A service built here is the app's, closed when the server stops."""
+    owns: list[Callable[[], None]] = []
     if service is None:
         workers = default_workers(settings.server_workers)
         # several workers: inference in that many processes (dlib holds the GIL: threads
         # would share one core); one: in this process, as the CLI and the Python API do
         pipeline = PipelinePool(settings, workers) if workers > 1 else None
         service = FaceService(settings, pipeline=pipeline, resolver=build_resolver(settings))
-    # a missing or wrong KEK with sealed secrets: refused here, in one line
-    keys = KeyStore.open(settings, service.engine, need_kek=not dev_mode)
+        owns.append(service.close)
+        if pipeline is not None:
+            owns.append(pipeline.close)
+    # a missing or wrong KEK with sealed secrets: refused here, in one line. With no secret
+    # sealed yet, a missing KEK is made now, as `keys create` would: a key issued while the
+    # server runs (`docker compose exec ... keys create`) is then sealed under the KEK the
+    # server holds, instead of being refused until a restart.
+    try:
+        keys = KeyStore.open(settings, service.engine, need_kek=not dev_mode,
+                             create_kek=not dev_mode)
+    except OSError as exc:  # a read-only config directory: serve as before, without one
+        log.warning("no key-encryption key could be made (%s): keys issued while this server "
+                    "runs will be refused until it restarts", exc)
+        keys = KeyStore.open(settings, service.engine, need_kek=not dev_mode)
     if not dev_mode and not any(k.active for k in keys.list()):
         log.warning("no active API keys: every request will be refused; "
                     "create one with `faceledger keys create`")
     return RekognitionApp(service, keys, settings, dev_mode=dev_mode, warm_up=warm_up,
-                          console=build_console(service, keys) if console else None)
+                          console=build_console(service, keys) if console else None,
+                          owns=owns)
 
 
 def uvicorn_config(app: RekognitionApp, host: str, port: int, **extra: object) -> uvicorn.Config:
@@ -85,10 +100,7 @@ def serve(app: RekognitionApp, host: str, port: int, **extra: object) -> None:
     try:
         uvicorn.Server(uvicorn_config(app, host, port, **extra)).run()
     finally:
-        app.close()
-        app.service.close()
-        if isinstance(app.service.pipeline, PipelinePool):
-            app.service.pipeline.close()
+        app.close()  # at the lifespan's shutdown already, unless it never started
 
 
 @contextmanager

@@ -8,6 +8,8 @@ the key's secret. Failures raise AWS's own error codes:
     malformed header, required header unsigned   IncompleteSignatureException
     unknown (or revoked) access key id           UnrecognizedClientException
     wrong region/service/date scope, tampering   InvalidSignatureException
+                                                 (a region outside the accepted ones: the
+                                                 default accepts any, SECURITY.md says why)
     signing time beyond the allowed clock skew   InvalidSignatureException ("Signature expired")
 
 Pure: no I/O. The caller passes a function giving the signing key for (key id, date, region,
@@ -49,7 +51,11 @@ UNKNOWN_KEY = "The security token included in the request is invalid."
 SigningKeyFor = Callable[[str, str, str, str], bytes | None]
 """(access key id, yyyymmdd, region, service) -> SigV4 signing key, or None if unknown/revoked."""
 
+# Caller-supplied header fields are matched by these (one character class each: linear time,
+# whatever the header; tests/test_probe_three_input.py runs every pattern of the package on
+# long adversarial input).
 _KEY_ID = re.compile(r"[A-Za-z0-9]{1,128}")
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -118,9 +124,16 @@ def parse_authorization(value: str) -> Authorization:
             f"got '{_clip(fields['SignedHeaders'])}'"
         )
     signature = fields["Signature"]
-    if not re.fullmatch(r"[0-9a-f]{64}", signature):
+    if not _SIGNATURE.fullmatch(signature):
         raise IncompleteSignatureException("Signature must be 64 lower-case hex characters.")
     return Authorization(cred[0], cred[1], cred[2], cred[3], cred[4], signed, signature)
+
+
+def region_allowed(claimed: str, allowed: str) -> bool:
+    """Whether a credential scope's region is one the server accepts: `allowed` is "*" (any)
+    or a comma-separated list of region names."""
+    names = {r.strip() for r in allowed.split(",")}
+    return "*" in names or claimed in names
 
 
 def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
@@ -215,6 +228,7 @@ def verify(
 ) -> Authorization:
     """Check the request's SigV4 signature; return its Authorization or raise AWS's error.
 
+    `region`: the regions a credential may be scoped to ("*": any; see `region_allowed`).
     `must_sign`: header names that, when present, must be covered by the signature (so that,
     e.g., the operation or a stated purpose cannot be changed in transit).
     """
@@ -257,10 +271,13 @@ def verify(
         raise InvalidSignatureException(
             f"Credential should be scoped to correct service: '{service}'."
         )
-    if auth.region != region:
+    if not region_allowed(auth.region, region):
+        allowed = [r.strip() for r in region.split(",") if r.strip()]
         raise InvalidSignatureException(
-            f"Credential should be scoped to a valid region: this server signs for '{region}', "
-            f"not '{_clip(auth.region)}'."
+            f"Credential should be scoped to a valid region: this server accepts "
+            f"{', '.join(repr(r) for r in allowed)}, not '{_clip(auth.region)}'. Sign for "
+            f"{'it' if len(allowed) == 1 else 'one of them'} (boto3: region_name=; AWS CLI: "
+            "--region), or let the server accept any region (FACELEDGER_REGION=*)."
         )
 
     if signed_at < now - max_skew:

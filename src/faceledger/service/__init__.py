@@ -12,12 +12,13 @@ from .images import ImageOperations
 from .oversight import OversightOperations
 from .redaction import RedactionOperations
 from .reenrolment import ReenrolmentOperations
+from .tagging import TaggingOperations
 from .users import UserOperations
 from .video import VideoOperations
 
 
 class FaceService(VideoOperations, RedactionOperations, ImageOperations, OversightOperations,
-                  UserOperations, ReenrolmentOperations, CollectionOperations,
+                  UserOperations, ReenrolmentOperations, TaggingOperations, CollectionOperations,
                   GovernanceOperations, ServiceCore):
     """Every faceledger operation, Rekognition request and response shapes."""
 

@@ -4,6 +4,7 @@ model: patterns, ranges, NextToken, Face, search annotations)."""
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -12,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..model_versions import canonical, is_valid
-from ..errors import InvalidParameterException
+from ..errors import InvalidParameterException, ServiceQuotaExceededException
 from ..shapes import Shape
 from ..sources import ImageInput
 from ..text import shown
@@ -105,16 +106,43 @@ def attributes(value: Any, field: str) -> None:
         check_enum(a, DETECT_ATTRIBUTES, field)
 
 
+# AWS's limit of user tags on one resource; a request may name up to 200 (the model's map)
+MAX_TAGS = 50
+
+
 def tags(value: Any) -> dict[str, str] | None:
+    """Tags as AWS takes them: keys of 1-128 and values of 0-256 letters, digits, spaces and
+    _.:/=+-@, keys not starting with "aws:" (the model's pattern, in \\p{..} classes the
+    request validator cannot compile); at most MAX_TAGS (ServiceQuotaExceededException)."""
     if value is None:
         return None
-    if not isinstance(value, Mapping) or len(value) > 200 or not all(
-        isinstance(k, str) and isinstance(v, str) and 1 <= len(k) <= 128 and len(v) <= 256
-        for k, v in value.items()
-    ):
-        raise InvalidParameterException(
-            "Tags must map at most 200 keys (1-128 chars) to string values (up to 256 chars).")
+    if not isinstance(value, Mapping) or len(value) > 200:
+        raise InvalidParameterException("Tags must be a map of at most 200 keys.")
+    for k, v in value.items():
+        tag_key(k, "Tags")
+        if not isinstance(v, str) or len(v) > 256 or not _tag_text(v):
+            raise InvalidParameterException(
+                f"The value of tag '{shown(k)}' must be up to 256 letters, digits, spaces or _.:/=+-@.")
+    if len(value) > MAX_TAGS:
+        raise ServiceQuotaExceededException(
+            f"A collection has at most {MAX_TAGS} tags; {len(value)} were given.")
     return dict(value)
+
+
+def tag_key(value: Any, field: str) -> str:
+    """One tag key (see `tags`)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 128 or not _tag_text(value):
+        raise InvalidParameterException(
+            f"{field}: a tag key is 1-128 letters, digits, spaces or _.:/=+-@.")
+    if value.startswith("aws:"):
+        raise InvalidParameterException(f"{field}: tag keys starting with 'aws:' are reserved.")
+    return value
+
+
+def _tag_text(text: str) -> bool:
+    # \p{L}\p{Z}\p{N}_.:/=+\-@ of botocore's pattern
+    return all(ch.isalnum() or unicodedata.category(ch).startswith("Z") or ch in "_.:/=+-@"
+               for ch in text)
 
 
 # --- response shapes ---------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from ..vision.types import FaceAnalysis
 from . import collection_members as m
 from . import paging
 from .core import ServiceCore, check_enum
+from .images import attributes_not_returned
 from .source_faces import NOT_IN_SOURCE, ReenrolSource, SourceFace, link_faces, match_faces
 
 ARN_PREFIX = "arn:faceledger:rekognition:local:000000000000:collection/"
@@ -302,7 +303,8 @@ class CollectionOperations(ServiceCore):
             if n.external_image_id is not None:
                 shape["ExternalImageId"] = n.external_image_id
             records.append({"Face": shape, "FaceDetail": face_detail(f, img.width, img.height)})
-        out = {"FaceRecords": records, "FaceModelVersion": model, "UnindexedFaces": unindexed}
+        out = {"FaceRecords": records, "FaceModelVersion": model, "UnindexedFaces": unindexed,
+               **attributes_not_returned(detection_attributes)}
         if reenrol_from is not None:  # faceledger's, for the re-enrolment report
             out["SourceFaceIds"] = link["source_face_ids"]
             out["SourceFacesNotFound"] = link["source_faces_not_found"]

@@ -106,6 +106,8 @@ class ServiceCore:
         (an S3Object only where the caller's grants reach)."""
         if image is None:
             raise InvalidParameterException(f"{field} is required.")
+        if isinstance(image, DecodedImage):  # the Python API's arrays and PIL images
+            return image
         from_storage = isinstance(image, Mapping) and image.get("S3Object") is not None
         return self.decode_bytes(image_bytes(image, self.resolver, ctx, field),
                                  from_storage=from_storage)
@@ -121,6 +123,7 @@ class ServiceCore:
             max_decoded_pixels=s.max_decoded_pixels,
             min_side=s.min_image_side,
             budget=self.pixel_budget,
+            max_jpeg_scans=s.max_jpeg_scans,
         )
 
     def analyse_bytes(self, data: bytes, *, from_storage: bool = False) -> AnalysedImage:

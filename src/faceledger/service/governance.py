@@ -6,7 +6,6 @@ verification, transparency reports and per-case exports.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -19,12 +18,19 @@ from ..errors import (
     InvalidParameterException,
     ResourceNotFoundException,
 )
-from ..ledger import Anchor, CollectionPolicy, FaceRemover, retention, review, schema, verify
+from ..ledger import Anchor, CollectionPolicy, FaceRemover, retention, review, verify
 from ..ledger import export as case_export
 from ..ledger.events import format_time, parse_time, utc_now
-from ..ledger.lookup import index_event
+from ..ledger.lookup import index_event, own_event
 from ..ledger.policy import check_collection_id, load_policy, policies_with_retention, store_policy
-from ..ledger.refusals import AdminRequired, RoleRequired
+from ..ledger import comparison
+from ..ledger.refusals import (
+    AdminRequired,
+    MalformedRequest,
+    ReviewConflict,
+    ReviewRefusal,
+    RoleRequired,
+)
 from ..ledger.report import build as build_report
 from ..shapes import Shape
 from ..text import shown
@@ -150,33 +156,59 @@ class GovernanceOperations(ServiceCore):
 
     def review_candidate(self, candidate_id: str, decision: str, reason: str, *,
                          probe_sha256: str | None = None, enrolled_sha256: str | None = None,
+                         features: Mapping[str, str] | None = None,
                          ctx: RequestContext = LOCAL) -> Shape:
         """Decide a candidate as reviewer `ctx.principal`: CONFIRM, REJECT or INCONCLUSIVE,
         with a reason (logged). Every decision names the two photos compared by their SHA-256,
-        which must equal the recorded ones; the event records them. A caller who can read the
-        ledger (auditor, admin, the local operator) may give only a candidate's first decision
-        or the policy's open verification: it could have read the others (`reads_decisions`)."""
+        which must equal the recorded ones; the event records them, and the facial features
+        compared (`ledger.comparison`) when given. A caller who can read the ledger (auditor,
+        admin, the local operator) may give only the first decision on a candidate's search and
+        probe photo, or the policy's open verification: it could have read the others
+        (`reads_decisions`). A malformed decision is refused and logged (malformed_decision)."""
         current = self.get_review_candidate(candidate_id, ctx=ctx)
-        check_enum(decision, review.DECISIONS, "Decision")
         self._require_role("ReviewCandidate", ctx, ("reviewer",), current["CollectionId"])
         # The decision belongs to the search's case, so the case export carries it.
         rctx = dataclasses.replace(ctx, case=ctx.case or current["CaseReference"],
                                    purpose=ctx.purpose or current["Purpose"])
-        given = review.Evidence(_optional_str(probe_sha256, "ProbeImageSha256", 128),
-                                _optional_str(enrolled_sha256, "EnrolledImageSha256", 128))
         with self.audit("ReviewCandidate", rctx, collection=current["CollectionId"],
                         uses_model=False) as op:
-            op.note(candidate_id=current["CandidateId"], decision=decision, reason=reason,
+            op.note(candidate_id=current["CandidateId"])
+            try:  # a decision the rules cannot read is refused and logged, never stored
+                check_enum(decision, review.DECISIONS, "Decision")
+                reason = review.check_decision(decision, reason)
+                given = review.Evidence(
+                    _optional_str(probe_sha256, "ProbeImageSha256", 128),
+                    _optional_str(enrolled_sha256, "EnrolledImageSha256", 128))
+                compared = comparison.check_features(features)
+            except InvalidParameterException as exc:
+                op.note(submitted_decision=shown(decision, 40))
+                raise MalformedRequest("malformed_decision", exc.message) from exc
+            # ACE-V: whether the reviewer saw the scores before deciding, and when
+            op.note(scores_revealed_at=scores_revealed(op.conn, current["CandidateId"],
+                                                       ctx.principal))
+            op.note(decision=decision, reason=reason,
                     submitted_probe_sha256=given.probe_sha256,
-                    submitted_enrolled_sha256=given.enrolled_sha256)
+                    submitted_enrolled_sha256=given.enrolled_sha256,
+                    **({comparison.EVENT_FIELD: compared} if compared else {}))
             recorded = (current["ProbeImageSha256"],
                         self.recorded_enrolled_sha256(op.conn, current))
             policy = load_policy(op.conn, current["CollectionId"])
-            decided = review.decide(op.conn, current["CandidateId"], ctx.principal, decision,
-                                    reason, utc_now(), evidence=given, recorded=recorded,
-                                    verifier_sees_earlier=policy.verifier_sees_earlier,
-                                    verify_every=policy.verify_every_conclusion,
-                                    sees_decisions=reads_decisions(ctx, current["CollectionId"]))
+            try:
+                decided = review.decide(
+                    op.conn, current["CandidateId"], ctx.principal, decision, reason,
+                    utc_now(), evidence=given, recorded=recorded,
+                    verifier_sees_earlier=policy.verifier_sees_earlier,
+                    verify_every=policy.verify_every_conclusion,
+                    sees_decisions=reads_decisions(ctx, current["CollectionId"]))
+            except ReviewConflict as exc:
+                if exc.rule != "not_pending" or not still_blind(op.conn, current, ctx):
+                    raise
+                # a late conclusion of a reviewer still working blind: refused and logged
+                # like any, in words that do not name the outcome (every adapter shows them)
+                raise ReviewConflict("not_pending", (
+                    "Other reviewers settled this candidate before your decision: your "
+                    "conclusion is in the ledger as a refused decision. Its outcome is shown "
+                    f"{ONCE_DECIDED}")) from exc
             mine = next(r for r in decided["Reviews"] if r["Reviewer"] == ctx.principal)
             # the photos compared, as the event's images (probe first), and by role
             for sha in (mine["ProbeImageSha256"], mine["EnrolledImageSha256"]):
@@ -212,7 +244,19 @@ class GovernanceOperations(ServiceCore):
                                    purpose=ctx.purpose or current["Purpose"])
         with self.audit("ResolveConflict", rctx, collection=current["CollectionId"],
                         uses_model=False) as op:
-            op.note(candidate_id=current["CandidateId"], keep=kept, reason=reason)
+            op.note(candidate_id=current["CandidateId"], keep=kept)
+            try:  # a reason with control or bidirectional characters is never stored
+                reason = review.check_reason(reason)
+            except InvalidParameterException as exc:
+                raise MalformedRequest("malformed_decision", exc.message) from exc
+            op.note(reason=reason)
+            if still_blind(op.conn, current, ctx):
+                # before anything that would tell whether it is in conflict at all
+                raise ReviewRefusal(
+                    "blind_review",
+                    "You still have candidates of this search (or of another search of the "
+                    "same probe photo) to decide: its outcomes, conflicts among them, are "
+                    f"shown and resolved {ONCE_DECIDED}")
             statuses = review.resolve(op.conn, current["CandidateId"], ctx.principal, kept,
                                       reason, utc_now())
             op.record(candidate_ids=sorted(statuses), statuses=statuses,
@@ -340,6 +384,49 @@ def reads_decisions(ctx: RequestContext, collection: str) -> bool:
     blind review: the ledger's ReviewCandidate events (auditors, admins, and the local
     operator, who holds the database)."""
     return ctx.has_role("auditor") and ctx.may_name(collection)
+
+
+# when a blind reviewer sees a search's outcomes (blind review covers search and probe photo)
+ONCE_DECIDED = ("once you have decided every candidate of this search (and of other searches "
+                "of the same probe photo) that is open to you: blind review.")
+
+
+def open_to(pending: list[Shape], ctx: RequestContext) -> tuple[set[str], set[str]]:
+    """The searches (request ids) and probe photos (SHA-256) in which the caller still has a
+    pending candidate to decide (a reviewer, not its searcher, not decided yet): blind review
+    hides every outcome of them from the caller. A key that reads the ledger is never blind
+    (it has the decisions at hand: `review.decide` limits what it may decide instead)."""
+    requests: set[str] = set()
+    probes: set[str] = set()
+    if not ctx.has_role("reviewer"):
+        return requests, probes
+    for c in pending:
+        if (c["RequestedBy"] == ctx.principal or review.has_decided(c, ctx.principal)
+                or not ctx.may_name(c["CollectionId"])
+                or reads_decisions(ctx, c["CollectionId"])):
+            continue
+        if c["RequestId"]:
+            requests.add(c["RequestId"])
+        if c["ProbeImageSha256"]:
+            probes.add(c["ProbeImageSha256"])
+    return requests, probes
+
+
+def still_blind(conn: Connection, cand: Shape, ctx: RequestContext) -> bool:
+    """Whether blind review still hides `cand`'s outcome from the caller (they have a candidate
+    of its search, or of another search of its probe photo, to decide)."""
+    requests, probes = open_to(review.query(conn, status=review.PENDING, limit=4096), ctx)
+    return cand["RequestId"] in requests or cand["ProbeImageSha256"] in probes
+
+
+REVEAL_SCORES = "RevealCandidateScores"
+
+
+def scores_revealed(conn: Connection, candidate_id: str, principal: str) -> str | None:
+    """When `principal` asked to see `candidate_id`'s scores (the time of their first
+    RevealCandidateScores event), or None: a reviewer who may decide sees no score before."""
+    found = own_event(conn, REVEAL_SCORES, candidate_id, principal)
+    return None if found is None else found[0]
 
 
 def _time(value: Any, field: str) -> datetime:

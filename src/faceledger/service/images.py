@@ -20,6 +20,23 @@ DETECT_ATTRIBUTES = (
     "DEFAULT", "ALL", "AGE_RANGE", "BEARD", "EMOTIONS", "EYE_DIRECTION", "EYEGLASSES",
     "EYES_OPEN", "GENDER", "MOUTH_OPEN", "MUSTACHE", "FACE_OCCLUDED", "SMILE", "SUNGLASSES",
 )  # fmt: skip
+# Everything beyond DEFAULT (box, landmarks, pose, quality, confidence) is refused on purpose,
+# and a response that was asked for any of it says so (docs/sdk.md, "Face attributes").
+NOT_ESTIMATED = DETECT_ATTRIBUTES[2:]
+NOT_ESTIMATED_REASON = (
+    "Not estimated on purpose: age, gender and emotion read from a face are unreliable and err "
+    "more for some groups (emotion recognition is banned at work and in schools in the EU); "
+    "the others have no measured model here. See docs/sdk.md.")
+
+
+def attributes_not_returned(asked: Sequence[str] | None) -> Shape:
+    """Extension members naming the attributes a request asked for that are not returned, and
+    why (nothing when it asked for none beyond DEFAULT)."""
+    wanted = set(asked or ())
+    missing = [a for a in NOT_ESTIMATED if "ALL" in wanted or a in wanted]
+    if not missing:
+        return {}
+    return {"AttributesNotReturned": missing, "AttributesNotReturnedReason": NOT_ESTIMATED_REASON}
 
 
 def passes(face: FaceAnalysis, quality_filter: str) -> bool:
@@ -40,7 +57,8 @@ class ImageOperations(ServiceCore):
         """Rekognition DetectFaces: the 100 largest faces with box, landmarks, pose, quality.
 
         Attributes other than the default set (age, emotions, ...) are accepted and not
-        returned: faceledger does not estimate them rather than invent them.
+        returned: faceledger does not estimate them rather than invent them, and says so in
+        AttributesNotReturned (an extension member and header).
         """
         if attributes is not None:
             if isinstance(attributes, str) or not isinstance(attributes, Sequence):
@@ -52,7 +70,8 @@ class ImageOperations(ServiceCore):
         with self.audit("DetectFaces", ctx) as op:  # the ledger event (nothing else changes)
             op.image(img.sha256)
             op.record(faces=len(faces))
-        return {"FaceDetails": [face_detail(f, img.width, img.height) for f in faces]}
+        return {"FaceDetails": [face_detail(f, img.width, img.height) for f in faces],
+                **attributes_not_returned(attributes)}
 
     def compare_faces(
         self,
@@ -103,7 +122,8 @@ class ImageOperations(ServiceCore):
                 if sim >= threshold:
                     matches.append((float(sim), shape))
                 else:
-                    unmatched.append(shape)
+                    # not in Rekognition's ComparedFace: how far below the threshold it was
+                    unmatched.append({**shape, "Similarity": float(sim)})
         matches.sort(key=lambda m: m[0], reverse=True)
         result: dict[str, Any] = {
             "SourceImageFace": {

@@ -14,11 +14,16 @@ import dataclasses
 import json
 from datetime import timedelta
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, or_, select
 
-from ..calibration.coverage import coverage_lines
+from ..calibration.coverage import (
+    STATUS_WORDS,
+    coverage_at,
+    coverage_lines,
+    threshold_coverage,
+)
 from ..calibration.table import fmr_for_similarity, similarity_for_fmr
 from ..context import LOCAL, RequestContext
 from ..errors import (
@@ -30,16 +35,26 @@ from ..errors import (
 from ..ledger import review, schema
 from ..ledger.events import PAGE_VIEWS, SEARCH_OPERATIONS, format_time, parse_time
 from ..ledger.policy import check_collection_id, load_policy
-from ..ledger.refusals import RoleRequired
+from ..ledger.refusals import FormRefused, RoleRequired
 from ..model_versions import canonical
-from ..rates import wilson_interval
+from ..rates import pairs_of_different_people, wilson_interval
 from ..shapes import Shape
 from ..store.thresholds import default_search_fmr
-from ..ledger.lookup import index_event, like_escape
-from .governance import GovernanceOperations, reads_decisions
+from ..ledger.lookup import index_event, like_escape, own_event
+from . import collection_members as members
+from .governance import (
+    REVEAL_SCORES,
+    GovernanceOperations,
+    open_to,
+    reads_decisions,
+    scores_revealed,
+)
 from .users import UserOperations
 
 REVIEW_READERS = ("reviewer", "auditor")
+# Beyond these a face is too turned for a like-for-like comparison (FISWG: pose differences
+# change which features are visible and how they look); the reviewer is told so, in degrees.
+TURNED_YAW, TURNED_PITCH, POSE_APART = 30.0, 25.0, 30.0
 
 LEDGER_READERS = ("auditor",)
 EVENT_FILTERS = ("operation", "collection", "principal", "purpose", "case", "outcome")
@@ -70,8 +85,12 @@ class OversightOperations(UserOperations, GovernanceOperations):
         self._need_role("ViewReviewQueue", ctx, REVIEW_READERS)
         with self.ledger.engine.connect() as conn:
             found = review.query(conn, status=review.PENDING, limit=4096)
+            opened = open_to(found, ctx)
+            # blind review: a search (or probe photo) still open to the caller keeps every
+            # candidate listed, settled or not, so none leaving the queue tells of a decision
+            found += _settled_in(conn, *opened)
             visible = [c for c in found if ctx.may_name(c["CollectionId"])]
-            shaped = [self._as_seen(conn, c, ctx) for c in visible]
+            shaped = [self._as_seen(conn, c, ctx, opened) for c in visible]
             needing = sum(1 for c in shaped if c["YourPart"]["State"] == "needs_decision")
             if needs_my_decision:
                 shaped = [c for c in shaped if c["YourPart"]["State"] == "needs_decision"]
@@ -89,24 +108,39 @@ class OversightOperations(UserOperations, GovernanceOperations):
                         "Search": self._strength(conn, cand), "CandidatesHeld": len(ranks),
                         "Candidates": [], "_ranks": ranks}
                 group = groups[key]
-                cand["Rank"] = group["_ranks"].get(cand["CandidateId"])
+                cand["Rank"] = (None if cand["ScoresHidden"]
+                                else group["_ranks"].get(cand["CandidateId"]))
                 group["Candidates"].append(cand)
             for group in groups.values():
                 group.pop("_ranks")
+                if any(c["ScoresHidden"] for c in group["Candidates"]):
+                    # the others' ranks and scores would tell the hidden one's
+                    for c in group["Candidates"]:
+                        c.update(ScoresHidden=True, Rank=None, Similarity=None,
+                                 FalseMatchRate=None)
                 group["Candidates"].sort(key=lambda c: (c["Rank"] or 0, c["CandidateId"]))
             # probe faces confirmed as different people wait for a resolution, not a decision
             conflicts = [{k: c[k] for k in ("CandidateId", "CaseReference", "CollectionId",
                                             "ExternalImageId", "ConflictsWith", "RequestId")}
                          for c in review.query(conn, status=review.CONFLICT, limit=4096)
-                         if ctx.may_name(c["CollectionId"])]
+                         if ctx.may_name(c["CollectionId"])
+                         # blind review: a conflict is an outcome (listed above as open)
+                         and c["RequestId"] not in opened[0]
+                         and c["ProbeImageSha256"] not in opened[1]]
         with self.audit("ViewReviewQueue", ctx, uses_model=False) as op:
             op.record(candidate_ids=[c["CandidateId"] for c in shown + conflicts])
         return {"Searches": list(groups.values()), "Candidates": shown, "Conflicts": conflicts,
                 "PendingVisible": len(visible), "NeedsYourDecision": needing,
                 "PublishedErrorRates": self.published_error_rates()}
 
-    def _as_seen(self, conn: Connection, cand: Shape, ctx: RequestContext) -> Shape:
-        """`cand` as the caller may see it, with YourPart: may they decide, and if not why."""
+    def _as_seen(self, conn: Connection, cand: Shape, ctx: RequestContext,
+                 opened: tuple[set[str], set[str]] | None = None) -> Shape:
+        """`cand` as the caller may see it, with YourPart: may they decide, and if not why.
+        Blind review covers the whole search and probe: while the caller still has a candidate
+        of the same search (or of another search of the same probe photo) to decide, they see
+        no other reviewer's decision, reason, name or count, and no outcome, on any of them."""
+        if opened is None:
+            opened = open_to(review.query(conn, status=review.PENDING, limit=4096), ctx)
         policy = load_policy(conn, cand["CollectionId"])
         reviewer = ctx.has_role("reviewer")
         own = cand["RequestedBy"] == ctx.principal
@@ -136,18 +170,60 @@ class OversightOperations(UserOperations, GovernanceOperations):
             part = {"State": "not_reviewer", "CanDecide": False,
                     "Why": "Your key has no reviewer role: you may read this case file, not "
                            "decide it."}
-        elif reader and cand["Reviews"] and seen["Stage"] != review.VERIFICATION:
+        elif (reader and seen["Stage"] != review.VERIFICATION
+              and review.decided_by_others(conn, cand, ctx.principal)):
             part = {"State": "reads_decisions", "CanDecide": False,
-                    "Why": "Your key can read the ledger, where the other reviewers' decisions "
-                           "on this candidate are recorded, so your decision would not be "
-                           "independent: a reviewer-only key decides it."}
+                    "Why": "Your key can read the ledger, where other reviewers' decisions on "
+                           "this candidate or on its search's other candidates (or other "
+                           "searches of its probe photo) are recorded, so your decision would "
+                           "not be independent: a reviewer-only key decides it."}
         else:
             part = {"State": "needs_decision", "CanDecide": True, "Why": None}
+        requests, probes = opened
+        verifying = part["CanDecide"] and seen["Stage"] == review.VERIFICATION
+        if (cand["RequestId"] in requests or cand["ProbeImageSha256"] in probes) and not verifying:
+            # a sibling's outcome is a colleague's conclusion about the same probe face: every
+            # candidate of the search and probe looks the same to the caller, settled or not
+            seen["Reviews"] = [r for r in seen["Reviews"] if r["Reviewer"] == ctx.principal]
+            seen["Confirmations"] = None
+            seen["DecisionsHidden"] = True
+            seen["Status"] = None  # PENDING or settled would tell what others decided
+            # a CONFLICT counts as settled here: that two people were confirmed for this
+            # probe, and how it was resolved, are other reviewers' conclusions
+            seen["ConflictsWith"], seen["Resolution"] = [], None
+            late = None
+            if cand["Status"] != review.PENDING and reviewer and not own and not decided:
+                # settled by others before the caller decided it: still open to the caller's
+                # conclusion, which the service refuses as a decision (logged, with the
+                # reason); after that attempt it reads as decided
+                late = own_event(conn, "ReviewCandidate", cand["CandidateId"], ctx.principal,
+                                 outcome="refused", rule="not_pending")
+                if late is None:
+                    part = {"State": "needs_decision", "CanDecide": True, "Why": None}
+            if not part["CanDecide"]:
+                given = (late[1].get("params") or {}).get("decision") if late else None
+                mine = (f"You decided this candidate ({seen['MyDecision']}). "
+                        if seen["MyDecision"] else
+                        f"You gave your conclusion ({given}) after other reviewers had settled "
+                        "this candidate: it is in the ledger, not counted as a decision. "
+                        if late else "This candidate is not open to your decision. ")
+                part = {"State": "blind", "CanDecide": False,
+                        "Why": mine + "Its status and other reviewers' decisions are hidden "
+                               "from you until you have decided every candidate of this search "
+                               "(and of other searches of the same probe photo) that is open "
+                               "to you: blind review."}
         part.setdefault("CanResolve", False)
         seen["YourPart"] = part
         seen["ReadsDecisions"] = reader
         seen["VerifierSeesEarlier"] = policy.verifier_sees_earlier
         seen["VerifyEveryConclusion"] = policy.verify_every_conclusion
+        # ACE-V: analysis before comparison. Whoever may decide sees no score (Similarity,
+        # its false-match rate, rank) until they ask for it after a first look (logged).
+        seen["ScoresRevealedAt"] = (scores_revealed(conn, cand["CandidateId"], ctx.principal)
+                                    if part["CanDecide"] else None)
+        seen["ScoresHidden"] = part["CanDecide"] and seen["ScoresRevealedAt"] is None
+        if seen["ScoresHidden"]:
+            seen["Similarity"] = seen["FalseMatchRate"] = None
         return seen
 
     def _strength(self, conn: Connection, cand: Shape) -> Shape:
@@ -157,7 +233,12 @@ class OversightOperations(UserOperations, GovernanceOperations):
         threshold, fmr = facts.get("Threshold"), facts.get("ThresholdFalseMatchRate")
         searched = facts.get("FacesSearched")
         warnings: list[str] = []
-        out: Shape = dict(facts)
+        # a candidate whose search event is not found (held by an older version, or by hand)
+        # still has every field, as unknown
+        out: Shape = {k: None for k in ("EventSeq", "Threshold", "ThresholdFalseMatchRate",
+                                        "FacesSearched", "ExpectedFalseMatches",
+                                        "ProbeImageSha256", "FaceModelVersion")}
+        out.update(facts)
         try:
             table = self.calibration
         except LookupError:
@@ -172,14 +253,14 @@ class OversightOperations(UserOperations, GovernanceOperations):
         expected = facts.get("ExpectedFalseMatches")
         if isinstance(threshold, (int, float)):
             fmr = fmr if isinstance(fmr, (int, float)) else fmr_for_similarity(threshold)
-            one_in = f"1 in {1 / fmr:,.0f}" if fmr > 0 else "none"
+            one_in = pairs_of_different_people(fmr)
             default = out.get("DefaultThreshold")
             if isinstance(default, float) and threshold < default - 1e-9:
                 expect = (f"; {expected:.3g} false matches expected in this search"
                           if isinstance(expected, (int, float)) else "")
                 warnings.append(
                     f"This search ran at {threshold:g}, below the default of {default:.6g} "
-                    f"for {searched} faces: {one_in} pairs of different people score this "
+                    f"for {searched} faces: {one_in} score this "
                     f"high{expect}.")
             if table is not None and fmr < table.lowest_credible_fmr:
                 warnings.append(
@@ -215,16 +296,17 @@ class OversightOperations(UserOperations, GovernanceOperations):
                 for other in review.query(conn, request_id=cand["RequestId"], limit=4096):
                     if other["CandidateId"] == cand["CandidateId"]:
                         continue
+                    hidden = seen["ScoresHidden"]  # a sibling's rank tells this one's
                     siblings.append({
                         "CandidateId": other["CandidateId"],
-                        "Rank": ranks.get(other["CandidateId"]),
-                        "Similarity": other["Similarity"],
-                        "FalseMatchRate": other["FalseMatchRate"],
+                        "Rank": None if hidden else ranks.get(other["CandidateId"]),
+                        "Similarity": None if hidden else other["Similarity"],
+                        "FalseMatchRate": None if hidden else other["FalseMatchRate"],
                         "ExternalImageId": other["ExternalImageId"], "FaceId": other["FaceId"],
                         # another candidate's outcome is a colleague's conclusion too
                         "Status": None if seen["DecisionsHidden"] else other["Status"]})
-                siblings.sort(key=lambda o: o["Rank"] or 0)
-        seen["Rank"] = ranks.get(cand["CandidateId"])
+                siblings.sort(key=lambda o: (o["Rank"] or 0, o["CandidateId"]))
+        seen["Rank"] = None if seen["ScoresHidden"] else ranks.get(cand["CandidateId"])
         # the view belongs to the search's case, so the case export shows who saw it
         vctx = dataclasses.replace(ctx, case=ctx.case or cand["CaseReference"],
                                    purpose=ctx.purpose or cand["Purpose"])
@@ -232,10 +314,51 @@ class OversightOperations(UserOperations, GovernanceOperations):
             op.record(candidate_id=cand["CandidateId"],
                       face_ids=[cand["FaceId"]] if cand["FaceId"] else [],
                       search_request_id=cand["RequestId"],
-                      decisions_shown=not seen["DecisionsHidden"])
+                      decisions_shown=not seen["DecisionsHidden"],
+                      scores_shown=not seen["ScoresHidden"])
         return {"Candidate": seen, "Search": search, "EnrolledFace": enrolled,
+                "Suitability": suitability(cand.get("ProbeFace"), enrolled),
                 "Rank": seen["Rank"], "CandidatesHeld": len(ranks), "Siblings": siblings,
-                "PublishedErrorRates": self.published_error_rates(search.get("FaceModelVersion"))}
+                "PublishedErrorRates": self.published_error_rates(
+                    search.get("FaceModelVersion"),
+                    search["Threshold"] if isinstance(search.get("Threshold"), (int, float))
+                    else None)}
+
+    def reveal_scores(self, candidate_id: str, *, probe_sha256: str | None = None,
+                      enrolled_sha256: str | None = None,
+                      ctx: RequestContext = LOCAL) -> Shape:
+        """Show a reviewer the candidate's scores after their own first look (ACE-V: analysis
+        before comparison): its Similarity, false-match rate and rank, and the search's other
+        candidates' scores. Logged as RevealCandidateScores with `photos_checked` (both hashes
+        given and equal to the recorded ones: the photos were open in the reviewer's browser);
+        from then on the reviewer's pages show the scores, and their decision event says when
+        they saw them."""
+        self._need_role(REVEAL_SCORES, ctx, REVIEW_READERS)
+        cand = self.get_review_candidate(candidate_id, ctx=ctx)
+        cid = cand["CollectionId"]
+        self._need_role(REVEAL_SCORES, ctx, REVIEW_READERS, cid)
+        with self.ledger.engine.connect() as conn:
+            ranks = _ranks(conn, cand["RequestId"])
+            enrolled = self.recorded_enrolled_sha256(conn, cand)
+            others = review.query(conn, request_id=cand["RequestId"], limit=4096) \
+                if cand["RequestId"] else []
+        given = [(v or "").strip().lower() or None for v in (probe_sha256, enrolled_sha256)]
+        checked = given == [cand["ProbeImageSha256"], enrolled] and None not in given
+        vctx = dataclasses.replace(ctx, case=ctx.case or cand["CaseReference"],
+                                   purpose=ctx.purpose or cand["Purpose"])
+        with self.audit(REVEAL_SCORES, vctx, collection=cid, uses_model=False) as op:
+            op.record(candidate_id=cand["CandidateId"], photos_checked=checked,
+                      search_request_id=cand["RequestId"])
+        return {"CandidateId": cand["CandidateId"], "CaseReference": cand["CaseReference"],
+                "ExternalImageId": cand["ExternalImageId"], "Similarity": cand["Similarity"],
+                "FalseMatchRate": cand["FalseMatchRate"], "Rank": ranks.get(cand["CandidateId"]),
+                "CandidatesHeld": len(ranks), "PhotosChecked": checked,
+                "Others": sorted(({"CandidateId": o["CandidateId"],
+                                   "ExternalImageId": o["ExternalImageId"],
+                                   "Similarity": o["Similarity"],
+                                   "Rank": ranks.get(o["CandidateId"])}
+                                  for o in others if o["CandidateId"] != cand["CandidateId"]),
+                                 key=lambda o: o["Rank"] or 0)}
 
     def recorded_enrolled_sha256(self, conn: Connection, candidate: Shape) -> str | None:
         """The ledger's IndexFaces hash, else the catalog's (faces indexed before the ledger
@@ -276,24 +399,34 @@ class OversightOperations(UserOperations, GovernanceOperations):
         face["ExpectedSha256"] = face.get("IndexFacesImageSha256") or face["ImageSha256"]
         return face
 
-    def published_error_rates(self, model_version: str | None = None) -> Shape:
+    def published_error_rates(self, model_version: str | None = None,
+                              threshold: float | None = None) -> Shape:
         """A model's (default: the configured one's) published error rates from its
-        calibration table: operating points, and per group where the table measured groups
-        (rows as the table gives them)."""
+        calibration table: operating points at the thresholds the table checked, whom the
+        promise holds for at each (`calibration.coverage`, the one source of these words), and
+        per group where the table measured groups. With `threshold` (a search's), the coverage
+        at exactly that threshold, if the table checked it."""
         version = canonical(model_version or self.pipeline.model_version)
         try:
             table = self.calibration_for(version)
         except (LookupError, ResourceNotReadyException):
             return {"ModelVersion": version, "Available": False}
-        points = []
-        for fmr in (1e-3, 1e-4, 1e-5):
-            d = table.distance_for_fmr(fmr)
-            points.append({"Similarity": 100 * (1 - fmr), "FalseMatchRate": fmr,
-                           "FalseNonMatchRate": float(table.fnmr_at(d)),
-                           "Credible": table.is_credible(fmr)})
         prov = table.provenance
+        coverage = threshold_coverage(table)
+        sims = [t.similarity for t in coverage] or [
+            float(row["similarity"]) for row in prov.get("summary", [])
+            if isinstance(row, Mapping) and 0 < float(row.get("fmr", 1)) < 1]
+        points = []
+        for sim in sims:
+            fmr = fmr_for_similarity(sim)
+            d = table.distance_for_fmr(fmr)
+            checked = next((t for t in coverage if t.similarity == sim), None)
+            points.append({"Similarity": sim, "FalseMatchRate": fmr,
+                           "FalseNonMatchRate": float(table.fnmr_at(d)),
+                           "Credible": table.is_credible(fmr),
+                           "Coverage": None if checked is None else checked.as_dict()})
         groups = _group_rows(prov.get("coverage"))
-        covered = sum(1 for g in groups if g["Covered"])
+        at = None if threshold is None else coverage_at(table, threshold)
         return {"ModelVersion": table.model_version, "Available": True,
                 "Dataset": (prov.get("dataset") or {}).get("name"),
                 "LowestCredibleFalseMatchRate": table.lowest_credible_fmr,
@@ -301,8 +434,9 @@ class OversightOperations(UserOperations, GovernanceOperations):
                 # the summary lines; the per-group lines are the rows of Groups
                 "Populations": [ln.rstrip(":") for ln in coverage_lines(table)
                                 if not ln.startswith("  ")],
-                "Groups": groups, "GroupsMeasured": len(groups), "GroupsCovered": covered,
-                "GroupsNotCovered": [g["Group"] for g in groups if not g["Covered"]],
+                "Coverage": [t.as_dict() for t in coverage],
+                "Threshold": threshold, "AtThreshold": None if at is None else at.as_dict(),
+                "Groups": groups, "GroupsMeasured": len(groups),
                 # groups whose own rate at a shipped threshold is above the promise beyond
                 # chance (the whole 95% interval above it): said next to every decision
                 "GroupsAbovePromise": [
@@ -428,22 +562,29 @@ class OversightOperations(UserOperations, GovernanceOperations):
                  "FaceModelVersion": r.face_model_version}
                 for r in rows if ctx.may_name(r.collection_id)]
 
-    def collection_overview(self, collection_id: str, *, ctx: RequestContext = LOCAL) -> Shape:
-        """A collection's faces, users, policy, retention and model (ListFaces is logged)."""
+    def collection_overview(self, collection_id: str, *, listing: bool = True,
+                            ctx: RequestContext = LOCAL) -> Shape:
+        """A collection's counts, policy, retention and model, and (with `listing`) its first
+        100 faces and users, recorded as one ListFaces event (the listing obeys the collection's
+        purpose rule: without a purpose where one is required, nothing is listed or logged)."""
         cid = check_collection_id(collection_id)
         self._need_role("ViewCollection", ctx, ("reviewer", "auditor", "admin"), cid)
-        described = self.describe_collection(cid, ctx=ctx)
+        with self.catalog.read() as conn:  # counts and the model: aggregates, not logged
+            coll = self.catalog.collection(conn, cid)
+            user_count = self.catalog.user_count(conn, coll.pk)
+        described: Shape = {"FaceCount": coll.face_count, "UserCount": user_count,
+                            "FaceModelVersion": coll.face_model_version,
+                            "CreationTimestamp": coll.created_at}
         out: Shape = {"CollectionId": cid, "Description": described, "Faces": [], "Users": [],
                       "ListingNeedsPurpose": False}
         with self.ledger.engine.connect() as conn:
             policy = load_policy(conn, cid)
         if policy.require_purpose and not ctx.purpose:
             # asked for a purpose first, rather than listing and being refused
-            out["ListingNeedsPurpose"] = True
-        else:
+            out["ListingNeedsPurpose"] = listing
+        elif listing:
             try:
-                out["Faces"] = self.list_faces(cid, max_results=100, ctx=ctx).get("Faces", [])
-                out["Users"] = self.list_users(cid, max_results=100, ctx=ctx).get("Users", [])
+                out["Faces"], out["Users"] = self._list_for_console(cid, ctx)
             except PolicyRefusedException as exc:
                 # the collection's policy refused the listing; it is logged
                 out["ListingRefused"] = exc.message
@@ -460,6 +601,32 @@ class OversightOperations(UserOperations, GovernanceOperations):
                 face["ExpiresAt"] = format_time(
                     parse_time(started) + timedelta(days=policy.retention_days))
         return out
+
+    def _list_for_console(self, cid: str, ctx: RequestContext,
+                          limit: int = 100) -> tuple[list[Shape], list[Shape]]:
+        """The first `limit` faces and users of `cid`, in one ListFaces event (a page is one
+        view: not a DescribeCollection, a ListFaces and a ListUsers)."""
+        with self.audit("ListFaces", ctx, collection=cid, uses_model=False) as op:
+            op.note(MaxResults=limit, Users=True, Via="console")
+            with self.catalog.read() as conn:
+                coll = self.catalog.collection(conn, cid)
+                faces = self.catalog.list_faces(conn, coll.pk, 0, limit + 1)
+                users = self.catalog.list_users(conn, coll.pk, 0, limit + 1)
+            op.record(face_ids=[f.face_id for f in faces[:limit]],
+                      user_ids=[u.user_id for u in users[:limit]],
+                      more=len(faces) > limit or len(users) > limit)
+        return ([members.face_shape(f, coll.face_model_version) for f in faces[:limit]],
+                [{"UserId": u.user_id, "UserStatus": members.status(u.face_count)}
+                 for u in users[:limit]])
+
+    def refuse_console_form(self, operation: str, message: str, *,
+                            candidate_id: str | None = None,
+                            ctx: RequestContext = LOCAL) -> NoReturn:
+        """Log a console form refused for its CSRF token, as a refused `operation` of the
+        signed-in key (rule csrf: a forged request in that key's name), and raise it."""
+        with self.audit(operation, ctx, uses_model=False) as op:
+            op.note(form="console", candidate_id=candidate_id)
+            raise FormRefused(message)
 
 
 def _search_facts(conn: Connection, request_id: str | None) -> Shape:
@@ -489,6 +656,47 @@ def _search_facts(conn: Connection, request_id: str | None) -> Shape:
                 "FaceModelVersion": canonical(str(body["model_version"]))
                 if body.get("model_version") else None}
     return {}
+
+
+def suitability(probe: Shape | None, enrolled: Shape | None) -> list[str]:
+    """Warnings about how comparable the two faces are, from the pose the detector recorded
+    for each (the probe at the search, the enrolled face at indexing)."""
+    poses = {name: (face or {}).get("Pose") for name, face in (("probe", probe),
+                                                                ("enrolled", enrolled))}
+    out = []
+    for name, pose in poses.items():
+        if not isinstance(pose, Mapping):
+            continue
+        yaw, pitch = float(pose.get("Yaw") or 0.0), float(pose.get("Pitch") or 0.0)
+        if abs(yaw) >= TURNED_YAW:
+            out.append(f"The {name} face is turned {abs(yaw):.0f}° to the side (yaw "
+                       f"{yaw:+.0f}°): the far half of the face is hidden and foreshortened, "
+                       "so its features cannot be compared like for like, and the picture "
+                       "below scales it by its eye-to-mouth height, not its narrowed eyes.")
+        if abs(pitch) >= TURNED_PITCH:
+            out.append(f"The {name} face is tilted {abs(pitch):.0f}° up or down (pitch "
+                       f"{pitch:+.0f}°): heights of the nose, mouth and chin are foreshortened.")
+    p, e = poses["probe"], poses["enrolled"]
+    if isinstance(p, Mapping) and isinstance(e, Mapping):
+        apart = abs(float(p.get("Yaw") or 0.0) - float(e.get("Yaw") or 0.0))
+        if apart >= POSE_APART:
+            out.append(f"The two faces are turned {apart:.0f}° apart: compare only features "
+                       "visible in both; a conclusion on these photos may not be possible "
+                       "(inconclusive).")
+    return out
+
+
+def _settled_in(conn: Connection, requests: set[str], probes: set[str]) -> list[Shape]:
+    """The settled candidates of these searches and probe photos (at most 4096)."""
+    if not requests and not probes:
+        return []
+    c = schema.candidates
+    ids = conn.execute(
+        select(c.c.id).where(c.c.status != review.PENDING,
+                             or_(c.c.request_id.in_(sorted(requests)),
+                                 c.c.probe_sha256.in_(sorted(probes))))
+        .order_by(c.c.created_at, c.c.id).limit(4096)).scalars().all()
+    return [review.get(conn, i) for i in ids]
 
 
 def _ranks(conn: Connection, request_id: str | None) -> dict[str, int]:
@@ -533,7 +741,7 @@ def _event_row(r: Any) -> Shape:
     elif r.operation == "ResolveConflict":
         row["Decision"] = "RESOLVE"
         row["CandidateIds"] = list(result.get("candidate_ids") or [])
-    elif r.operation == "ViewCandidate":
+    elif r.operation in ("ViewCandidate", REVEAL_SCORES):
         cid = result.get("candidate_id")
         row["CandidateIds"] = [cid] if cid else []
     else:
@@ -568,9 +776,11 @@ def _group_rows(coverage: Any) -> list[Shape]:
                            "PromisedFalseMatchRate": promised,
                            "FalseMatches": k, "FalseMatchRate": fmr,
                            "Low": low, "High": float(hi), "Status": status,
+                           "StatusWords": STATUS_WORDS.get(status, status),
                            # above the promise beyond chance: the whole interval is above it
                            "AbovePromise": low > promised,
                            "PointAbovePromise": fmr > promised})
+        # covered at every threshold checked (a summary for code; pages state it per threshold)
         covered = all(p["Status"] == "covered" for p in points) if per_threshold else bool(g["covered"])
         rows.append({"Group": g["group"], "People": int(g["people"] if per_threshold else g["images"]),
                      "ImpostorPairs": pairs, "Covered": covered, "HeldOut": per_threshold,

@@ -108,7 +108,8 @@ class RedactionOperations(CollectionOperations):
     def _redact_image(self, source: Path, output: Path, templates: list[NDArray[np.float32]],
                       limit: float) -> dict[str, Any]:
         img = decode_image(source.read_bytes(), max_bytes=self.settings.max_s3_image_bytes,
-                           max_pixels=self.settings.max_image_pixels)
+                           max_pixels=self.settings.max_image_pixels,
+                           max_jpeg_scans=self.settings.max_jpeg_scans)
         faces = self.pipeline.analyze(img.pixels, embed=True)
 
         def keep(face: FaceAnalysis) -> bool:

@@ -158,9 +158,7 @@ class VideoOperations(CollectionOperations):
             with self.audit(kind, ctx, collection=collection) as op:
                 if kind == SEARCH and op.policy.require_purpose and not ctx.purpose:
                     # refused now, not after the video was analysed (the job's event checks again)
-                    op.refuse("purpose_required",
-                              f"Collection {collection} requires a stated purpose for {kind} "
-                              "(HTTP header X-Faceledger-Purpose).")
+                    op.refuse_without_purpose()
                 op.note(JobTag=tag, Video=ref, **{k: v for k, v in options.items()
                                                    if k != "FaceMatchThreshold"})
                 with self.catalog.read() as conn:
@@ -294,8 +292,10 @@ class VideoOperations(CollectionOperations):
             if found is not None:
                 cache.move_to_end(key)
                 return found
+        s = self.settings
         found = analyse(spool, self.pipeline, rate, progress=progress,
-                        max_pixels=self.settings.max_decoded_pixels)
+                        max_pixels=s.max_decoded_pixels, max_frame_rate=s.video_max_frame_rate,
+                        max_seconds=s.video_max_job_seconds, max_jpeg_scans=s.max_jpeg_scans)
         with _CACHE_LOCK:
             cache[key] = found
             while len(cache) > RECENT_ANALYSES:

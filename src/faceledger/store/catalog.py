@@ -359,6 +359,32 @@ class Catalog:
             raise ResourceNotFoundException(f"The collection id: {collection_id} does not exist")
         return self.collection(conn, collection_id)
 
+    def collection_tags(self, conn: Connection, collection_id: str, *,
+                        for_update: bool = False) -> dict[str, str]:
+        """The collection's tags, or ResourceNotFoundException. `for_update`: take the row's
+        write lock first (a no-op update), so that a read-modify-write of the tags in this
+        transaction loses no concurrent change; the collection's version is left alone (tags
+        change no face)."""
+        if for_update:
+            done = conn.execute(collections.update()
+                                .where(collections.c.collection_id == collection_id)
+                                .values(tags=collections.c.tags))
+            if done.rowcount == 0:
+                raise ResourceNotFoundException(
+                    f"The collection id: {collection_id} does not exist")
+        row = conn.execute(sa.select(collections.c.tags)
+                           .where(collections.c.collection_id == collection_id)).first()
+        if row is None:
+            raise ResourceNotFoundException(f"The collection id: {collection_id} does not exist")
+        found = json.loads(row.tags) if row.tags else {}
+        return {str(k): str(v) for k, v in found.items()}
+
+    def set_collection_tags(self, conn: Connection, collection_id: str,
+                            tags: Mapping[str, str]) -> None:
+        """Replace the collection's tags (after `collection_tags(..., for_update=True)`)."""
+        conn.execute(collections.update().where(collections.c.collection_id == collection_id)
+                     .values(tags=json.dumps(dict(tags), sort_keys=True) if tags else None))
+
     def adjust_face_count(self, conn: Connection, coll: CollectionRow, delta: int) -> None:
         if delta:
             conn.execute(

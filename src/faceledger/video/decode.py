@@ -12,10 +12,19 @@ non-reference ones (B-frames) while the next sample is more than two frames away
 that are decoded but not sampled are never converted to RGB. (Keyframe seeking only pays when
 samples are further apart than keyframes, i.e. above a second or two: not at the default rate.)
 Only one frame is held at a time, so memory does not grow with the video's length.
+
+A file's timing is the caller's: `FrameLimits` bound a pass whatever it claims. After a sample
+the next sample time is computed, not stepped towards (issue 24: timestamps that jumped to
+9e15 ms made the old loop add 0.5 s some 1.8e13 times); frames later than the probed duration
+end the pass (so a patched Duration cannot hide a longer video from `max_video_seconds`);
+and packets read, wall time, and the scans of each MJPEG frame (a progressive JPEG is decoded
+once per scan: imaging.MAX_JPEG_SCANS) are capped.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -25,7 +34,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import InvalidParameterException, VideoTooLargeException
+from ..errors import (
+    InvalidImageFormatException,
+    InvalidParameterException,
+    VideoTooLargeException,
+)
+from ..imaging import jpeg_layout
 from ..text import logger
 
 log = logger("faceledger.video")
@@ -56,6 +70,48 @@ class VideoInfo:
             "FrameRate": self.frame_rate, "FrameHeight": self.height, "FrameWidth": self.width,
             "ColorRange": self.color_range,
         }
+
+
+# Frames this much later than the probed duration still belong to the video (container
+# durations are rounded, and an edit list may start a stream late).
+END_SLACK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class FrameLimits:
+    """What one pass may read of a video, whatever its file claims."""
+
+    end_s: float = math.inf  # a frame later than this (seconds from the start) ends the pass
+    max_packets: int | None = None  # video packets (frames) read, decoded or skipped
+    deadline: float | None = None  # time.monotonic() by which the pass must have ended
+    max_jpeg_scans: int | None = None  # an MJPEG frame of more scans is refused, not decoded
+
+    @classmethod
+    def for_video(cls, info: VideoInfo, *, max_frame_rate: float | None = None,
+                  max_seconds: float | None = None,
+                  max_jpeg_scans: int | None = None) -> FrameLimits:
+        """The limits of a pass over the video `info` describes: up to its probed duration,
+        at most `max_frame_rate` frames a second of it, for at most `max_seconds`."""
+        end = info.duration_ms / 1000 + END_SLACK_SECONDS
+        return cls(
+            end_s=end,
+            max_packets=None if max_frame_rate is None else math.ceil(end * max_frame_rate),
+            deadline=None if max_seconds is None else time.monotonic() + max_seconds,
+            max_jpeg_scans=max_jpeg_scans,
+        )
+
+    def check(self, packets: int, seconds: float) -> None:
+        """VideoTooLargeException once `packets` read or the time are beyond the limits."""
+        if self.max_packets is not None and packets > self.max_packets:
+            raise VideoTooLargeException(
+                f"The video holds more than {self.max_packets} frames in its "
+                f"{self.end_s - END_SLACK_SECONDS:.1f} s (the limit is "
+                f"{self.max_packets / self.end_s:.0f} frames a second, "
+                "FACELEDGER_VIDEO_MAX_FRAME_RATE); it was not analysed further.")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise VideoTooLargeException(
+                f"The analysis stopped {seconds:.1f} s into the video: the job ran longer than "
+                "a job may (FACELEDGER_VIDEO_MAX_JOB_SECONDS).")
 
 
 @dataclass(frozen=True)
@@ -169,13 +225,16 @@ def start_seconds(stream: Any) -> float:
 
 
 def sample_frames(path: Path, rate: float, *, start_ms: int = 0,
-                  max_pixels: int | None = None) -> Iterator[Frame]:
+                  max_pixels: int | None = None,
+                  limits: FrameLimits = FrameLimits()) -> Iterator[Frame]:
     """RGB frames at about `rate` per second (every frame if rate is 0 or above the frame
     rate), from `start_ms` on; timestamps are the frames' own presentation times. A frame of
     more than `max_pixels` (a stream whose size changes after its first frame) ends the pass
-    with VideoTooLargeException before it is converted. (PyAV pads rows to its alignment: a
-    500-pixel RGB row takes 1536 bytes, so frames may not be contiguous; FacePipeline makes
-    them so where they enter it.)"""
+    with VideoTooLargeException before it is converted; so does reaching `limits`, and an
+    MJPEG frame beyond their scans is refused with InvalidParameterException; a frame later
+    than their end ends the pass. (PyAV pads rows to its alignment: a 500-pixel RGB row takes
+    1536 bytes, so frames may not be contiguous; FacePipeline makes them so where they enter
+    it.)"""
     import av
 
     with _open(path) as container:
@@ -188,35 +247,61 @@ def sample_frames(path: Path, rate: float, *, start_ms: int = 0,
         # Half a frame of slack, so a sample falls on the frame nearest its time.
         slack = 0.5 / fps
         t0 = start_seconds(stream)
-        next_t = start_ms / 1000.0
+        first_t = next_t = start_ms / 1000.0
         ctx = stream.codec_context
-        count = 0  # frames decoded: the clock of streams without timestamps
+        scans = limits.max_jpeg_scans if ctx.name == "mjpeg" else None
+        count = packets = 0  # frames decoded (the clock of streams without timestamps), read
         try:
             for packet in container.demux(stream):
-                if step and packet.pts is not None:
-                    ahead = float(packet.pts * tb) - t0 + slack + 2.0 / fps < next_t
+                packets += 1
+                limits.check(packets, next_t)
+                at = None if packet.pts is None else float(packet.pts * tb) - t0
+                if at is not None and at > limits.end_s:
+                    break  # past the probed duration: not part of the video
+                if step and at is not None:
+                    ahead = at + slack + 2.0 / fps < next_t
                     if intra_only and ahead:
                         continue  # a whole picture that no sample needs: not decoded
                     if not intra_only:
                         # frames no other frame refers to (B-frames) are skipped by FFmpeg
                         # while the next sample is more than two frames away
                         ctx.skip_frame = "NONREF" if ahead else "DEFAULT"
+                if scans is not None and packet.size:
+                    _check_scans(bytes(packet), scans, at)
                 for frame in packet.decode():
                     t = (float(frame.pts * tb) - t0) if frame.pts is not None else count / fps
                     count += 1
                     if t + slack < next_t:
                         continue
+                    if t > limits.end_s:
+                        return
                     if max_pixels is not None and frame.width * frame.height > max_pixels:
                         raise VideoTooLargeException(
                             f"A frame at {t:.1f} s is {frame.width}x{frame.height} pixels; the "
                             f"limit is {max_pixels} pixels a frame.")
                     yield Frame(int(round(t * fps)), int(round(t * 1000)),
                                 frame.to_ndarray(format="rgb24"))
-                    if step:
-                        while next_t <= t + slack:
-                            next_t += step
-                    else:
-                        next_t = t
+                    next_t = _next_sample(first_t, step, t + slack) if step else t
         except av.FFmpegError as exc:
             raise InvalidParameterException(
                 f"The video could not be decoded ({_reason(exc)}).") from None
+
+
+def _next_sample(first: float, step: float, after: float) -> float:
+    """The first sample time `first + n * step` later than `after`: computed, so a jump in the
+    timestamps costs nothing."""
+    n = max(math.floor((after - first) / step) + 1, 0)
+    for k in (n, n + 1):  # float rounding at the boundary
+        if first + k * step > after:
+            return first + k * step
+    # beyond 2**53 steps a step is below a float's resolution: the next float will do
+    return math.nextafter(after + step, math.inf)
+
+
+def _check_scans(data: bytes, max_scans: int, at: float | None) -> None:
+    try:
+        jpeg_layout(data, max_scans)
+    except InvalidImageFormatException as exc:
+        where = "A frame" if at is None else f"The frame at {at:.1f} s"
+        raise InvalidParameterException(f"{where} of the video is refused: {exc.message}"
+                                        ) from None

@@ -33,7 +33,7 @@ from ..errors import InvalidParameterException
 from ..vision import FacePipeline
 from ..vision.types import Box, FaceAnalysis
 from .analysis import analyse
-from .decode import start_seconds
+from .decode import FrameLimits, start_seconds
 from .tracks import Person, box_at
 from ..text import logger
 
@@ -101,11 +101,12 @@ class RedactionPlan:
 
 
 def find_persons(path: Path, pipeline: FacePipeline, rate: float,
-                 max_pixels: int | None = None) -> tuple[list[Person], float]:
-    """Every person in the video at `rate` samples/s, and the video's frame rate (frames of
-    more than `max_pixels` refused)."""
+                 max_pixels: int | None = None) -> tuple[list[Person], float, float]:
+    """Every person in the video at `rate` samples/s, the video's frame rate, and the last
+    time (ms) analysed: frames past the probed duration are not (frames of more than
+    `max_pixels` refused)."""
     found = analyse(path, pipeline, rate, max_pixels=max_pixels)
-    return found.persons, found.info.frame_rate
+    return found.persons, found.info.frame_rate, FrameLimits.for_video(found.info).end_s * 1000
 
 
 def redact_video(src: Path, dst: Path, pipeline: FacePipeline, *, rate: float,
@@ -114,7 +115,7 @@ def redact_video(src: Path, dst: Path, pipeline: FacePipeline, *, rate: float,
     """Write `dst`: `src` with every person not kept blurred, audio copied; a summary."""
     import av
 
-    persons, fps = find_persons(src, pipeline, rate, max_pixels)
+    persons, fps, end_ms = find_persons(src, pipeline, rate, max_pixels)
     blurred = [p for p in persons if not keep(p)]
     interval = 1000.0 / rate if rate > 0 else 1000.0 / max(fps, 1.0)
     plan = RedactionPlan(blurred, hold_ms=interval + 1000.0 / max(fps, 1.0))
@@ -148,6 +149,8 @@ def redact_video(src: Path, dst: Path, pipeline: FacePipeline, *, rate: float,
                 for frame in packet.decode():
                     t = (float(frame.pts * tb) - t0) * 1000 if frame.pts is not None \
                         else frames * 1000.0 / max(fps, 1.0)
+                    if t > end_ms:
+                        continue  # not analysed (past the duration): never written unblurred
                     pixels = np.ascontiguousarray(
                         frame.to_ndarray(format="rgb24")[:height, :width])
                     boxes += blur_boxes(pixels, plan.boxes_at(t))

@@ -7,6 +7,12 @@
 "use strict";
 
 const state = { probe: null, enrolled: null };  // {bitmap, geometry, sha}
+// Eye distance over eye-to-mouth height of a frontal face (YuNet's points, median of 35 LFW
+// faces within 10 degrees of frontal: 0.98, 10-90% 0.92-1.01). A face turned sideways narrows
+// its eyes, one tilted up or down shortens the eye-to-mouth height: the larger of the two
+// (eye-mouth height converted) is the face's size whatever its pose, so a turned face is drawn
+// at the same scale as a frontal one (by eye distance alone, yaw -48 drew 1.45x too large).
+const EYE_TO_MOUTH = 0.98;
 const view = { zoom: 1, original: false, overlay: true };
 
 function hex(buffer) {
@@ -29,11 +35,32 @@ function geometryPx(item) {
     out.eyes = { lx: le.X * iw, ly: le.Y * ih, rx: re.X * iw, ry: re.Y * ih };
     out.eyeDistance = Math.hypot(out.eyes.rx - out.eyes.lx, out.eyes.ry - out.eyes.ly);
     out.roll = Math.atan2(out.eyes.ry - out.eyes.ly, out.eyes.rx - out.eyes.lx);
+    out.faceSize = out.eyeDistance;
+    const ml = landmark(geometry, "mouthLeft"), mr = landmark(geometry, "mouthRight");
+    if (ml && mr) {
+      const mx = (ml.X + mr.X) / 2 * iw, my = (ml.Y + mr.Y) / 2 * ih;
+      out.eyeMouth = Math.hypot(mx - (out.eyes.lx + out.eyes.rx) / 2, my - (out.eyes.ly + out.eyes.ry) / 2);
+      out.faceSize = Math.max(out.eyeDistance, EYE_TO_MOUTH * out.eyeMouth);
+    }
   }
   return out;
 }
 
+// The canvas's pixels are the screen's: its backing store is its CSS size times the device
+// pixel ratio, so "original resolution" really is one photo pixel per screen pixel (a fixed
+// 480 px canvas shown at 600 or 180 CSS px, on a 2x screen, was 2.5x or 0.75x of that).
+function fitCanvas(canvas) {
+  const dpr = window.devicePixelRatio || 1;
+  const side = Math.max(1, Math.round((canvas.clientWidth || 480) * dpr));
+  if (canvas.width !== side || canvas.height !== side) {
+    canvas.width = side;
+    canvas.height = side;
+  }
+  return dpr;
+}
+
 function draw(canvas, item, which) {
+  const dpr = fitCanvas(canvas);
   const ctx = canvas.getContext("2d");
   const W = canvas.width, H = canvas.height;
   ctx.setTransform(1, 0, 0, 1, 0, 0);
@@ -41,18 +68,19 @@ function draw(canvas, item, which) {
   ctx.fillRect(0, 0, W, H);
   if (!item) {
     ctx.fillStyle = "#ddd";
-    ctx.font = "24px system-ui, sans-serif";
+    ctx.font = `${Math.round(W / 20)}px system-ui, sans-serif`;
     ctx.textAlign = "center";
     ctx.fillText(`Open the ${which} photo below`, W / 2, H / 2);
-    ctx.fillText("(its hash is checked first)", W / 2, H / 2 + 34);
+    ctx.fillText("(its hash is checked first)", W / 2, H / 2 + W / 14);
+    delete canvas.dataset.scale;
     return;
   }
   const g = geometryPx(item);
   let cx = g.iw / 2, cy = g.ih / 2, angle = 0, scale = Math.min(W / g.iw, H / g.ih);
   if (g.eyes) {
     angle = g.roll;
-    // the same eye distance on both canvases: the same scale for the two faces
-    scale = (0.3 * W) / Math.max(g.eyeDistance, 1);
+    // the same face size on both canvases: the same scale for the two faces, whatever the pose
+    scale = (0.3 * W) / Math.max(g.faceSize, 1);
     const mx = (g.eyes.lx + g.eyes.rx) / 2, my = (g.eyes.ly + g.eyes.ry) / 2;
     const dy = (0.5 - 0.38) * H / scale;
     cx = mx - Math.sin(angle) * dy;
@@ -64,6 +92,9 @@ function draw(canvas, item, which) {
   }
   if (view.original) { scale = 1; angle = 0; }
   scale *= view.zoom;
+  // screen pixels per photo pixel, as drawn (said under the face: above 1 is interpolation)
+  canvas.dataset.scale = scale.toFixed(3);
+  canvas.dataset.dpr = String(dpr);
   ctx.translate(W / 2, H / 2);
   ctx.scale(scale, scale);
   ctx.rotate(-angle);
@@ -83,6 +114,11 @@ function draw(canvas, item, which) {
     }
   }
   ctx.setTransform(1, 0, 0, 1, 0, 0);
+  const shown = canvas.closest("figure").querySelector(".scale-line");
+  if (shown) {
+    shown.textContent = `drawn at ${scale.toFixed(2)} screen pixels per photo pixel` +
+      (scale > 1.05 ? " (enlarged: detail between pixels is interpolated, not seen)" : "");
+  }
 }
 
 function describe(which, item, figure) {
@@ -123,6 +159,13 @@ function updateForm() {
   const enrolled = document.getElementById("enrolled-sha256");
   if (probe) probe.value = state.probe ? state.probe.sha : "";
   if (enrolled) enrolled.value = state.enrolled ? state.enrolled.sha : "";
+  // asking for the scores records whether both photos were open (their verified hashes)
+  const reveal = document.getElementById("reveal");
+  if (reveal) {
+    const url = new URL(reveal.href);
+    url.search = ok ? `?probe=${state.probe.sha}&enrolled=${state.enrolled.sha}` : "";
+    reveal.href = url.toString();
+  }
   const why = document.getElementById("why-disabled");
   if (why) {
     why.textContent = ok
@@ -180,6 +223,19 @@ async function check(section, file) {
   updateForm();
 }
 
+// The reason is plain text: the characters the service refuses (controls, bidirectional and
+// invisible formatting) are named here before the form is sent.
+const REFUSED = /[\p{Cc}\p{Cf}\p{Cs}\p{Cn}\p{Zl}\p{Zp}]/u;
+// (a decision's reason and a conflict resolution's: the service checks both alike)
+for (const reason of document.querySelectorAll("#reason, #resolve-reason")) {
+  reason.addEventListener("input", () => {
+    const found = [...reason.value].find((ch) => ch !== "\n" && ch !== "\r" && ch !== "\t" &&
+      ch !== "\u200c" && ch !== "\u200d" && REFUSED.test(ch));
+    reason.setCustomValidity(found ? `The reason contains U+${found.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}, ` +
+      "a control, bidirectional or invisible formatting character: remove it." : "");
+  });
+}
+
 for (const section of document.querySelectorAll("section.face")) {
   const input = section.querySelector('input[type="file"]');
   input.addEventListener("change", () => {
@@ -198,5 +254,6 @@ if (zoom) {
   document.getElementById("original").addEventListener("change", (e) => { view.original = e.target.checked; redraw(); });
   document.getElementById("overlay").addEventListener("change", (e) => { view.overlay = e.target.checked; redraw(); });
 }
+window.addEventListener("resize", redraw);
 redraw();
 updateForm();
