@@ -1,12 +1,14 @@
-"""Model 2.0's calibration measurements (docs/accuracy.md section 0). Templates come from the
-evaluation cache (~/.cache/faceledger/embeddings; a few minutes per model cold).
+"""Models 2.0's and 3.0's calibration measurements (docs/accuracy.md section 0). Templates come
+from the evaluation cache (~/.cache/faceledger/embeddings; ~40 minutes per model cold here).
 
     python bench/calibration_2_0.py lfw [MODEL]       # 10-fold accuracy over View 1's 3,200 pairs,
                                                       # FNMR at the table's thresholds, by sex
-    python bench/calibration_2_0.py adopt             # raw vs normalised (the adoption rule)
+    python bench/calibration_2_0.py adopt [MODEL]     # raw vs normalised (the adoption rule)
     python bench/calibration_2_0.py identify [MODEL]  # ACLU-style 1:N on LFW + UTKFace
 
-MODEL: 2.0 (default) or 1.0 (dlib + its table). Needs ../shared/faces (or FACELEDGER_SHARED_FACES).
+MODEL: 2.0 (default), 3.0 (reid-0095 + SFace, fused) or 1.0 (dlib + its table); every model on
+the same images, pairs, gallery, probes and same-person exclusions. Needs ../shared/faces (or
+FACELEDGER_SHARED_FACES).
 LFW has no View 2 pairs.txt here: "10 folds" are pairsDevTrain + pairsDevTest split into 10
 stratified folds, each scored with the threshold of best accuracy on the other nine.
 """
@@ -26,6 +28,7 @@ from faceledger.calibration.normalise import fit_normaliser
 from faceledger.evaluation.datasets import (
     ImageSet, load_folders, load_image_roots, load_labels, load_pairs, select_half, utkface_labels,
 )  # fmt: skip
+from faceledger.evaluation.calibrate import default_split
 from faceledger.evaluation.duplicates import shipped_duplicates
 from faceledger.evaluation.enrolment import default_cache_dir, enrol_files, template_matrix
 from faceledger.evaluation.identification import split_gallery
@@ -36,7 +39,8 @@ from faceledger.settings import Settings
 _DEFAULT_FACES = Path(__file__).resolve().parents[1] / ".." / "shared" / "faces"
 F = Path(os.environ.get("FACELEDGER_SHARED_FACES", _DEFAULT_FACES))
 MODELS: dict[str, tuple[Callable[[], Settings], str]] = {
-    "2.0": (Settings, "2.0"),
+    "2.0": (lambda: Settings(embedder="reid-0095"), "2.0"),
+    "3.0": (lambda: Settings(embedder="reid-0095+sface"), "3.0"),
     "1.0": (lambda: Settings(embedder="dlib", detector="hog"), "dlib-resnet-v1"),
 }
 # Non-mated LFW probes whose nearest gallery face was looked at and is the same person
@@ -112,15 +116,16 @@ def lfw(model: str) -> dict[str, Any]:
     return out
 
 
-def adopt() -> dict[str, Any]:
+def adopt(model: str) -> dict[str, Any]:
     im = load_folders(F / "lfw")
-    t = templates(im, "2.0")
+    t = templates(im, model)
     ui = load_image_roots([F / "utkface-balanced", F / "utkface-more"])
-    ut = templates(ui, "2.0")
+    ut = templates(ui, model)
     person = shipped_duplicates().clusters(ui.keys)
     idx = {k: i for i, k in enumerate(ui.keys)}
-    fit = [idx[k] for k in select_half(ui, "fit", person, "salted-sha256").keys]
-    test = np.array([idx[k] for k in select_half(ui, "test", person, "salted-sha256").keys])
+    split = default_split(model)
+    fit = [idx[k] for k in select_half(ui, "fit", person, split).keys]
+    test = np.array([idx[k] for k in select_half(ui, "test", person, split).keys])
     cohort = ut[fit][np.isfinite(ut[fit]).all(1)]
     norm = fit_normaliser(cohort)
     ok = np.isfinite(t).all(1)
@@ -197,5 +202,6 @@ def identify(model: str) -> dict[str, Any]:
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "lfw"
     model = sys.argv[2] if len(sys.argv) > 2 else "2.0"
-    result = {"lfw": lambda: lfw(model), "adopt": adopt, "identify": lambda: identify(model)}[what]()
+    result = {"lfw": lambda: lfw(model), "adopt": lambda: adopt(model),
+              "identify": lambda: identify(model)}[what]()
     print(json.dumps(result, indent=1))

@@ -4,8 +4,9 @@ On the same LFW images (the unique images of pairsDevTest, topped up from pairsD
 --images), in one run, side by side: face_recognition (dlib's HOG with one 2x upsample, dlib's
 5-point predictor and ResNet through dlib's runtime); faceledger's model 1.0 (HOG, ONet check and
 landmarks, dlib's ResNet on ONNX Runtime: the same templates, tests/test_onnx_equivalence.py);
-and faceledger's model 2.0, the default (YuNet with its landmarks, the ONet check, Intel's
-face-reidentification-retail-0095 on OpenVINO). faceledger also measures pose and quality.
+faceledger's model 2.0 (YuNet with its landmarks, the ONet check, Intel's
+face-reidentification-retail-0095 on OpenVINO); and model 3.0 (the same, plus OpenCV Zoo's SFace
+on OpenVINO, fused). faceledger also measures pose and quality.
 face_recognition is used as documented: `load_image_file`, then `face_locations(img)` and
 `face_encodings(img, locations)`. faceledger decodes each image once and spreads images over
 one worker process per core, each with its models loaded once (one ONNX Runtime thread each).
@@ -86,23 +87,26 @@ def run_face_recognition(files: list[str], root: str) -> dict[str, object]:
 
 _PIPELINE = None
 STAGES = ("decode", "detect", "check", "embed", "other")
-# (label, Settings overrides): the models faceledger compares, the default last
+# (label, Settings overrides): the models faceledger compares
 MODELS = (
-    ("faceledger 1.0 (HOG + dlib ResNet on ONNX Runtime)", {"detector": "hog", "embedder": "dlib"}),
-    ("faceledger 2.0 (YuNet + reid-0095 on OpenVINO, default)", {}),
+    ("1.0", "faceledger 1.0 (HOG + dlib ResNet on ONNX Runtime)",
+     {"detector": "hog", "embedder": "dlib"}),
+    ("2.0", "faceledger 2.0 (YuNet + reid-0095 on OpenVINO)", {"embedder": "reid-0095"}),
+    ("3.0", "faceledger 3.0 (YuNet + reid-0095 and SFace on OpenVINO, fused)",
+     {"embedder": "reid-0095+sface"}),
 )
 _STAGE_S: dict[str, float] = {}
 
 
 class _Timed:
-    """Forwards one method of a model and adds its wall time to a stage."""
+    """Forwards the methods of a model and adds the CPU time of some of them to a stage."""
 
-    def __init__(self, inner: object, method: str, stage: str) -> None:
-        self._inner, self._method, self._stage = inner, method, stage
+    def __init__(self, inner: object, methods: tuple[str, ...], stage: str) -> None:
+        self._inner, self._methods, self._stage = inner, methods, stage
 
     def __getattr__(self, name: str) -> object:
         attr = getattr(self._inner, name)
-        if name != self._method:
+        if name not in self._methods:
             return attr
 
         def call(*a: object, **k: object) -> object:
@@ -115,7 +119,7 @@ class _Timed:
         return call
 
 
-def _init_worker(overrides: dict[str, str]) -> None:
+def _init_worker(overrides: dict[str, object]) -> None:
     global _PIPELINE
     import cv2
 
@@ -127,10 +131,11 @@ def _init_worker(overrides: dict[str, str]) -> None:
     _PIPELINE.warm_up()
     # time each stage: the cached models are replaced by forwarding wrappers (ONet places
     # landmarks where the detector has none and checks every box: one call, "check")
-    for attr, method, stage in (("detector", "detect", "detect"),
-                                ("landmarker", "landmarks_and_face_probabilities", "check"),
-                                ("embedder", "embed", "embed")):
-        _PIPELINE.__dict__[attr] = _Timed(getattr(_PIPELINE, attr), method, stage)
+    # (the embedder's runs across images, embed_many, are the embed stage too)
+    for attr, methods, stage in (("detector", ("detect",), "detect"),
+                                 ("landmarker", ("landmarks_and_face_probabilities",), "check"),
+                                 ("embedder", ("embed", "embed_many"), "embed")):
+        _PIPELINE.__dict__[attr] = _Timed(getattr(_PIPELINE, attr), methods, stage)
 
 
 def _embed_one(path: str) -> tuple[str, int, list[float] | None, dict[str, float]]:
@@ -158,18 +163,58 @@ def _embed_one(path: str) -> tuple[str, int, list[float] | None, dict[str, float
     return path, len(faces), list(map(float, emb)), stages
 
 
+def _embed_batch(paths: list[str]) -> list[tuple[str, int, list[float] | None, dict[str, float]]]:
+    """`_embed_one` of a batch of images analysed together (FacePipeline.analyze_batch: the
+    faces of all of them through the embedder in runs of Settings.embed_batch), as the bulk
+    paths run; each image is given an equal share of the batch's CPU per stage."""
+    from faceledger.imaging import decode_image
+
+    assert _PIPELINE is not None
+    _STAGE_S.clear()
+    c0 = time.process_time()
+    images = [decode_image(Path(p).read_bytes()) for p in paths]
+    t1 = time.process_time()
+    found = _PIPELINE.analyze_batch([img.pixels for img in images], embed=True)
+    t2 = time.process_time()
+    stages = dict(_STAGE_S)
+    stages["decode"] = t1 - c0
+    stages["other"] = (t2 - t1) - sum(_STAGE_S.values())
+    stages["cpu"] = time.process_time() - c0
+    share = {k: v / len(paths) for k, v in stages.items()}
+    out: list[tuple[str, int, list[float] | None, dict[str, float]]] = []
+    for path, img, faces in zip(paths, images, found):
+        if not faces:
+            out.append((path, 0, None, share))
+            continue
+        i = centre_face([(f.box.left, f.box.top, f.box.right, f.box.bottom) for f in faces],
+                        img.width, img.height)
+        emb = faces[i].embedding
+        assert emb is not None
+        out.append((path, len(faces), list(map(float, emb)), share))
+    return out
+
+
 def _worker_peak(_: int) -> float:
     time.sleep(0.2)  # let every worker take one of these
     return peak_rss_mb()
 
 
 def run_faceledger(files: list[str], root: str, workers: int,
-                   overrides: dict[str, str]) -> dict[str, object]:
+                   overrides: dict[str, object], batch: int = 1) -> dict[str, object]:
+    """Batch 1: each image analysed alone (`analyze`, as IndexFaces through the API). Batch
+    N: tasks of N images analysed together (`analyze_batch`, as the bulk paths run), the
+    embedder taking runs of N faces."""
     ctx = mp.get_context("forkserver")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(overrides,)) as pool:
+    paths = [os.path.join(root, f) for f in files]
+    with ctx.Pool(workers, initializer=_init_worker,
+                  initargs=(overrides | {"embed_batch": batch},)) as pool:
         pool.map(_worker_peak, range(workers))  # models loaded before the clock starts
         t0 = time.perf_counter()
-        results = pool.map(_embed_one, [os.path.join(root, f) for f in files], chunksize=4)
+        if batch == 1:
+            results = pool.map(_embed_one, paths, chunksize=4)
+        else:
+            chunks = [paths[i:i + batch] for i in range(0, len(paths), batch)]
+            results = [r for rs in pool.map(_embed_batch, chunks, chunksize=1) for r in rs]
         wall = time.perf_counter() - t0
         peaks = pool.map(_worker_peak, range(workers), chunksize=1)
     vectors = {os.path.relpath(p, root): v for p, n, v, _ in results if v is not None}
@@ -229,6 +274,15 @@ def main() -> None:
                     help="images for the MMOD comparison (dlib's takes seconds each); 0 skips")
     ap.add_argument("--timing-only", type=int, default=0, metavar="N",
                     help="only the first N images, no accuracy columns (a quick look)")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1],
+                    help="images analysed together per task (the embedder takes runs of as "
+                         "many faces): 1 is each image alone, as IndexFaces; e.g. 1 8 32")
+    ap.add_argument("--models", nargs="+", default=None,
+                    help="faceledger models to run (1.0 2.0 3.0; default all)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="interleaved rounds; each faceledger configuration keeps its least CPU")
+    ap.add_argument("--no-face-recognition", action="store_true",
+                    help="skip the face_recognition baseline (ratios then say n/a)")
     ap.add_argument("--fr-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.fr_child:
@@ -250,17 +304,34 @@ def main() -> None:
     print(f"{len(files)} LFW images, {os.cpu_count()} cores, {args.workers} faceledger workers",
           flush=True)
 
-    child = subprocess.run([sys.executable, __file__, "--fr-child", "--lfw", str(args.lfw)],
-                           input=json.dumps(files), capture_output=True, text=True, check=True)
-    results = [("face_recognition 1.3 (documented usage)", json.loads(child.stdout))]
-    for label, overrides in MODELS:
-        results.append((label, run_faceledger(files, str(args.lfw), args.workers, overrides)))
+    results: list[tuple[str, dict[str, object]]] = []
+    if not args.no_face_recognition:
+        child = subprocess.run([sys.executable, __file__, "--fr-child", "--lfw", str(args.lfw)],
+                               input=json.dumps(files), capture_output=True, text=True, check=True)
+        results.append(("face_recognition 1.3 (documented usage)", json.loads(child.stdout)))
+    load = [os.getloadavg()[0]]
+    best: dict[str, dict[str, object]] = {}
+    # interleaved rounds: each configuration keeps its round of least CPU, so load from other
+    # processes that comes and goes disturbs every configuration alike
+    for _ in range(args.rounds):
+        for version, label, overrides in MODELS:
+            if args.models and version not in args.models:
+                continue
+            for batch in args.batch:
+                name = label if batch == 1 else f"{label}, batches of {batch}"
+                r = run_faceledger(files, str(args.lfw), args.workers, dict(overrides), batch)
+                if name not in best or float(r["cpu"]) < float(best[name]["cpu"]):  # type: ignore[arg-type]
+                    best[name] = r
+                load.append(os.getloadavg()[0])
+    results += list(best.items())
+    print(f"load average while running: {min(load):.1f}-{max(load):.1f}")
 
     print()
     print("| system | images/s | faces/s | CPU ms/image | images per CPU-s vs face_recognition | "
           "peak RSS MiB | failures to enrol | pairsDevTest best-threshold acc | wall s |")
     print("|---|---|---|---|---|---|---|---|---|")
-    cpu_fr = float(results[0][1]["cpu"]) / len(files)  # type: ignore[arg-type]
+    fr = [r for name, r in results if name.startswith("face_recognition")]
+    cpu_fr = float(fr[0]["cpu"]) / len(files) if fr else float("nan")  # type: ignore[arg-type]
     for name, r in results:
         vec = r["vectors"]
         best = float("nan") if args.timing_only else accuracy(test_pairs, vec)  # type: ignore[arg-type]
@@ -273,7 +344,9 @@ def main() -> None:
     print(f"\nfaceledger CPU ms per image per stage ({args.workers} workers run at once):")
     print("| model | " + " | ".join(STAGES) + " | total |")
     print("|---|" + "---|" * (len(STAGES) + 1))
-    for name, r in results[1:]:
+    for name, r in results:
+        if name.startswith("face_recognition"):
+            continue
         stage_ms = r["stage_ms"]
         assert isinstance(stage_ms, dict)
         print(f"| {name} | " + " | ".join(f"{stage_ms[s]:.1f}" for s in STAGES)

@@ -117,7 +117,10 @@ def test_shipped_table_is_reproduced_by_the_build(faces_dir: Path, evaluation: E
         faces_dir / "lfw", settings=evaluation.settings, cache_dir=evaluation.cache_dir,
         progress=False, validation_splits=0,
         groups_root=[faces_dir / "utkface-balanced", faces_dir / "utkface-more"],
-        duplicates=shipped_duplicates(), normalise=False, cover_children=False,
+        # the review 2.0's table was built with (later reviews, e.g. 3.0's, move people between
+        # halves and so the fit: they are measured against 2.0 in docs/accuracy.md, not fitted)
+        duplicates=shipped_duplicates(("utkface-duplicates.tsv",)), normalise=False,
+        cover_children=False,
         split="salted-sha256",
     )  # fmt: skip
     rebuilt = CalibrationTable.from_dict(raw)

@@ -99,8 +99,10 @@ def test_ctrl_c_while_an_image_is_reported_loses_no_report_line(
         reported.append(o)
 
     with _stop_on_interrupt() as stop:
+        # batches of 2: at most four batches are started or queued when the first is
+        # reported, so the run stops before the tenth photo
         summary = index_images(svc, "c", find_images(photos, "name"), threads=2,
-                               max_faces=1, on_outcome=report, stop=stop)
+                               max_faces=1, on_outcome=report, stop=stop, batch_size=2)
     assert summary.interrupted and 1 <= len(reported) < len(photos)
     stored = [f["FaceId"] for f in svc.list_faces("c")["Faces"]]
     assert sorted(f for o in reported for f in o.face_ids) == sorted(stored)

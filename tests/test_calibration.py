@@ -521,7 +521,9 @@ def test_duplicate_list_joins_images_of_one_person_and_keeps_reviewed_different_
 
 
 def test_shipped_duplicate_list_is_reviewed_file_names_only() -> None:
-    from faceledger.evaluation.duplicates import VERDICTS, shipped_duplicates
+    from faceledger.evaluation.duplicates import (
+        VERDICTS, merged, parse_duplicates, shipped_duplicates,
+    )
 
     dups = shipped_duplicates()
     assert len(dups.same) >= 39  # the 39 pairs found in utkface-balanced alone, at least
@@ -529,6 +531,17 @@ def test_shipped_duplicate_list_is_reviewed_file_names_only() -> None:
         assert p.verdict in VERDICTS and "/" not in p.a + p.b and p.a != p.b
         assert p.a.endswith(".jpg") and p.b.endswith(".jpg")
     assert len({frozenset((p.a, p.b)) for p in dups.pairs}) == len(dups.pairs)
+    # the reviews in order: 2.0's (which 2.0's table was built with, unchanged), then 3.0's,
+    # whose rows decide their pairs anew (in either order of the two names)
+    first = shipped_duplicates(("utkface-duplicates.tsv",))
+    assert first.counts() == {"same-image": 171, "same-person": 338, "different": 141}
+    assert "utkface-duplicates-3.0.tsv" in dups.source and len(dups.pairs) > len(first.pairs)
+    both = merged([parse_duplicates(["a\tb\tverdict", "x.jpg\ty.jpg\tdifferent"], "one"),
+                   parse_duplicates(["a\tb\tverdict", "y.jpg\tx.jpg\tsame-person",
+                                     "u.jpg\tv.jpg\tsame-image"], "two")])
+    assert [(p.a, p.b, p.verdict) for p in both.pairs] == [
+        ("y.jpg", "x.jpg", "same-person"), ("u.jpg", "v.jpg", "same-image")]
+    assert both.source == "one + two"
 
 
 def test_impostor_rates_leave_out_pairs_of_one_person() -> None:
@@ -611,14 +624,15 @@ def test_held_out_coverage_marks_each_group_and_threshold() -> None:
     assert "big" in by["covered"] and by["broken"] == ["tight"] and by["not_shown"] == ["few"]
 
 
-# ---- the shipped 2.0 table (reid-0095; measured by `faceledger calibration build`) ------------
+# ---- the shipped 2.0 and 3.0 tables (measured by `faceledger calibration build`) ------------
 
 
-def test_shipped_2_0_table_covers_a_group_only_where_held_out_people_show_it() -> None:
-    table = load_calibration("2.0")
+@pytest.mark.parametrize("version", ["2.0", "3.0"])
+def test_shipped_table_covers_a_group_only_where_held_out_people_show_it(version: str) -> None:
+    table = load_calibration(version)
     p = table.provenance
-    assert table.model_version == "2.0" and p["format"] == 4
-    assert table.normaliser is None  # normalisation not adopted for 2.0 (docs/accuracy.md §9)
+    assert table.model_version == version and p["format"] == 4
+    assert table.normaliser is None  # normalisation not adopted (docs/accuracy.md §0, 3.0)
     assert p["dataset"]["images"] == 4992 and p["pairs"]["impostor"] > 12_000_000
     cov = p["coverage"]
     ref = cov["reference"]
@@ -648,7 +662,7 @@ def test_shipped_2_0_table_covers_a_group_only_where_held_out_people_show_it() -
     # the default threshold is shown for the groups with enough held-out people, and the CLI
     # says which ones it is not shown for
     assert held["by_threshold"]["99.99"]["covered"]
-    out = CliRunner().invoke(main, ["calibration", "--model", "2.0"]).output
+    out = CliRunner().invoke(main, ["calibration", "--model", version]).output
     assert "not shown" in out and "held-out people" in out and "Children: not covered" in out
 
 

@@ -39,7 +39,7 @@ def _with_secrets(tmp_path: Path) -> Settings:
 
 def test_the_worker_settings_hold_the_pipeline_and_no_secret(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = _with_secrets(tmp_path)
+    settings = _with_secrets(tmp_path).model_copy(update={"embed_batch": 5})
     work = analysis_work(settings)  # what `collection index --ray` hands the cluster
     assert isinstance(work.config, WorkerSettings)
     shipped = pickle.dumps(work)
@@ -58,6 +58,7 @@ def test_the_worker_settings_hold_the_pipeline_and_no_secret(
     there = pickle.loads(shipped).config.settings()
     assert (there.detector, there.detect_max_side, there.embedder, there.embedder_tta) == (
         "hog", 960, "dlib", "flip")
+    assert there.embed_batch == 5  # the command's batching, not the node's
     assert there.local_buckets == {"photos": tmp_path} and there.s3_buckets == ["evidence"]
     assert there.resolved_model_cache_dir() == settings.resolved_model_cache_dir()
     assert there.database_url is None and there.key_encryption_key is None

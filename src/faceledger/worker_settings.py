@@ -42,6 +42,7 @@ class WorkerSettings:
     extra_embedders: tuple[str, ...]
     embedder_tta: str
     inference_threads: int
+    embed_batch: int  # faces per embedder run (the actor's batches are analysed together)
     model_cache_dir: Path
     # decoding limits (the service's own: an image refused here is refused as by IndexFaces)
     max_image_bytes: int

@@ -96,7 +96,7 @@ def collection() -> None:
 @collection.command("create")
 @click.argument("collection_id")
 @click.option("--model", default=None,
-              help="Face model version, e.g. 1.0 or 2.0 [default: the configured one].")
+              help="Face model version, e.g. 1.0, 2.0 or 3.0 [default: the configured one].")
 @reports_errors
 def create(collection_id: str, model: str | None) -> None:
     """Create an empty collection."""
@@ -324,7 +324,7 @@ def _finish(summary: Summary, bar: Progress | None, as_json: bool,
 @click.option("--into", "target", required=True,
               help="The new collection (created if absent, with the source's policy).")
 @click.option("--model", default=None,
-              help="Face model of the new collection, e.g. 2.0 [default: the configured one].")
+              help="Face model of the new collection, e.g. 2.0 or 3.0 [default: the configured one].")
 @click.option("--include-unmatched", is_flag=True,
               help="Also index photos none of whose SHA-256 is a source face's (as `collection "
                    "index` would); by default they are reported and skipped.")

@@ -90,7 +90,7 @@ def calibration_rows(table: CalibrationTable) -> list[dict[str, Any]]:
 
 @main.group(invoke_without_command=True)
 @click.option("--model", default=None,
-              help="Model version, e.g. 1.0 or 2.0 (default: the configured embedder's).")
+              help="Model version, e.g. 1.0, 2.0 or 3.0 (default: the configured embedder's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows and provenance as JSON.")
 @click.pass_context
 @reports_errors
@@ -211,14 +211,14 @@ def calibration(ctx: click.Context, model: str | None, as_json: bool) -> None:
     "--normalise/--no-normalise",
     default=None,
     help="With --groups: normalise scores by local density (default: the model's adopted "
-    "choice, see docs/accuracy.md: on for 1.0, off for 2.0).",
+    "choice, see docs/accuracy.md: on for 1.0, off for 2.0 and 3.0).",
 )
 @click.option(
     "--adults-only/--with-children",
     "adults_only",
     default=None,
     help="With --groups: set the thresholds for adults only (children measured, not covered) "
-    "[default: the model's adopted choice: children covered for 1.0, not for 2.0].",
+    "[default: the model's adopted choice: children covered for 1.0, not for 2.0 and 3.0].",
 )
 @click.option(
     "--tail-model",

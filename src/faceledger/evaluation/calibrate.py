@@ -651,13 +651,14 @@ def write_table(raw: dict[str, Any], path: Path) -> None:
 
 # Whether `calibration build --groups` normalises scores by default, per model version: the
 # adoption rule (docs/accuracy.md §6 and §9) decided it for each model by measurement.
-NORMALISE_BY_MODEL = {"2.0": False}
+NORMALISE_BY_MODEL = {"2.0": False, "3.0": False}
 # The people split each model's table was built with (datasets.SPLITS): 1.0's predates
 # utkface-more, whose names all fall into the first split's `fit` half.
-SPLIT_BY_MODEL = {"2.0": "salted-sha256"}
-# Children: whether a model's table is moved to cover them (1.0: yes; 2.0 packs children's faces
-# so tightly that covering them would refuse nearly every genuine pair: docs/accuracy.md §9).
-COVER_CHILDREN_BY_MODEL = {"2.0": False}
+SPLIT_BY_MODEL = {"2.0": "salted-sha256", "3.0": "salted-sha256"}
+# Children: whether a model's table is moved to cover them (1.0: yes; 2.0 and 3.0 pack
+# children's faces so tightly that covering them would refuse nearly every genuine pair:
+# docs/accuracy.md §0).
+COVER_CHILDREN_BY_MODEL = {"2.0": False, "3.0": False}
 
 
 def default_normalise(model_version: str) -> bool:

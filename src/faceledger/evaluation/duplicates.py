@@ -3,8 +3,11 @@
 UTKFace holds some identical images under two file names and some people twice (at different
 ages, or with different labels). In a set assumed to be one person per image such pairs pose as
 false matches at the strictest thresholds, so they are found (with more than one model), looked
-at by a person, and listed in a small file of names: `data/utkface-duplicates.tsv` for
-utkface-balanced + utkface-more, shipped with the package (file names only, no images).
+at by a person, and listed in small files of names shipped with the package (file names only,
+no images) for utkface-balanced + utkface-more: `data/utkface-duplicates.tsv` (the review made
+with models 2.0 and 1.0; model 2.0's table was built with it, and it stays as it was) and
+`data/utkface-duplicates-3.0.tsv` (the review made with model 3.0 and SFace), read in that order:
+a later file's row decides its pair, replacing an earlier verdict for the same two names.
 
 The file is a TSV with a header: `a  b  verdict  note`, where `a` and `b` are file names (no
 folders: the two UTKFace folders never share one), and verdict is
@@ -35,6 +38,8 @@ from ..errors import InvalidParameterException
 VERDICTS = ("same-image", "same-person", "different")
 SAME = ("same-image", "same-person")
 UTKFACE_DUPLICATES = "utkface-duplicates.tsv"
+# the reviews after the first, in order: each may decide pairs anew
+UTKFACE_DUPLICATE_REVIEWS = (UTKFACE_DUPLICATES, "utkface-duplicates-3.0.tsv")
 
 
 @dataclass(frozen=True)
@@ -112,12 +117,22 @@ def parse_duplicates(lines: Iterable[str], source: str) -> DuplicateList:
     return DuplicateList(tuple(out), source)
 
 
-def shipped_duplicates() -> DuplicateList:
-    """The reviewed list for utkface-balanced + utkface-more shipped with the package."""
-    res = resources.files("faceledger.evaluation") / "data" / UTKFACE_DUPLICATES
-    return parse_duplicates(
-        res.read_text(encoding="utf-8").splitlines(), f"faceledger:{UTKFACE_DUPLICATES}"
-    )
+def shipped_duplicates(reviews: Sequence[str] = UTKFACE_DUPLICATE_REVIEWS) -> DuplicateList:
+    """The reviewed list for utkface-balanced + utkface-more shipped with the package: every
+    review, in order (`reviews`: file names under evaluation/data)."""
+    data = resources.files("faceledger.evaluation") / "data"
+    return merged([parse_duplicates((data / name).read_text(encoding="utf-8").splitlines(),
+                                    f"faceledger:{name}") for name in reviews])
+
+
+def merged(lists: Sequence[DuplicateList]) -> DuplicateList:
+    """Several reviews as one list: a pair's verdict is the last review's that decides it."""
+    by_pair: dict[frozenset[str], DuplicatePair] = {}
+    for dl in lists:
+        for p in dl.pairs:
+            by_pair.pop(frozenset((p.a, p.b)), None)  # re-decided: it moves to the end
+            by_pair[frozenset((p.a, p.b))] = p
+    return DuplicateList(tuple(by_pair.values()), " + ".join(dl.source for dl in lists))
 
 
 def same_person_mask(

@@ -180,34 +180,59 @@ class EmbeddingCache:
         os.replace(tmp, path)
 
 
-def enrol_pixels(
-    pipeline: FacePipeline, pixels: NDArray[np.uint8], sha256: str, *, embed: bool
-) -> Enrolment:
-    """Detect every face, keep the one nearest the centre, and embed it if asked."""
-    h, w = pixels.shape[:2]
+def enrol_images(
+    pipeline: FacePipeline, images: Sequence[tuple[NDArray[np.uint8], str]], *, embed: bool
+) -> list[Enrolment]:
+    """For each (pixels, SHA-256): detect every face, keep the one nearest the centre, and
+    embed it if asked; the chosen faces of all the images go through the embedder together
+    (`FacePipeline.embed_many`: batched inference)."""
+    model = pipeline.model_version
     # the model's own detector (dlib's 1.x embed HOG's faces: Settings.dlib_detector)
-    faces = pipeline.analyze(pixels, embed=False, model_version=pipeline.model_version)
-    if not faces:
-        return Enrolment(sha256, 0, w, h, None, None)
-    f = faces[central_face(faces, w, h)]
-    row = np.array(
-        [f.box.left, f.box.top, f.box.right, f.box.bottom, f.confidence, f.pose.yaw,
-         f.pose.pitch, f.pose.roll, f.quality.brightness, f.quality.sharpness],
-        dtype=np.float64,
-    )  # fmt: skip
-    vec = pipeline.embed_boxes(pixels, [f.box], [f.landmarks],
-                               model_version=pipeline.model_version)[0] if embed else None
-    return Enrolment(sha256, len(faces), w, h, row, vec)
+    found = pipeline.analyze_batch([px for px, _ in images], embed=False, model_version=model)
+    out: list[Enrolment] = []
+    chosen: list[tuple[int, NDArray[np.uint8], FaceAnalysis]] = []
+    for (pixels, sha256), faces in zip(images, found):
+        h, w = pixels.shape[:2]
+        if not faces:
+            out.append(Enrolment(sha256, 0, w, h, None, None))
+            continue
+        f = faces[central_face(faces, w, h)]
+        row = np.array(
+            [f.box.left, f.box.top, f.box.right, f.box.bottom, f.confidence, f.pose.yaw,
+             f.pose.pitch, f.pose.roll, f.quality.brightness, f.quality.sharpness],
+            dtype=np.float64,
+        )  # fmt: skip
+        chosen.append((len(out), pixels, f))
+        out.append(Enrolment(sha256, len(faces), w, h, row, None))
+    if embed and chosen:
+        vectors = pipeline.embed_many([(px, [f.box], [f.landmarks]) for _, px, f in chosen],
+                                      model_version=model)
+        for (i, _, _), v in zip(chosen, vectors):
+            out[i] = replace(out[i], embedding=v[0])
+    return out
+
+
+def enrol_batch(pipeline: FacePipeline, datas: Sequence[bytes], *, embed: bool) -> list[Enrolment]:
+    """Enrol encoded images (`enrol_images` of those that decode); an undecodable image is a
+    failure with its error code."""
+    out: list[Enrolment | None] = []
+    todo: list[tuple[int, NDArray[np.uint8], str]] = []
+    for data in datas:
+        digest = sha256_hex(data)
+        try:
+            todo.append((len(out), _decode(pipeline.settings, data), digest))
+            out.append(None)
+        except FaceledgerError as exc:
+            out.append(Enrolment(digest, 0, 0, 0, None, None, error=f"{exc.code}: {exc.message}"))
+    for (i, _, _), e in zip(todo, enrol_images(pipeline, [(px, d) for _, px, d in todo],
+                                               embed=embed)):
+        out[i] = e
+    return [e for e in out if e is not None]
 
 
 def enrol_bytes(pipeline: FacePipeline, data: bytes, *, embed: bool) -> Enrolment:
     """Enrol encoded image bytes; an undecodable image is a failure with its error code."""
-    digest = sha256_hex(data)
-    try:
-        pixels = _decode(pipeline.settings, data)
-    except FaceledgerError as exc:
-        return Enrolment(digest, 0, 0, 0, None, None, error=f"{exc.code}: {exc.message}")
-    return enrol_pixels(pipeline, pixels, digest, embed=embed)
+    return enrol_batch(pipeline, [data], embed=embed)[0]
 
 
 def _decode(s: Settings, data: bytes) -> NDArray[np.uint8]:
@@ -239,9 +264,9 @@ def _init_worker(settings_json: str) -> None:
     _worker["pipeline"] = FacePipeline(Settings.model_validate_json(settings_json))
 
 
-def _enrol_in_worker(task: tuple[str, bool]) -> tuple[str, Enrolment]:
-    path, embed = task
-    return path, enrol_bytes(_worker["pipeline"], Path(path).read_bytes(), embed=embed)
+def _enrol_in_worker(task: tuple[list[str], bool]) -> list[Enrolment]:
+    paths, embed = task
+    return enrol_batch(_worker["pipeline"], [Path(p).read_bytes() for p in paths], embed=embed)
 
 
 class Progress:
@@ -332,10 +357,14 @@ def _run(
 ) -> Iterator[tuple[int, Enrolment]]:
     if not todo:
         return
+    # batches of images whose chosen faces are embedded together (batched inference)
+    size = max(1, settings.embed_batch)
+    batches = [todo[k:k + size] for k in range(0, len(todo), size)]
     if n_workers == 1:
         pipeline = FacePipeline(settings)
-        for i in todo:
-            yield i, enrol_bytes(pipeline, paths[i].read_bytes(), embed=embed)
+        for batch in batches:
+            yield from zip(batch, enrol_batch(pipeline, [paths[i].read_bytes() for i in batch],
+                                              embed=embed))
         return
     # spawn, not fork: the parent may hold loaded models and threads (a test session, a server).
     with ProcessPoolExecutor(
@@ -344,10 +373,11 @@ def _run(
         initializer=_init_worker,
         initargs=(settings.model_dump_json(),),
     ) as pool:
-        tasks: Iterable[tuple[str, bool]] = ((str(paths[i]), embed) for i in todo)
-        # map() keeps the order of its input: the i-th result belongs to todo[i].
-        for i, (_, e) in zip(todo, pool.map(_enrol_in_worker, tasks, chunksize=8)):
-            yield i, e
+        tasks: Iterable[tuple[list[str], bool]] = (
+            ([str(paths[i]) for i in batch], embed) for batch in batches)
+        # map() keeps the order of its input: the k-th result belongs to batches[k].
+        for batch, results in zip(batches, pool.map(_enrol_in_worker, tasks)):
+            yield from zip(batch, results)
 
 
 def _run_on_ray(
@@ -377,8 +407,8 @@ def _actor_pipeline(config: WorkerSettings) -> FacePipeline:
 
 
 def _enrol_batch(pipeline: FacePipeline, paths: list[str], embed: bool) -> list[Enrolment]:
-    """A Ray actor's batch: `enrol_bytes` of each file."""
-    return [enrol_bytes(pipeline, Path(p).read_bytes(), embed=embed) for p in paths]
+    """A Ray actor's batch: `enrol_batch` of its files (their faces embedded together)."""
+    return enrol_batch(pipeline, [Path(p).read_bytes() for p in paths], embed=embed)
 
 
 def template_matrix(enrolments: Sequence[Enrolment], dim: int | None = None) -> NDArray[np.float64]:

@@ -129,9 +129,18 @@ class ServiceCore:
     def analyse_bytes(self, data: bytes, *, from_storage: bool = False) -> AnalysedImage:
         """Decode, then find and embed every face, as IndexFaces does (for bulk workers)."""
         img = self.decode_bytes(data, from_storage=from_storage)
-        faces = self.pipeline.analyze(img.pixels, embed=True)
-        return AnalysedImage(img.sha256, img.width, img.height, faces,
-                             self.pipeline.model_version)
+        return self.analyse_decoded([img])[0]
+
+    def analyse_decoded(self, images: Sequence[DecodedImage],
+                        model_version: str | None = None) -> list[AnalysedImage]:
+        """Find and embed every face of decoded images with model `model_version` (None: the
+        configured one), the faces of all of them through the embedder together (bulk work:
+        `FacePipeline.analyze_batch`)."""
+        model = model_version or self.pipeline.model_version
+        found = self.pipeline.analyze_batch([img.pixels for img in images], embed=True,
+                                            model_version=model)
+        return [AnalysedImage(img.sha256, img.width, img.height, faces, model)
+                for img, faces in zip(images, found)]
 
 
 def check_enum(value: Any, allowed: Sequence[str], field: str) -> str:

@@ -31,3 +31,12 @@ def align_face(pixels: RGBImage, landmarks: Landmarks5, template: NDArray[np.flo
     m = similarity_transform(landmarks.astype(np.float64), template * size)
     out = cv2.warpAffine(pixels, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     return np.asarray(out, dtype=np.uint8)
+
+
+def aligned_faces(
+    pixels: RGBImage, landmarks: list[Landmarks5], template: NDArray[np.float64], size: int
+) -> NDArray[np.uint8]:
+    """(n, size, size, 3) faces, one per set of five landmarks, each aligned by `align_face`."""
+    if not landmarks:
+        return np.zeros((0, size, size, 3), dtype=np.uint8)
+    return np.stack([align_face(pixels, lm, template, size) for lm in landmarks])

@@ -10,15 +10,18 @@ from ..model_versions import BUILT_IN, canonical, describe, is_operator
 from ..settings import Settings
 from .models import DLIB_EMBEDDER_VERSION, DlibResnetEmbedder
 from .onnx_models import OnnxResnetEmbedder
+from .fused import FUSED_EMBEDDER_VERSION, FusedEmbedder
 from .openvino_models import REID_EMBEDDER_VERSION, ReidEmbedder
 from .operator_model import ModelCardError, OnnxModelEmbedder, model_version_for
+from .sface import SfaceEmbedder
 from .tta import TtaEmbedder, tta_version
 from .types import Embedder
 
 
-# Built-in embedders: Intel's face-reidentification-retail-0095 (the default), dlib's ResNet on
-# ONNX Runtime, and dlib's ResNet through dlib's own runtime (the reference).
-EMBEDDER_NAMES = ("reid-0095", "dlib", "dlib-native")
+# Built-in embedders: Intel's face-reidentification-retail-0095 (model 2.0), reid-0095 fused
+# with OpenCV Zoo's SFace (model 3.0), dlib's ResNet on ONNX Runtime, and dlib's ResNet through
+# dlib's own runtime (the reference).
+EMBEDDER_NAMES = ("reid-0095", "reid-0095+sface", "dlib", "dlib-native")
 
 
 def _operator_path(name: str) -> Path | None:
@@ -33,6 +36,8 @@ def embedder_version(settings: Settings) -> str:
     _check_name(settings.embedder)
     if settings.embedder == "reid-0095":
         return REID_EMBEDDER_VERSION
+    if settings.embedder == "reid-0095+sface":
+        return FUSED_EMBEDDER_VERSION
     if settings.embedder_tta != "none":
         return tta_version(settings.embedder_tta)
     return DLIB_EMBEDDER_VERSION
@@ -79,10 +84,15 @@ def build_embedder(settings: Settings) -> Embedder:
     if path is not None:
         return OnnxModelEmbedder(path, settings.inference_threads)
     _check_name(settings.embedder)
+    if settings.embedder in ("reid-0095", "reid-0095+sface") and settings.embedder_tta != "none":
+        raise ValueError("test-time augmentation is measured for dlib's embedder only")
     if settings.embedder == "reid-0095":
-        if settings.embedder_tta != "none":
-            raise ValueError("test-time augmentation is measured for dlib's embedder only")
         return ReidEmbedder(settings.inference_threads)
+    if settings.embedder == "reid-0095+sface":
+        return FusedEmbedder([
+            ReidEmbedder(settings.inference_threads),
+            SfaceEmbedder(settings.resolved_model_cache_dir(), settings.inference_threads),
+        ])  # fmt: skip
     if settings.embedder == "dlib-native":
         if settings.embedder_tta != "none":
             raise ValueError("test-time augmentation runs on the ONNX embedder only (embedder=dlib)")

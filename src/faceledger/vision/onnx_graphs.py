@@ -183,9 +183,15 @@ def cached_graph(
     if target.is_file():
         return target, None
     net = read_network(dat, topology)
-    model = build_graph(net, dat.stem, dynamic_size)
+    save_model_atomically(build_graph(net, dat.stem, dynamic_size), target)
+    return target, net
+
+
+def save_model_atomically(model: onnx.ModelProto, target: Path) -> None:
+    """Write `model` to `target` in an owner-only cache directory: a temporary file, then a
+    rename, so a concurrent reader never sees half a model."""
+    cache_dir = target.parent
     private_dir(cache_dir, tighten=True)  # under the data directory by default: owner-only
-    # write a temporary file and rename it, so a concurrent reader never sees half a model
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".onnx")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -194,4 +200,3 @@ def cached_graph(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return target, net

@@ -13,6 +13,7 @@ Euclidean distance between two is a monotone function of their cosine distance.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,9 @@ import openvino as ov
 from numpy.typing import NDArray
 
 from ..model_versions import REID_0095
-from .align import align_face
-from .types import Box, Landmarks5, RGBImage
+from .align import aligned_faces
+from .batching import landmarks_of, network_templates, split_by_image
+from .types import Box, FacesOfImage, Landmarks5, RGBImage
 from .weights import weight_file
 
 REID_EMBEDDER_VERSION = REID_0095  # "2.0"
@@ -54,10 +56,29 @@ def openvino_model(path: Path, threads: int, batch_input: str | None = None) -> 
     return core.compile_model(model, "CPU", config)
 
 
+def l2_normalised(raw: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Rows scaled to unit length (a zero row stays zero)."""
+    norms = np.linalg.norm(raw, axis=1, keepdims=True)
+    return np.asarray(raw / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
+
+
+def infer_templates(
+    compiled: ov.CompiledModel, x: NDArray[np.float32], dim: int
+) -> NDArray[np.float32]:
+    """L2-normalised `dim`-d templates of the network input `x` (n, 3, h, w), in one run."""
+    if len(x) == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    # an infer request per call: the compiled model is shared, a request is not thread-safe
+    out = compiled.create_infer_request().infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+    raw = np.asarray(out[compiled.output(0)], dtype=np.float32).reshape(len(x), dim)
+    return l2_normalised(raw)
+
+
 class ReidEmbedder:
     """face-reidentification-retail-0095: 256-d templates, L2-normalised."""
 
     model_version = REID_EMBEDDER_VERSION
+    name = "reid-0095"
     dim = 256
     needs_landmarks = True
 
@@ -67,24 +88,19 @@ class ReidEmbedder:
 
     def aligned(self, pixels: RGBImage, landmarks: list[Landmarks5]) -> NDArray[np.uint8]:
         """(n, 128, 128, 3) RGB faces aligned to the model's template."""
-        if not landmarks:
-            return np.zeros((0, REID_SIZE, REID_SIZE, 3), dtype=np.uint8)
-        return np.stack([align_face(pixels, lm, REID_TEMPLATE, REID_SIZE) for lm in landmarks])
+        return aligned_faces(pixels, landmarks, REID_TEMPLATE, REID_SIZE)
 
     def embed_aligned(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:
         """Templates of (n, 128, 128, 3) RGB aligned faces, in one run."""
-        if len(faces) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        x = np.ascontiguousarray(faces[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32)  # BGR
-        # an infer request per call: the compiled model is shared, a request is not thread-safe
-        out = self._compiled.create_infer_request().infer({0: x})
-        raw = np.asarray(out[self._compiled.output(0)], dtype=np.float32).reshape(len(faces), self.dim)
-        norms = np.linalg.norm(raw, axis=1, keepdims=True)
-        return np.asarray(raw / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
+        x = faces[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)  # the network takes BGR
+        return infer_templates(self._compiled, x, self.dim)
 
     def embed(
         self, pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None = None
     ) -> NDArray[np.float32]:
-        if landmarks is None or len(landmarks) != len(boxes):
-            raise ValueError("the reid-0095 embedder aligns by five landmarks per face")
-        return self.embed_aligned(self.aligned(pixels, landmarks))
+        return self.embed_many([(pixels, boxes, landmarks)], max(1, len(boxes)))[0]
+
+    def embed_many(self, items: Sequence[FacesOfImage], batch: int) -> list[NDArray[np.float32]]:
+        """Templates of the faces of many images, in runs of `batch` faces."""
+        rows = network_templates(self, items, landmarks_of(items, "the reid-0095 embedder"), batch)
+        return split_by_image(rows, items)

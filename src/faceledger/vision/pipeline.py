@@ -8,6 +8,7 @@ configured one, and any other a collection is bound to, each loaded once, on its
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
 
@@ -17,6 +18,7 @@ from numpy.typing import NDArray
 
 from ..model_versions import DLIB, DLIB_FLIP, DLIB_JITTER, canonical
 from ..settings import Settings
+from .batching import embed_many
 from .embedders import build_embedder, embedder_version, settings_for_version
 from .models import HogDetector, MtcnnDetector, OnetLandmarker
 from .onnx_models import OnnxMmodDetector
@@ -29,6 +31,7 @@ from .types import (
     Detector,
     Embedder,
     FaceAnalysis,
+    FacesOfImage,
     Landmarker,
     Landmarks5,
     RGBImage,
@@ -197,17 +200,33 @@ class FacePipeline:
         """Every face (up to `max_faces`, largest first) with landmarks, pose, quality and,
         if `embed`, its template by model `model_version` (None: the configured model); the
         faces are found by that model's detector even when `embed` is false."""
+        return self.analyze_batch([pixels], embed=embed, max_faces=max_faces,
+                                  model_version=model_version)[0]
+
+    def analyze_batch(
+        self, images: Sequence[RGBImage], *, embed: bool = True, max_faces: int | None = None,
+        model_version: str | None = None,
+    ) -> list[list[FaceAnalysis]]:
+        """`analyze` of several images (bulk work): each image's faces are found, then the
+        faces of all of them go through the embedder together, in runs of
+        `Settings.embed_batch` faces (vision/batching.py)."""
         limit = self.settings.max_faces if max_faces is None else max_faces
         embedder = self.embedder_for(model_version) if embed else None
-        pixels = entering(pixels)
+        images = [entering(p) for p in images]
         with self._lock:
-            detections = self.detect(pixels, model_version)[:limit]
-            if not detections:
-                return []
-            boxes = [d.box for d in detections]
+            found = [self.detect(p, model_version)[:limit] for p in images]
             # check_faces gave every box landmarks (its detector's or ONet's)
-            placed_all = [d.landmarks for d in detections if d.landmarks is not None]
-            vectors = None if embedder is None else embedder.embed(pixels, boxes, placed_all)
+            items: list[FacesOfImage] = [
+                (p, [d.box for d in ds], [d.landmarks for d in ds if d.landmarks is not None])
+                for p, ds in zip(images, found)
+            ]
+            vectors = (None if embedder is None
+                       else embed_many(embedder, items, self.settings.embed_batch))
+        return [self._described(p, ds, None if vectors is None else vectors[i])
+                for i, (p, ds) in enumerate(zip(images, found))]
+
+    def _described(self, pixels: RGBImage, detections: list[Detection],
+                   vectors: NDArray[np.float32] | None) -> list[FaceAnalysis]:
         faces = []
         for i, d in enumerate(detections):
             lm = d.landmarks
@@ -240,3 +259,19 @@ class FacePipeline:
                 tight = self.detector_for(model_version).tight_boxes
                 landmarks = self.landmarker.landmarks(pixels, boxes, tight)
             return embedder.embed(pixels, boxes, landmarks)
+
+    def embed_many(
+        self, items: Sequence[FacesOfImage], model_version: str | None = None
+    ) -> list[NDArray[np.float32]]:
+        """`embed_boxes` of several images (bulk work), the faces of all of them through the
+        embedder together in runs of `Settings.embed_batch` faces."""
+        embedder = self.embedder_for(model_version)
+        with self._lock:
+            ready: list[FacesOfImage] = []
+            for pixels, boxes, landmarks in items:
+                pixels = entering(pixels)
+                if landmarks is None and embedder.needs_landmarks:
+                    tight = self.detector_for(model_version).tight_boxes
+                    landmarks = self.landmarker.landmarks(pixels, boxes, tight)
+                ready.append((pixels, boxes, landmarks))
+            return embed_many(embedder, ready, self.settings.embed_batch)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
@@ -33,7 +34,7 @@ from ..errors import InternalServerError
 from ..model_versions import canonical
 from ..settings import Settings
 from .pipeline import FacePipeline
-from .types import Box, Embedder, FaceAnalysis, Landmarks5, RGBImage
+from .types import Box, Embedder, FaceAnalysis, FacesOfImage, Landmarks5, RGBImage
 from ..text import logger
 
 log = logger("faceledger.vision")
@@ -79,6 +80,16 @@ def _analyze(pixels: RGBImage, embed: bool, max_faces: int | None,
              model_version: str | None = None) -> list[FaceAnalysis]:
     return _worker["pipeline"].analyze(pixels, embed=embed, max_faces=max_faces,
                                        model_version=model_version)
+
+
+def _analyze_batch(images: list[RGBImage], embed: bool, max_faces: int | None,
+                   model_version: str | None) -> list[list[FaceAnalysis]]:
+    return _worker["pipeline"].analyze_batch(images, embed=embed, max_faces=max_faces,
+                                             model_version=model_version)
+
+
+def _embed_many(items: list[FacesOfImage], model_version: str | None) -> list[NDArray[np.float32]]:
+    return _worker["pipeline"].embed_many(items, model_version)
 
 
 def _embed_boxes(
@@ -216,12 +227,29 @@ class PipelinePool(FacePipeline):
         assert isinstance(out, list)
         return out
 
+    def analyze_batch(
+        self, images: Sequence[RGBImage], *, embed: bool = True, max_faces: int | None = None,
+        model_version: str | None = None,
+    ) -> list[list[FaceAnalysis]]:
+        """The images analysed together by one worker (its embedder takes their faces in
+        runs of `Settings.embed_batch`): bulk callers send a batch per call."""
+        out = self._call(_analyze_batch, list(images), embed, max_faces, model_version)
+        assert isinstance(out, list)
+        return out
+
     def embed_boxes(
         self, pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None = None,
         model_version: str | None = None,
     ) -> NDArray[np.float32]:
         out = self._call(_embed_boxes, pixels, boxes, landmarks, model_version)
         assert isinstance(out, np.ndarray)
+        return out
+
+    def embed_many(
+        self, items: Sequence[FacesOfImage], model_version: str | None = None
+    ) -> list[NDArray[np.float32]]:
+        out = self._call(_embed_many, list(items), model_version)
+        assert isinstance(out, list)
         return out
 
     def close(self) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -144,3 +145,30 @@ class Embedder(Protocol):
     def embed(
         self, pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None = None
     ) -> NDArray[np.float32]: ...
+
+
+class FaceNetwork(Protocol):
+    """One network of a fused model (vision/fused.py): aligns faces its own way from the five
+    landmarks and turns them into L2-normalised templates, many faces in one run."""
+
+    name: str
+    dim: int
+
+    def aligned(self, pixels: RGBImage, landmarks: list[Landmarks5]) -> NDArray[np.uint8]: ...
+
+    def embed_aligned(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]: ...
+
+
+# One image's faces to embed: its pixels, the boxes, and (for an embedder that aligns by them)
+# the five landmarks of each face.
+FacesOfImage = tuple[RGBImage, list[Box], list[Landmarks5] | None]
+
+
+@runtime_checkable
+class BatchEmbedder(Protocol):
+    """An embedder that takes the faces of many images in runs of up to `batch` faces
+    (vision/batching.py): the same templates as `embed`, image by image, to 1e-5."""
+
+    def embed_many(
+        self, items: Sequence[FacesOfImage], batch: int
+    ) -> list[NDArray[np.float32]]: ...
