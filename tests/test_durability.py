@@ -40,6 +40,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
 
 from faceledger.db import make_engine
+from faceledger.sdk import sign_each_call
 from faceledger.server.keys import IssuedKey, KeyStore
 from faceledger.service import FaceService
 from faceledger.settings import Settings
@@ -300,10 +301,10 @@ def serving(env: dict[str, str], log: Path) -> Iterator[tuple[subprocess.Popen[b
 
 
 def rekognition(url: str, key: IssuedKey) -> Any:
-    """A boto3 client of the server at `url`."""
-    return boto3.session.Session().client(
+    """A boto3 client of the server at `url`, each call signed anew (SECURITY.md)."""
+    return sign_each_call(boto3.session.Session().client(
         "rekognition", endpoint_url=url, region_name="us-east-1", config=NO_RETRIES,
-        aws_access_key_id=key.info.access_key_id, aws_secret_access_key=key.secret_access_key)
+        aws_access_key_id=key.info.access_key_id, aws_secret_access_key=key.secret_access_key))
 
 
 def answering(url: str, key: IssuedKey, proc: subprocess.Popen[bytes]) -> Any:

@@ -33,6 +33,7 @@ from PIL import Image
 
 from faceledger.errors import ImageTooLargeException, ThrottlingException
 from faceledger.imaging import PixelBudget, decode_image, to_rgb
+from faceledger.sdk import sign_each_call
 from faceledger.server import RekognitionApp, running
 from faceledger.server.keys import IssuedKey, KeyStore, load_kek
 from faceledger.service import FaceService, paging
@@ -53,10 +54,11 @@ class Server:
 
     def client(self, key: IssuedKey | None = None) -> Any:
         key = key or self.admin
-        return boto3.session.Session().client(
+        # each call signed anew: a test may repeat one within a second (SECURITY.md)
+        return sign_each_call(boto3.session.Session().client(
             "rekognition", endpoint_url=self.url, region_name=REGION,
             aws_access_key_id=key.info.access_key_id,
-            aws_secret_access_key=key.secret_access_key, config=NO_RETRIES)
+            aws_secret_access_key=key.secret_access_key, config=NO_RETRIES))
 
     def raw(self, operation: str, body: bytes, key: IssuedKey | None = None) -> httpx.Response:
         """A SigV4-signed POST of exactly `body` (no client-side validation at all)."""

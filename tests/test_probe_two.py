@@ -42,6 +42,7 @@ from sqlalchemy import func, select
 
 from faceledger.context import RequestContext
 from faceledger.ledger import schema as ledger_schema
+from faceledger.sdk import sign_each_call
 from faceledger.server import RekognitionApp, running
 from faceledger.server.keys import IssuedKey, KeyStore, kek_fingerprint, load_kek, write_kek_file
 from faceledger.server.run import build_app
@@ -56,10 +57,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "faceledger"
 
 
 def _client(url: str, key: IssuedKey) -> Any:
-    return boto3.session.Session().client(
+    # each call signed anew (SECURITY.md); the replays below are sent raw, with httpx
+    return sign_each_call(boto3.session.Session().client(
         "rekognition", endpoint_url=url, region_name=REGION,
         aws_access_key_id=key.info.access_key_id, aws_secret_access_key=key.secret_access_key,
-        config=NO_RETRIES)
+        config=NO_RETRIES))
 
 
 def _signed(url: str, key: IssuedKey, operation: str, body: bytes) -> dict[str, str]:

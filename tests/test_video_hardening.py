@@ -37,6 +37,7 @@ from PIL import Image
 
 from faceledger.context import RequestContext
 from faceledger.errors import LimitExceededException, VideoTooLargeException
+from faceledger.sdk import sign_each_call
 from faceledger.server import RekognitionApp, running
 from faceledger.server.keys import KeyStore
 from faceledger.server.storage import build_resolver
@@ -234,10 +235,11 @@ def served(tmp_path_factory: pytest.TempPathFactory, service: FaceService,
 
 
 def _client(url: str, key: Any) -> Any:
-    return boto3.session.Session().client(
+    # each call signed anew: polls and repeated calls may fall in one second (SECURITY.md)
+    return sign_each_call(boto3.session.Session().client(
         "rekognition", endpoint_url=url, region_name="us-east-1",
         aws_access_key_id=key.info.access_key_id, aws_secret_access_key=key.secret_access_key,
-        config=NO_RETRIES)
+        config=NO_RETRIES))
 
 
 def _refusal(call: Any, **kw: Any) -> tuple[str, str]:

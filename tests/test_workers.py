@@ -29,6 +29,7 @@ import pytest
 from faceledger.db import make_engine
 from faceledger.ledger import Ledger
 from faceledger.ledger.verify import verify
+from faceledger.sdk import sign_each_call
 from faceledger.server.keys import KeyStore
 from faceledger.settings import Settings
 
@@ -59,11 +60,12 @@ class Node:
         import boto3
         from botocore.config import Config
 
-        return boto3.session.Session().client(
+        # each call signed anew (SECURITY.md): the throttling counted below is admission's
+        return sign_each_call(boto3.session.Session().client(
             "rekognition", endpoint_url=self.url, region_name="us-east-1",
             aws_access_key_id=key.key_id, aws_secret_access_key=key.secret,
             config=Config(retries={"total_max_attempts": 1}, read_timeout=120,
-                          max_pool_connections=16))
+                          max_pool_connections=16)))
 
 
 def _env(data_dir: Path, database_url: str | None, kek: str, **extra: str) -> dict[str, str]:
