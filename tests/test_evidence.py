@@ -16,6 +16,7 @@ response), so no model is loaded; the browser side is tests/test_console_evidenc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -400,7 +401,7 @@ def test_review_list_is_a_table_with_each_probe_once_and_the_photo_to_bring(
 def test_the_readmes_review_walk_works_as_written(tmp_path: Path, astronaut_jpeg: bytes) -> None:
     """README's command-line lines, in order, by the one local user: search, then review."""
     runner = CliRunner()
-    with runner.isolated_filesystem(temp_dir=tmp_path):
+    with contextlib.chdir(tmp_path):  # the photos where the README has them: beside the user
         Path("alice.jpg").write_bytes(astronaut_jpeg)  # a public-domain portrait as "alice"
         ImageOps.mirror(Image.open(io.BytesIO(astronaut_jpeg))).save("probe.jpg", "JPEG")
 
