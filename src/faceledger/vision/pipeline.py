@@ -255,10 +255,19 @@ class FacePipeline:
         embedder = self.embedder_for(model_version)
         pixels = entering(pixels)
         with self._lock:
-            if landmarks is None and embedder.needs_landmarks:
-                tight = self.detector_for(model_version).tight_boxes
-                landmarks = self.landmarker.landmarks(pixels, boxes, tight)
+            landmarks = self._landmarks_for(embedder, pixels, boxes, landmarks, model_version)
             return embedder.embed(pixels, boxes, landmarks)
+
+    def _landmarks_for(
+        self, embedder: Embedder, pixels: RGBImage, boxes: list[Box],
+        landmarks: list[Landmarks5] | None, model_version: str | None,
+    ) -> list[Landmarks5] | None:
+        """The given landmarks, or ONet's when the embedder aligns by landmarks and none were
+        given (call with the lock held)."""
+        if landmarks is None and embedder.needs_landmarks:
+            tight = self.detector_for(model_version).tight_boxes
+            return self.landmarker.landmarks(pixels, boxes, tight)
+        return landmarks
 
     def embed_many(
         self, items: Sequence[FacesOfImage], model_version: str | None = None
@@ -270,8 +279,6 @@ class FacePipeline:
             ready: list[FacesOfImage] = []
             for pixels, boxes, landmarks in items:
                 pixels = entering(pixels)
-                if landmarks is None and embedder.needs_landmarks:
-                    tight = self.detector_for(model_version).tight_boxes
-                    landmarks = self.landmarker.landmarks(pixels, boxes, tight)
-                ready.append((pixels, boxes, landmarks))
+                ready.append((pixels, boxes, self._landmarks_for(
+                    embedder, pixels, boxes, landmarks, model_version)))
             return embed_many(embedder, ready, self.settings.embed_batch)
