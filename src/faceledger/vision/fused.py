@@ -40,17 +40,6 @@ class FusedEmbedder:
         self.dim = sum(p.dim for p in self.parts)
         self._scale = np.float32(1.0 / math.sqrt(len(self.parts)))
 
-    def aligned(
-        self, pixels: RGBImage, landmarks: list[Landmarks5]
-    ) -> tuple[NDArray[np.uint8], ...]:
-        """Each network's aligned faces (one array per network, n faces each)."""
-        return tuple(p.aligned(pixels, landmarks) for p in self.parts)
-
-    def embed_aligned(self, faces: tuple[NDArray[np.uint8], ...]) -> NDArray[np.float32]:
-        """Fused templates of faces aligned by `aligned` (each network runs once on all)."""
-        vectors = [p.embed_aligned(f) for p, f in zip(self.parts, faces)]
-        return np.ascontiguousarray(np.hstack(vectors) * self._scale, dtype=np.float32)
-
     def embed(
         self, pixels: RGBImage, boxes: list[Box], landmarks: list[Landmarks5] | None = None
     ) -> NDArray[np.float32]:
